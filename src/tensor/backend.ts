@@ -1,0 +1,50 @@
+/**
+ * The numeric kernels every stage uses. `ref.ts` is the plain-TypeScript definition of each (tests compare
+ * against it); `ort.ts` runs the same kernels on onnxruntime's multi-threaded CPU engine.
+ * All matrices are dense row-major float32.
+ */
+
+export interface AttentionShape {
+  batch: number;
+  /** new query positions per sequence */
+  seq: number;
+  /** key/value positions per sequence (cache + new); query t sits at position ctx - seq + t */
+  ctx: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+}
+
+export interface HeadStats {
+  /** -log p(target) per row */
+  nll: Float32Array;
+  /** KL(ref || this) per row, when a reference was given */
+  kl?: Float32Array;
+  /** 1 where argmax equals the reference's argmax */
+  agree?: Uint8Array;
+}
+
+export interface Backend {
+  readonly name: string;
+  /** C[m,n] = A[m,k] · B[n,k]ᵀ  (activations times a Linear weight stored [out, in]) */
+  matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
+  /**
+   * Causal softmax attention. q: [batch, seq, heads, headDim]; k, v: [batch, ctx, kvHeads, headDim];
+   * returns [batch, seq, heads, headDim]. Scores are scaled by 1/sqrt(headDim).
+   */
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, s: AttentionShape): Promise<Float32Array>;
+  /**
+   * The LM head and its statistics without materialising the logits: logits = h[m,d] · W[V,d]ᵀ, then
+   * log-softmax per row. With `ref` (the reference model's final hidden states and head) also returns
+   * the KL divergence from the reference distribution and top-1 agreement.
+   */
+  headStats(
+    h: Float32Array,
+    w: Float32Array,
+    m: number,
+    d: number,
+    vocab: number,
+    targets: Int32Array,
+    ref?: { h: Float32Array; w: Float32Array },
+  ): Promise<HeadStats>;
+}

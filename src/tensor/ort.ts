@@ -1,0 +1,183 @@
+import { availableParallelism } from 'node:os';
+import * as ort from 'onnxruntime-node';
+import type { AttentionShape, Backend, HeadStats } from './backend.js';
+import { ElemType, encodeModel, type NodeSpec, type ValueInfo } from './onnx-graph.js';
+
+/**
+ * The kernels as small ONNX graphs run by onnxruntime's CPU engine (MLAS gemm, all cores). Each graph has
+ * symbolic dimensions, so one session per kernel serves every shape.
+ */
+
+const F = ElemType.FLOAT;
+
+function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[]): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs), {
+    intraOpNumThreads: availableParallelism(),
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+  });
+}
+
+const matmulGraph = (): Promise<ort.InferenceSession> =>
+  graph(
+    [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transB: 1 } }],
+    [
+      { name: 'A', elemType: F, dims: ['m', 'k'] },
+      { name: 'B', elemType: F, dims: ['n', 'k'] },
+    ],
+    [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
+  );
+
+const attentionGraph = (): Promise<ort.InferenceSession> =>
+  graph(
+    [
+      { opType: 'Transpose', inputs: ['q'], outputs: ['qt'], intsAttrs: { perm: [0, 2, 1, 3] } },
+      { opType: 'Transpose', inputs: ['k'], outputs: ['kt'], intsAttrs: { perm: [0, 2, 3, 1] } },
+      { opType: 'Transpose', inputs: ['v'], outputs: ['vt'], intsAttrs: { perm: [0, 2, 1, 3] } },
+      { opType: 'MatMul', inputs: ['qt', 'kt'], outputs: ['s'] },
+      { opType: 'Mul', inputs: ['s', 'scale'], outputs: ['ss'] },
+      { opType: 'Add', inputs: ['ss', 'mask'], outputs: ['sm'] },
+      { opType: 'Softmax', inputs: ['sm'], outputs: ['p'], intAttrs: { axis: -1 } },
+      { opType: 'MatMul', inputs: ['p', 'vt'], outputs: ['o'] },
+      { opType: 'Transpose', inputs: ['o'], outputs: ['out'], intsAttrs: { perm: [0, 2, 1, 3] } },
+    ],
+    [
+      { name: 'q', elemType: F, dims: ['b', 't', 'h', 'd'] },
+      { name: 'k', elemType: F, dims: ['b', 's', 'h', 'd'] },
+      { name: 'v', elemType: F, dims: ['b', 's', 'h', 'd'] },
+      { name: 'scale', elemType: F, dims: [] },
+      { name: 'mask', elemType: F, dims: ['t', 's'] },
+    ],
+    [{ name: 'out', elemType: F, dims: ['b', 't', 'h', 'd'] }],
+  );
+
+const logProbs = (h: string, w: string, out: string): NodeSpec[] => [
+  { opType: 'Gemm', inputs: [h, w], outputs: [`${out}_logits`], intAttrs: { transB: 1 } },
+  { opType: 'LogSoftmax', inputs: [`${out}_logits`], outputs: [out], intAttrs: { axis: 1 } },
+];
+const nllNodes: NodeSpec[] = [
+  ...logProbs('h', 'w', 'lp'),
+  { opType: 'GatherElements', inputs: ['lp', 'targets'], outputs: ['g'], intAttrs: { axis: 1 } },
+  { opType: 'Neg', inputs: ['g'], outputs: ['nll'] },
+];
+const headInputs: ValueInfo[] = [
+  { name: 'h', elemType: F, dims: ['m', 'd'] },
+  { name: 'w', elemType: F, dims: ['V', 'd'] },
+  { name: 'targets', elemType: ElemType.INT32, dims: ['m', 1] },
+];
+const nllOutput: ValueInfo = { name: 'nll', elemType: F, dims: ['m', 1] };
+
+const nllGraph = (): Promise<ort.InferenceSession> => graph(nllNodes, headInputs, [nllOutput]);
+
+const compareGraph = (): Promise<ort.InferenceSession> =>
+  graph(
+    [
+      ...nllNodes,
+      ...logProbs('hr', 'wr', 'lr'),
+      { opType: 'Exp', inputs: ['lr'], outputs: ['pr'] },
+      { opType: 'Sub', inputs: ['lr', 'lp'], outputs: ['diff'] },
+      { opType: 'Mul', inputs: ['pr', 'diff'], outputs: ['terms'] },
+      { opType: 'ReduceSum', inputs: ['terms', 'axes'], outputs: ['kl'], intAttrs: { keepdims: 0 } },
+      { opType: 'ArgMax', inputs: ['lp'], outputs: ['top'], intAttrs: { axis: 1, keepdims: 0 } },
+      { opType: 'ArgMax', inputs: ['lr'], outputs: ['topr'], intAttrs: { axis: 1, keepdims: 0 } },
+    ],
+    [
+      ...headInputs,
+      { name: 'hr', elemType: F, dims: ['m', 'd'] },
+      { name: 'wr', elemType: F, dims: ['V', 'd'] },
+      { name: 'axes', elemType: ElemType.INT64, dims: [1] },
+    ],
+    [
+      nllOutput,
+      { name: 'kl', elemType: F, dims: ['m'] },
+      { name: 'top', elemType: ElemType.INT64, dims: ['m'] },
+      { name: 'topr', elemType: ElemType.INT64, dims: ['m'] },
+    ],
+  );
+
+/** Lazily created, then reused: session creation costs milliseconds, a run tens of microseconds. */
+function lazy(make: () => Promise<ort.InferenceSession>): () => Promise<ort.InferenceSession> {
+  let s: Promise<ort.InferenceSession> | undefined;
+  return () => (s ??= make());
+}
+
+const sessions = {
+  matmul: lazy(matmulGraph),
+  attention: lazy(attentionGraph),
+  nll: lazy(nllGraph),
+  compare: lazy(compareGraph),
+};
+
+const masks = new Map<string, ort.Tensor>();
+function causalMask(seq: number, ctx: number): ort.Tensor {
+  const key = `${seq}x${ctx}`;
+  let t = masks.get(key);
+  if (!t) {
+    const m = new Float32Array(seq * ctx);
+    for (let i = 0; i < seq; i++) for (let j = ctx - seq + i + 1; j < ctx; j++) m[i * ctx + j] = -Infinity;
+    t = new ort.Tensor('float32', m, [seq, ctx]);
+    if (masks.size > 64) masks.clear();
+    masks.set(key, t);
+  }
+  return t;
+}
+
+/** Repeat each kv head `group` times so grouped-query attention becomes plain multi-head attention. */
+function expandKv(x: Float32Array, rows: number, kvHeads: number, group: number, headDim: number): Float32Array {
+  if (group === 1) return x;
+  const out = new Float32Array(rows * kvHeads * group * headDim);
+  for (let r = 0; r < rows; r++) {
+    for (let h = 0; h < kvHeads; h++) {
+      const src = x.subarray((r * kvHeads + h) * headDim, (r * kvHeads + h + 1) * headDim);
+      for (let g = 0; g < group; g++) out.set(src, ((r * kvHeads + h) * group + g) * headDim);
+    }
+  }
+  return out;
+}
+
+const f32 = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
+
+export const ortBackend: Backend = {
+  name: 'onnxruntime',
+
+  async matmulNT(a, b, m, n, k) {
+    const s = await sessions.matmul();
+    const r = await s.run({ A: f32(a, [m, k]), B: f32(b, [n, k]) });
+    return r['C']!.data as Float32Array;
+  },
+
+  async attention(q, k, v, sh: AttentionShape) {
+    const { batch, seq, ctx, heads, kvHeads, headDim } = sh;
+    const group = heads / kvHeads;
+    const s = await sessions.attention();
+    const r = await s.run({
+      q: f32(q, [batch, seq, heads, headDim]),
+      k: f32(expandKv(k, batch * ctx, kvHeads, group, headDim), [batch, ctx, heads, headDim]),
+      v: f32(expandKv(v, batch * ctx, kvHeads, group, headDim), [batch, ctx, heads, headDim]),
+      scale: f32(new Float32Array([1 / Math.sqrt(headDim)]), []),
+      mask: causalMask(seq, ctx),
+    });
+    return r['out']!.data as Float32Array;
+  },
+
+  async headStats(h, w, m, d, vocab, targets, ref): Promise<HeadStats> {
+    const feeds: Record<string, ort.Tensor> = {
+      h: f32(h, [m, d]),
+      w: f32(w, [vocab, d]),
+      targets: new ort.Tensor('int32', targets, [m, 1]),
+    };
+    if (!ref) {
+      const r = await (await sessions.nll()).run(feeds);
+      return { nll: r['nll']!.data as Float32Array };
+    }
+    feeds['hr'] = f32(ref.h, [m, d]);
+    feeds['wr'] = f32(ref.w, [vocab, d]);
+    feeds['axes'] = new ort.Tensor('int64', BigInt64Array.from([1n]), [1]);
+    const r = await (await sessions.compare()).run(feeds);
+    const top = r['top']!.data as BigInt64Array;
+    const topr = r['topr']!.data as BigInt64Array;
+    const agree = new Uint8Array(m);
+    for (let i = 0; i < m; i++) agree[i] = top[i] === topr[i] ? 1 : 0;
+    return { nll: r['nll']!.data as Float32Array, kl: r['kl']!.data as Float32Array, agree };
+  },
+};

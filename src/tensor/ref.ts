@@ -1,0 +1,106 @@
+import type { AttentionShape, Backend, HeadStats } from './backend.js';
+
+/** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
+
+export function matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Float32Array {
+  const c = new Float32Array(m * n);
+  for (let i = 0; i < m; i++) {
+    const ai = i * k;
+    for (let j = 0; j < n; j++) {
+      const bj = j * k;
+      let s = 0;
+      for (let p = 0; p < k; p++) s += a[ai + p]! * b[bj + p]!;
+      c[i * n + j] = s;
+    }
+  }
+  return c;
+}
+
+export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: AttentionShape): Float32Array {
+  const { batch, seq, ctx, heads, kvHeads, headDim } = s;
+  const out = new Float32Array(batch * seq * heads * headDim);
+  const scale = 1 / Math.sqrt(headDim);
+  const group = heads / kvHeads;
+  const scores = new Float64Array(ctx);
+  for (let b = 0; b < batch; b++) {
+    for (let t = 0; t < seq; t++) {
+      const last = ctx - seq + t; // causal: attend to positions 0..last
+      for (let h = 0; h < heads; h++) {
+        const kh = Math.floor(h / group);
+        const qo = ((b * seq + t) * heads + h) * headDim;
+        let max = -Infinity;
+        for (let j = 0; j <= last; j++) {
+          const ko = ((b * ctx + j) * kvHeads + kh) * headDim;
+          let dot = 0;
+          for (let d = 0; d < headDim; d++) dot += q[qo + d]! * k[ko + d]!;
+          scores[j] = dot * scale;
+          if (scores[j]! > max) max = scores[j]!;
+        }
+        let sum = 0;
+        for (let j = 0; j <= last; j++) {
+          scores[j] = Math.exp(scores[j]! - max);
+          sum += scores[j]!;
+        }
+        for (let j = 0; j <= last; j++) {
+          const p = scores[j]! / sum;
+          const vo = ((b * ctx + j) * kvHeads + kh) * headDim;
+          for (let d = 0; d < headDim; d++) out[qo + d]! += p * v[vo + d]!;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** log-softmax of one row of logits, in float64 */
+function logSoftmaxRow(logits: Float32Array, offset: number, n: number, out: Float64Array): void {
+  let max = -Infinity;
+  for (let j = 0; j < n; j++) max = Math.max(max, logits[offset + j]!);
+  let sum = 0;
+  for (let j = 0; j < n; j++) sum += Math.exp(logits[offset + j]! - max);
+  const lse = max + Math.log(sum);
+  for (let j = 0; j < n; j++) out[j] = logits[offset + j]! - lse;
+}
+
+function argmax(x: Float64Array): number {
+  let best = 0;
+  for (let j = 1; j < x.length; j++) if (x[j]! > x[best]!) best = j;
+  return best;
+}
+
+export function headStats(
+  h: Float32Array,
+  w: Float32Array,
+  m: number,
+  d: number,
+  vocab: number,
+  targets: Int32Array,
+  ref?: { h: Float32Array; w: Float32Array },
+): HeadStats {
+  const logits = matmulNT(h, w, m, vocab, d);
+  const refLogits = ref ? matmulNT(ref.h, ref.w, m, vocab, d) : undefined;
+  const nll = new Float32Array(m);
+  const kl = ref ? new Float32Array(m) : undefined;
+  const agree = ref ? new Uint8Array(m) : undefined;
+  const lp = new Float64Array(vocab);
+  const lr = new Float64Array(vocab);
+  for (let i = 0; i < m; i++) {
+    logSoftmaxRow(logits, i * vocab, vocab, lp);
+    nll[i] = -lp[targets[i]!]!;
+    if (refLogits) {
+      logSoftmaxRow(refLogits, i * vocab, vocab, lr);
+      let s = 0;
+      for (let j = 0; j < vocab; j++) s += Math.exp(lr[j]!) * (lr[j]! - lp[j]!);
+      kl![i] = s;
+      agree![i] = argmax(lp) === argmax(lr) ? 1 : 0;
+    }
+  }
+  return kl ? { nll, kl, agree: agree! } : { nll };
+}
+
+export const refBackend: Backend = {
+  name: 'ref',
+  matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
+  attention: async (q, k, v, s) => attention(q, k, v, s),
+  headStats: async (h, w, m, d, vocab, targets, ref) => headStats(h, w, m, d, vocab, targets, ref),
+};

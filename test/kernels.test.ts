@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { AttentionShape } from '../src/tensor/backend.js';
+import { ortBackend } from '../src/tensor/ort.js';
+import * as ref from '../src/tensor/ref.js';
+
+/*
+ * Every fast kernel against its plain-TS definition. Tolerance: float32 accumulation in a different order,
+ * so |fast - ref| <= 1e-5 * (1 + |ref| scale) for sums of up to a few thousand terms.
+ */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 4294967296 - 0.5;
+  };
+}
+const rand = (n: number, r: () => number): Float32Array => Float32Array.from({ length: n }, r);
+
+function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what: string): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  for (let i = 0; i < want.length; i++) {
+    const err = Math.abs(got[i]! - want[i]!);
+    assert.ok(err <= tol * (1 + Math.abs(want[i]!)), `${what}[${i}]: ${got[i]} vs ${want[i]}`);
+  }
+}
+
+const GEMM_SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [1, 288, 288],
+  [7, 13, 5],
+  [33, 65, 129],
+  [128, 96, 257],
+  [255, 3, 768],
+];
+
+test('matmulNT equals the definition on random and edge shapes', async () => {
+  const r = rng(1);
+  for (const [m, n, k] of GEMM_SHAPES) {
+    const a = rand(m * k, r);
+    const b = rand(n * k, r);
+    assertClose(await ortBackend.matmulNT(a, b, m, n, k), ref.matmulNT(a, b, m, n, k), 1e-5 * Math.sqrt(k), `gemm ${m}x${n}x${k}`);
+  }
+});
+
+const ATTENTION_SHAPES: AttentionShape[] = [
+  { batch: 1, seq: 1, ctx: 1, heads: 1, kvHeads: 1, headDim: 1 },
+  { batch: 2, seq: 5, ctx: 5, heads: 3, kvHeads: 3, headDim: 8 },
+  { batch: 1, seq: 1, ctx: 9, heads: 4, kvHeads: 2, headDim: 6 }, // one decode step after a cache of 8
+  { batch: 1, seq: 3, ctx: 7, heads: 6, kvHeads: 2, headDim: 48 }, // several new positions after a cache of 4
+  { batch: 3, seq: 17, ctx: 17, heads: 6, kvHeads: 6, headDim: 48 },
+];
+
+test('attention equals the definition, causal, with caches and grouped kv heads', async () => {
+  const r = rng(2);
+  for (const s of ATTENTION_SHAPES) {
+    const q = rand(s.batch * s.seq * s.heads * s.headDim, r);
+    const k = rand(s.batch * s.ctx * s.kvHeads * s.headDim, r);
+    const v = rand(s.batch * s.ctx * s.kvHeads * s.headDim, r);
+    assertClose(await ortBackend.attention(q, k, v, s), ref.attention(q, k, v, s), 1e-5, `attention ${JSON.stringify(s)}`);
+  }
+});
+
+test('attention is causal: future keys do not change earlier outputs', () => {
+  const r = rng(3);
+  const s = { batch: 1, seq: 4, ctx: 4, heads: 2, kvHeads: 2, headDim: 4 };
+  const q = rand(32, r);
+  const k = rand(32, r);
+  const v = rand(32, r);
+  const k2 = k.slice();
+  k2.fill(9, 24); // change the last position's keys
+  const a = ref.attention(q, k, v, s);
+  const b = ref.attention(q, k2, v, s);
+  assert.deepEqual(a.subarray(0, 24), b.subarray(0, 24));
+  assert.notDeepEqual(a.subarray(24), b.subarray(24));
+});
+
+test('headStats (NLL, KL, top-1) equals the definition', async () => {
+  const r = rng(4);
+  for (const [m, d, vocab] of [
+    [1, 1, 2],
+    [5, 7, 11],
+    [31, 64, 1000],
+  ] as [number, number, number][]) {
+    const h = rand(m * d, r).map((x) => 4 * x);
+    const w = rand(vocab * d, r);
+    const hr = h.map((x) => x + 0.3 * r());
+    const targets = Int32Array.from({ length: m }, (_, i) => (i * 7919) % vocab);
+    const want = ref.headStats(h, w, m, d, vocab, targets, { h: hr, w });
+    const got = await ortBackend.headStats(h, w, m, d, vocab, targets, { h: hr, w });
+    assertClose(got.nll, want.nll, 1e-5, 'nll');
+    assertClose(got.kl!, want.kl!, 1e-5, 'kl');
+    assert.deepEqual(got.agree, want.agree);
+    assertClose((await ortBackend.headStats(h, w, m, d, vocab, targets)).nll, want.nll, 1e-5, 'nll without ref');
+  }
+});
+
+test('reference NLL is a proper cross-entropy: uniform logits give log(vocab)', () => {
+  const st = ref.headStats(new Float32Array(3), new Float32Array(5 * 3), 1, 3, 5, Int32Array.from([2]));
+  assert.ok(Math.abs(st.nll[0]! - Math.log(5)) < 1e-6);
+});

@@ -1,0 +1,62 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import llamaTokenizer from 'llama-tokenizer-js';
+import { loadText } from '../src/calib/datasets.js';
+import { pullStories15m, stories15mLlama2cFiles } from '../src/io/stories.js';
+import { LlamaTokenizer } from '../src/io/tokenizer.js';
+import { loadTokenizer } from '../src/models/load.js';
+
+// llama-tokenizer-js is an independent JS port of the Llama SentencePiece tokenizer (its own vocab and merges)
+const oracle = (text: string): number[] => llamaTokenizer.encode(text) as number[];
+
+const fromJson = async (): Promise<LlamaTokenizer> => loadTokenizer(await pullStories15m());
+const fromBin = async (): Promise<LlamaTokenizer> =>
+  LlamaTokenizer.fromLlama2cBin((await stories15mLlama2cFiles()).tokenizer, 'tokenizer.bin');
+
+test('"Once upon a time" has the protocol ids', async () => {
+  for (const tok of [await fromJson(), await fromBin()]) assert.deepEqual(tok.encode('Once upon a time'), [1, 9038, 2501, 263, 931]);
+});
+
+const EDGE_CASES = [
+  ' ',
+  'a',
+  '  two  spaces   three',
+  'line\nbreaks\n\n\nand\ttabs',
+  'emoji 🦙 and 漢字 and ünïcödé — “quotes”',
+  '1234567890 3.14159 $100,000',
+  'trailing space ',
+  '\u0000\u0001 control',
+];
+
+test('edge cases match the oracle', async () => {
+  const tok = await fromJson();
+  assert.deepEqual(tok.encode(''), [1]);
+  assert.deepEqual(tok.encode('', { bos: false }), []);
+  for (const s of EDGE_CASES) assert.deepEqual(tok.encode(s), oracle(s), JSON.stringify(s));
+});
+
+for (const data of ['sotu-test', 'moby', 'sotu-calib']) {
+  test(`real text (${data}, 150k characters) matches the oracle token for token`, async () => {
+    const text = (await loadText(data)).slice(0, 150_000);
+    const want = oracle(text);
+    for (const tok of [await fromJson(), await fromBin()]) assert.deepEqual(tok.encode(text), want);
+  });
+}
+
+test('decode inverts encode, including byte-fallback characters', async () => {
+  const tok = await fromJson();
+  for (const s of EDGE_CASES) assert.equal(tok.decode(tok.encode(s)), s);
+});
+
+test('tokenizer.json written from tokenizer.bin reads back to the same tokenizer', async () => {
+  const bin = await fromBin();
+  const { writeFileSync, mkdtempSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const path = join(mkdtempSync(join(tmpdir(), 'tok-')), 'tokenizer.json');
+  writeFileSync(path, JSON.stringify(bin.toTokenizerJson()));
+  const back = LlamaTokenizer.fromTokenizerJson(path);
+  assert.deepEqual(back.pieces, bin.pieces);
+  const text = (await loadText('moby')).slice(0, 20_000);
+  assert.deepEqual(back.encode(text), bin.encode(text));
+});
