@@ -7,9 +7,23 @@ import { convertLlama2c } from '../io/llama2c.js';
 import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
 import { generate } from '../infer/generate.js';
 import { loadModel } from '../models/load.js';
+import { quantize } from '../pipeline.js';
+import { QUANTIZE_DEFAULTS, type Method } from '../quant/quantize-model.js';
 import { progressBar } from './progress.js';
 
 const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
+
+function number(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError('must be a number');
+  return n;
+}
+
+function integer(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError('must be an integer');
+  return n;
+}
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -122,6 +136,67 @@ export function buildCli(): Command {
       if (prompt.length === 0) throw new UserError('empty prompt');
       const r = await runGenerate(modelArg, prompt, opts.maxTokens);
       log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
+    });
+
+  program
+    .command('quantize')
+    .argument('<model>', 'model directory (or stories15m)')
+    .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', integer, QUANTIZE_DEFAULTS.bits)
+    .option('--group-size <n>', 'input columns per quantization group (-1: one group per output row)', integer, QUANTIZE_DEFAULTS.groupSize)
+    .option('--act-order', 'quantize columns in order of decreasing Hessian diagonal (desc_act)')
+    .option('--static-groups', 'fit group grids before the sweep, in natural column order')
+    .option('--sym', 'symmetric grid (default: asymmetric)')
+    .option('--mse', 'search shrunken grid ranges for the lowest error')
+    .option(
+      '--fp32-scales',
+      'keep float32 scales while quantizing, as the reference code does (default: fp16, exactly what a checkpoint stores)',
+    )
+    .option('--damp <p>', 'damping, fraction of the mean Hessian diagonal', number, QUANTIZE_DEFAULTS.percdamp)
+    .option('--method <m>', 'gptq or rtn', 'gptq')
+    .option('--nsamples <n>', 'calibration windows', integer, 128)
+    .option('--seqlen <n>', 'tokens per calibration window', integer, 256)
+    .option('--data <name|path>', 'calibration text: sotu-calib, sotu-test, moby, or a file / folder', 'sotu-calib')
+    .option('--seed <n>', 'calibration sampling seed', integer, 0)
+    .option('--out <dir>', 'output model directory (written atomically)')
+    .option('--json', 'print the JSON summary on stdout')
+    .description('quantize every linear layer (GPTQ or round-to-nearest); writes dequantized weights for now')
+    .action(async (modelArg: string, o: Record<string, unknown>) => {
+      const method = o['method'] as Method;
+      if (method !== 'gptq' && method !== 'rtn') throw new UserError(`--method ${JSON.stringify(method)} is not one of gptq, rtn`);
+      if (!o['out'] && !o['json']) throw new UserError('give --out DIR (and/or --json to print the summary)');
+      const bar = progressBar('quantize');
+      try {
+        const { summary } = await quantize(
+          await resolveModel(modelArg),
+          {
+            ...QUANTIZE_DEFAULTS,
+            method,
+            bits: o['bits'] as number,
+            groupSize: o['groupSize'] as number,
+            actOrder: Boolean(o['actOrder']),
+            staticGroups: Boolean(o['staticGroups']),
+            sym: Boolean(o['sym']),
+            mse: Boolean(o['mse']),
+            fp16Scales: !o['fp32Scales'],
+            percdamp: o['damp'] as number,
+            nsamples: o['nsamples'] as number,
+            seqlen: o['seqlen'] as number,
+            data: o['data'] as string,
+            seed: o['seed'] as number,
+          },
+          o['out'] as string | undefined,
+          { onProgress: bar.update, warn: (m) => log(`warning: ${m}`), log },
+        );
+        bar.stop();
+        if (o['json']) console.log(JSON.stringify(summary));
+        const t = summary.timings;
+        log(
+          `quantized ${summary.layers.length} layers in ${t.total.toFixed(1)} s (forward ${t.forward.toFixed(1)} s, Hessians ${t.hessian.toFixed(1)} s, sweeps ${t.sweep.toFixed(1)} s)`,
+        );
+        if (o['out']) log(`wrote ${o['out'] as string}`);
+      } finally {
+        bar.stop();
+      }
     });
 
   program

@@ -1,6 +1,8 @@
 import { parseLlamaConfig, readConfigJson, type LlamaConfig } from '../io/config.js';
 import { SafetensorsModel } from '../io/safetensors.js';
-import type { Backend } from '../tensor/index.js';
+import type { AttentionShape, Backend } from '../tensor/index.js';
+
+const ATTENTION_CHUNK = 16;
 
 /** Linear layers of one decoder block, in true-sequential groups: each group's inputs depend on the one before. */
 export const LINEAR_GROUPS = [
@@ -221,7 +223,7 @@ export class Llama {
       keys = cache.k[layer]!.subarray(0, ctx * width);
       values = cache.v[layer]!.subarray(0, ctx * width);
     }
-    const att = await backend.attention(q, keys, values, { batch, seq, ctx, heads: H, kvHeads: KVH, headDim: hd });
+    const att = await this.attentionChunked(q, keys, values, { batch, seq, ctx, heads: H, kvHeads: KVH, headDim: hd });
     await opts.hook?.(1, att, rows);
     addInPlace(x, await mm(att, 'self_attn.o_proj'));
 
@@ -231,6 +233,20 @@ export class Llama {
     const act = siluMul(g, u);
     await opts.hook?.(3, act, rows);
     addInPlace(x, await mm(act, 'mlp.down_proj'));
+  }
+
+  /** Attention over at most ATTENTION_CHUNK sequences at a time, bounding the [batch, heads, seq, ctx] scores. */
+  private async attentionChunked(q: Float32Array, k: Float32Array, v: Float32Array, s: AttentionShape): Promise<Float32Array> {
+    if (s.batch <= ATTENTION_CHUNK) return this.backend.attention(q, k, v, s);
+    const out = new Float32Array(q.length);
+    const qPer = s.seq * s.heads * s.headDim;
+    const kvPer = s.ctx * s.kvHeads * s.headDim;
+    for (let b0 = 0; b0 < s.batch; b0 += ATTENTION_CHUNK) {
+      const b = Math.min(ATTENTION_CHUNK, s.batch - b0);
+      const sub = (x: Float32Array, per: number): Float32Array => x.subarray(b0 * per, (b0 + b) * per);
+      out.set(await this.backend.attention(sub(q, qPer), sub(k, kvPer), sub(v, kvPer), { ...s, batch: b }), b0 * qPer);
+    }
+    return out;
   }
 
   /** Final hidden states (after the last norm) for token windows [batch, seq]. */

@@ -28,6 +28,13 @@ const matmulGraph = (): Promise<ort.InferenceSession> =>
     [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
   );
 
+const gramGraph = (): Promise<ort.InferenceSession> =>
+  graph(
+    [{ opType: 'Gemm', inputs: ['X', 'X'], outputs: ['G'], intAttrs: { transA: 1 } }],
+    [{ name: 'X', elemType: F, dims: ['rows', 'cols'] }],
+    [{ name: 'G', elemType: F, dims: ['cols', 'cols'] }],
+  );
+
 const attentionGraph = (): Promise<ort.InferenceSession> =>
   graph(
     [
@@ -103,6 +110,7 @@ function lazy(make: () => Promise<ort.InferenceSession>): () => Promise<ort.Infe
 
 const sessions = {
   matmul: lazy(matmulGraph),
+  gram: lazy(gramGraph),
   attention: lazy(attentionGraph),
   nll: lazy(nllGraph),
   compare: lazy(compareGraph),
@@ -144,6 +152,11 @@ export const ortBackend: Backend = {
     const s = await sessions.matmul();
     const r = await s.run({ A: f32(a, [m, k]), B: f32(b, [n, k]) });
     return r['C']!.data as Float32Array;
+  },
+
+  async gram(x, rows, cols) {
+    const r = await (await sessions.gram()).run({ X: f32(x, [rows, cols]) });
+    return r['G']!.data as Float32Array;
   },
 
   async attention(q, k, v, sh: AttentionShape) {

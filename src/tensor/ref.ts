@@ -16,6 +16,19 @@ export function matmulNT(a: Float32Array, b: Float32Array, m: number, n: number,
   return c;
 }
 
+export function gram(x: Float32Array, rows: number, cols: number): Float32Array {
+  const g = new Float64Array(cols * cols);
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    for (let i = 0; i < cols; i++) {
+      const xi = x[o + i]!;
+      if (xi === 0) continue;
+      for (let j = 0; j < cols; j++) g[i * cols + j]! += xi * x[o + j]!;
+    }
+  }
+  return Float32Array.from(g);
+}
+
 export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: AttentionShape): Float32Array {
   const { batch, seq, ctx, heads, kvHeads, headDim } = s;
   const out = new Float32Array(batch * seq * heads * headDim);
@@ -101,6 +114,7 @@ export function headStats(
 export const refBackend: Backend = {
   name: 'ref',
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
+  gram: async (x, rows, cols) => gram(x, rows, cols),
   attention: async (q, k, v, s) => attention(q, k, v, s),
   headStats: async (h, w, m, d, vocab, targets, ref) => headStats(h, w, m, d, vocab, targets, ref),
 };

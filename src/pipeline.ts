@@ -1,0 +1,60 @@
+import { existsSync } from 'node:fs';
+import { calibrationWindows } from './calib/windows.js';
+import { loadText } from './calib/datasets.js';
+import { writeFakeQuant } from './formats/fake-quant.js';
+import { parseLlamaConfig, readConfigJson } from './io/config.js';
+import { fail } from './io/errors.js';
+import { loadTokenizer } from './models/load.js';
+import {
+  quantizeModel,
+  validateOptions,
+  type QuantizeOptions,
+  type QuantizeProgress,
+  type QuantizeResult,
+} from './quant/quantize-model.js';
+import { getBackend } from './tensor/index.js';
+
+/** The whole job behind `gptq quantize`: calibration data → quantized model → checkpoint on disk. */
+export interface PipelineOptions extends QuantizeOptions {
+  nsamples: number;
+  seqlen: number;
+  data: string;
+  seed: number;
+}
+
+export interface PipelineSummary {
+  model: string;
+  out?: string;
+  settings: PipelineOptions;
+  calibration?: { windows: number; seqlen: number; tokens: number; data: string; seed: number };
+  layers: QuantizeResult['reports'];
+  timings: QuantizeResult['timings'];
+}
+
+export async function quantize(
+  modelDir: string,
+  opts: PipelineOptions,
+  out: string | undefined,
+  hooks: { onProgress?: QuantizeProgress; warn?: (msg: string) => void; log?: (msg: string) => void } = {},
+): Promise<{ result: QuantizeResult; summary: PipelineSummary }> {
+  if (!existsSync(modelDir)) fail(`${modelDir}: model directory not found`);
+  const cfg = parseLlamaConfig(readConfigJson(modelDir), `${modelDir}/config.json`);
+  validateOptions(cfg, opts, opts.method === 'gptq' ? { nsamples: opts.nsamples, seqlen: opts.seqlen } : undefined);
+  let calib: { windows: Int32Array; seqlen: number } | undefined;
+  let calibration: PipelineSummary['calibration'];
+  if (opts.method === 'gptq') {
+    const tokenizer = loadTokenizer(modelDir);
+    hooks.log?.(`tokenizing calibration text ${opts.data}`);
+    const tokens = tokenizer.encode(await loadText(opts.data));
+    calib = { windows: calibrationWindows(tokens, opts.nsamples, opts.seqlen, opts.seed), seqlen: opts.seqlen };
+    calibration = { windows: opts.nsamples, seqlen: opts.seqlen, tokens: tokens.length, data: opts.data, seed: opts.seed };
+  }
+  const result = await quantizeModel(modelDir, await getBackend(), opts, calib, hooks.onProgress, hooks.warn);
+  const summary: PipelineSummary = { model: modelDir, settings: opts, layers: result.reports, timings: result.timings };
+  if (calibration) summary.calibration = calibration;
+  if (out) {
+    summary.out = out;
+    await writeFakeQuant(modelDir, out, result.layers, summary);
+  }
+  return { result, summary };
+}

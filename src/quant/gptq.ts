@@ -1,0 +1,179 @@
+import { upperCholeskyOfInverse } from '../tensor/cholesky.js';
+import { fitGrid, quantizeValue, type GridOptions, type RowGrid } from './quantizer.js';
+import type { QuantizedLayer } from './quantized-layer.js';
+
+/**
+ * GPTQ (Frantar et al., 2022) for one linear layer W [rows, cols] given the Hessian H = 2/n·Σ x·xᵀ of its inputs.
+ * Columns are quantized one at a time; each column's rounding error, scaled by the inverse Hessian's upper
+ * Cholesky factor U, is spread over the columns not yet quantized. Updates inside a block of `blocksize`
+ * columns are immediate; the rest of the matrix gets them once per block as one matrix product (lazy batch).
+ */
+export interface GptqOptions extends GridOptions {
+  /** columns per group, -1 for one grid per output row */
+  groupSize: number;
+  /** quantize columns in order of decreasing Hessian diagonal (desc_act) */
+  actOrder: boolean;
+  /** with actOrder and groups: fit every group's grid up front, on the natural column order */
+  staticGroups: boolean;
+  /** damping as a fraction of the mean Hessian diagonal */
+  percdamp: number;
+  blocksize: number;
+}
+
+export const GPTQ_DEFAULTS: GptqOptions = {
+  bits: 4,
+  sym: false,
+  mse: false,
+  fp16Scales: true,
+  groupSize: -1,
+  actOrder: false,
+  staticGroups: false,
+  percdamp: 0.01,
+  blocksize: 128,
+};
+
+export interface GptqResult {
+  layer: QuantizedLayer;
+  /** Σ (w − q)² / U_ii² / 2: the reference's per-layer loss */
+  loss: number;
+  /** the damping actually used (raised from percdamp when H + damp·I was not positive definite) */
+  percdamp: number;
+}
+
+const MAX_DAMP_RAISES = 8;
+
+function argsortDescending(x: Float64Array): Int32Array {
+  return Int32Array.from(x.keys()).sort((a, b) => x[b]! - x[a]! || a - b);
+}
+
+export function gptq(
+  weight: Float32Array,
+  hessian: Float64Array,
+  rows: number,
+  cols: number,
+  opts: GptqOptions,
+  warn: (msg: string) => void = () => {},
+): GptqResult {
+  const { bits, groupSize: gs, blocksize } = opts;
+  const maxq = 2 ** bits - 1;
+  const W = Float64Array.from(weight);
+  const H = Float64Array.from(hessian);
+
+  // the reference fits the per-row grid before zeroing dead columns
+  const channelGrid = gs > 0 ? undefined : fitGrid(W, rows, cols, 0, cols, opts);
+
+  // inputs that are always zero: nothing to learn about them; make H invertible and the weights zero
+  for (let i = 0; i < cols; i++) {
+    if (H[i * cols + i] === 0) {
+      H[i * cols + i] = 1;
+      for (let r = 0; r < rows; r++) W[r * cols + i] = 0;
+    }
+  }
+
+  const staticGrids: RowGrid[] = [];
+  if (opts.staticGroups && gs > 0)
+    for (let c = 0; c < cols; c += gs) staticGrids.push(fitGrid(W, rows, cols, c, Math.min(gs, cols - c), opts));
+
+  let perm: Int32Array | undefined;
+  if (opts.actOrder) {
+    perm = argsortDescending(Float64Array.from({ length: cols }, (_, i) => H[i * cols + i]!));
+    permuteColumns(W, rows, cols, perm);
+    permuteSymmetric(H, cols, perm);
+  }
+
+  let meanDiag = 0;
+  for (let i = 0; i < cols; i++) meanDiag += H[i * cols + i]! / cols;
+  let percdamp = opts.percdamp;
+  let U: Float64Array | undefined;
+  for (let attempt = 0; ; attempt++) {
+    const Hd = Float64Array.from(H);
+    for (let i = 0; i < cols; i++) Hd[i * cols + i]! += percdamp * meanDiag;
+    U = upperCholeskyOfInverse(Hd, cols);
+    if (U) break;
+    if (attempt === MAX_DAMP_RAISES) throw new Error(`Hessian is not positive definite even with damping ${percdamp}`);
+    const raised = percdamp === 0 ? 1e-4 : percdamp * 10;
+    warn(`Cholesky failed with percdamp ${percdamp}; retrying with ${raised}`);
+    percdamp = raised;
+  }
+
+  const G = gs > 0 ? Math.ceil(cols / gs) : 1;
+  const codes = new Uint8Array(rows * cols);
+  const scales = new Float32Array(rows * G);
+  const zeros = new Int32Array(rows * G);
+  const gIdx = new Int32Array(cols);
+  const setGroup = (g: number, grid: RowGrid): void => {
+    for (let r = 0; r < rows; r++) {
+      scales[r * G + g] = grid.scale[r]!;
+      zeros[r * G + g] = grid.zero[r]!;
+    }
+  };
+  if (channelGrid) setGroup(0, channelGrid);
+  staticGrids.forEach((grid, g) => setGroup(g, grid));
+
+  let loss = 0;
+  let grid = channelGrid;
+  const W1 = new Float64Array(rows * blocksize);
+  const Err1 = new Float64Array(rows * blocksize);
+  for (let i1 = 0; i1 < cols; i1 += blocksize) {
+    const i2 = Math.min(i1 + blocksize, cols);
+    const count = i2 - i1;
+    for (let r = 0; r < rows; r++) for (let i = 0; i < count; i++) W1[r * count + i] = W[r * cols + i1 + i]!;
+    for (let i = 0; i < count; i++) {
+      const col = i1 + i;
+      const orig = perm ? perm[col]! : col;
+      if (gs > 0) {
+        if (opts.staticGroups) {
+          grid = staticGrids[Math.floor(orig / gs)]!;
+          gIdx[orig] = Math.floor(orig / gs);
+        } else {
+          if (col % gs === 0) {
+            // as in the reference, the group's grid is fitted on W, which holds every update made before
+            // this block but not this block's own in-block updates
+            grid = fitGrid(W, rows, cols, col, Math.min(gs, cols - col), opts);
+            setGroup(col / gs, grid);
+          }
+          gIdx[orig] = Math.floor(col / gs);
+        }
+      }
+      const d = U[col * cols + col]!;
+      for (let r = 0; r < rows; r++) {
+        const w = W1[r * count + i]!;
+        const s = grid!.scale[r]!;
+        const z = grid!.zero[r]!;
+        const q = quantizeValue(w, s, z, maxq);
+        codes[r * cols + orig] = q;
+        const err = (w - s * (q - z)) / d;
+        loss += (err * err) / 2;
+        Err1[r * count + i] = err;
+        // immediate update of the rest of this block
+        const wr = r * count;
+        const ur = col * cols + i1;
+        for (let j = i + 1; j < count; j++) W1[wr + j]! -= err * U[ur + j]!;
+      }
+    }
+    // lazy batch update of everything after the block: W[:, i2:] -= Err1 · U[i1:i2, i2:]
+    for (let r = 0; r < rows; r++) {
+      const wr = r * cols;
+      for (let k = 0; k < count; k++) {
+        const e = Err1[r * count + k]!;
+        if (e === 0) continue;
+        const ur = (i1 + k) * cols;
+        for (let c = i2; c < cols; c++) W[wr + c]! -= e * U[ur + c]!;
+      }
+    }
+  }
+  return { layer: { rows, cols, bits, groupSize: gs, sym: opts.sym, codes, scales, zeros, gIdx }, loss, percdamp };
+}
+
+function permuteColumns(W: Float64Array, rows: number, cols: number, perm: Int32Array): void {
+  const row = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) row[c] = W[r * cols + perm[c]!]!;
+    W.set(row, r * cols);
+  }
+}
+
+function permuteSymmetric(H: Float64Array, n: number, perm: Int32Array): void {
+  const src = Float64Array.from(H);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) H[i * n + j] = src[perm[i]! * n + perm[j]!]!;
+}

@@ -1,0 +1,159 @@
+import { parseLlamaConfig, readConfigJson, type LlamaConfig } from '../io/config.js';
+import { fail } from '../io/errors.js';
+import { SafetensorsModel } from '../io/safetensors.js';
+import { LINEAR_GROUPS, Llama, linearShape, readBlock, type LinearName } from '../models/llama.js';
+import type { Backend } from '../tensor/index.js';
+import { gptq, GPTQ_DEFAULTS, type GptqOptions } from './gptq.js';
+import { HessianAccumulator } from './hessian.js';
+import { dequantize, type QuantizedLayer } from './quantized-layer.js';
+import { SUPPORTED_BITS } from './quantizer.js';
+import { rtn } from './rtn.js';
+
+export type Method = 'gptq' | 'rtn';
+
+export interface QuantizeOptions extends GptqOptions {
+  method: Method;
+}
+
+export interface LayerReport {
+  name: string;
+  rows: number;
+  cols: number;
+  /** GPTQ's loss Σ(w−q)²/U_ii²/2, and the same measure for RTN codes (for comparison) */
+  loss?: number;
+  percdamp?: number;
+  seconds: number;
+}
+
+export interface QuantizeResult {
+  config: LlamaConfig;
+  /** full tensor name (…q_proj.weight) → quantized layer */
+  layers: Map<string, QuantizedLayer>;
+  reports: LayerReport[];
+  timings: { forward: number; hessian: number; sweep: number; total: number };
+}
+
+export interface QuantizeProgress {
+  (done: number, total: number, layer: string): void;
+}
+
+/** Sees each layer's original weight, its Hessian (GPTQ only) and result: for analysis and tests. */
+export type LayerInspector = (name: string, weight: Float32Array, hessian: Float64Array | undefined, result: QuantizedLayer) => void;
+
+/** Refuse impossible settings before any work: one clear message. */
+export function validateOptions(cfg: LlamaConfig, opts: QuantizeOptions, calib?: { nsamples: number; seqlen: number }): void {
+  if (!SUPPORTED_BITS.includes(opts.bits)) fail(`--bits ${opts.bits} is not supported (choose from ${SUPPORTED_BITS.join(', ')})`);
+  if (opts.groupSize !== -1) {
+    if (!Number.isInteger(opts.groupSize) || opts.groupSize <= 0) fail(`--group-size ${opts.groupSize} must be a positive integer or -1`);
+    for (const group of LINEAR_GROUPS) {
+      for (const name of group) {
+        const cols = linearShape(cfg, name)[1];
+        if (opts.groupSize > cols || cols % opts.groupSize !== 0) {
+          fail(`--group-size ${opts.groupSize} does not divide ${name}'s ${cols} input columns`);
+        }
+      }
+    }
+  }
+  if (opts.staticGroups && opts.groupSize === -1) fail('--static-groups needs a --group-size');
+  if (!(opts.percdamp >= 0 && opts.percdamp < 1)) fail(`--damp ${opts.percdamp} must be in [0, 1)`);
+  if (!Number.isInteger(opts.blocksize) || opts.blocksize <= 0) fail(`blocksize ${opts.blocksize} must be a positive integer`);
+  if (opts.method === 'rtn' && (opts.actOrder || opts.staticGroups))
+    fail('--act-order and --static-groups are GPTQ options; RTN has no column order');
+  if (calib) {
+    if (!Number.isInteger(calib.nsamples) || calib.nsamples < 1 || calib.nsamples > 1_000_000)
+      fail(`--nsamples ${calib.nsamples} must be a positive integer`);
+    if (!Number.isInteger(calib.seqlen) || calib.seqlen < 2 || calib.seqlen > cfg.maxPositions) {
+      fail(`--seqlen ${calib.seqlen} must be in 2..${cfg.maxPositions} (the model's context)`);
+    }
+  }
+}
+
+/**
+ * Quantize every linear layer of a Llama model, block by block, streaming the weights from disk. GPTQ runs
+ * each block once over the calibration windows; at each true-sequential group ([q,k,v] → [o] → [gate,up] →
+ * [down]) the forward pauses, the group's Hessian is built from its inputs, its layers are quantized and
+ * replaced by their quantized weights, and the forward continues. So every group is calibrated on the
+ * outputs of everything quantized before it, and no activation is computed twice.
+ */
+export async function quantizeModel(
+  dir: string,
+  backend: Backend,
+  opts: QuantizeOptions,
+  calib: { windows: Int32Array; seqlen: number } | undefined,
+  onProgress: QuantizeProgress = () => {},
+  warn: (msg: string) => void = () => {},
+  inspect?: LayerInspector,
+): Promise<QuantizeResult> {
+  const t0 = performance.now();
+  const cfg = parseLlamaConfig(readConfigJson(dir), `${dir}/config.json`);
+  validateOptions(cfg, opts, calib && { nsamples: calib.windows.length / calib.seqlen, seqlen: calib.seqlen });
+  if (opts.method === 'gptq' && !calib) throw new Error('GPTQ needs calibration windows');
+  const st = new SafetensorsModel(dir);
+  const layers = new Map<string, QuantizedLayer>();
+  const reports: LayerReport[] = [];
+  const timings = { forward: 0, hessian: 0, sweep: 0, total: 0 };
+  const total = cfg.numLayers * LINEAR_GROUPS.flat().length;
+  try {
+    const embed = st.readFloat('model.embed_tokens.weight', [cfg.vocabSize, cfg.hiddenSize]);
+    const model = new Llama(cfg, backend, embed, [], new Float32Array(0), new Float32Array(0));
+    const nseq = calib ? calib.windows.length / calib.seqlen : 0;
+    const x = calib ? model.embedTokens(calib.windows) : undefined;
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const block = readBlock(st, cfg, l);
+      const quantizeGroup = async (g: number, input?: Float32Array, rows?: number): Promise<void> => {
+        let hessian: HessianAccumulator | undefined;
+        if (input && rows !== undefined) {
+          const th = performance.now();
+          const cols = input.length / rows;
+          hessian = new HessianAccumulator(cols, backend);
+          // stream the batch through in chunks of sequences, as a larger calibration set would arrive
+          const per = rows / nseq;
+          for (let s0 = 0; s0 < nseq; s0 += HESSIAN_CHUNK) {
+            const s1 = Math.min(nseq, s0 + HESSIAN_CHUNK);
+            await hessian.add(input.subarray(s0 * per * cols, s1 * per * cols), (s1 - s0) * per, s1 - s0);
+          }
+          timings.hessian += (performance.now() - th) / 1000;
+        }
+        for (const name of LINEAR_GROUPS[g]!) {
+          const ts = performance.now();
+          const [rows_, cols] = linearShape(cfg, name);
+          const full = `model.layers.${l}.${name}.weight`;
+          const w = block.linear[name as LinearName];
+          const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
+          let q: QuantizedLayer;
+          if (hessian) {
+            const r = gptq(w, hessian.h, rows_, cols, opts, (m) => warn(`${full}: ${m}`));
+            q = r.layer;
+            report.loss = r.loss;
+            report.percdamp = r.percdamp;
+          } else {
+            q = rtn(w, rows_, cols, opts);
+          }
+          inspect?.(full, w, hessian?.h, q);
+          block.linear[name as LinearName] = dequantize(q);
+          layers.set(full, q);
+          report.seconds = (performance.now() - ts) / 1000;
+          timings.sweep += report.seconds;
+          reports.push(report);
+          onProgress(reports.length, total, full);
+        }
+      };
+      if (x && calib) {
+        const tb = performance.now();
+        const before = timings.hessian + timings.sweep;
+        await model.block(block, l, x, nseq, calib.seqlen, { hook: quantizeGroup });
+        timings.forward += (performance.now() - tb) / 1000 - (timings.hessian + timings.sweep - before);
+      } else {
+        for (let g = 0; g < LINEAR_GROUPS.length; g++) await quantizeGroup(g);
+      }
+    }
+  } finally {
+    st.close();
+  }
+  timings.total = (performance.now() - t0) / 1000;
+  return { config: cfg, layers, reports, timings };
+}
+
+const HESSIAN_CHUNK = 16;
+
+export const QUANTIZE_DEFAULTS: QuantizeOptions = { ...GPTQ_DEFAULTS, method: 'gptq' };

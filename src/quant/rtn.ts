@@ -1,0 +1,38 @@
+import type { GptqOptions } from './gptq.js';
+import { fitGrid, quantizeValue } from './quantizer.js';
+import { numGroups, type QuantizedLayer } from './quantized-layer.js';
+
+/** Round-to-nearest on the same grid and group layout: the baseline every table shows beside GPTQ. */
+export function rtn(
+  weight: Float32Array,
+  rows: number,
+  cols: number,
+  opts: Pick<GptqOptions, 'bits' | 'sym' | 'mse' | 'fp16Scales' | 'groupSize'>,
+): QuantizedLayer {
+  const gs = opts.groupSize;
+  const layer: QuantizedLayer = {
+    rows,
+    cols,
+    bits: opts.bits,
+    groupSize: gs,
+    sym: opts.sym,
+    codes: new Uint8Array(rows * cols),
+    scales: new Float32Array(rows * numGroups({ cols, groupSize: gs })),
+    zeros: new Int32Array(rows * numGroups({ cols, groupSize: gs })),
+    gIdx: Int32Array.from({ length: cols }, (_, c) => (gs > 0 ? Math.floor(c / gs) : 0)),
+  };
+  const G = numGroups(layer);
+  const width = gs > 0 ? gs : cols;
+  const maxq = 2 ** opts.bits - 1;
+  for (let g = 0; g < G; g++) {
+    const c0 = g * width;
+    const c1 = Math.min(c0 + width, cols);
+    const grid = fitGrid(weight, rows, cols, c0, c1 - c0, opts);
+    for (let r = 0; r < rows; r++) {
+      layer.scales[r * G + g] = grid.scale[r]!;
+      layer.zeros[r * G + g] = grid.zero[r]!;
+      for (let c = c0; c < c1; c++) layer.codes[r * cols + c] = quantizeValue(weight[r * cols + c]!, grid.scale[r]!, grid.zero[r]!, maxq);
+    }
+  }
+  return layer;
+}

@@ -1,0 +1,270 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { calibrationWindows } from '../src/calib/windows.js';
+import { loadText } from '../src/calib/datasets.js';
+import { roundToHalf } from '../src/io/fp16.js';
+import { pullStories15m } from '../src/io/stories.js';
+import { loadTokenizer } from '../src/models/load.js';
+import { gptq, GPTQ_DEFAULTS, type GptqOptions } from '../src/quant/gptq.js';
+import { dequantize, type QuantizedLayer } from '../src/quant/quantized-layer.js';
+import { fitGrid, quantizeValue, roundHalfEven } from '../src/quant/quantizer.js';
+import { quantizeModel, QUANTIZE_DEFAULTS, validateOptions } from '../src/quant/quantize-model.js';
+import { rtn } from '../src/quant/rtn.js';
+import { getBackend } from '../src/tensor/index.js';
+import { cholesky, upperCholeskyOfInverse } from '../src/tensor/cholesky.js';
+import { seededRandom } from '../src/calib/windows.js';
+import { parseLlamaConfig, readConfigJson } from '../src/io/config.js';
+
+const rand = seededRandom(42);
+const randn = (): number => Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand());
+
+/** A random layer and a positive-definite Hessian 2/n·XᵀX from correlated random inputs. */
+function randomProblem(rows: number, cols: number, n = 64): { w: Float32Array; h: Float64Array } {
+  const w = Float32Array.from({ length: rows * cols }, () => randn() * 0.1);
+  const x = new Float64Array(n * cols);
+  for (let s = 0; s < n; s++) {
+    const common = randn();
+    for (let c = 0; c < cols; c++) x[s * cols + c] = randn() * (1 + c / cols) + common;
+  }
+  const h = new Float64Array(cols * cols);
+  for (let s = 0; s < n; s++)
+    for (let i = 0; i < cols; i++) for (let j = 0; j < cols; j++) h[i * cols + j]! += (2 / n) * x[s * cols + i]! * x[s * cols + j]!;
+  return { w, h };
+}
+
+function invert(a: Float64Array, n: number): Float64Array {
+  // Gauss-Jordan with partial pivoting: an inverse that shares no code with the Cholesky path
+  const m = Float64Array.from(a);
+  const inv = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) inv[i * n + i] = 1;
+  for (let c = 0; c < n; c++) {
+    let p = c;
+    for (let r = c + 1; r < n; r++) if (Math.abs(m[r * n + c]!) > Math.abs(m[p * n + c]!)) p = r;
+    for (const t of [m, inv]) for (let j = 0; j < n; j++) [t[c * n + j], t[p * n + j]] = [t[p * n + j]!, t[c * n + j]!];
+    const d = m[c * n + c]!;
+    for (const t of [m, inv]) for (let j = 0; j < n; j++) t[c * n + j]! /= d;
+    for (let r = 0; r < n; r++) {
+      if (r === c) continue;
+      const f = m[r * n + c]!;
+      for (const t of [m, inv]) for (let j = 0; j < n; j++) t[r * n + j]! -= f * t[c * n + j]!;
+    }
+  }
+  return inv;
+}
+
+/**
+ * The paper's algorithm written from its equations, one column at a time: quantize column q, update the
+ * remaining weights by δ = −(w_q − quant(w_q)) / [H⁻¹]_qq · [H⁻¹]_{q,:}, then remove q from the inverse
+ * Hessian by Gaussian elimination, H⁻¹ ← H⁻¹ − H⁻¹_{:,q} H⁻¹_{q,:} / [H⁻¹]_qq. No Cholesky, no blocks.
+ */
+function columnByColumn(
+  w0: Float32Array,
+  h: Float64Array,
+  rows: number,
+  cols: number,
+  opts: GptqOptions,
+): { codes: Uint8Array; loss: number } {
+  const W = Float64Array.from(w0);
+  const Hd = Float64Array.from(h);
+  let mean = 0;
+  for (let i = 0; i < cols; i++) mean += h[i * cols + i]! / cols;
+  for (let i = 0; i < cols; i++) Hd[i * cols + i]! += opts.percdamp * mean;
+  const Hinv = invert(Hd, cols);
+  const maxq = 2 ** opts.bits - 1;
+  const codes = new Uint8Array(rows * cols);
+  let grid = fitGrid(W, rows, cols, 0, cols, opts);
+  let loss = 0;
+  for (let q = 0; q < cols; q++) {
+    if (opts.groupSize > 0 && q % opts.groupSize === 0) grid = fitGrid(W, rows, cols, q, opts.groupSize, opts);
+    const d = Hinv[q * cols + q]!;
+    for (let r = 0; r < rows; r++) {
+      const w = W[r * cols + q]!;
+      const code = quantizeValue(w, grid.scale[r]!, grid.zero[r]!, maxq);
+      codes[r * cols + q] = code;
+      const e = w - grid.scale[r]! * (code - grid.zero[r]!);
+      loss += (e * e) / d / 2;
+      for (let j = q + 1; j < cols; j++) W[r * cols + j]! -= (e / d) * Hinv[q * cols + j]!;
+    }
+    const col = Float64Array.from({ length: cols }, (_, i) => Hinv[i * cols + q]!);
+    for (let i = 0; i < cols; i++) for (let j = 0; j < cols; j++) Hinv[i * cols + j]! -= (col[i]! * col[j]!) / d;
+  }
+  return { codes, loss };
+}
+
+test('upper Cholesky of H⁻¹ satisfies Uᵀ·U·H = I and is upper triangular', () => {
+  const n = 9;
+  const { h } = randomProblem(1, n);
+  const U = upperCholeskyOfInverse(h, n)!;
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < i; j++) assert.equal(U[i * n + j], 0);
+    assert.ok(U[i * n + i]! > 0);
+  }
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let k = 0; k < n; k++) {
+        let utu = 0;
+        for (let m = 0; m < n; m++) utu += U[m * n + i]! * U[m * n + k]!;
+        s += utu * h[k * n + j]!;
+      }
+      assert.ok(Math.abs(s - (i === j ? 1 : 0)) < 1e-9, `(UᵀU·H)[${i},${j}] = ${s}`);
+    }
+  }
+  assert.equal(cholesky(Float64Array.from([1, 2, 2, 1]), 2), undefined, 'indefinite matrix is refused');
+});
+
+for (const [groupSize, cols] of [
+  [-1, 14], // blocks of 4: three full blocks and a remainder of 2
+  [4, 12],
+] as const) {
+  test(`lazy-batch GPTQ equals the column-by-column definition (group size ${groupSize})`, () => {
+    const rows = 7;
+    const { w, h } = randomProblem(rows, cols);
+    const opts = { ...GPTQ_DEFAULTS, bits: 3, groupSize, blocksize: 4, fp16Scales: false };
+    const fast = gptq(w, h, rows, cols, opts);
+    const def = columnByColumn(w, h, rows, cols, opts);
+    assert.deepEqual(fast.layer.codes, def.codes);
+    assert.ok(Math.abs(fast.loss - def.loss) <= 1e-6 * def.loss, `loss ${fast.loss} vs ${def.loss}`);
+  });
+}
+
+test('quantizer grid follows the reference conventions', () => {
+  const w = Float32Array.from([-1, 0.5, 3, /* row 2 */ 0, 0, 0, /* row 3 */ 0.2, 0.4, 0.6]);
+  const asym = fitGrid(w, 3, 3, 0, 3, { bits: 4, sym: false, mse: false, fp16Scales: false });
+  assert.ok(Math.abs(asym.scale[0]! - 4 / 15) < 1e-12);
+  assert.equal(asym.zero[0], roundHalfEven(1 / (4 / 15)));
+  assert.ok(Math.abs(asym.scale[1]! - 2 / 15) < 1e-12, 'all-zero row gets range [-1, 1]');
+  assert.equal(asym.zero[2], 0, 'range always contains 0');
+  assert.ok(Math.abs(asym.scale[2]! - Math.fround(0.6) / 15) < 1e-12);
+  const sym = fitGrid(w, 3, 3, 0, 3, { bits: 4, sym: true, mse: false, fp16Scales: false });
+  assert.ok(Math.abs(sym.scale[0]! - (2 * 3) / 15) < 1e-12);
+  assert.equal(sym.zero[0], 8);
+  assert.equal(roundHalfEven(2.5), 2);
+  assert.equal(roundHalfEven(3.5), 4);
+  assert.equal(roundHalfEven(-2.5), -2);
+  const half = fitGrid(w, 3, 3, 0, 3, { bits: 4, sym: false, mse: false, fp16Scales: true });
+  for (const s of half.scale) assert.equal(roundToHalf(s), s, 'scales are fp16 values');
+});
+
+test('mse grid search never does worse than the plain min/max grid', () => {
+  const { w } = randomProblem(16, 64);
+  w[5] = 2; // an outlier, which shrinking the range helps
+  const err = (mse: boolean): number => {
+    const q = rtn(w, 16, 64, { bits: 3, sym: false, mse, fp16Scales: true, groupSize: -1 });
+    const d = dequantize(q);
+    return w.reduce((a, x, i) => a + Math.abs(x - d[i]!) ** 2.4, 0);
+  };
+  assert.ok(err(true) < err(false));
+});
+
+test('with a diagonal Hessian GPTQ is RTN, and act-order un-permutes codes and groups', () => {
+  const rows = 5;
+  const cols = 16;
+  const { w } = randomProblem(rows, cols);
+  const h = new Float64Array(cols * cols);
+  const diag = Array.from({ length: cols }, (_, i) => 1 + ((i * 7) % cols));
+  diag.forEach((d, i) => (h[i * cols + i] = d));
+  const base = { ...GPTQ_DEFAULTS, bits: 4 };
+  assert.deepEqual(gptq(w, h, rows, cols, { ...base, actOrder: true }).layer.codes, rtn(w, rows, cols, { ...base }).codes);
+
+  const grouped = gptq(w, h, rows, cols, { ...base, actOrder: true, groupSize: 4 }).layer;
+  const order = Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag[b]! - diag[a]!);
+  for (let g = 0; g < 4; g++) {
+    const members = order.slice(g * 4, g * 4 + 4);
+    for (const c of members) assert.equal(grouped.gIdx[c], g, `column ${c} belongs to group ${g}`);
+    // the group's grid is RTN's grid over exactly those columns
+    const sub = Float32Array.from({ length: rows * 4 }, (_, i) => w[Math.floor(i / 4) * cols + members[i % 4]!]!);
+    const ref = rtn(sub, rows, 4, { ...base, groupSize: -1 });
+    for (let r = 0; r < rows; r++) {
+      assert.equal(grouped.scales[r * 4 + g], ref.scales[r]);
+      members.forEach((c, k) => assert.equal(grouped.codes[r * cols + c], ref.codes[r * 4 + k]));
+    }
+  }
+});
+
+test('static groups keep natural-order groups fitted before the sweep', () => {
+  const rows = 6;
+  const cols = 16;
+  const { w, h } = randomProblem(rows, cols);
+  const opts = { ...GPTQ_DEFAULTS, bits: 3, groupSize: 4, actOrder: true, staticGroups: true };
+  const q = gptq(w, h, rows, cols, opts).layer;
+  assert.deepEqual(
+    Array.from(q.gIdx),
+    Array.from({ length: cols }, (_, c) => Math.floor(c / 4)),
+  );
+  assert.deepEqual(q.scales, rtn(w, rows, cols, opts).scales);
+});
+
+test('dead inputs give zero weights; a singular Hessian raises the damping with a warning', () => {
+  const rows = 4;
+  const cols = 8;
+  const { w, h } = randomProblem(rows, cols);
+  for (let i = 0; i < cols; i++) h[3 * cols + i] = h[i * cols + 3] = 0;
+  const deq = dequantize(gptq(w, h, rows, cols, GPTQ_DEFAULTS).layer);
+  for (let r = 0; r < rows; r++) assert.equal(deq[r * cols + 3], 0);
+  assert.ok(deq.every(Number.isFinite));
+
+  const v = Float64Array.from({ length: cols }, (_, i) => i + 1);
+  const rank1 = Float64Array.from({ length: cols * cols }, (_, k) => v[Math.floor(k / cols)]! * v[k % cols]!);
+  const warnings: string[] = [];
+  const r = gptq(w, rank1, rows, cols, { ...GPTQ_DEFAULTS, percdamp: 0 }, (m) => warnings.push(m));
+  assert.ok(r.percdamp > 0 && warnings.length > 0 && /Cholesky failed/.test(warnings[0]!));
+  assert.ok(dequantize(r.layer).every(Number.isFinite));
+});
+
+/** ½·tr((W − Q) H (W − Q)ᵀ): the layer's output error on the calibration inputs */
+function outputError(w: Float32Array, q: QuantizedLayer, h: Float64Array): number {
+  const d = dequantize(q);
+  const { rows, cols } = q;
+  let total = 0;
+  const e = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) e[c] = w[r * cols + c]! - d[r * cols + c]!;
+    for (let i = 0; i < cols; i++) {
+      if (e[i] === 0) continue;
+      let s = 0;
+      for (let j = 0; j < cols; j++) s += h[i * cols + j]! * e[j]!;
+      total += e[i]! * s;
+    }
+  }
+  return total / 2;
+}
+
+test('GPTQ beats RTN on the output error of every real stories15M layer (w3, true-sequential)', async () => {
+  const dir = await pullStories15m();
+  const tokens = loadTokenizer(dir).encode((await loadText('sotu-calib')).slice(0, 400_000));
+  const opts = { ...QUANTIZE_DEFAULTS, bits: 3 };
+  const rows: string[] = [];
+  await quantizeModel(
+    dir,
+    await getBackend(),
+    opts,
+    { windows: calibrationWindows(tokens, 16, 256, 0), seqlen: 256 },
+    undefined,
+    undefined,
+    (name, w, h, q) => {
+      const r = rtn(w, q.rows, q.cols, opts);
+      const eg = outputError(w, q, h!);
+      const er = outputError(w, r, h!);
+      rows.push(name);
+      assert.ok(eg < er, `${name}: GPTQ ${eg} vs RTN ${er}`);
+    },
+  );
+  assert.equal(rows.length, 42);
+});
+
+test('impossible options are refused before any work', async () => {
+  const cfg = parseLlamaConfig(readConfigJson(await pullStories15m()), 'config.json');
+  const ok = { ...QUANTIZE_DEFAULTS };
+  assert.throws(() => validateOptions(cfg, { ...ok, bits: 5 }), /--bits 5 is not supported/);
+  assert.throws(
+    () => validateOptions(cfg, { ...ok, groupSize: 100 }),
+    /--group-size 100 does not divide self_attn\.q_proj's 288 input columns/,
+  );
+  assert.throws(() => validateOptions(cfg, { ...ok, groupSize: 1024 }), /does not divide/);
+  assert.throws(() => validateOptions(cfg, { ...ok, staticGroups: true }), /--static-groups needs a --group-size/);
+  assert.throws(() => validateOptions(cfg, { ...ok, percdamp: -1 }), /--damp -1/);
+  assert.throws(() => validateOptions(cfg, ok, { nsamples: 0, seqlen: 256 }), /--nsamples 0/);
+  assert.throws(() => validateOptions(cfg, ok, { nsamples: 8, seqlen: 1000 }), /--seqlen 1000 must be in 2\.\.256/);
+  assert.throws(() => validateOptions(cfg, { ...ok, method: 'rtn', actOrder: true }), /RTN has no column order/);
+});
