@@ -44,8 +44,9 @@ export async function quantize(
   let calibration: PipelineSummary['calibration'];
   if (opts.method === 'gptq') {
     const tokenizer = loadTokenizer(modelDir);
+    const text = await loadText(opts.data);
     hooks.log?.(`tokenizing calibration text ${opts.data}`);
-    const tokens = tokenizer.encode(await loadText(opts.data));
+    const tokens = tokenizer.encode(text);
     calib = { windows: calibrationWindows(tokens, opts.nsamples, opts.seqlen, opts.seed), seqlen: opts.seqlen };
     calibration = { windows: opts.nsamples, seqlen: opts.seqlen, tokens: tokens.length, data: opts.data, seed: opts.seed };
   }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
@@ -77,4 +77,31 @@ test('bad input gets one clear line and a non-zero exit', () => {
   assertOneLineError(cli('convert', 'llama2c', join(dir, 'missing.bin'), join(dir, 'out')), /missing\.bin: file not found/);
   writeFileSync(join(dir, 'short.bin'), Buffer.alloc(100));
   assertOneLineError(cli('convert', 'llama2c', join(dir, 'short.bin'), join(dir, 'out')), /short\.bin: not a llama2\.c checkpoint/);
+});
+
+test('quantize writes a fake-quant model that eval reads, with a JSON summary', () => {
+  const out = join(mkdtempSync(join(tmpdir(), 'q-')), 'w4');
+  const r = cli('quantize', model, '--bits', '4', '--group-size', '128', '--nsamples', '8', '--out', out, '--json');
+  assert.equal(r.code, 0, r.stderr);
+  const summary = JSON.parse(r.stdout);
+  assert.equal(summary.layers.length, 42);
+  assert.ok(summary.layers.every((l: { loss: number; percdamp: number }) => l.loss > 0 && l.percdamp === 0.01));
+  assert.deepEqual(readdirSync(join(out, '..')), ['w4'], 'no temporary leftovers');
+  const e = cli('eval', out, '--windows', '2', '--ref', model, '--json');
+  assert.equal(e.code, 0, e.stderr);
+  const j = JSON.parse(e.stdout);
+  assert.ok(j.kl > 0 && j.top1 > 0.3 && j.top1 < 1, `kl ${j.kl} top1 ${j.top1}`);
+});
+
+test('quantize refuses impossible options before any work and writes nothing', () => {
+  const parent = mkdtempSync(join(tmpdir(), 'qbad-'));
+  const out = join(parent, 'never');
+  assertOneLineError(cli('quantize', model, '--bits', '5', '--out', out), /--bits 5 is not supported/);
+  assertOneLineError(cli('quantize', model, '--group-size', '1000', '--out', out), /--group-size 1000 is larger than/);
+  assertOneLineError(cli('quantize', model, '--nsamples', '0', '--out', out), /--nsamples 0/);
+  assertOneLineError(cli('quantize', model, '--seqlen', '4096', '--out', out), /--seqlen 4096 must be in 2\.\.256/);
+  assertOneLineError(cli('quantize', model, '--method', 'awq', '--out', out), /--method "awq" is not one of gptq, rtn/);
+  assertOneLineError(cli('quantize', model, '--data', 'nowhere', '--out', out), /unknown dataset "nowhere"/);
+  assert.equal(existsSync(out), false);
+  assert.deepEqual(readdirSync(parent), []);
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { loadText } from '../src/calib/datasets.js';
-import { evaluate } from '../src/eval/perplexity.js';
+import { evaluate, referenceStates } from '../src/eval/perplexity.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { loadModel } from '../src/models/load.js';
 
@@ -25,7 +25,8 @@ for (const [data, { ppl, tol }] of Object.entries(REFERENCE)) {
 
 test('a model compared with itself has zero KL and full top-1 agreement', async () => {
   const { model, tokenizer } = await loadModel(await pullStories15m());
-  const r = await evaluate(model, tokenizer.encode(await loadText('sotu-test')), { windows: 4, ref: model });
+  const tokens = tokenizer.encode(await loadText('sotu-test'));
+  const r = await evaluate(model, tokens, { windows: 4, ref: await referenceStates(model, tokens, { windows: 4 }) });
   assert.ok(Math.abs(r.kl!) < 1e-5, `kl ${r.kl}`);
   assert.equal(r.top1, 1);
 });

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { loadText } from '../calib/datasets.js';
-import { evaluate, type EvalResult } from '../eval/perplexity.js';
+import { evaluate, referenceStates, type EvalResult } from '../eval/perplexity.js';
 import { UserError } from '../io/errors.js';
 import { convertLlama2c } from '../io/llama2c.js';
 import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
@@ -39,13 +39,13 @@ async function resolveModel(arg: string): Promise<string> {
 
 async function runEval(modelArg: string, data: string, opts: { ref?: string; windows: number; seqlen?: number }): Promise<EvalResult> {
   const { model, tokenizer } = await loadModel(await resolveModel(modelArg));
-  const ref = opts.ref ? (await loadModel(await resolveModel(opts.ref))).model : undefined;
   const tokens = tokenizer.encode(await loadText(data));
+  const plan = { windows: opts.windows, ...(opts.seqlen ? { seqlen: opts.seqlen } : {}) };
+  const ref = opts.ref ? await referenceStates((await loadModel(await resolveModel(opts.ref))).model, tokens, plan) : undefined;
   const bar = progressBar(`eval ${data}`);
   try {
     return await evaluate(model, tokens, {
-      windows: opts.windows,
-      ...(opts.seqlen ? { seqlen: opts.seqlen } : {}),
+      ...plan,
       ...(ref ? { ref } : {}),
       onProgress: bar.update,
     });

@@ -2,15 +2,16 @@ import type { Llama } from '../models/llama.js';
 
 /**
  * Perplexity by the reference protocol: the first `windows` non-overlapping windows of `seqlen` tokens;
- * in each, tokens 1..seqlen-1 are predicted from their prefix; ppl = exp(mean NLL). With a reference model,
- * also the mean KL(ref || model) of next-token distributions and top-1 agreement over the same positions.
+ * in each, tokens 1..seqlen-1 are predicted from their prefix; ppl = exp(mean NLL). With a reference model's
+ * states, also the mean KL(ref || model) of next-token distributions and top-1 agreement at the same positions.
  */
 export interface EvalOptions {
   windows?: number;
   seqlen?: number;
   /** windows per forward pass */
   batch?: number;
-  ref?: Llama;
+  /** the reference model's final hidden states for the same windows (see referenceStates) */
+  ref?: ReferenceStates;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -25,13 +26,42 @@ export interface EvalResult {
   seconds: number;
 }
 
-export async function evaluate(model: Llama, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<EvalResult> {
+/** A reference model's final hidden states over the eval windows, computed once and reused for every comparison. */
+export interface ReferenceStates {
+  head: Float32Array;
+  /** [windows * seqlen, hidden] */
+  hidden: Float32Array;
+  windows: number;
+  seqlen: number;
+}
+
+function windowPlan(model: Llama, tokens: ArrayLike<number>, opts: EvalOptions): { seqlen: number; windows: number; batch: number } {
   const seqlen = opts.seqlen ?? Math.min(256, model.cfg.maxPositions);
   if (seqlen < 2 || seqlen > model.cfg.maxPositions) throw new RangeError(`seqlen ${seqlen} must be in 2..${model.cfg.maxPositions}`);
-  const available = Math.floor(tokens.length / seqlen);
-  const windows = Math.min(opts.windows ?? 128, available);
+  const windows = Math.min(opts.windows ?? 128, Math.floor(tokens.length / seqlen));
   if (windows < 1) throw new RangeError(`text has ${tokens.length} tokens: too short for one window of ${seqlen}`);
-  const batch = opts.batch ?? 8;
+  return { seqlen, windows, batch: opts.batch ?? 8 };
+}
+
+function windowTokens(tokens: ArrayLike<number>, first: number, count: number, seqlen: number): Int32Array {
+  return Int32Array.from({ length: count * seqlen }, (_, i) => tokens[first * seqlen + i]!);
+}
+
+export async function referenceStates(model: Llama, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<ReferenceStates> {
+  const { seqlen, windows, batch } = windowPlan(model, tokens, opts);
+  const D = model.cfg.hiddenSize;
+  const hidden = new Float32Array(windows * seqlen * D);
+  for (let w0 = 0; w0 < windows; w0 += batch) {
+    const b = Math.min(batch, windows - w0);
+    hidden.set(await model.hidden(windowTokens(tokens, w0, b, seqlen), b, seqlen), w0 * seqlen * D);
+  }
+  return { head: model.head, hidden, windows, seqlen };
+}
+
+export async function evaluate(model: Llama, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<EvalResult> {
+  const { seqlen, windows, batch } = windowPlan(model, tokens, opts);
+  const ref = opts.ref;
+  if (ref && (ref.windows < windows || ref.seqlen !== seqlen)) throw new RangeError('reference states cover different windows');
   const t0 = performance.now();
   const { vocabSize: V, hiddenSize: D } = model.cfg;
   let nllSum = 0;
@@ -40,13 +70,21 @@ export async function evaluate(model: Llama, tokens: ArrayLike<number>, opts: Ev
   const rows = seqlen - 1;
   for (let w0 = 0; w0 < windows; w0 += batch) {
     const b = Math.min(batch, windows - w0);
-    const ids = Int32Array.from({ length: b * seqlen }, (_, i) => tokens[w0 * seqlen + i]!);
-    const [h, hr] = await Promise.all([model.hidden(ids, b, seqlen), opts.ref?.hidden(ids, b, seqlen)]);
+    const ids = windowTokens(tokens, w0, b, seqlen);
+    const h = await model.hidden(ids, b, seqlen);
     for (let i = 0; i < b; i++) {
-      // positions 0..seqlen-2 predict tokens 1..seqlen-1
-      const sel = (x: Float32Array): Float32Array => x.subarray(i * seqlen * D, (i * seqlen + rows) * D);
+      // positions 0..seqlen-2 of window `first` predict its tokens 1..seqlen-1
+      const rowsOf = (x: Float32Array, first: number): Float32Array => x.subarray(first * seqlen * D, (first * seqlen + rows) * D);
       const targets = ids.subarray(i * seqlen + 1, (i + 1) * seqlen);
-      const st = await model.backend.headStats(sel(h), model.head, rows, D, V, targets, hr && { h: sel(hr), w: opts.ref!.head });
+      const st = await model.backend.headStats(
+        rowsOf(h, i),
+        model.head,
+        rows,
+        D,
+        V,
+        targets,
+        ref && { h: rowsOf(ref.hidden, w0 + i), w: ref.head },
+      );
       nllSum += st.nll.reduce((a, x) => a + x, 0);
       if (st.kl) klSum += st.kl.reduce((a, x) => a + x, 0);
       if (st.agree) agreeSum += st.agree.reduce((a, x) => a + x, 0);
@@ -63,7 +101,7 @@ export async function evaluate(model: Llama, tokens: ArrayLike<number>, opts: Ev
     tokens: windows * seqlen,
     seconds: (performance.now() - t0) / 1000,
   };
-  if (opts.ref) {
+  if (ref) {
     result.kl = klSum / n;
     result.top1 = agreeSum / n;
   }
