@@ -2,6 +2,8 @@ import { existsSync } from 'node:fs';
 import { calibrationWindows } from './calib/windows.js';
 import { loadText } from './calib/datasets.js';
 import { writeFakeQuant } from './formats/fake-quant.js';
+import { writeGptqCheckpoint } from './formats/gptq.js';
+import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { parseLlamaConfig, readConfigJson } from './io/config.js';
 import { fail } from './io/errors.js';
 import { loadTokenizer } from './models/load.js';
@@ -20,7 +22,14 @@ export interface PipelineOptions extends QuantizeOptions {
   seqlen: number;
   data: string;
   seed: number;
+  /** checkpoint written to `out`: packed GPTQ (v1 or v2) or dequantized float weights */
+  format: CheckpointFormat | 'fake';
+  /** dtype of the tensors that stay float in a GPTQ checkpoint */
+  floatDtype: 'F16' | 'F32';
+  maxShardBytes: number;
 }
+
+export const OUTPUT_FORMATS = ['gptq', 'gptq_v2', 'fake'] as const;
 
 export interface PipelineSummary {
   model: string;
@@ -40,6 +49,13 @@ export async function quantize(
   if (!existsSync(modelDir)) fail(`${modelDir}: model directory not found`);
   const cfg = parseLlamaConfig(readConfigJson(modelDir), `${modelDir}/config.json`);
   validateOptions(cfg, opts, opts.method === 'gptq' ? { nsamples: opts.nsamples, seqlen: opts.seqlen } : undefined);
+  if (!OUTPUT_FORMATS.includes(opts.format)) fail(`--format ${JSON.stringify(opts.format)} is not one of ${OUTPUT_FORMATS.join(', ')}`);
+  if (opts.format !== 'fake') {
+    for (const cols of [cfg.hiddenSize, cfg.intermediateSize]) {
+      if ((cols * opts.bits) % 32 !== 0)
+        fail(`--format ${opts.format}: ${cols} input columns of ${opts.bits} bits do not pack into whole int32 words`);
+    }
+  }
   let calib: { windows: Int32Array; seqlen: number } | undefined;
   let calibration: PipelineSummary['calibration'];
   if (opts.method === 'gptq') {
@@ -55,7 +71,18 @@ export async function quantize(
   if (calibration) summary.calibration = calibration;
   if (out) {
     summary.out = out;
-    await writeFakeQuant(modelDir, out, result.layers, summary);
+    if (opts.format === 'fake') {
+      await writeFakeQuant(modelDir, out, result.layers, summary);
+    } else {
+      await writeGptqCheckpoint(modelDir, out, result.layers, {
+        format: opts.format,
+        floatDtype: opts.floatDtype,
+        maxShardBytes: opts.maxShardBytes,
+        quant: opts,
+        summary,
+        ...(hooks.warn ? { warn: hooks.warn } : {}),
+      });
+    }
   }
   return { result, summary };
 }

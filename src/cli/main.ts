@@ -7,7 +7,7 @@ import { convertLlama2c } from '../io/llama2c.js';
 import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
 import { generate } from '../infer/generate.js';
 import { loadModel } from '../models/load.js';
-import { quantize } from '../pipeline.js';
+import { quantize, type PipelineOptions } from '../pipeline.js';
 import { QUANTIZE_DEFAULTS, type Method } from '../quant/quantize-model.js';
 import { progressBar } from './progress.js';
 
@@ -23,6 +23,12 @@ function integer(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n)) throw new InvalidArgumentError('must be an integer');
   return n;
+}
+
+function floatDtype(name: string): 'F16' | 'F32' {
+  if (name === 'float16') return 'F16';
+  if (name === 'float32') return 'F32';
+  throw new UserError(`--dtype ${JSON.stringify(name)} is not float16 or float32`);
 }
 
 function positiveInt(value: string): number {
@@ -158,8 +164,11 @@ export function buildCli(): Command {
     .option('--data <name|path>', 'calibration text: sotu-calib, sotu-test, moby, or a file / folder', 'sotu-calib')
     .option('--seed <n>', 'calibration sampling seed', integer, 0)
     .option('--out <dir>', 'output model directory (written atomically)')
+    .option('--format <f>', 'gptq (v1, AutoGPTQ/transformers), gptq_v2 (GPTQModel), or fake (dequantized float weights)', 'gptq')
+    .option('--dtype <d>', 'dtype of the tensors that stay float: float16 or float32', 'float16')
+    .option('--max-shard-mb <n>', 'split the checkpoint into shards of at most this many MB', positiveInt, 4096)
     .option('--json', 'print the JSON summary on stdout')
-    .description('quantize every linear layer (GPTQ or round-to-nearest); writes dequantized weights for now')
+    .description('quantize every linear layer (GPTQ or round-to-nearest) and write a checkpoint')
     .action(async (modelArg: string, o: Record<string, unknown>) => {
       const method = o['method'] as Method;
       if (method !== 'gptq' && method !== 'rtn') throw new UserError(`--method ${JSON.stringify(method)} is not one of gptq, rtn`);
@@ -183,6 +192,9 @@ export function buildCli(): Command {
             seqlen: o['seqlen'] as number,
             data: o['data'] as string,
             seed: o['seed'] as number,
+            format: o['format'] as PipelineOptions['format'],
+            floatDtype: floatDtype(o['dtype'] as string),
+            maxShardBytes: (o['maxShardMb'] as number) * 2 ** 20,
           },
           o['out'] as string | undefined,
           { onProgress: bar.update, warn: (m) => log(`warning: ${m}`), log },

@@ -39,10 +39,15 @@ export function linearShape(cfg: LlamaConfig, name: LinearName): [number, number
   }
 }
 
-export function readBlock(st: SafetensorsModel, cfg: LlamaConfig, i: number): BlockWeights {
+/** Reads one linear layer's float weight [out, in] by its tensor name (…q_proj.weight); quantized formats plug in here. */
+export type LinearReader = (st: SafetensorsModel, weightName: string, shape: [number, number]) => Float32Array;
+
+export const readFloatLinear: LinearReader = (st, name, shape) => st.readFloat(name, shape);
+
+export function readBlock(st: SafetensorsModel, cfg: LlamaConfig, i: number, readLinear: LinearReader = readFloatLinear): BlockWeights {
   const p = `model.layers.${i}.`;
   const linear = {} as Record<LinearName, Float32Array>;
-  for (const group of LINEAR_GROUPS) for (const name of group) linear[name] = st.readFloat(`${p}${name}.weight`, linearShape(cfg, name));
+  for (const group of LINEAR_GROUPS) for (const name of group) linear[name] = readLinear(st, `${p}${name}.weight`, linearShape(cfg, name));
   return {
     inputNorm: st.readFloat(`${p}input_layernorm.weight`, [cfg.hiddenSize]),
     postNorm: st.readFloat(`${p}post_attention_layernorm.weight`, [cfg.hiddenSize]),
@@ -156,12 +161,12 @@ export class Llama {
     this.rope = new Rope(this.headDim, cfg.maxPositions, cfg.ropeTheta);
   }
 
-  static async load(dir: string, backend: Backend): Promise<Llama> {
+  static async load(dir: string, backend: Backend, readLinear: LinearReader = readFloatLinear): Promise<Llama> {
     const cfg = parseLlamaConfig(readConfigJson(dir), `${dir}/config.json`);
     const st = new SafetensorsModel(dir);
     try {
       const embed = st.readFloat('model.embed_tokens.weight', [cfg.vocabSize, cfg.hiddenSize]);
-      const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i));
+      const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i, readLinear));
       const finalNorm = st.readFloat('model.norm.weight', [cfg.hiddenSize]);
       const head =
         st.has('lm_head.weight') && !cfg.tieWordEmbeddings ? st.readFloat('lm_head.weight', [cfg.vocabSize, cfg.hiddenSize]) : embed;

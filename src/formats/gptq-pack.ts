@@ -1,0 +1,118 @@
+import { floatToHalf, halfToFloat } from '../io/fp16.js';
+import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
+
+/**
+ * GPTQ integer packing (the AutoGPTQ / GPTQModel / transformers layout): values of `bits` bits laid one after
+ * another, least significant bits first, in a little-endian stream of int32 words. For 2, 4 and 8 bits a word
+ * holds 32/bits whole values; for 3 bits 32 values fill 3 words and values 10 and 21 straddle word boundaries
+ * (10 + 1 + 10 + 1 + 10), which is what the stream view gives without a special case.
+ */
+
+/** Pack n values (read through `get`) into n·bits/32 words written through `put(wordIndex, word)`. */
+export function packStream(n: number, bits: number, get: (i: number) => number, put: (w: number, word: number) => void): void {
+  if ((n * bits) % 32 !== 0) throw new RangeError(`${n} values of ${bits} bits do not fill whole 32-bit words`);
+  const mask = (1 << bits) - 1;
+  let word = 0;
+  let w = 0;
+  for (let i = 0; i < n; i++) {
+    const v = get(i) & mask;
+    const off = (i * bits) % 32;
+    word |= v << off;
+    if (off + bits >= 32) {
+      put(w++, word | 0);
+      // the bits that did not fit start the next word
+      word = off + bits > 32 ? v >>> (32 - off) : 0;
+    }
+  }
+}
+
+/** Unpack n values from words read through `get(wordIndex)`. */
+export function unpackStream(n: number, bits: number, get: (w: number) => number, put: (i: number, value: number) => void): void {
+  const mask = (1 << bits) - 1;
+  for (let i = 0; i < n; i++) {
+    const bit = i * bits;
+    const w = bit >>> 5;
+    const off = bit & 31;
+    let v = get(w) >>> off;
+    if (off + bits > 32) v |= get(w + 1) << (32 - off);
+    put(i, v & mask);
+  }
+}
+
+/** The four tensors of one quantized linear layer, as stored in a GPTQ checkpoint. */
+export interface GptqTensors {
+  /** int32 [cols·bits/32, rows] */
+  qweight: Int32Array;
+  /** int32 [groups, rows·bits/32] */
+  qzeros: Int32Array;
+  /** fp16 bits [groups, rows] */
+  scales: Uint16Array;
+  /** int32 [cols] */
+  gIdx: Int32Array;
+}
+
+export type CheckpointFormat = 'gptq' | 'gptq_v2';
+
+/** v1 ("gptq") checkpoints store zero − 1 (AutoGPTQ's convention); v2 stores the zero point itself. */
+export const zeroOffset = (format: CheckpointFormat): number => (format === 'gptq' ? 1 : 0);
+
+export function packLayer(q: QuantizedLayer, format: CheckpointFormat): GptqTensors {
+  const { rows, cols, bits } = q;
+  const G = numGroups(q);
+  const qweight = new Int32Array(((cols * bits) / 32) * rows);
+  for (let r = 0; r < rows; r++) {
+    packStream(
+      cols,
+      bits,
+      (c) => q.codes[r * cols + c]!,
+      (w, word) => (qweight[w * rows + r] = word),
+    );
+  }
+  const wordsPerGroup = (rows * bits) / 32;
+  const qzeros = new Int32Array(G * wordsPerGroup);
+  const off = zeroOffset(format);
+  for (let g = 0; g < G; g++) {
+    packStream(
+      rows,
+      bits,
+      (r) => q.zeros[r * G + g]! - off,
+      (w, word) => (qzeros[g * wordsPerGroup + w] = word),
+    );
+  }
+  const scales = new Uint16Array(G * rows);
+  for (let r = 0; r < rows; r++) for (let g = 0; g < G; g++) scales[g * rows + r] = floatToHalf(q.scales[r * G + g]!);
+  return { qweight, qzeros, scales, gIdx: Int32Array.from(q.gIdx) };
+}
+
+export function unpackLayer(
+  t: GptqTensors,
+  shape: { rows: number; cols: number; bits: number; groupSize: number; sym: boolean },
+  format: CheckpointFormat,
+): QuantizedLayer {
+  const { rows, cols, bits } = shape;
+  const G = t.scales.length / rows;
+  const codes = new Uint8Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    unpackStream(
+      cols,
+      bits,
+      (w) => t.qweight[w * rows + r]!,
+      (c, v) => (codes[r * cols + c] = v),
+    );
+  }
+  const zeros = new Int32Array(rows * G);
+  const wordsPerGroup = (rows * bits) / 32;
+  const mask = (1 << bits) - 1;
+  const off = zeroOffset(format);
+  for (let g = 0; g < G; g++) {
+    unpackStream(
+      rows,
+      bits,
+      (w) => t.qzeros[g * wordsPerGroup + w]!,
+      (r, v) => (zeros[r * G + g] = (v + off) & mask),
+    );
+  }
+  const scales = new Float32Array(rows * G);
+  for (let r = 0; r < rows; r++) for (let g = 0; g < G; g++) scales[r * G + g] = halfToFloat(t.scales[g * rows + r]!);
+  return { ...shape, codes, scales, zeros, gIdx: Int32Array.from(t.gIdx) };
+}

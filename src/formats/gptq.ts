@@ -1,0 +1,174 @@
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeAtomically } from '../io/atomic.js';
+import { readConfigJson } from '../io/config.js';
+import { fail } from '../io/errors.js';
+import { floatArrayToHalf } from '../io/fp16.js';
+import { SafetensorsModel, toFloat32, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
+import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
+import { TOKENIZER_FILES } from './fake-quant.js';
+import { packLayer, unpackLayer, type CheckpointFormat } from './gptq-pack.js';
+
+/**
+ * GPTQ checkpoints as transformers / vLLM / GPTQModel / TGI load them: per quantized linear `<name>.qweight`,
+ * `.qzeros`, `.scales` (fp16) and `.g_idx`; every other tensor as a float; config.json with
+ * `quantization_config`, and quantize_config.json for AutoGPTQ-era loaders.
+ */
+export const CHECKPOINT_FORMATS: CheckpointFormat[] = ['gptq', 'gptq_v2'];
+
+export interface QuantConfig {
+  bits: number;
+  groupSize: number;
+  descAct: boolean;
+  sym: boolean;
+  format: CheckpointFormat;
+}
+
+export interface GptqExportOptions {
+  format: CheckpointFormat;
+  /** dtype of the tensors that are not quantized (embeddings, norms, head) */
+  floatDtype: 'F16' | 'F32';
+  /** start a new shard above this many bytes */
+  maxShardBytes: number;
+  quant: { bits: number; groupSize: number; actOrder: boolean; sym: boolean; percdamp: number; staticGroups: boolean };
+  summary?: object;
+  warn?: (msg: string) => void;
+}
+
+const linearPrefix = (weightName: string): string => weightName.replace(/\.weight$/, '');
+
+function quantizationConfig(o: GptqExportOptions): Record<string, unknown> {
+  return {
+    quant_method: 'gptq',
+    bits: o.quant.bits,
+    group_size: o.quant.groupSize,
+    desc_act: o.quant.actOrder,
+    sym: o.quant.sym,
+    damp_percent: o.quant.percdamp,
+    true_sequential: true,
+    static_groups: o.quant.staticGroups,
+    checkpoint_format: o.format,
+    model_file_base_name: 'model',
+  };
+}
+
+export async function writeGptqCheckpoint(
+  srcDir: string,
+  outDir: string,
+  layers: Map<string, QuantizedLayer>,
+  o: GptqExportOptions,
+): Promise<void> {
+  const st = new SafetensorsModel(srcDir);
+  const tensors = new Map<string, TensorToWrite>();
+  try {
+    for (const name of st.names()) {
+      const q = layers.get(name);
+      if (!q) {
+        const data = toFloat32(st.read(name), `${srcDir}: ${name}`);
+        const shape = st.info(name).shape;
+        tensors.set(name, o.floatDtype === 'F16' ? { dtype: 'F16', shape, data: floatArrayToHalf(data) } : { dtype: 'F32', shape, data });
+        continue;
+      }
+      if (o.format === 'gptq' && q.zeros.some((z) => z === 0)) {
+        o.warn?.(`${name}: zero point 0 cannot be stored in the v1 "gptq" format (loaders read 2^bits); use --format gptq_v2`);
+      }
+      const t = packLayer(q, o.format);
+      const p = linearPrefix(name);
+      const G = numGroups(q);
+      tensors.set(`${p}.qweight`, { dtype: 'I32', shape: [(q.cols * q.bits) / 32, q.rows], data: t.qweight });
+      tensors.set(`${p}.qzeros`, { dtype: 'I32', shape: [G, (q.rows * q.bits) / 32], data: t.qzeros });
+      tensors.set(`${p}.scales`, { dtype: 'F16', shape: [G, q.rows], data: t.scales });
+      tensors.set(`${p}.g_idx`, { dtype: 'I32', shape: [q.cols], data: t.gIdx });
+    }
+  } finally {
+    st.close();
+  }
+  const config = readConfigJson(srcDir);
+  config['quantization_config'] = quantizationConfig(o);
+  config['torch_dtype'] = o.floatDtype === 'F16' ? 'float16' : 'float32';
+  const shards = splitShards(tensors, o.maxShardBytes);
+  await writeAtomically(outDir, async (tmp) => {
+    mkdirSync(tmp, { recursive: true });
+    writeFileSync(join(tmp, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+    writeFileSync(join(tmp, 'quantize_config.json'), JSON.stringify(quantizationConfig(o), null, 2) + '\n');
+    for (const f of TOKENIZER_FILES) if (existsSync(join(srcDir, f))) copyFileSync(join(srcDir, f), join(tmp, f));
+    if (o.summary) writeFileSync(join(tmp, 'quantize_summary.json'), JSON.stringify(o.summary, null, 2) + '\n');
+    if (shards.length === 1) {
+      await writeSafetensors(join(tmp, 'model.safetensors'), shards[0]!);
+      return;
+    }
+    const weightMap: Record<string, string> = {};
+    let total = 0;
+    for (const [i, shard] of shards.entries()) {
+      const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`;
+      await writeSafetensors(join(tmp, file), shard);
+      for (const [name, t] of shard) {
+        weightMap[name] = file;
+        total += t.data.byteLength;
+      }
+    }
+    writeFileSync(
+      join(tmp, 'model.safetensors.index.json'),
+      JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n',
+    );
+  });
+}
+
+function splitShards(tensors: Map<string, TensorToWrite>, maxBytes: number): Map<string, TensorToWrite>[] {
+  const shards: Map<string, TensorToWrite>[] = [new Map()];
+  let size = 0;
+  for (const [name, t] of tensors) {
+    if (size > 0 && size + t.data.byteLength > maxBytes) {
+      shards.push(new Map());
+      size = 0;
+    }
+    shards.at(-1)!.set(name, t);
+    size += t.data.byteLength;
+  }
+  return shards;
+}
+
+/** The GPTQ settings of a model directory, or undefined for a float model. */
+export function readQuantConfig(dir: string, config: Record<string, unknown>): QuantConfig | undefined {
+  let qc = config['quantization_config'] as Record<string, unknown> | undefined;
+  const where = qc ? `${dir}/config.json quantization_config` : `${dir}/quantize_config.json`;
+  if (!qc && existsSync(join(dir, 'quantize_config.json'))) qc = JSON.parse(readFileSync(join(dir, 'quantize_config.json'), 'utf8'));
+  if (!qc) return undefined;
+  const method = qc['quant_method'] ?? 'gptq';
+  if (method !== 'gptq') fail(`${where}: unsupported quant_method ${JSON.stringify(method)} (supported: gptq)`);
+  const format = (qc['checkpoint_format'] ?? 'gptq') as CheckpointFormat;
+  if (!CHECKPOINT_FORMATS.includes(format))
+    fail(`${where}: unknown checkpoint_format ${JSON.stringify(format)} (supported: ${CHECKPOINT_FORMATS.join(', ')})`);
+  const bits = qc['bits'];
+  if (typeof bits !== 'number' || ![2, 3, 4, 8].includes(bits)) fail(`${where}: bits ${JSON.stringify(bits)} is not one of 2, 3, 4, 8`);
+  const groupSize = qc['group_size'] ?? -1;
+  if (typeof groupSize !== 'number' || !Number.isInteger(groupSize) || (groupSize <= 0 && groupSize !== -1))
+    fail(`${where}: invalid group_size ${JSON.stringify(groupSize)}`);
+  return { bits, groupSize, descAct: qc['desc_act'] === true, sym: qc['sym'] !== false, format };
+}
+
+/** Read and check one quantized linear layer ([rows=out, cols=in]) of a GPTQ checkpoint. */
+export function readGptqLinear(st: SafetensorsModel, weightName: string, rows: number, cols: number, qc: QuantConfig): QuantizedLayer {
+  const p = linearPrefix(weightName);
+  const { bits } = qc;
+  const G = qc.groupSize > 0 ? Math.ceil(cols / qc.groupSize) : 1;
+  const get = (suffix: string, dtype: string, shape: number[]): Int32Array | Uint16Array => {
+    const name = `${p}.${suffix}`;
+    const info = st.info(name);
+    if (info.dtype !== dtype) fail(`${info.file}: ${name} is ${info.dtype}, expected ${dtype}`);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      fail(`${info.file}: ${name} has shape [${info.shape}] but the config (bits ${bits}, group_size ${qc.groupSize}) implies [${shape}]`);
+    }
+    return st.read(name).data as Int32Array | Uint16Array;
+  };
+  const qweight = get('qweight', 'I32', [(cols * bits) / 32, rows]) as Int32Array;
+  const qzeros = get('qzeros', 'I32', [G, (rows * bits) / 32]) as Int32Array;
+  const scales = get('scales', 'F16', [G, rows]) as Uint16Array;
+  const gIdx = st.has(`${p}.g_idx`)
+    ? (get('g_idx', 'I32', [cols]) as Int32Array)
+    : Int32Array.from({ length: cols }, (_, c) => (qc.groupSize > 0 ? Math.floor(c / qc.groupSize) : 0));
+  for (let c = 0; c < cols; c++) {
+    if (gIdx[c]! < 0 || gIdx[c]! >= G) fail(`${st.info(`${p}.qweight`).file}: ${p}.g_idx[${c}] = ${gIdx[c]} is outside 0..${G - 1}`);
+  }
+  return unpackLayer({ qweight, qzeros, scales, gIdx }, { rows, cols, bits, groupSize: qc.groupSize, sym: qc.sym }, qc.format);
+}

@@ -1,0 +1,159 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { before, test } from 'node:test';
+import { calibrationWindows } from '../src/calib/windows.js';
+import { loadText } from '../src/calib/datasets.js';
+import { evaluate } from '../src/eval/perplexity.js';
+import { writeFakeQuant } from '../src/formats/fake-quant.js';
+import { writeGptqCheckpoint } from '../src/formats/gptq.js';
+import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
+import { pullStories15m } from '../src/io/stories.js';
+import { loadModel, loadTokenizer } from '../src/models/load.js';
+import { quantizeModel, QUANTIZE_DEFAULTS, type QuantizeOptions } from '../src/quant/quantize-model.js';
+import { dequantize } from '../src/quant/quantized-layer.js';
+import { getBackend } from '../src/tensor/index.js';
+
+let model: string;
+let windows: Int32Array;
+let evalTokens: number[];
+before(async () => {
+  model = await pullStories15m();
+  const tok = loadTokenizer(model);
+  windows = calibrationWindows(tok.encode((await loadText('sotu-calib')).slice(0, 200_000)), 4, 256, 0);
+  evalTokens = tok.encode((await loadText('sotu-test')).slice(0, 30_000));
+});
+
+const exportOpts = (o: QuantizeOptions, format: 'gptq' | 'gptq_v2', maxShardBytes = 2 ** 40) => ({
+  format,
+  floatDtype: 'F32' as const,
+  maxShardBytes,
+  quant: o,
+});
+
+const CASES: Partial<QuantizeOptions>[] = [
+  { bits: 2, groupSize: 64, actOrder: true },
+  { bits: 3, groupSize: -1 },
+  { bits: 4, groupSize: 128, actOrder: true },
+  { bits: 8, groupSize: 32, sym: true },
+];
+
+for (const c of CASES) {
+  test(`export -> load round trip is exact: ${JSON.stringify(c)}`, async () => {
+    const opts = { ...QUANTIZE_DEFAULTS, ...c };
+    const { layers } = await quantizeModel(model, await getBackend(), opts, { windows, seqlen: 256 });
+    const dir = mkdtempSync(join(tmpdir(), 'rt-'));
+    await writeFakeQuant(model, join(dir, 'fake'), layers, {});
+    const fake = (await loadModel(join(dir, 'fake'))).model;
+    const want = await evaluate(fake, evalTokens, { windows: 4 });
+    for (const format of ['gptq', 'gptq_v2'] as const) {
+      const out = join(dir, format);
+      // a small shard limit also exercises sharded writing and reading
+      await writeGptqCheckpoint(model, out, layers, exportOpts(opts, format, 8 << 20));
+      assert.ok(existsSync(join(out, 'model.safetensors.index.json')));
+      const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+      assert.equal(cfg.quantization_config.checkpoint_format, format);
+      assert.equal(cfg.quantization_config.desc_act, Boolean(c.actOrder));
+      const loaded = (await loadModel(out)).model;
+      loaded.blocks.forEach((b, l) => {
+        for (const [name, w] of Object.entries(b.linear)) {
+          assert.deepEqual(w, dequantize(layers.get(`model.layers.${l}.${name}.weight`)!), `${format} ${name}`);
+        }
+      });
+      const got = await evaluate(loaded, evalTokens, { windows: 4 });
+      assert.ok(Math.abs(got.ppl / want.ppl - 1) < 1e-4, `${format}: ppl ${got.ppl} vs fake-quant ${want.ppl}`);
+    }
+  });
+}
+
+const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', ...args], { encoding: 'utf8' });
+function assertOneLineError(r: ReturnType<typeof cli>, pattern: RegExp): void {
+  assert.notEqual(r.status, 0);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0]!, pattern);
+}
+
+test('broken GPTQ checkpoints are refused with one line', async () => {
+  const opts = { ...QUANTIZE_DEFAULTS, bits: 4, groupSize: 128 };
+  const { layers } = await quantizeModel(model, await getBackend(), { ...opts, method: 'rtn' }, undefined);
+  const dir = mkdtempSync(join(tmpdir(), 'bad-'));
+  const good = join(dir, 'good');
+  await writeGptqCheckpoint(model, good, layers, exportOpts(opts, 'gptq'));
+  const variant = async (name: string, edit: (d: string) => Promise<void> | void): Promise<string> => {
+    const d = join(dir, name);
+    cpSync(good, d, { recursive: true });
+    await edit(d);
+    return d;
+  };
+  const rewrite = async (
+    d: string,
+    change: (name: string, t: ReturnType<SafetensorsFile['read']>) => ReturnType<SafetensorsFile['read']>,
+  ) => {
+    const f = new SafetensorsFile(join(d, 'model.safetensors'));
+    const all = new Map([...f.tensors.keys()].map((n) => [n, change(n, f.read(n))]));
+    f.close();
+    await writeSafetensors(join(d, 'model.safetensors'), all);
+  };
+  const editConfig = (d: string, f: (qc: Record<string, unknown>) => void): void => {
+    const cfg = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+    f(cfg.quantization_config);
+    writeFileSync(join(d, 'config.json'), JSON.stringify(cfg));
+  };
+  const qweight = 'model.layers.0.self_attn.q_proj.qweight';
+  const badShape = await variant('shape', (d) => rewrite(d, (n, t) => (n === qweight ? { ...t, shape: [t.shape[1]!, t.shape[0]!] } : t)));
+  assertOneLineError(
+    cli('eval', badShape, '--windows', '1'),
+    /q_proj\.qweight has shape \[288,36\] but the config \(bits 4, group_size 128\) implies \[36,288\]/,
+  );
+  const badGidx = await variant('gidx', (d) =>
+    rewrite(d, (n, t) =>
+      n === 'model.layers.1.mlp.down_proj.g_idx' ? { ...t, data: (t.data as Int32Array).map((g, i) => (i === 5 ? 99 : g)) } : t,
+    ),
+  );
+  assertOneLineError(cli('eval', badGidx, '--windows', '1'), /down_proj\.g_idx\[5\] = 99 is outside 0\.\.5/);
+  const badBits = await variant('bits', (d) => editConfig(d, (qc) => (qc['bits'] = 3)));
+  assertOneLineError(
+    cli('eval', badBits, '--windows', '1'),
+    /qweight has shape \[36,288\] but the config \(bits 3, group_size 128\) implies \[27,288\]/,
+  );
+  const badFormat = await variant('format', (d) => editConfig(d, (qc) => (qc['checkpoint_format'] = 'marlin')));
+  assertOneLineError(cli('eval', badFormat, '--windows', '1'), /unknown checkpoint_format "marlin"/);
+  const badMethod = await variant('method', (d) => editConfig(d, (qc) => (qc['quant_method'] = 'awq')));
+  assertOneLineError(cli('eval', badMethod, '--windows', '1'), /unsupported quant_method "awq"/);
+});
+
+test('quantize --format gptq writes the ecosystem layout', () => {
+  const parent = mkdtempSync(join(tmpdir(), 'fmt-'));
+  const out = join(parent, 'm');
+  const r = cli('quantize', model, '--method', 'rtn', '--bits', '4', '--group-size', '128', '--out', out);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(readdirSync(parent), ['m']);
+  for (const f of ['config.json', 'quantize_config.json', 'tokenizer.json', 'model.safetensors']) assert.ok(existsSync(join(out, f)), f);
+  const st = new SafetensorsFile(join(out, 'model.safetensors'));
+  const t = (n: string) => st.tensors.get(n)!;
+  assert.deepEqual([t('model.layers.0.mlp.down_proj.qweight').dtype, t('model.layers.0.mlp.down_proj.qweight').shape], ['I32', [96, 288]]);
+  assert.deepEqual(t('model.layers.0.mlp.down_proj.qzeros').shape, [6, 36]);
+  assert.deepEqual([t('model.layers.0.mlp.down_proj.scales').dtype, t('model.layers.0.mlp.down_proj.scales').shape], ['F16', [6, 288]]);
+  assert.deepEqual(t('model.layers.0.mlp.down_proj.g_idx').shape, [768]);
+  assert.equal(t('model.embed_tokens.weight').dtype, 'F16');
+  assert.equal(st.tensors.has('model.layers.0.mlp.down_proj.weight'), false);
+  const qc = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization_config;
+  assert.deepEqual(
+    { ...qc },
+    {
+      quant_method: 'gptq',
+      bits: 4,
+      group_size: 128,
+      desc_act: false,
+      sym: false,
+      damp_percent: 0.01,
+      true_sequential: true,
+      static_groups: false,
+      checkpoint_format: 'gptq',
+      model_file_base_name: 'model',
+    },
+  );
+});
