@@ -140,6 +140,27 @@ test('quantize --format gptq writes the ecosystem layout', () => {
   assert.deepEqual(t('model.layers.0.mlp.down_proj.g_idx').shape, [768]);
   assert.equal(t('model.embed_tokens.weight').dtype, 'F16');
   assert.equal(st.tensors.has('model.layers.0.mlp.down_proj.weight'), false);
+  const inspected = JSON.parse(cli('inspect', out, '--json').stdout);
+  const float = JSON.parse(cli('inspect', model, '--json').stdout);
+  assert.equal(inspected.totalParams, float.totalParams);
+  // every linear: 4-bit codes, per (group, row) an fp16 scale and a 4-bit zero, per column a 32-bit g_idx
+  let bits = 0;
+  let params = 0;
+  for (const [rows, cols] of [
+    [288, 288],
+    [288, 288],
+    [288, 288],
+    [288, 288],
+    [768, 288],
+    [768, 288],
+    [288, 768],
+  ] as [number, number][]) {
+    const groups = Math.ceil(cols / 128);
+    bits += 6 * (4 * rows * cols + (16 + 4) * groups * rows + 32 * cols);
+    params += 6 * rows * cols;
+  }
+  assert.ok(Math.abs(inspected.bitsPerWeight - bits / params) < 1e-9, `${inspected.bitsPerWeight} vs ${bits / params}`);
+  assert.equal(inspected.quantization.bits, 4);
   const qc = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization_config;
   assert.deepEqual(
     { ...qc },

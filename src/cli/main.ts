@@ -9,6 +9,7 @@ import { generate } from '../infer/generate.js';
 import { loadModel } from '../models/load.js';
 import { quantize, type PipelineOptions } from '../pipeline.js';
 import { QUANTIZE_DEFAULTS, type Method } from '../quant/quantize-model.js';
+import { formatInspection, inspectModel } from '../formats/inspect.js';
 import { progressBar } from './progress.js';
 
 const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
@@ -209,6 +210,18 @@ export function buildCli(): Command {
       } finally {
         bar.stop();
       }
+    });
+
+  program
+    .command('inspect')
+    .argument('<model>', 'model directory (float or GPTQ)')
+    .option('--json', 'print JSON')
+    .description('architecture, quantization config, bits per weight, size vs fp16, per-tensor table')
+    .action(async (modelArg: string, o: { json?: boolean }) => {
+      const dir = await resolveModel(modelArg);
+      if (!existsSync(dir)) throw new UserError(`${dir}: model directory not found`);
+      const r = inspectModel(dir);
+      console.log(o.json ? JSON.stringify(r) : formatInspection(r));
     });
 
   program
