@@ -3,6 +3,7 @@ import { calibrationWindows } from './calib/windows.js';
 import { loadText } from './calib/datasets.js';
 import { writeFakeQuant } from './formats/fake-quant.js';
 import { writeGptqCheckpoint } from './formats/gptq.js';
+import { ggufIncompatibility, writeGguf } from './formats/gguf.js';
 import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { parseLlamaConfig, readConfigJson } from './io/config.js';
 import { fail } from './io/errors.js';
@@ -23,13 +24,13 @@ export interface PipelineOptions extends QuantizeOptions {
   data: string;
   seed: number;
   /** checkpoint written to `out`: packed GPTQ (v1 or v2) or dequantized float weights */
-  format: CheckpointFormat | 'fake';
+  format: CheckpointFormat | 'fake' | 'gguf';
   /** dtype of the tensors that stay float in a GPTQ checkpoint */
   floatDtype: 'F16' | 'F32';
   maxShardBytes: number;
 }
 
-export const OUTPUT_FORMATS = ['gptq', 'gptq_v2', 'fake'] as const;
+export const OUTPUT_FORMATS = ['gptq', 'gptq_v2', 'fake', 'gguf'] as const;
 
 export interface PipelineSummary {
   model: string;
@@ -50,7 +51,10 @@ export async function quantize(
   const cfg = parseLlamaConfig(readConfigJson(modelDir), `${modelDir}/config.json`);
   validateOptions(cfg, opts, opts.method === 'gptq' ? { nsamples: opts.nsamples, seqlen: opts.seqlen } : undefined);
   if (!OUTPUT_FORMATS.includes(opts.format)) fail(`--format ${JSON.stringify(opts.format)} is not one of ${OUTPUT_FORMATS.join(', ')}`);
-  if (opts.format !== 'fake') {
+  if (opts.format === 'gguf') {
+    const why = ggufIncompatibility(opts);
+    if (why) fail(`--format gguf: ${why}`);
+  } else if (opts.format !== 'fake') {
     for (const cols of [cfg.hiddenSize, cfg.intermediateSize]) {
       if ((cols * opts.bits) % 32 !== 0)
         fail(`--format ${opts.format}: ${cols} input columns of ${opts.bits} bits do not pack into whole int32 words`);
@@ -73,6 +77,8 @@ export async function quantize(
     summary.out = out;
     if (opts.format === 'fake') {
       await writeFakeQuant(modelDir, out, result.layers, summary);
+    } else if (opts.format === 'gguf') {
+      await writeGguf(modelDir, cfg, loadTokenizer(modelDir), result.layers, out);
     } else {
       await writeGptqCheckpoint(modelDir, out, result.layers, {
         format: opts.format,

@@ -165,7 +165,11 @@ export function buildCli(): Command {
     .option('--data <name|path>', 'calibration text: sotu-calib, sotu-test, moby, or a file / folder', 'sotu-calib')
     .option('--seed <n>', 'calibration sampling seed', integer, 0)
     .option('--out <dir>', 'output model directory (written atomically)')
-    .option('--format <f>', 'gptq (v1, AutoGPTQ/transformers), gptq_v2 (GPTQModel), or fake (dequantized float weights)', 'gptq')
+    .option(
+      '--format <f>',
+      'gptq (v1, AutoGPTQ/transformers), gptq_v2 (GPTQModel), gguf (llama.cpp Q4_0/Q8_0; --out is the .gguf file), or fake (dequantized float weights)',
+      'gptq',
+    )
     .option('--dtype <d>', 'dtype of the tensors that stay float: float16 or float32', 'float16')
     .option('--max-shard-mb <n>', 'split the checkpoint into shards of at most this many MB', positiveInt, 4096)
     .option('--json', 'print the JSON summary on stdout')

@@ -1,0 +1,82 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { getLlama } from 'node-llama-cpp';
+import { calibrationWindows } from '../src/calib/windows.js';
+import { loadText } from '../src/calib/datasets.js';
+import { writeGguf } from '../src/formats/gguf.js';
+import { generate } from '../src/infer/generate.js';
+import { pullStories15m } from '../src/io/stories.js';
+import { Llama, type LinearName } from '../src/models/llama.js';
+import { loadModel } from '../src/models/load.js';
+import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
+import { dequantize } from '../src/quant/quantized-layer.js';
+
+/*
+ * The exported GGUF runs in llama.cpp (node-llama-cpp's prebuilt binary) and greedy-decodes the same tokens as
+ * our engine on the same quantized weights.
+ */
+for (const bits of [4, 8]) {
+  test(`GPTQ w${bits} g32 sym as ${bits === 4 ? 'Q4_0' : 'Q8_0'} GGUF: llama.cpp and our engine agree on 24 greedy tokens`, async () => {
+    const dir = await pullStories15m();
+    const { model, tokenizer } = await loadModel(dir);
+    const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 100_000)), 8, 256, 0);
+    const { layers, config } = await quantizeModel(
+      dir,
+      model.backend,
+      { ...QUANTIZE_DEFAULTS, bits, groupSize: 32, sym: true },
+      { windows, seqlen: 256 },
+    );
+    const file = join(mkdtempSync(join(tmpdir(), 'gguf-')), 'model.gguf');
+    await writeGguf(dir, config, tokenizer, layers, file);
+
+    const blocks = model.blocks.map((b, l) => ({
+      ...b,
+      linear: Object.fromEntries(Object.keys(b.linear).map((n) => [n, dequantize(layers.get(`model.layers.${l}.${n}.weight`)!)])) as Record<
+        LinearName,
+        Float32Array
+      >,
+    }));
+    const ours = new Llama(model.cfg, model.backend, model.embed, blocks, model.finalNorm, model.head);
+    const prompt = tokenizer.encode('Once upon a time');
+    const want = (await generate(ours, prompt, { maxTokens: 24 })).tokens;
+
+    const llama = await getLlama({ gpu: false, build: 'never' });
+    const lm = await llama.loadModel({ modelPath: file });
+    assert.deepEqual(Array.from(lm.tokenize('Once upon a time')), prompt.slice(1), 'llama.cpp tokenizes with our vocabulary and merges');
+    const ctx = await lm.createContext({ contextSize: 256 });
+    const got: number[] = [];
+    for await (const t of ctx.getSequence().evaluate(prompt as never, { temperature: 0 })) {
+      got.push(t as number);
+      if (got.length === want.length) break;
+    }
+    await ctx.dispose();
+    await lm.dispose();
+    assert.deepEqual(got, want);
+  });
+}
+
+test('GGUF export refuses settings it cannot hold exactly, before any work', () => {
+  const parent = mkdtempSync(join(tmpdir(), 'ggufbad-'));
+  const out = join(parent, 'x.gguf');
+  const run = (...a: string[]) =>
+    spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', 'quantize', 'stories15m', '--format', 'gguf', '--out', out, ...a], {
+      encoding: 'utf8',
+    });
+  for (const [args, msg] of [
+    [['--bits', '3', '--group-size', '32', '--sym'], /not 3-bit/],
+    [['--bits', '4', '--group-size', '64', '--sym'], /--group-size 32 \(got 64\)/],
+    [['--bits', '4', '--group-size', '32'], /--sym/],
+    [['--bits', '4', '--group-size', '32', '--sym', '--act-order'], /add --static-groups/],
+  ] as [string[], RegExp][]) {
+    const r = run(...args);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr.trim(), msg);
+    assert.equal(r.stderr.trim().split('\n').length, 1);
+  }
+  assert.equal(existsSync(out), false);
+  assert.deepEqual(readdirSync(parent), []);
+});
