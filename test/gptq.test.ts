@@ -268,4 +268,5 @@ test('impossible options are refused before any work', async () => {
   assert.throws(() => validateOptions(cfg, ok, { nsamples: 0, seqlen: 256 }), /--nsamples 0/);
   assert.throws(() => validateOptions(cfg, ok, { nsamples: 8, seqlen: 1000 }), /--seqlen 1000 must be in 2\.\.256/);
   assert.throws(() => validateOptions(cfg, { ...ok, method: 'rtn', actOrder: true }), /RTN has no column order/);
+  assert.throws(() => validateOptions(cfg, { ...ok, order: 'reverse', actOrder: true }), /two different column orders/);
 });

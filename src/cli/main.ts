@@ -151,6 +151,7 @@ export function buildCli(): Command {
     .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', integer, QUANTIZE_DEFAULTS.bits)
     .option('--group-size <n>', 'input columns per quantization group (-1: one group per output row)', integer, QUANTIZE_DEFAULTS.groupSize)
     .option('--act-order', 'quantize columns in order of decreasing Hessian diagonal (desc_act)')
+    .option('--order <o>', "column order: forward, or reverse (back-to-front: Babai's nearest plane)", 'forward')
     .option('--static-groups', 'fit group grids before the sweep, in natural column order')
     .option('--sym', 'symmetric grid (default: asymmetric)')
     .option('--mse', 'search shrunken grid ranges for the lowest error')
@@ -188,6 +189,7 @@ export function buildCli(): Command {
             bits: o['bits'] as number,
             groupSize: o['groupSize'] as number,
             actOrder: Boolean(o['actOrder']),
+            order: o['order'] as 'forward' | 'reverse',
             staticGroups: Boolean(o['staticGroups']),
             sym: Boolean(o['sym']),
             mse: Boolean(o['mse']),

@@ -13,6 +13,8 @@ export interface GptqOptions extends GridOptions {
   groupSize: number;
   /** quantize columns in order of decreasing Hessian diagonal (desc_act) */
   actOrder: boolean;
+  /** 'reverse' sweeps from the last column to the first: Babai's nearest-plane order (seed 001) */
+  order: 'forward' | 'reverse';
   /** with actOrder and groups: fit every group's grid up front, on the natural column order */
   staticGroups: boolean;
   /** damping as a fraction of the mean Hessian diagonal */
@@ -27,6 +29,7 @@ export const GPTQ_DEFAULTS: GptqOptions = {
   fp16Scales: true,
   groupSize: -1,
   actOrder: false,
+  order: 'forward',
   staticGroups: false,
   percdamp: 0.01,
   blocksize: 128,
@@ -75,8 +78,9 @@ export function gptq(
     for (let c = 0; c < cols; c += gs) staticGrids.push(fitGrid(W, rows, cols, c, Math.min(gs, cols - c), opts));
 
   let perm: Int32Array | undefined;
-  if (opts.actOrder) {
-    perm = argsortDescending(Float64Array.from({ length: cols }, (_, i) => H[i * cols + i]!));
+  if (opts.actOrder) perm = argsortDescending(Float64Array.from({ length: cols }, (_, i) => H[i * cols + i]!));
+  else if (opts.order === 'reverse') perm = Int32Array.from({ length: cols }, (_, i) => cols - 1 - i);
+  if (perm) {
     permuteColumns(W, rows, cols, perm);
     permuteSymmetric(H, cols, perm);
   }

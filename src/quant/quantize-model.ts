@@ -56,8 +56,10 @@ export function validateOptions(cfg: LlamaConfig, opts: QuantizeOptions, calib?:
   if (opts.staticGroups && opts.groupSize === -1) fail('--static-groups needs a --group-size');
   if (!(opts.percdamp >= 0 && opts.percdamp < 1)) fail(`--damp ${opts.percdamp} must be in [0, 1)`);
   if (!Number.isInteger(opts.blocksize) || opts.blocksize <= 0) fail(`blocksize ${opts.blocksize} must be a positive integer`);
-  if (opts.method === 'rtn' && (opts.actOrder || opts.staticGroups))
-    fail('--act-order and --static-groups are GPTQ options; RTN has no column order');
+  if (opts.order !== 'forward' && opts.order !== 'reverse') fail(`--order ${JSON.stringify(opts.order)} is not forward or reverse`);
+  if (opts.order === 'reverse' && opts.actOrder) fail('--order reverse and --act-order are two different column orders: choose one');
+  if (opts.method === 'rtn' && (opts.actOrder || opts.staticGroups || opts.order === 'reverse'))
+    fail('--act-order, --static-groups and --order are GPTQ options; RTN has no column order');
   if (calib) {
     if (!Number.isInteger(calib.nsamples) || calib.nsamples < 1 || calib.nsamples > 1_000_000)
       fail(`--nsamples ${calib.nsamples} must be a positive integer`);
