@@ -49,7 +49,7 @@ export async function quantize(
 ): Promise<{ result: QuantizeResult; summary: PipelineSummary }> {
   if (!existsSync(modelDir)) fail(`${modelDir}: model directory not found`);
   const cfg = parseLlamaConfig(readConfigJson(modelDir), `${modelDir}/config.json`);
-  validateOptions(cfg, opts, opts.method === 'gptq' ? { nsamples: opts.nsamples, seqlen: opts.seqlen } : undefined);
+  validateOptions(cfg, opts, opts.method !== 'rtn' ? { nsamples: opts.nsamples, seqlen: opts.seqlen } : undefined);
   if (!OUTPUT_FORMATS.includes(opts.format)) fail(`--format ${JSON.stringify(opts.format)} is not one of ${OUTPUT_FORMATS.join(', ')}`);
   if (opts.format === 'gguf') {
     const why = ggufIncompatibility(opts);
@@ -62,7 +62,7 @@ export async function quantize(
   }
   let calib: { windows: Int32Array; seqlen: number } | undefined;
   let calibration: PipelineSummary['calibration'];
-  if (opts.method === 'gptq') {
+  if (opts.method !== 'rtn') {
     const tokenizer = loadTokenizer(modelDir);
     const text = await loadText(opts.data);
     hooks.log?.(`tokenizing calibration text ${opts.data}`);

@@ -270,3 +270,58 @@ test('impossible options are refused before any work', async () => {
   assert.throws(() => validateOptions(cfg, { ...ok, method: 'rtn', actOrder: true }), /RTN has no column order/);
   assert.throws(() => validateOptions(cfg, { ...ok, order: 'reverse', actOrder: true }), /two different column orders/);
 });
+
+/** GPTQv2's per-column rule from its definition: W[:, i:] −= e·U[i, i:] − w·P[i, i:], P = α·triu₁(dXXᵀ·Uᵀ)·U. */
+function gptqv2ColumnByColumn(
+  w0: Float32Array,
+  h: Float64Array,
+  dXXt: Float64Array,
+  rows: number,
+  cols: number,
+  opts: GptqOptions,
+  alpha: number,
+): Uint8Array {
+  const Hd = Float64Array.from(h);
+  let mean = 0;
+  for (let i = 0; i < cols; i++) mean += h[i * cols + i]! / cols;
+  for (let i = 0; i < cols; i++) Hd[i * cols + i]! += opts.percdamp * mean;
+  const U = upperCholeskyOfInverse(Hd, cols)!;
+  const P = new Float64Array(cols * cols);
+  for (let i = 0; i < cols; i++) {
+    for (let j = 0; j < cols; j++) {
+      let s = 0;
+      for (let k = i + 1; k < cols; k++) {
+        let a = 0; // (dXXᵀ·Uᵀ)[i][k]
+        for (let m = 0; m < cols; m++) a += dXXt[i * cols + m]! * U[k * cols + m]!;
+        s += a * U[k * cols + j]!;
+      }
+      P[i * cols + j] = alpha * s;
+    }
+  }
+  const W = Float64Array.from(w0);
+  const grid = fitGrid(W, rows, cols, 0, cols, opts);
+  const codes = new Uint8Array(rows * cols);
+  for (let i = 0; i < cols; i++) {
+    for (let r = 0; r < rows; r++) {
+      const w = W[r * cols + i]!;
+      const code = quantizeValue(w, grid.scale[r]!, grid.zero[r]!, 2 ** opts.bits - 1);
+      codes[r * cols + i] = code;
+      const e = (w - grid.scale[r]! * (code - grid.zero[r]!)) / U[i * cols + i]!;
+      for (let j = i + 1; j < cols; j++) W[r * cols + j]! -= e * U[i * cols + j]! - w * P[i * cols + j]!;
+    }
+  }
+  return codes;
+}
+
+test('GPTQv2 within one block equals its per-column definition, and with no asymmetry is GPTQ', () => {
+  const rows = 6;
+  const cols = 12;
+  const { w, h } = randomProblem(rows, cols);
+  const dXXt = Float64Array.from({ length: cols * cols }, () => randn() * 0.3);
+  const opts = { ...GPTQ_DEFAULTS, bits: 3, blocksize: 128, fp16Scales: false };
+  const v2 = gptq(w, h, rows, cols, opts, undefined, { dXXt, alpha: 0.25 }).layer.codes;
+  assert.deepEqual(v2, gptqv2ColumnByColumn(w, h, dXXt, rows, cols, opts, 0.25));
+  assert.notDeepEqual(v2, gptq(w, h, rows, cols, opts).layer.codes, 'the asymmetric term changes the result');
+  const none = gptq(w, h, rows, cols, { ...opts, blocksize: 4 }, undefined, { dXXt: new Float64Array(cols * cols), alpha: 0.25 });
+  assert.deepEqual(none.layer.codes, gptq(w, h, rows, cols, { ...opts, blocksize: 4 }).layer.codes);
+});

@@ -43,6 +43,22 @@ test('matmulNT equals the definition on random and edge shapes', async () => {
   }
 });
 
+test('gram XᵀY equals the definition on random and edge shapes', async () => {
+  const r = rng(5);
+  for (const [rows, cols] of [
+    [1, 1],
+    [3, 7],
+    [257, 33],
+    [1024, 96],
+  ] as [number, number][]) {
+    const x = rand(rows * cols, r);
+    const y = rand(rows * cols, r);
+    const tol = 1e-5 * Math.sqrt(rows);
+    assertClose(await ortBackend.gram(x, rows, cols), ref.gram(x, rows, cols), tol, `gram ${rows}x${cols}`);
+    assertClose(await ortBackend.gram(x, rows, cols, y), ref.gram(x, rows, cols, y), tol, `cross gram ${rows}x${cols}`);
+  }
+});
+
 const ATTENTION_SHAPES: AttentionShape[] = [
   { batch: 1, seq: 1, ctx: 1, heads: 1, kvHeads: 1, headDim: 1 },
   { batch: 2, seq: 5, ctx: 5, heads: 3, kvHeads: 3, headDim: 8 },

@@ -160,7 +160,12 @@ export function buildCli(): Command {
       'keep float32 scales while quantizing, as the reference code does (default: fp16, exactly what a checkpoint stores)',
     )
     .option('--damp <p>', 'damping, fraction of the mean Hessian diagonal', number, QUANTIZE_DEFAULTS.percdamp)
-    .option('--method <m>', 'gptq or rtn', 'gptq')
+    .option(
+      '--method <m>',
+      'gptq, gptqv2 (asymmetric calibration against the fp model: keeps its activations too, twice the calibration memory) or rtn',
+      'gptq',
+    )
+    .option('--alpha <a>', 'gptqv2: weight of the asymmetric correction', number, QUANTIZE_DEFAULTS.alpha)
     .option('--nsamples <n>', 'calibration windows', integer, 128)
     .option('--seqlen <n>', 'tokens per calibration window', integer, 256)
     .option('--data <name|path>', 'calibration text: sotu-calib, sotu-test, moby, or a file / folder', 'sotu-calib')
@@ -177,7 +182,6 @@ export function buildCli(): Command {
     .description('quantize every linear layer (GPTQ or round-to-nearest) and write a checkpoint')
     .action(async (modelArg: string, o: Record<string, unknown>) => {
       const method = o['method'] as Method;
-      if (method !== 'gptq' && method !== 'rtn') throw new UserError(`--method ${JSON.stringify(method)} is not one of gptq, rtn`);
       if (!o['out'] && !o['json']) throw new UserError('give --out DIR (and/or --json to print the summary)');
       const bar = progressBar('quantize');
       try {
@@ -195,6 +199,7 @@ export function buildCli(): Command {
             mse: Boolean(o['mse']),
             fp16Scales: !o['fp32Scales'],
             percdamp: o['damp'] as number,
+            alpha: o['alpha'] as number,
             nsamples: o['nsamples'] as number,
             seqlen: o['seqlen'] as number,
             data: o['data'] as string,

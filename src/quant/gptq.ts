@@ -35,6 +35,15 @@ export const GPTQ_DEFAULTS: GptqOptions = {
   blocksize: 128,
 };
 
+/**
+ * GPTQv2's asymmetric calibration (seed 001): match the full-precision model's output, not just the quantized
+ * path's. dXXt = 2/n·Σ(x̃ − x)·xᵀ; the sweep then also applies P = α·triu₁(dXXᵀ·Uᵀ)·U to the weights.
+ */
+export interface AsymmetricCalibration {
+  dXXt: Float64Array;
+  alpha: number;
+}
+
 export interface GptqResult {
   layer: QuantizedLayer;
   /** Σ (w − q)² / U_ii² / 2: the reference's per-layer loss */
@@ -56,6 +65,7 @@ export function gptq(
   cols: number,
   opts: GptqOptions,
   warn: (msg: string) => void = () => {},
+  asym?: AsymmetricCalibration,
 ): GptqResult {
   const { bits, groupSize: gs, blocksize } = opts;
   const maxq = 2 ** bits - 1;
@@ -65,11 +75,13 @@ export function gptq(
   // the reference fits the per-row grid before zeroing dead columns
   const channelGrid = gs > 0 ? undefined : fitGrid(W, rows, cols, 0, cols, opts);
 
+  const dXXt = asym && Float64Array.from(asym.dXXt);
   // inputs that are always zero: nothing to learn about them; make H invertible and the weights zero
   for (let i = 0; i < cols; i++) {
     if (H[i * cols + i] === 0) {
       H[i * cols + i] = 1;
       for (let r = 0; r < rows; r++) W[r * cols + i] = 0;
+      if (dXXt) for (let r = 0; r < cols; r++) dXXt[r * cols + i] = 0;
     }
   }
 
@@ -82,7 +94,8 @@ export function gptq(
   else if (opts.order === 'reverse') perm = Int32Array.from({ length: cols }, (_, i) => cols - 1 - i);
   if (perm) {
     permuteColumns(W, rows, cols, perm);
-    permuteSymmetric(H, cols, perm);
+    permuteBoth(H, cols, perm);
+    if (dXXt) permuteBoth(dXXt, cols, perm);
   }
 
   let meanDiag = 0;
@@ -99,6 +112,8 @@ export function gptq(
     warn(`Cholesky failed with percdamp ${percdamp}; retrying with ${raised}`);
     percdamp = raised;
   }
+
+  const P = dXXt && asymmetricCorrection(dXXt, U, cols, asym!.alpha);
 
   const G = gs > 0 ? Math.ceil(cols / gs) : 1;
   const codes = new Uint8Array(rows * cols);
@@ -118,6 +133,7 @@ export function gptq(
   let grid = channelGrid;
   const W1 = new Float64Array(rows * blocksize);
   const Err1 = new Float64Array(rows * blocksize);
+  const Q1 = new Float64Array(rows * blocksize);
   for (let i1 = 0; i1 < cols; i1 += blocksize) {
     const i2 = Math.min(i1 + blocksize, cols);
     const count = i2 - i1;
@@ -146,23 +162,29 @@ export function gptq(
         const z = grid!.zero[r]!;
         const q = quantizeValue(w, s, z, maxq);
         codes[r * cols + orig] = q;
-        const err = (w - s * (q - z)) / d;
+        const qv = s * (q - z);
+        const err = (w - qv) / d;
         loss += (err * err) / 2;
         Err1[r * count + i] = err;
+        Q1[r * count + i] = qv;
         // immediate update of the rest of this block
         const wr = r * count;
         const ur = col * cols + i1;
         for (let j = i + 1; j < count; j++) W1[wr + j]! -= err * U[ur + j]!;
+        // GPTQv2: also steer towards the full-precision model's output, with the unquantized value
+        if (P) for (let j = i + 1; j < count; j++) W1[wr + j]! += w * P[ur + j]!;
       }
     }
     // lazy batch update of everything after the block: W[:, i2:] -= Err1 · U[i1:i2, i2:]
+    // (GPTQv2: − Q1 · P[i1:i2, i2:], Q1 being what the reference's W1 holds once its block is done)
     for (let r = 0; r < rows; r++) {
       const wr = r * cols;
       for (let k = 0; k < count; k++) {
         const e = Err1[r * count + k]!;
-        if (e === 0) continue;
         const ur = (i1 + k) * cols;
-        for (let c = i2; c < cols; c++) W[wr + c]! -= e * U[ur + c]!;
+        if (e !== 0) for (let c = i2; c < cols; c++) W[wr + c]! -= e * U[ur + c]!;
+        const qv = Q1[r * count + k]!;
+        if (P && qv !== 0) for (let c = i2; c < cols; c++) W[wr + c]! += qv * P[ur + c]!;
       }
     }
   }
@@ -177,7 +199,29 @@ function permuteColumns(W: Float64Array, rows: number, cols: number, perm: Int32
   }
 }
 
-function permuteSymmetric(H: Float64Array, n: number, perm: Int32Array): void {
+/** P = α · triu₁(dXXᵀ · Uᵀ) · U, triu₁ keeping the strictly upper triangle */
+function asymmetricCorrection(dXXt: Float64Array, U: Float64Array, n: number, alpha: number): Float64Array {
+  const A = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = i + 1; j < n; j++) {
+      // (dXXᵀ·Uᵀ)[i][j] = Σ_k dXXᵀ[i][k]·U[j][k], U[j][k] = 0 for k < j
+      let s = 0;
+      for (let k = j; k < n; k++) s += dXXt[i * n + k]! * U[j * n + k]!;
+      A[i * n + j] = s;
+    }
+  }
+  const P = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let k = i + 1; k < n; k++) {
+      const a = alpha * A[i * n + k]!;
+      if (a === 0) continue;
+      for (let j = k; j < n; j++) P[i * n + j]! += a * U[k * n + j]!;
+    }
+  }
+  return P;
+}
+
+function permuteBoth(H: Float64Array, n: number, perm: Int32Array): void {
   const src = Float64Array.from(H);
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) H[i * n + j] = src[perm[i]! * n + perm[j]!]!;
 }

@@ -9,10 +9,13 @@ import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
 import { rtn } from './rtn.js';
 
-export type Method = 'gptq' | 'rtn';
+export type Method = 'gptq' | 'gptqv2' | 'rtn';
+export const METHODS: Method[] = ['gptq', 'gptqv2', 'rtn'];
 
 export interface QuantizeOptions extends GptqOptions {
   method: Method;
+  /** GPTQv2's weight of the asymmetric correction */
+  alpha: number;
 }
 
 export interface LayerReport {
@@ -58,6 +61,11 @@ export function validateOptions(cfg: LlamaConfig, opts: QuantizeOptions, calib?:
   if (!Number.isInteger(opts.blocksize) || opts.blocksize <= 0) fail(`blocksize ${opts.blocksize} must be a positive integer`);
   if (opts.order !== 'forward' && opts.order !== 'reverse') fail(`--order ${JSON.stringify(opts.order)} is not forward or reverse`);
   if (opts.order === 'reverse' && opts.actOrder) fail('--order reverse and --act-order are two different column orders: choose one');
+  if (!METHODS.includes(opts.method)) fail(`--method ${JSON.stringify(opts.method)} is not one of ${METHODS.join(', ')}`);
+  if (opts.method === 'gptqv2') {
+    if (!(opts.alpha > 0 && Number.isFinite(opts.alpha))) fail(`--alpha ${opts.alpha} must be a positive number`);
+    if (opts.order === 'reverse') fail('--method gptqv2 supports the forward and act-order column orders, not --order reverse');
+  }
   if (opts.method === 'rtn' && (opts.actOrder || opts.staticGroups || opts.order === 'reverse'))
     fail('--act-order, --static-groups and --order are GPTQ options; RTN has no column order');
   if (calib) {
@@ -88,7 +96,8 @@ export async function quantizeModel(
   const t0 = performance.now();
   const cfg = parseLlamaConfig(readConfigJson(dir), `${dir}/config.json`);
   validateOptions(cfg, opts, calib && { nsamples: calib.windows.length / calib.seqlen, seqlen: calib.seqlen });
-  if (opts.method === 'gptq' && !calib) throw new Error('GPTQ needs calibration windows');
+  if (opts.method !== 'rtn' && !calib) throw new Error(`${opts.method} needs calibration windows`);
+  const asymmetric = opts.method === 'gptqv2';
   const st = new SafetensorsModel(dir);
   const layers = new Map<string, QuantizedLayer>();
   const reports: LayerReport[] = [];
@@ -99,19 +108,29 @@ export async function quantizeModel(
     const model = new Llama(cfg, backend, embed, [], new Float32Array(0), new Float32Array(0));
     const nseq = calib ? calib.windows.length / calib.seqlen : 0;
     const x = calib ? model.embedTokens(calib.windows) : undefined;
+    // GPTQv2 follows the full-precision model's hidden states alongside the quantized path's
+    const xfp = asymmetric ? x!.slice() : undefined;
     for (let l = 0; l < cfg.numLayers; l++) {
       const block = readBlock(st, cfg, l);
+      const fpInputs: Float32Array[] = [];
+      if (xfp && calib) {
+        const tb = performance.now();
+        // the block's own group inputs are fresh arrays, so keeping references is enough
+        await model.block(block, l, xfp, nseq, calib.seqlen, { hook: (g, input) => void (fpInputs[g] = input) });
+        timings.forward += (performance.now() - tb) / 1000;
+      }
       const quantizeGroup = async (g: number, input?: Float32Array, rows?: number): Promise<void> => {
         let hessian: HessianAccumulator | undefined;
         if (input && rows !== undefined) {
           const th = performance.now();
           const cols = input.length / rows;
-          hessian = new HessianAccumulator(cols, backend);
+          hessian = new HessianAccumulator(cols, backend, asymmetric);
           // stream the batch through in chunks of sequences, as a larger calibration set would arrive
           const per = rows / nseq;
           for (let s0 = 0; s0 < nseq; s0 += HESSIAN_CHUNK) {
             const s1 = Math.min(nseq, s0 + HESSIAN_CHUNK);
-            await hessian.add(input.subarray(s0 * per * cols, s1 * per * cols), (s1 - s0) * per, s1 - s0);
+            const chunk = (a: Float32Array): Float32Array => a.subarray(s0 * per * cols, s1 * per * cols);
+            await hessian.add(chunk(input), (s1 - s0) * per, s1 - s0, fpInputs[g] && chunk(fpInputs[g]));
           }
           timings.hessian += (performance.now() - th) / 1000;
         }
@@ -123,7 +142,8 @@ export async function quantizeModel(
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
           let q: QuantizedLayer;
           if (hessian) {
-            const r = gptq(w, hessian.h, rows_, cols, opts, (m) => warn(`${full}: ${m}`));
+            const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
+            const r = gptq(w, hessian.h, rows_, cols, opts, (m) => warn(`${full}: ${m}`), asym);
             q = r.layer;
             report.loss = r.loss;
             report.percdamp = r.percdamp;
@@ -157,4 +177,4 @@ export async function quantizeModel(
 
 const HESSIAN_CHUNK = 16;
 
-export const QUANTIZE_DEFAULTS: QuantizeOptions = { ...GPTQ_DEFAULTS, method: 'gptq' };
+export const QUANTIZE_DEFAULTS: QuantizeOptions = { ...GPTQ_DEFAULTS, method: 'gptq', alpha: 0.25 };

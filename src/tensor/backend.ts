@@ -28,8 +28,8 @@ export interface Backend {
   readonly name: string;
   /** C[m,n] = A[m,k] · B[n,k]ᵀ  (activations times a Linear weight stored [out, in]) */
   matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
-  /** G[cols,cols] = X[rows,cols]ᵀ · X  (the Gram matrix of a layer's inputs, for GPTQ's Hessian) */
-  gram(x: Float32Array, rows: number, cols: number): Promise<Float32Array>;
+  /** G[cols,cols] = X[rows,cols]ᵀ · Y (Y defaults to X: the Gram matrix of a layer's inputs, for GPTQ's Hessian) */
+  gram(x: Float32Array, rows: number, cols: number, y?: Float32Array): Promise<Float32Array>;
   /**
    * Causal softmax attention. q: [batch, seq, heads, headDim]; k, v: [batch, ctx, kvHeads, headDim];
    * returns [batch, seq, heads, headDim]. Scores are scaled by 1/sqrt(headDim).

@@ -30,8 +30,11 @@ const matmulGraph = (): Promise<ort.InferenceSession> =>
 
 const gramGraph = (): Promise<ort.InferenceSession> =>
   graph(
-    [{ opType: 'Gemm', inputs: ['X', 'X'], outputs: ['G'], intAttrs: { transA: 1 } }],
-    [{ name: 'X', elemType: F, dims: ['rows', 'cols'] }],
+    [{ opType: 'Gemm', inputs: ['X', 'Y'], outputs: ['G'], intAttrs: { transA: 1 } }],
+    [
+      { name: 'X', elemType: F, dims: ['rows', 'cols'] },
+      { name: 'Y', elemType: F, dims: ['rows', 'cols'] },
+    ],
     [{ name: 'G', elemType: F, dims: ['cols', 'cols'] }],
   );
 
@@ -154,8 +157,8 @@ export const ortBackend: Backend = {
     return r['C']!.data as Float32Array;
   },
 
-  async gram(x, rows, cols) {
-    const r = await (await sessions.gram()).run({ X: f32(x, [rows, cols]) });
+  async gram(x, rows, cols, y = x) {
+    const r = await (await sessions.gram()).run({ X: f32(x, [rows, cols]), Y: f32(y, [rows, cols]) });
     return r['G']!.data as Float32Array;
   },
 

@@ -16,14 +16,14 @@ export function matmulNT(a: Float32Array, b: Float32Array, m: number, n: number,
   return c;
 }
 
-export function gram(x: Float32Array, rows: number, cols: number): Float32Array {
+export function gram(x: Float32Array, rows: number, cols: number, y: Float32Array = x): Float32Array {
   const g = new Float64Array(cols * cols);
   for (let r = 0; r < rows; r++) {
     const o = r * cols;
     for (let i = 0; i < cols; i++) {
       const xi = x[o + i]!;
       if (xi === 0) continue;
-      for (let j = 0; j < cols; j++) g[i * cols + j]! += xi * x[o + j]!;
+      for (let j = 0; j < cols; j++) g[i * cols + j]! += xi * y[o + j]!;
     }
   }
   return Float32Array.from(g);
@@ -114,7 +114,7 @@ export function headStats(
 export const refBackend: Backend = {
   name: 'ref',
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
-  gram: async (x, rows, cols) => gram(x, rows, cols),
+  gram: async (x, rows, cols, y) => gram(x, rows, cols, y),
   attention: async (q, k, v, s) => attention(q, k, v, s),
   headStats: async (h, w, m, d, vocab, targets, ref) => headStats(h, w, m, d, vocab, targets, ref),
 };
