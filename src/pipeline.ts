@@ -3,6 +3,7 @@ import { calibrationWindows } from './calib/windows.js';
 import { loadText } from './calib/datasets.js';
 import { writeFakeQuant } from './formats/fake-quant.js';
 import { writeGptqCheckpoint } from './formats/gptq.js';
+import { writeGptqtCheckpoint } from './formats/gptqt.js';
 import { ggufIncompatibility, writeGguf } from './formats/gguf.js';
 import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { parseLlamaConfig, readConfigJson } from './io/config.js';
@@ -24,13 +25,13 @@ export interface PipelineOptions extends QuantizeOptions {
   data: string;
   seed: number;
   /** checkpoint written to `out`: packed GPTQ (v1 or v2) or dequantized float weights */
-  format: CheckpointFormat | 'fake' | 'gguf';
+  format: CheckpointFormat | 'fake' | 'gguf' | 'gptqt';
   /** dtype of the tensors that stay float in a GPTQ checkpoint */
   floatDtype: 'F16' | 'F32';
   maxShardBytes: number;
 }
 
-export const OUTPUT_FORMATS = ['gptq', 'gptq_v2', 'fake', 'gguf'] as const;
+export const OUTPUT_FORMATS = ['gptq', 'gptq_v2', 'fake', 'gguf', 'gptqt'] as const;
 
 export interface PipelineSummary {
   model: string;
@@ -51,6 +52,13 @@ export async function quantize(
   const cfg = parseLlamaConfig(readConfigJson(modelDir), `${modelDir}/config.json`);
   validateOptions(cfg, opts, opts.method !== 'rtn' ? { nsamples: opts.nsamples, seqlen: opts.seqlen } : undefined);
   if (!OUTPUT_FORMATS.includes(opts.format)) fail(`--format ${JSON.stringify(opts.format)} is not one of ${OUTPUT_FORMATS.join(', ')}`);
+  if ((opts.method === 'gptqt') !== (opts.format === 'gptqt')) {
+    fail(
+      opts.method === 'gptqt'
+        ? '--method gptqt writes its own binary-coded format: use --format gptqt'
+        : '--format gptqt holds --method gptqt results only',
+    );
+  }
   if (opts.format === 'gguf') {
     const why = ggufIncompatibility(opts);
     if (why) fail(`--format gguf: ${why}`);
@@ -77,6 +85,12 @@ export async function quantize(
     summary.out = out;
     if (opts.format === 'fake') {
       await writeFakeQuant(modelDir, out, result.layers, summary);
+    } else if (opts.format === 'gptqt') {
+      await writeGptqtCheckpoint(modelDir, out, result.binaryLayers, {
+        bits: opts.bits,
+        highBits: opts.highBits ?? opts.bits + 2,
+        summary,
+      });
     } else if (opts.format === 'gguf') {
       await writeGguf(modelDir, cfg, loadTokenizer(modelDir), result.layers, out);
     } else {

@@ -100,7 +100,7 @@ test('quantize refuses impossible options before any work and writes nothing', (
   assertOneLineError(cli('quantize', model, '--group-size', '1000', '--out', out), /--group-size 1000 is larger than/);
   assertOneLineError(cli('quantize', model, '--nsamples', '0', '--out', out), /--nsamples 0/);
   assertOneLineError(cli('quantize', model, '--seqlen', '4096', '--out', out), /--seqlen 4096 must be in 2\.\.256/);
-  assertOneLineError(cli('quantize', model, '--method', 'awq', '--out', out), /--method "awq" is not one of gptq, gptqv2, rtn/);
+  assertOneLineError(cli('quantize', model, '--method', 'awq', '--out', out), /--method "awq" is not one of gptq, gptqv2, gptqt, rtn/);
   assertOneLineError(cli('quantize', model, '--data', 'nowhere', '--out', out), /unknown dataset "nowhere"/);
   assert.equal(existsSync(out), false);
   assert.deepEqual(readdirSync(parent), []);

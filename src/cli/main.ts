@@ -162,9 +162,10 @@ export function buildCli(): Command {
     .option('--damp <p>', 'damping, fraction of the mean Hessian diagonal', number, QUANTIZE_DEFAULTS.percdamp)
     .option(
       '--method <m>',
-      'gptq, gptqv2 (asymmetric calibration against the fp model: keeps its activations too, twice the calibration memory) or rtn',
+      'gptq, gptqv2 (asymmetric calibration against the fp model: keeps its activations too, twice the calibration memory), gptqt (2/3-bit binary coding; --format gptqt) or rtn',
       'gptq',
     )
+    .option('--high-bits <n>', 'gptqt: bits of the first, linear quantization (default: bits + 2)', integer)
     .option('--alpha <a>', 'gptqv2: weight of the asymmetric correction', number, QUANTIZE_DEFAULTS.alpha)
     .option('--nsamples <n>', 'calibration windows', integer, 128)
     .option('--seqlen <n>', 'tokens per calibration window', integer, 256)
@@ -173,7 +174,7 @@ export function buildCli(): Command {
     .option('--out <dir>', 'output model directory (written atomically)')
     .option(
       '--format <f>',
-      'gptq (v1, AutoGPTQ/transformers), gptq_v2 (GPTQModel), gguf (llama.cpp Q4_0/Q8_0; --out is the .gguf file), or fake (dequantized float weights)',
+      'gptq (v1, AutoGPTQ/transformers), gptq_v2 (GPTQModel), gguf (llama.cpp Q4_0/Q8_0; --out is the .gguf file), gptqt (binary-coded, for --method gptqt), or fake (dequantized float weights)',
       'gptq',
     )
     .option('--dtype <d>', 'dtype of the tensors that stay float: float16 or float32', 'float16')
@@ -200,6 +201,7 @@ export function buildCli(): Command {
             fp16Scales: !o['fp32Scales'],
             percdamp: o['damp'] as number,
             alpha: o['alpha'] as number,
+            ...(o['highBits'] !== undefined ? { highBits: o['highBits'] as number } : {}),
             nsamples: o['nsamples'] as number,
             seqlen: o['seqlen'] as number,
             data: o['data'] as string,

@@ -135,7 +135,7 @@ export function readQuantConfig(dir: string, config: Record<string, unknown>): Q
   if (!qc && existsSync(join(dir, 'quantize_config.json'))) qc = JSON.parse(readFileSync(join(dir, 'quantize_config.json'), 'utf8'));
   if (!qc) return undefined;
   const method = qc['quant_method'] ?? 'gptq';
-  if (method !== 'gptq') fail(`${where}: unsupported quant_method ${JSON.stringify(method)} (supported: gptq)`);
+  if (method !== 'gptq') fail(`${where}: unsupported quant_method ${JSON.stringify(method)} (supported: gptq, gptqt)`);
   const format = (qc['checkpoint_format'] ?? 'gptq') as CheckpointFormat;
   if (!CHECKPOINT_FORMATS.includes(format))
     fail(`${where}: unknown checkpoint_format ${JSON.stringify(format)} (supported: ${CHECKPOINT_FORMATS.join(', ')})`);

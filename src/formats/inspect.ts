@@ -3,6 +3,12 @@ import { parseLlamaConfig, readConfigJson } from '../io/config.js';
 import { SafetensorsModel, type DType } from '../io/safetensors.js';
 import { readQuantConfig, type QuantConfig } from './gptq.js';
 
+export interface GptqtConfig {
+  method: 'gptqt';
+  bits: number;
+  highBits: number;
+}
+
 /** What a model directory holds: architecture, quantization, bits per weight, size vs fp16, per-tensor table. */
 export interface Inspection {
   dir: string;
@@ -16,7 +22,7 @@ export interface Inspection {
     vocab: number;
     context: number;
   };
-  quantization?: QuantConfig;
+  quantization?: QuantConfig | GptqtConfig;
   tensors: { name: string; dtype: DType; shape: number[]; bytes: number; file: string }[];
   /** quantized linear weights: parameters and bits per weight including scales, zeros and g_idx */
   quantizedParams: number;
@@ -29,7 +35,9 @@ export interface Inspection {
 export function inspectModel(dir: string): Inspection {
   const raw = readConfigJson(dir);
   const cfg = parseLlamaConfig(raw, `${dir}/config.json`);
-  const quantization = readQuantConfig(dir, raw);
+  const qc = raw['quantization_config'] as { quant_method?: string; bits?: number; high_bits?: number } | undefined;
+  const quantization: QuantConfig | GptqtConfig | undefined =
+    qc?.quant_method === 'gptqt' ? { method: 'gptqt', bits: qc.bits ?? 0, highBits: qc.high_bits ?? 0 } : readQuantConfig(dir, raw);
   const st = new SafetensorsModel(dir);
   try {
     const tensors = st.names().map((name) => {
@@ -40,8 +48,8 @@ export function inspectModel(dir: string): Inspection {
     let quantizedBytes = 0;
     let totalParams = 0;
     for (const t of tensors) {
-      const base = t.name.replace(/\.(qweight|qzeros|scales|g_idx)$/, '');
-      if (t.name.endsWith('.qweight')) {
+      const base = t.name.replace(/\.(qweight|qzeros|scales|g_idx|bcq_qweight|bcq_alpha|bcq_beta)$/, '');
+      if (t.name.endsWith('qweight')) {
         // qweight is [in·bits/32, out]: the layer has in·out weights
         const params = ((t.shape[0]! * 32) / quantization!.bits) * t.shape[1]!;
         quantizedParams += params;
@@ -88,13 +96,17 @@ export function formatInspection(r: Inspection): string {
   const lines = [
     `${r.dir}`,
     `architecture: ${a.modelType}, ${a.layers} layers, hidden ${a.hidden}, intermediate ${a.intermediate}, heads ${a.heads} (kv ${a.kvHeads}), vocab ${a.vocab}, context ${a.context}`,
-    r.quantization
-      ? `quantization: gptq ${r.quantization.bits}-bit, group size ${r.quantization.groupSize}, ${r.quantization.sym ? 'sym' : 'asym'}, desc_act ${r.quantization.descAct}, format ${r.quantization.format}`
-      : 'quantization: none (float checkpoint)',
+    r.quantization && 'method' in r.quantization
+      ? `quantization: gptqt ${r.quantization.bits}-bit binary coding (from ${r.quantization.highBits}-bit linear), one coding per output row`
+      : r.quantization
+        ? `quantization: gptq ${r.quantization.bits}-bit, group size ${r.quantization.groupSize}, ${r.quantization.sym ? 'sym' : 'asym'}, desc_act ${r.quantization.descAct}, format ${r.quantization.format}`
+        : 'quantization: none (float checkpoint)',
     `parameters: ${r.totalParams.toLocaleString('en-US')} (${r.quantizedParams.toLocaleString('en-US')} in quantized linear layers)`,
   ];
   if (r.bitsPerWeight !== undefined)
-    lines.push(`bits per quantized weight: ${r.bitsPerWeight.toFixed(3)} (codes ${r.quantization!.bits} + scales, zeros, g_idx)`);
+    lines.push(
+      `bits per quantized weight: ${r.bitsPerWeight.toFixed(3)} (codes ${r.quantization!.bits} + per-row or per-group parameters${'method' in r.quantization! ? '' : ', g_idx'})`,
+    );
   lines.push(`size on disk: ${mb(r.bytesOnDisk)} vs fp16 ${mb(r.fp16Bytes)} (${((100 * r.bytesOnDisk) / r.fp16Bytes).toFixed(1)}%)`, '');
   const w = Math.max(...r.tensors.map((t) => t.name.length));
   lines.push(`${'tensor'.padEnd(w)}  dtype  ${'shape'.padEnd(14)}  bytes`);

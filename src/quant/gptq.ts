@@ -44,6 +44,16 @@ export interface AsymmetricCalibration {
   alpha: number;
 }
 
+/**
+ * A non-uniform grid per output row (GPTQT's binary coding): `values` holds each row's levels sorted ascending
+ * (levelsPerRow of them) and `codes` the code stored for each level. Replaces the affine grid in the sweep.
+ */
+export interface RowLevels {
+  levelsPerRow: number;
+  values: Float64Array;
+  codes: Uint8Array;
+}
+
 export interface GptqResult {
   layer: QuantizedLayer;
   /** Σ (w − q)² / U_ii² / 2: the reference's per-layer loss */
@@ -66,7 +76,9 @@ export function gptq(
   opts: GptqOptions,
   warn: (msg: string) => void = () => {},
   asym?: AsymmetricCalibration,
+  levels?: RowLevels,
 ): GptqResult {
+  if (levels && opts.groupSize > 0) throw new Error('a per-row level grid has no groups');
   const { bits, groupSize: gs, blocksize } = opts;
   const maxq = 2 ** bits - 1;
   const W = Float64Array.from(weight);
@@ -158,11 +170,19 @@ export function gptq(
       const d = U[col * cols + col]!;
       for (let r = 0; r < rows; r++) {
         const w = W1[r * count + i]!;
-        const s = grid!.scale[r]!;
-        const z = grid!.zero[r]!;
-        const q = quantizeValue(w, s, z, maxq);
+        let q: number;
+        let qv: number;
+        if (levels) {
+          const k = nearestLevel(levels.values, r * levels.levelsPerRow, levels.levelsPerRow, w);
+          q = levels.codes[k]!;
+          qv = levels.values[k]!;
+        } else {
+          const s = grid!.scale[r]!;
+          const z = grid!.zero[r]!;
+          q = quantizeValue(w, s, z, maxq);
+          qv = s * (q - z);
+        }
         codes[r * cols + orig] = q;
-        const qv = s * (q - z);
         const err = (w - qv) / d;
         loss += (err * err) / 2;
         Err1[r * count + i] = err;
@@ -197,6 +217,18 @@ function permuteColumns(W: Float64Array, rows: number, cols: number, perm: Int32
     for (let c = 0; c < cols; c++) row[c] = W[r * cols + perm[c]!]!;
     W.set(row, r * cols);
   }
+}
+
+/** Index (into values) of the level nearest to x among values[start .. start+n), which are sorted. */
+export function nearestLevel(values: Float64Array, start: number, n: number, x: number): number {
+  let lo = start;
+  let hi = start + n - 1;
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (values[mid]! <= x) lo = mid;
+    else hi = mid;
+  }
+  return Math.abs(x - values[lo]!) <= Math.abs(values[hi]! - x) ? lo : hi;
 }
 
 /** P = α · triu₁(dXXᵀ · Uᵀ) · U, triu₁ keeping the strictly upper triangle */

@@ -8,14 +8,17 @@ import { HessianAccumulator } from './hessian.js';
 import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
 import { rtn } from './rtn.js';
+import { dequantizeBinary, gptqt, type BinaryCodedLayer } from './gptqt.js';
 
-export type Method = 'gptq' | 'gptqv2' | 'rtn';
-export const METHODS: Method[] = ['gptq', 'gptqv2', 'rtn'];
+export type Method = 'gptq' | 'gptqv2' | 'gptqt' | 'rtn';
+export const METHODS: Method[] = ['gptq', 'gptqv2', 'gptqt', 'rtn'];
 
 export interface QuantizeOptions extends GptqOptions {
   method: Method;
   /** GPTQv2's weight of the asymmetric correction */
   alpha: number;
+  /** GPTQT's first, linear bit width (default bits + 2) */
+  highBits?: number;
 }
 
 export interface LayerReport {
@@ -32,6 +35,8 @@ export interface QuantizeResult {
   config: LlamaConfig;
   /** full tensor name (…q_proj.weight) → quantized layer */
   layers: Map<string, QuantizedLayer>;
+  /** GPTQT's binary-coded layers, by the same names */
+  binaryLayers: Map<string, BinaryCodedLayer>;
   reports: LayerReport[];
   timings: { forward: number; hessian: number; sweep: number; total: number };
 }
@@ -65,6 +70,13 @@ export function validateOptions(cfg: LlamaConfig, opts: QuantizeOptions, calib?:
   if (opts.method === 'gptqv2') {
     if (!(opts.alpha > 0 && Number.isFinite(opts.alpha))) fail(`--alpha ${opts.alpha} must be a positive number`);
     if (opts.order === 'reverse') fail('--method gptqv2 supports the forward and act-order column orders, not --order reverse');
+  }
+  if (opts.method === 'gptqt') {
+    if (opts.bits !== 2 && opts.bits !== 3) fail(`--method gptqt codes 2 or 3 bits, not ${opts.bits}`);
+    if (opts.groupSize !== -1 || opts.staticGroups)
+      fail('--method gptqt fits one binary coding per output row: no --group-size or --static-groups');
+    const high = opts.highBits ?? opts.bits + 2;
+    if (!Number.isInteger(high) || high <= opts.bits || high > 8) fail(`--high-bits ${high} must be an integer in ${opts.bits + 1}..8`);
   }
   if (opts.method === 'rtn' && (opts.actOrder || opts.staticGroups || opts.order === 'reverse'))
     fail('--act-order, --static-groups and --order are GPTQ options; RTN has no column order');
@@ -100,6 +112,7 @@ export async function quantizeModel(
   const asymmetric = opts.method === 'gptqv2';
   const st = new SafetensorsModel(dir);
   const layers = new Map<string, QuantizedLayer>();
+  const binaryLayers = new Map<string, BinaryCodedLayer>();
   const reports: LayerReport[] = [];
   const timings = { forward: 0, hessian: 0, sweep: 0, total: 0 };
   const total = cfg.numLayers * LINEAR_GROUPS.flat().length;
@@ -140,19 +153,28 @@ export async function quantizeModel(
           const full = `model.layers.${l}.${name}.weight`;
           const w = block.linear[name as LinearName];
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
-          let q: QuantizedLayer;
-          if (hessian) {
-            const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
-            const r = gptq(w, hessian.h, rows_, cols, opts, (m) => warn(`${full}: ${m}`), asym);
-            q = r.layer;
+          const warnLayer = (m: string): void => warn(`${full}: ${m}`);
+          if (opts.method === 'gptqt') {
+            const r = gptqt(w, hessian!.h, rows_, cols, { ...opts, highBits: opts.highBits ?? opts.bits + 2 }, warnLayer);
             report.loss = r.loss;
             report.percdamp = r.percdamp;
+            block.linear[name as LinearName] = dequantizeBinary(r.layer);
+            binaryLayers.set(full, r.layer);
           } else {
-            q = rtn(w, rows_, cols, opts);
+            let q: QuantizedLayer;
+            if (hessian) {
+              const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
+              const r = gptq(w, hessian.h, rows_, cols, opts, warnLayer, asym);
+              q = r.layer;
+              report.loss = r.loss;
+              report.percdamp = r.percdamp;
+            } else {
+              q = rtn(w, rows_, cols, opts);
+            }
+            inspect?.(full, w, hessian?.h, q);
+            block.linear[name as LinearName] = dequantize(q);
+            layers.set(full, q);
           }
-          inspect?.(full, w, hessian?.h, q);
-          block.linear[name as LinearName] = dequantize(q);
-          layers.set(full, q);
           report.seconds = (performance.now() - ts) / 1000;
           timings.sweep += report.seconds;
           reports.push(report);
@@ -172,7 +194,7 @@ export async function quantizeModel(
     st.close();
   }
   timings.total = (performance.now() - t0) / 1000;
-  return { config: cfg, layers, reports, timings };
+  return { config: cfg, layers, binaryLayers, reports, timings };
 }
 
 const HESSIAN_CHUNK = 16;

@@ -1,0 +1,61 @@
+import { calibrationWindows } from '../src/calib/windows.js';
+import { loadText } from '../src/calib/datasets.js';
+import { evaluate, referenceStates, type ReferenceStates } from '../src/eval/perplexity.js';
+import { pullStories15m } from '../src/io/stories.js';
+import { Llama, type LinearName } from '../src/models/llama.js';
+import { loadTokenizer } from '../src/models/load.js';
+import { quantizeModel, type QuantizeOptions, type QuantizeResult } from '../src/quant/quantize-model.js';
+import { dequantize } from '../src/quant/quantized-layer.js';
+import { dequantizeBinary } from '../src/quant/gptqt.js';
+import { getBackend } from '../src/tensor/index.js';
+
+/**
+ * The protocol shared by the quality benchmarks: stories15M, 128 calibration windows of 256 tokens from
+ * sotu-calib (seed 0), the first 128 windows of 256 tokens of sotu-test and moby, KL against fp32.
+ */
+export const TEXTS = ['sotu-test', 'moby'];
+
+export async function protocol() {
+  const backend = await getBackend();
+  const dir = await pullStories15m();
+  const tokenizer = loadTokenizer(dir);
+  const fp = await Llama.load(dir, backend);
+  const calib = { windows: calibrationWindows(tokenizer.encode(await loadText('sotu-calib')), 128, 256, 0), seqlen: 256 };
+  const tests = new Map<string, { tokens: number[]; ref: ReferenceStates; fpPpl: number }>();
+  for (const t of TEXTS) {
+    const tokens = tokenizer.encode(await loadText(t));
+    tests.set(t, { tokens, ref: await referenceStates(fp, tokens), fpPpl: (await evaluate(fp, tokens)).ppl });
+  }
+
+  /** The fp model with every linear layer replaced by the quantizer's result. */
+  const quantizedModel = (r: QuantizeResult): Llama => {
+    const weight = (name: string): Float32Array => {
+      const q = r.layers.get(name);
+      return q ? dequantize(q) : dequantizeBinary(r.binaryLayers.get(name)!);
+    };
+    const blocks = fp.blocks.map((b, l) => ({
+      ...b,
+      linear: Object.fromEntries(Object.keys(b.linear).map((n) => [n, weight(`model.layers.${l}.${n}.weight`)])) as Record<
+        LinearName,
+        Float32Array
+      >,
+    }));
+    return new Llama(fp.cfg, backend, fp.embed, blocks, fp.finalNorm, fp.head);
+  };
+
+  /** ppl and KL on each text, as table cells */
+  const measure = async (opts: QuantizeOptions): Promise<string[]> => {
+    const q = quantizedModel(await quantizeModel(dir, backend, opts, opts.method === 'rtn' ? undefined : calib));
+    const cells: string[] = [];
+    for (const t of TEXTS) {
+      const { tokens, ref } = tests.get(t)!;
+      const r = await evaluate(q, tokens, { ref });
+      cells.push(r.ppl.toFixed(2), r.kl!.toFixed(4));
+    }
+    return cells;
+  };
+
+  const header = TEXTS.flatMap((t) => [`${t} ppl`, `${t} KL`]);
+  const fpRow = TEXTS.flatMap((t) => [tests.get(t)!.fpPpl.toFixed(2), '0']);
+  return { backend, dir, calib, measure, header, fpRow };
+}
