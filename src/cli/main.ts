@@ -5,7 +5,8 @@ import { evaluate, referenceStates, type EvalResult } from '../eval/perplexity.j
 import { UserError } from '../io/errors.js';
 import { convertLlama2c } from '../io/llama2c.js';
 import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
-import { generate } from '../infer/generate.js';
+import { checkPrompt, generate } from '../infer/generate.js';
+import { validateSampling, type SamplingOptions } from '../infer/sampling.js';
 import { loadModel } from '../models/load.js';
 import { quantize, type PipelineOptions } from '../pipeline.js';
 import { QUANTIZE_DEFAULTS, type Method } from '../quant/quantize-model.js';
@@ -70,15 +71,17 @@ function formatEval(data: string, r: EvalResult): string {
 async function runGenerate(
   modelArg: string,
   prompt: string,
-  maxTokens: number,
+  opts: { maxTokens: number } & SamplingOptions,
 ): Promise<{ text: string; tokensPerSecond: number; tokens: number }> {
+  validateSampling(opts);
   const { model, tokenizer } = await loadModel(await resolveModel(modelArg));
   const ids = tokenizer.encode(prompt);
+  checkPrompt(model, ids);
   let printed = prompt;
   process.stdout.write(prompt);
   const all = [...ids];
   const r = await generate(model, ids, {
-    maxTokens,
+    ...opts,
     onToken: (id) => {
       all.push(id);
       // decode the whole text so multi-byte characters split across byte tokens come out whole
@@ -138,10 +141,14 @@ export function buildCli(): Command {
     .argument('<model>', 'model directory (or stories15m)')
     .argument('<prompt>', 'text to continue')
     .option('--max-tokens <n>', 'tokens to generate', positiveInt, 128)
-    .description('greedy text generation')
-    .action(async (modelArg: string, prompt: string, opts: { maxTokens: number }) => {
+    .option('--temperature <t>', 'sampling temperature (0 = greedy)', number, 0)
+    .option('--top-k <k>', 'sample among the k most likely tokens (0 = all)', integer, 0)
+    .option('--top-p <p>', 'nucleus sampling: smallest set with this probability, in (0, 1]', number, 1)
+    .option('--seed <n>', 'sampling seed', integer, 0)
+    .description('text generation (greedy by default), streamed; stops at EOS')
+    .action(async (modelArg: string, prompt: string, opts: { maxTokens: number } & SamplingOptions) => {
       if (prompt.length === 0) throw new UserError('empty prompt');
-      const r = await runGenerate(modelArg, prompt, opts.maxTokens);
+      const r = await runGenerate(modelArg, prompt, opts);
       log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
     });
 
@@ -244,7 +251,7 @@ export function buildCli(): Command {
       const dir = await pullStories15m(log);
       log(`model: ${dir}`);
       for (const data of ['sotu-test', 'moby']) console.log(formatEval(data, await runEval(dir, data, { windows: 128 })));
-      const r = await runGenerate(dir, 'Once upon a time', 64);
+      const r = await runGenerate(dir, 'Once upon a time', { maxTokens: 64 });
       log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
     });
 

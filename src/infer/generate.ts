@@ -1,6 +1,7 @@
 import { KvCache, type Llama } from '../models/llama.js';
+import { makeSampler, type SamplingOptions } from './sampling.js';
 
-export interface GenerateOptions {
+export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;
   /** called with each new token id as soon as it is chosen */
   onToken?: (id: number) => void;
@@ -15,18 +16,19 @@ export interface GenerateResult {
   tokensPerSecond: number;
 }
 
-function argmax(x: Float32Array): number {
-  let best = 0;
-  for (let j = 1; j < x.length; j++) if (x[j]! > x[best]!) best = j;
-  return best;
-}
-
-/** Greedy decoding with a KV cache: one prefill of the prompt, then one position per step. */
-export async function generate(model: Llama, prompt: number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+/** A prompt must leave room in the context for at least one new token. */
+export function checkPrompt(model: Llama, prompt: number[]): void {
   const ctx = model.cfg.maxPositions;
   if (prompt.length === 0) throw new RangeError('empty prompt: give at least one token');
   if (prompt.length >= ctx) throw new RangeError(`prompt has ${prompt.length} tokens but the context holds ${ctx}`);
+}
+
+/** Decoding with a KV cache: one prefill of the prompt, then one position per step; greedy unless a temperature is given. */
+export async function generate(model: Llama, prompt: number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+  const ctx = model.cfg.maxPositions;
+  checkPrompt(model, prompt);
   const maxTokens = Math.min(opts.maxTokens ?? 256, ctx - prompt.length);
+  const choose = makeSampler(opts);
   const eos = opts.eos ?? model.cfg.eosTokenId;
   const cache = new KvCache(model.cfg, ctx);
   const t0 = performance.now();
@@ -35,7 +37,7 @@ export async function generate(model: Llama, prompt: number[], opts: GenerateOpt
   const out: number[] = [];
   while (out.length < maxTokens) {
     const last = h.subarray((h.length / D - 1) * D);
-    const next = argmax(await model.logits(last, 1));
+    const next = choose(await model.logits(last, 1));
     if (next === eos) break;
     out.push(next);
     opts.onToken?.(next);
