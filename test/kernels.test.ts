@@ -43,6 +43,22 @@ test('matmulNT equals the definition on random and edge shapes', async () => {
   }
 });
 
+test('rmsNorm and swiglu equal their definitions', async () => {
+  const r = rng(6);
+  for (const [m, n, k] of [
+    [1, 1, 1],
+    [7, 13, 5],
+    [64, 768, 288],
+  ] as [number, number, number][]) {
+    const x = rand(m * k, r);
+    const w = rand(k, r);
+    assertClose(await ortBackend.rmsNorm(x, w, m, 1e-5), ref.rmsNorm(x, w, m, 1e-5), 1e-5, `rmsNorm ${m}x${k}`);
+    const wg = rand(n * k, r);
+    const wu = rand(n * k, r);
+    assertClose(await ortBackend.swiglu(x, wg, wu, m, n, k), ref.swiglu(x, wg, wu, m, n, k), 1e-5 * Math.sqrt(k), `swiglu ${m}x${n}x${k}`);
+  }
+});
+
 test('gram XᵀY equals the definition on random and edge shapes', async () => {
   const r = rng(5);
   for (const [rows, cols] of [

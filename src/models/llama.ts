@@ -70,19 +70,6 @@ export class KvCache {
   }
 }
 
-export function rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number): Float32Array {
-  const D = w.length;
-  const out = new Float32Array(x.length);
-  for (let r = 0; r < rows; r++) {
-    const o = r * D;
-    let ss = 0;
-    for (let j = 0; j < D; j++) ss += x[o + j]! * x[o + j]!;
-    const inv = 1 / Math.sqrt(ss / D + eps);
-    for (let j = 0; j < D; j++) out[o + j] = x[o + j]! * inv * w[j]!;
-  }
-  return out;
-}
-
 /** cos/sin tables [position, headDim/2] in float32, as Hugging Face's LlamaRotaryEmbedding computes them */
 export class Rope {
   readonly cos: Float32Array;
@@ -127,15 +114,6 @@ export class Rope {
 
 function addInPlace(x: Float32Array, y: Float32Array): void {
   for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
-}
-
-function siluMul(g: Float32Array, u: Float32Array): Float32Array {
-  const out = new Float32Array(g.length);
-  for (let i = 0; i < g.length; i++) {
-    const x = g[i]!;
-    out[i] = (x / (1 + Math.exp(-x))) * u[i]!;
-  }
-  return out;
 }
 
 /** Observes the input of each linear group as a block runs (GPTQ's calibration hook). */
@@ -211,7 +189,7 @@ export class Llama {
     const cache = opts.cache;
     const start = cache?.length ?? 0;
 
-    const h = rmsNorm(x, w.inputNorm, rows, cfg.rmsNormEps);
+    const h = await backend.rmsNorm(x, w.inputNorm, rows, cfg.rmsNormEps);
     await opts.hook?.(0, h, rows);
     const [q, k, v] = await Promise.all([mm(h, 'self_attn.q_proj'), mm(h, 'self_attn.k_proj'), mm(h, 'self_attn.v_proj')]);
     this.rope.apply(q, batch, seq, H, start);
@@ -232,10 +210,10 @@ export class Llama {
     await opts.hook?.(1, att, rows);
     addInPlace(x, await mm(att, 'self_attn.o_proj'));
 
-    const h2 = rmsNorm(x, w.postNorm, rows, cfg.rmsNormEps);
+    const h2 = await backend.rmsNorm(x, w.postNorm, rows, cfg.rmsNormEps);
     await opts.hook?.(2, h2, rows);
-    const [g, u] = await Promise.all([mm(h2, 'mlp.gate_proj'), mm(h2, 'mlp.up_proj')]);
-    const act = siluMul(g, u);
+    const [hidden] = linearShape(cfg, 'mlp.gate_proj');
+    const act = await backend.swiglu(h2, w.linear['mlp.gate_proj'], w.linear['mlp.up_proj'], rows, hidden, cfg.hiddenSize);
     await opts.hook?.(3, act, rows);
     addInPlace(x, await mm(act, 'mlp.down_proj'));
   }
@@ -262,7 +240,7 @@ export class Llama {
     const x = this.embedTokens(tokens);
     for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache ? { cache } : {});
     if (cache) cache.length += seq;
-    return rmsNorm(x, this.finalNorm, batch * seq, this.cfg.rmsNormEps);
+    return this.backend.rmsNorm(x, this.finalNorm, batch * seq, this.cfg.rmsNormEps);
   }
 
   /** Logits [rows, vocab] for final hidden states. */

@@ -28,6 +28,10 @@ export interface Backend {
   readonly name: string;
   /** C[m,n] = A[m,k] · B[n,k]ᵀ  (activations times a Linear weight stored [out, in]) */
   matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
+  /** RMSNorm of each row: x / sqrt(mean(x²) + eps) · w */
+  rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number): Promise<Float32Array>;
+  /** SwiGLU: silu(H·Wgateᵀ) ⊙ (H·Wupᵀ), H [m,k], W [n,k] → [m,n] */
+  swiglu(h: Float32Array, wGate: Float32Array, wUp: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
   /** G[cols,cols] = X[rows,cols]ᵀ · Y (Y defaults to X: the Gram matrix of a layer's inputs, for GPTQ's Hessian) */
   gram(x: Float32Array, rows: number, cols: number, y?: Float32Array): Promise<Float32Array>;
   /**

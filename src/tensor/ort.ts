@@ -28,6 +28,41 @@ const matmulGraph = (): Promise<ort.InferenceSession> =>
     [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
   );
 
+const rmsNormGraph = (): Promise<ort.InferenceSession> =>
+  graph(
+    [
+      { opType: 'Mul', inputs: ['x', 'x'], outputs: ['sq'] },
+      { opType: 'ReduceMean', inputs: ['sq'], outputs: ['ms'], intsAttrs: { axes: [-1] }, intAttrs: { keepdims: 1 } },
+      { opType: 'Add', inputs: ['ms', 'eps'], outputs: ['var'] },
+      { opType: 'Sqrt', inputs: ['var'], outputs: ['rms'] },
+      { opType: 'Div', inputs: ['x', 'rms'], outputs: ['n'] },
+      { opType: 'Mul', inputs: ['n', 'w'], outputs: ['y'] },
+    ],
+    [
+      { name: 'x', elemType: F, dims: ['m', 'd'] },
+      { name: 'w', elemType: F, dims: ['d'] },
+      { name: 'eps', elemType: F, dims: [] },
+    ],
+    [{ name: 'y', elemType: F, dims: ['m', 'd'] }],
+  );
+
+const swigluGraph = (): Promise<ort.InferenceSession> =>
+  graph(
+    [
+      { opType: 'Gemm', inputs: ['h', 'wg'], outputs: ['g'], intAttrs: { transB: 1 } },
+      { opType: 'Gemm', inputs: ['h', 'wu'], outputs: ['u'], intAttrs: { transB: 1 } },
+      { opType: 'Sigmoid', inputs: ['g'], outputs: ['sg'] },
+      { opType: 'Mul', inputs: ['g', 'sg'], outputs: ['silu'] },
+      { opType: 'Mul', inputs: ['silu', 'u'], outputs: ['a'] },
+    ],
+    [
+      { name: 'h', elemType: F, dims: ['m', 'k'] },
+      { name: 'wg', elemType: F, dims: ['n', 'k'] },
+      { name: 'wu', elemType: F, dims: ['n', 'k'] },
+    ],
+    [{ name: 'a', elemType: F, dims: ['m', 'n'] }],
+  );
+
 const gramGraph = (): Promise<ort.InferenceSession> =>
   graph(
     [{ opType: 'Gemm', inputs: ['X', 'Y'], outputs: ['G'], intAttrs: { transA: 1 } }],
@@ -114,6 +149,8 @@ function lazy(make: () => Promise<ort.InferenceSession>): () => Promise<ort.Infe
 const sessions = {
   matmul: lazy(matmulGraph),
   gram: lazy(gramGraph),
+  rmsNorm: lazy(rmsNormGraph),
+  swiglu: lazy(swigluGraph),
   attention: lazy(attentionGraph),
   nll: lazy(nllGraph),
   compare: lazy(compareGraph),
@@ -155,6 +192,18 @@ export const ortBackend: Backend = {
     const s = await sessions.matmul();
     const r = await s.run({ A: f32(a, [m, k]), B: f32(b, [n, k]) });
     return r['C']!.data as Float32Array;
+  },
+
+  async rmsNorm(x, w, rows, eps) {
+    const r = await (
+      await sessions.rmsNorm()
+    ).run({ x: f32(x, [rows, w.length]), w: f32(w, [w.length]), eps: f32(new Float32Array([eps]), []) });
+    return r['y']!.data as Float32Array;
+  },
+
+  async swiglu(h, wg, wu, m, n, k) {
+    const r = await (await sessions.swiglu()).run({ h: f32(h, [m, k]), wg: f32(wg, [n, k]), wu: f32(wu, [n, k]) });
+    return r['a']!.data as Float32Array;
   },
 
   async gram(x, rows, cols, y = x) {

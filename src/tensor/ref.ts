@@ -16,6 +16,26 @@ export function matmulNT(a: Float32Array, b: Float32Array, m: number, n: number,
   return c;
 }
 
+export function rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number): Float32Array {
+  const D = w.length;
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++) {
+    const o = r * D;
+    let ss = 0;
+    for (let j = 0; j < D; j++) ss += x[o + j]! * x[o + j]!;
+    const inv = 1 / Math.sqrt(ss / D + eps);
+    for (let j = 0; j < D; j++) out[o + j] = x[o + j]! * inv * w[j]!;
+  }
+  return out;
+}
+
+export function swiglu(h: Float32Array, wGate: Float32Array, wUp: Float32Array, m: number, n: number, k: number): Float32Array {
+  const g = matmulNT(h, wGate, m, n, k);
+  const u = matmulNT(h, wUp, m, n, k);
+  for (let i = 0; i < g.length; i++) g[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
+  return g;
+}
+
 export function gram(x: Float32Array, rows: number, cols: number, y: Float32Array = x): Float32Array {
   const g = new Float64Array(cols * cols);
   for (let r = 0; r < rows; r++) {
@@ -114,6 +134,8 @@ export function headStats(
 export const refBackend: Backend = {
   name: 'ref',
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
+  rmsNorm: async (x, w, rows, eps) => rmsNorm(x, w, rows, eps),
+  swiglu: async (h, wg, wu, m, n, k) => swiglu(h, wg, wu, m, n, k),
   gram: async (x, rows, cols, y) => gram(x, rows, cols, y),
   attention: async (q, k, v, s) => attention(q, k, v, s),
   headStats: async (h, w, m, d, vocab, targets, ref) => headStats(h, w, m, d, vocab, targets, ref),
