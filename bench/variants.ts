@@ -50,7 +50,7 @@ for (const bits of [4, 3]) {
   for (const { name, w, h, rows: R, cols: C } of captured) {
     const opts = { ...QUANTIZE_DEFAULTS, bits, order: 'reverse' as const };
     const grid = fitGrid(w, R, C, 0, C, opts);
-    const codes = gptq(w, h, R, C, opts).layer.codes;
+    const codes = (await gptq(w, h, R, C, opts)).layer.codes;
     let mean = 0;
     for (let i = 0; i < C; i++) mean += h[i * C + i]! / C;
     const hd = Float64Array.from(h, (v, k) => (k % (C + 1) === 0 ? v + opts.percdamp * mean : v));

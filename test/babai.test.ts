@@ -39,13 +39,13 @@ function damped(h: Float64Array, n: number, percdamp: number): Float64Array {
 }
 
 for (const bits of [4, 8]) {
-  test(`back-to-front GPTQ equals Babai's nearest plane on real layers (${bits}-bit, rows without clipping), and the error bound holds`, () => {
+  test(`back-to-front GPTQ equals Babai's nearest plane on real layers (${bits}-bit, rows without clipping), and the error bound holds`, async () => {
     assert.equal(real.length, WANTED.length);
     const maxq = 2 ** bits - 1;
     for (const { name, w, h, rows, cols } of real) {
       const opts = { ...GPTQ_DEFAULTS, bits, order: 'reverse' as const };
       const grid = fitGrid(w, rows, cols, 0, cols, opts);
-      const ours = gptq(w, h, rows, cols, opts).layer;
+      const ours = (await gptq(w, h, rows, cols, opts)).layer;
       const hd = damped(h, cols, opts.percdamp);
       const babai = babaiNearestPlane(w, rows, cols, hd, grid.scale, grid.zero);
       // ¼·Σ s²/U_ii², U the upper Cholesky factor of H⁻¹ in the sweep's (reversed) column order

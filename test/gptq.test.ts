@@ -91,7 +91,7 @@ function columnByColumn(
   return { codes, loss };
 }
 
-test('upper Cholesky of H⁻¹ satisfies Uᵀ·U·H = I and is upper triangular', () => {
+test('upper Cholesky of H⁻¹ satisfies Uᵀ·U·H = I and is upper triangular', async () => {
   const n = 9;
   const { h } = randomProblem(1, n);
   const U = upperCholeskyOfInverse(h, n)!;
@@ -117,18 +117,18 @@ for (const [groupSize, cols] of [
   [-1, 14], // blocks of 4: three full blocks and a remainder of 2
   [4, 12],
 ] as const) {
-  test(`lazy-batch GPTQ equals the column-by-column definition (group size ${groupSize})`, () => {
+  test(`lazy-batch GPTQ equals the column-by-column definition (group size ${groupSize})`, async () => {
     const rows = 7;
     const { w, h } = randomProblem(rows, cols);
     const opts = { ...GPTQ_DEFAULTS, bits: 3, groupSize, blocksize: 4, fp16Scales: false };
-    const fast = gptq(w, h, rows, cols, opts);
+    const fast = await gptq(w, h, rows, cols, opts);
     const def = columnByColumn(w, h, rows, cols, opts);
     assert.deepEqual(fast.layer.codes, def.codes);
     assert.ok(Math.abs(fast.loss - def.loss) <= 1e-6 * def.loss, `loss ${fast.loss} vs ${def.loss}`);
   });
 }
 
-test('quantizer grid follows the reference conventions', () => {
+test('quantizer grid follows the reference conventions', async () => {
   const w = Float32Array.from([-1, 0.5, 3, /* row 2 */ 0, 0, 0, /* row 3 */ 0.2, 0.4, 0.6]);
   const asym = fitGrid(w, 3, 3, 0, 3, { bits: 4, sym: false, mse: false, fp16Scales: false });
   assert.ok(Math.abs(asym.scale[0]! - 4 / 15) < 1e-12);
@@ -146,7 +146,7 @@ test('quantizer grid follows the reference conventions', () => {
   for (const s of half.scale) assert.equal(roundToHalf(s), s, 'scales are fp16 values');
 });
 
-test('mse grid search never does worse than the plain min/max grid', () => {
+test('mse grid search never does worse than the plain min/max grid', async () => {
   const { w } = randomProblem(16, 64);
   w[5] = 2; // an outlier, which shrinking the range helps
   const err = (mse: boolean): number => {
@@ -157,7 +157,7 @@ test('mse grid search never does worse than the plain min/max grid', () => {
   assert.ok(err(true) < err(false));
 });
 
-test('with a diagonal Hessian GPTQ is RTN, and act-order un-permutes codes and groups', () => {
+test('with a diagonal Hessian GPTQ is RTN, and act-order un-permutes codes and groups', async () => {
   const rows = 5;
   const cols = 16;
   const { w } = randomProblem(rows, cols);
@@ -165,9 +165,9 @@ test('with a diagonal Hessian GPTQ is RTN, and act-order un-permutes codes and g
   const diag = Array.from({ length: cols }, (_, i) => 1 + ((i * 7) % cols));
   diag.forEach((d, i) => (h[i * cols + i] = d));
   const base = { ...GPTQ_DEFAULTS, bits: 4 };
-  assert.deepEqual(gptq(w, h, rows, cols, { ...base, actOrder: true }).layer.codes, rtn(w, rows, cols, { ...base }).codes);
+  assert.deepEqual((await gptq(w, h, rows, cols, { ...base, actOrder: true })).layer.codes, rtn(w, rows, cols, { ...base }).codes);
 
-  const grouped = gptq(w, h, rows, cols, { ...base, actOrder: true, groupSize: 4 }).layer;
+  const grouped = (await gptq(w, h, rows, cols, { ...base, actOrder: true, groupSize: 4 })).layer;
   const order = Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag[b]! - diag[a]!);
   for (let g = 0; g < 4; g++) {
     const members = order.slice(g * 4, g * 4 + 4);
@@ -182,12 +182,12 @@ test('with a diagonal Hessian GPTQ is RTN, and act-order un-permutes codes and g
   }
 });
 
-test('static groups keep natural-order groups fitted before the sweep', () => {
+test('static groups keep natural-order groups fitted before the sweep', async () => {
   const rows = 6;
   const cols = 16;
   const { w, h } = randomProblem(rows, cols);
   const opts = { ...GPTQ_DEFAULTS, bits: 3, groupSize: 4, actOrder: true, staticGroups: true };
-  const q = gptq(w, h, rows, cols, opts).layer;
+  const q = (await gptq(w, h, rows, cols, opts)).layer;
   assert.deepEqual(
     Array.from(q.gIdx),
     Array.from({ length: cols }, (_, c) => Math.floor(c / 4)),
@@ -195,19 +195,19 @@ test('static groups keep natural-order groups fitted before the sweep', () => {
   assert.deepEqual(q.scales, rtn(w, rows, cols, opts).scales);
 });
 
-test('dead inputs give zero weights; a singular Hessian raises the damping with a warning', () => {
+test('dead inputs give zero weights; a singular Hessian raises the damping with a warning', async () => {
   const rows = 4;
   const cols = 8;
   const { w, h } = randomProblem(rows, cols);
   for (let i = 0; i < cols; i++) h[3 * cols + i] = h[i * cols + 3] = 0;
-  const deq = dequantize(gptq(w, h, rows, cols, GPTQ_DEFAULTS).layer);
+  const deq = dequantize((await gptq(w, h, rows, cols, GPTQ_DEFAULTS)).layer);
   for (let r = 0; r < rows; r++) assert.equal(deq[r * cols + 3], 0);
   assert.ok(deq.every(Number.isFinite));
 
   const v = Float64Array.from({ length: cols }, (_, i) => i + 1);
   const rank1 = Float64Array.from({ length: cols * cols }, (_, k) => v[Math.floor(k / cols)]! * v[k % cols]!);
   const warnings: string[] = [];
-  const r = gptq(w, rank1, rows, cols, { ...GPTQ_DEFAULTS, percdamp: 0 }, (m) => warnings.push(m));
+  const r = await gptq(w, rank1, rows, cols, { ...GPTQ_DEFAULTS, percdamp: 0 }, { warn: (m) => void warnings.push(m) });
   assert.ok(r.percdamp > 0 && warnings.length > 0 && /Cholesky failed/.test(warnings[0]!));
   assert.ok(dequantize(r.layer).every(Number.isFinite));
 });
@@ -313,15 +313,31 @@ function gptqv2ColumnByColumn(
   return codes;
 }
 
-test('GPTQv2 within one block equals its per-column definition, and with no asymmetry is GPTQ', () => {
+test('GPTQv2 within one block equals its per-column definition, and with no asymmetry is GPTQ', async () => {
   const rows = 6;
   const cols = 12;
   const { w, h } = randomProblem(rows, cols);
   const dXXt = Float64Array.from({ length: cols * cols }, () => randn() * 0.3);
   const opts = { ...GPTQ_DEFAULTS, bits: 3, blocksize: 128, fp16Scales: false };
-  const v2 = gptq(w, h, rows, cols, opts, undefined, { dXXt, alpha: 0.25 }).layer.codes;
+  const v2 = (await gptq(w, h, rows, cols, opts, { asym: { dXXt, alpha: 0.25 } })).layer.codes;
   assert.deepEqual(v2, gptqv2ColumnByColumn(w, h, dXXt, rows, cols, opts, 0.25));
-  assert.notDeepEqual(v2, gptq(w, h, rows, cols, opts).layer.codes, 'the asymmetric term changes the result');
-  const none = gptq(w, h, rows, cols, { ...opts, blocksize: 4 }, undefined, { dXXt: new Float64Array(cols * cols), alpha: 0.25 });
-  assert.deepEqual(none.layer.codes, gptq(w, h, rows, cols, { ...opts, blocksize: 4 }).layer.codes);
+  assert.notDeepEqual(v2, (await gptq(w, h, rows, cols, opts)).layer.codes, 'the asymmetric term changes the result');
+  const none = await gptq(w, h, rows, cols, { ...opts, blocksize: 4 }, { asym: { dXXt: new Float64Array(cols * cols), alpha: 0.25 } });
+  assert.deepEqual(none.layer.codes, (await gptq(w, h, rows, cols, { ...opts, blocksize: 4 })).layer.codes);
+});
+
+test('the lazy update on the fast backend (float32 product) matches the float64 definition', async () => {
+  const { ortBackend } = await import('../src/tensor/ort.js');
+  const rows = 48;
+  const cols = 300; // two full blocks of 128 and a remainder
+  const { w, h } = randomProblem(rows, cols, 400);
+  const dXXt = Float64Array.from({ length: cols * cols }, () => randn() * 0.01);
+  for (const asym of [undefined, { dXXt, alpha: 0.25 }]) {
+    const opts = { ...GPTQ_DEFAULTS, bits: 4, groupSize: 64 };
+    const slow = await gptq(w, h, rows, cols, opts, asym ? { asym } : {});
+    const fast = await gptq(w, h, rows, cols, opts, { matmulNT: ortBackend.matmulNT, ...(asym ? { asym } : {}) });
+    const differ = fast.layer.codes.filter((c, i) => c !== slow.layer.codes[i]).length;
+    assert.ok(differ <= rows * cols * 1e-3, `${differ} codes differ`);
+    assert.ok(Math.abs(fast.loss / slow.loss - 1) < 1e-3, `loss ${fast.loss} vs ${slow.loss}`);
+  }
 });

@@ -9,7 +9,7 @@ import { pullStories15m } from '../src/io/stories.js';
 import { GPTQ_DEFAULTS } from '../src/quant/gptq.js';
 import { binaryLevel, dequantizeBinary, fitBinaryCoding, fitRowCodings, gptqt } from '../src/quant/gptqt.js';
 
-test('binary coding recovers values it can represent exactly', () => {
+test('binary coding recovers values it can represent exactly', async () => {
   // β = 0.5, α = (2, 1): levels −2.5, −0.5, 1.5, 3.5
   const u = Float64Array.from([-2.5, -0.5, 1.5, 3.5]);
   const fit = fitBinaryCoding(u, Float64Array.from([3, 1, 2, 5]), 2);
@@ -18,7 +18,7 @@ test('binary coding recovers values it can represent exactly', () => {
   levels.forEach((v, i) => assert.ok(Math.abs(v - u[i]!) < 1e-9));
 });
 
-test('alternating least squares improves on the greedy binary coding', () => {
+test('alternating least squares improves on the greedy binary coding', async () => {
   const u = Float64Array.from({ length: 16 }, (_, i) => i - 7);
   const n = Float64Array.from(u, (v) => Math.exp(-(v * v) / 20));
   const fit = fitBinaryCoding(u, n, 2);
@@ -35,7 +35,7 @@ test('alternating least squares improves on the greedy binary coding', () => {
   assert.ok(fit.error <= greedyErr + 1e-12, `${fit.error} vs greedy ${greedyErr}`);
 });
 
-test('with a diagonal Hessian GPTQT rounds each weight to the nearest of its row levels', () => {
+test('with a diagonal Hessian GPTQT rounds each weight to the nearest of its row levels', async () => {
   const rand = seededRandom(3);
   const rows = 4;
   const cols = 64;
@@ -44,7 +44,7 @@ test('with a diagonal Hessian GPTQT rounds each weight to the nearest of its row
   for (let i = 0; i < cols; i++) h[i * cols + i] = 1 + (i % 5);
   const opts = { ...GPTQ_DEFAULTS, bits: 3, highBits: 5 };
   const { levels } = fitRowCodings(w, rows, cols, opts);
-  const deq = dequantizeBinary(gptqt(w, h, rows, cols, opts).layer);
+  const deq = dequantizeBinary((await gptqt(w, h, rows, cols, opts)).layer);
   for (let r = 0; r < rows; r++) {
     const lv = levels.values.subarray(r * 8, (r + 1) * 8);
     for (let c = 0; c < cols; c++) {
@@ -71,7 +71,7 @@ test('gptq quantize --method gptqt writes its own format that eval and inspect r
   assert.ok(i.bitsPerWeight > 3 && i.bitsPerWeight < 3.5, `${i.bitsPerWeight}`);
 });
 
-test('gptqt refuses what it does not support', () => {
+test('gptqt refuses what it does not support', async () => {
   const out = join(mkdtempSync(join(tmpdir(), 'gptqt-bad-')), 'm');
   for (const [args, msg] of [
     [['--bits', '4', '--format', 'gptqt'], /codes 2 or 3 bits/],

@@ -68,16 +68,28 @@ function argsortDescending(x: Float64Array): Int32Array {
   return Int32Array.from(x.keys()).sort((a, b) => x[b]! - x[a]! || a - b);
 }
 
-export function gptq(
+/** What a sweep may get besides the weights and Hessian. */
+export interface SweepExtras {
+  warn?: (msg: string) => void;
+  asym?: AsymmetricCalibration;
+  levels?: RowLevels;
+  /**
+   * Runs the lazy batch update's matrix product (float32, C = A·Bᵀ) on a fast backend; without it the update
+   * is the float64 loop below, the definition the tests hold it to.
+   */
+  matmulNT?: (a: Float32Array, b: Float32Array, m: number, n: number, k: number) => Promise<Float32Array>;
+}
+
+export async function gptq(
   weight: Float32Array,
   hessian: Float64Array,
   rows: number,
   cols: number,
   opts: GptqOptions,
-  warn: (msg: string) => void = () => {},
-  asym?: AsymmetricCalibration,
-  levels?: RowLevels,
-): GptqResult {
+  extras: SweepExtras = {},
+): Promise<GptqResult> {
+  const { asym, levels } = extras;
+  const warn = extras.warn ?? ((): void => {});
   if (levels && opts.groupSize > 0) throw new Error('a per-row level grid has no groups');
   const { bits, groupSize: gs, blocksize } = opts;
   const maxq = 2 ** bits - 1;
@@ -197,15 +209,9 @@ export function gptq(
     }
     // lazy batch update of everything after the block: W[:, i2:] -= Err1 · U[i1:i2, i2:]
     // (GPTQv2: − Q1 · P[i1:i2, i2:], Q1 being what the reference's W1 holds once its block is done)
-    for (let r = 0; r < rows; r++) {
-      const wr = r * cols;
-      for (let k = 0; k < count; k++) {
-        const e = Err1[r * count + k]!;
-        const ur = (i1 + k) * cols;
-        if (e !== 0) for (let c = i2; c < cols; c++) W[wr + c]! -= e * U[ur + c]!;
-        const qv = Q1[r * count + k]!;
-        if (P && qv !== 0) for (let c = i2; c < cols; c++) W[wr + c]! += qv * P[ur + c]!;
-      }
+    if (i2 < cols) {
+      if (extras.matmulNT) await lazyUpdateFast(extras.matmulNT, W, rows, cols, i1, i2, Err1, U, P ? { Q1, P } : undefined);
+      else lazyUpdate(W, rows, cols, i1, i2, Err1, U, P ? { Q1, P } : undefined);
     }
   }
   return { layer: { rows, cols, bits, groupSize: gs, sym: opts.sym, codes, scales, zeros, gIdx }, loss, percdamp };
@@ -217,6 +223,63 @@ function permuteColumns(W: Float64Array, rows: number, cols: number, perm: Int32
     for (let c = 0; c < cols; c++) row[c] = W[r * cols + perm[c]!]!;
     W.set(row, r * cols);
   }
+}
+
+function lazyUpdate(
+  W: Float64Array,
+  rows: number,
+  cols: number,
+  i1: number,
+  i2: number,
+  Err1: Float64Array,
+  U: Float64Array,
+  v2?: { Q1: Float64Array; P: Float64Array },
+): void {
+  const count = i2 - i1;
+  for (let r = 0; r < rows; r++) {
+    const wr = r * cols;
+    for (let k = 0; k < count; k++) {
+      const e = Err1[r * count + k]!;
+      const ur = (i1 + k) * cols;
+      if (e !== 0) for (let c = i2; c < cols; c++) W[wr + c]! -= e * U[ur + c]!;
+      const qv = v2 ? v2.Q1[r * count + k]! : 0;
+      if (qv !== 0) for (let c = i2; c < cols; c++) W[wr + c]! += qv * v2!.P[ur + c]!;
+    }
+  }
+}
+
+/** The same update as one float32 product [Err1 | −Q1] · [U; P] on the backend. */
+async function lazyUpdateFast(
+  matmulNT: NonNullable<SweepExtras['matmulNT']>,
+  W: Float64Array,
+  rows: number,
+  cols: number,
+  i1: number,
+  i2: number,
+  Err1: Float64Array,
+  U: Float64Array,
+  v2?: { Q1: Float64Array; P: Float64Array },
+): Promise<void> {
+  const count = i2 - i1;
+  const k = v2 ? 2 * count : count;
+  const n = cols - i2;
+  const a = new Float32Array(rows * k);
+  for (let r = 0; r < rows; r++) {
+    for (let j = 0; j < count; j++) {
+      a[r * k + j] = Err1[r * count + j]!;
+      if (v2) a[r * k + count + j] = -v2.Q1[r * count + j]!;
+    }
+  }
+  const b = new Float32Array(n * k);
+  for (let j = 0; j < count; j++) {
+    const ur = (i1 + j) * cols + i2;
+    for (let c = 0; c < n; c++) {
+      b[c * k + j] = U[ur + c]!;
+      if (v2) b[c * k + count + j] = v2.P[ur + c]!;
+    }
+  }
+  const prod = await matmulNT(a, b, rows, n, k);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < n; c++) W[r * cols + i2 + c]! -= prod[r * n + c]!;
 }
 
 /** Index (into values) of the level nearest to x among values[start .. start+n), which are sorted. */

@@ -1,4 +1,4 @@
-import { gptq, type AsymmetricCalibration, type GptqOptions, type RowLevels } from './gptq.js';
+import { gptq, type GptqOptions, type RowLevels, type SweepExtras } from './gptq.js';
 import { roundHalfEven } from './quantizer.js';
 
 /**
@@ -184,17 +184,16 @@ export function fitRowCodings(
 }
 
 /** GPTQ's sweep on the per-row binary-coded levels. */
-export function gptqt(
+export async function gptqt(
   weight: Float32Array,
   hessian: Float64Array,
   rows: number,
   cols: number,
   opts: GptqOptions & GptqtOptions,
-  warn?: (msg: string) => void,
-  asym?: AsymmetricCalibration,
-): { layer: BinaryCodedLayer; loss: number; percdamp: number } {
+  extras: Omit<SweepExtras, 'levels'> = {},
+): Promise<{ layer: BinaryCodedLayer; loss: number; percdamp: number }> {
   const { alpha, beta, levels } = fitRowCodings(weight, rows, cols, opts);
-  const r = gptq(weight, hessian, rows, cols, opts, warn, asym, levels);
+  const r = await gptq(weight, hessian, rows, cols, opts, { ...extras, levels });
   return { layer: { rows, cols, bits: opts.bits, codes: r.layer.codes, alpha, beta }, loss: r.loss, percdamp: r.percdamp };
 }
 

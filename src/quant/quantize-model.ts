@@ -110,6 +110,7 @@ export async function quantizeModel(
   validateOptions(cfg, opts, calib && { nsamples: calib.windows.length / calib.seqlen, seqlen: calib.seqlen });
   if (opts.method !== 'rtn' && !calib) throw new Error(`${opts.method} needs calibration windows`);
   const asymmetric = opts.method === 'gptqv2';
+  const matmulNT = backend.matmulNT.bind(backend);
   const st = new SafetensorsModel(dir);
   const layers = new Map<string, QuantizedLayer>();
   const binaryLayers = new Map<string, BinaryCodedLayer>();
@@ -155,7 +156,14 @@ export async function quantizeModel(
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
           const warnLayer = (m: string): void => warn(`${full}: ${m}`);
           if (opts.method === 'gptqt') {
-            const r = gptqt(w, hessian!.h, rows_, cols, { ...opts, highBits: opts.highBits ?? opts.bits + 2 }, warnLayer);
+            const r = await gptqt(
+              w,
+              hessian!.h,
+              rows_,
+              cols,
+              { ...opts, highBits: opts.highBits ?? opts.bits + 2 },
+              { warn: warnLayer, matmulNT },
+            );
             report.loss = r.loss;
             report.percdamp = r.percdamp;
             block.linear[name as LinearName] = dequantizeBinary(r.layer);
@@ -164,7 +172,7 @@ export async function quantizeModel(
             let q: QuantizedLayer;
             if (hessian) {
               const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
-              const r = gptq(w, hessian.h, rows_, cols, opts, warnLayer, asym);
+              const r = await gptq(w, hessian.h, rows_, cols, opts, { warn: warnLayer, matmulNT, ...(asym ? { asym } : {}) });
               q = r.layer;
               report.loss = r.loss;
               report.percdamp = r.percdamp;
