@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
+import { upperCholeskyOfInverse } from '../src/tensor/cholesky.js';
 import { printTable, timeMs } from './table.js';
 
 /**
@@ -19,24 +20,37 @@ const GEMMS: Gemm[] = [
   { label: '4096x128 @ 128x4096', m: 4096, n: 4096, k: 128 },
 ];
 
-/** numpy's float32 matmul time in ms per shape, or undefined without numpy. */
-function numpyMs(shapes: Gemm[]): number[] | undefined {
+/**
+ * numpy's time in ms for each job, or undefined without numpy: ['gemm', m, n, k] is A[m,k]·B[n,k]ᵀ in float32,
+ * ['gram', n, d] is XᵀX, ['chol', d] is the float64 Cholesky factor and its inverse.
+ */
+type Job = ['gemm', number, number, number] | ['gram', number, number] | ['chol', number];
+function numpyMs(jobs: Job[]): number[] | undefined {
   const script = `
 import json, sys, time, numpy as np
+def run(job):
+    kind = job[0]
+    if kind == 'gemm':
+        m, n, k = job[1:]; a = np.random.rand(m, k).astype(np.float32); b = np.random.rand(n, k).astype(np.float32)
+        return lambda: a @ b.T
+    if kind == 'gram':
+        n, d = job[1:]; x = np.random.rand(n, d).astype(np.float32)
+        return lambda: x.T @ x
+    d = job[1]; x = np.random.rand(2 * d, d); h = x.T @ x + d * np.eye(d)
+    return lambda: np.linalg.inv(np.linalg.cholesky(h))
 out = []
-for m, n, k in json.loads(sys.argv[1]):
-    a = np.random.rand(m, k).astype(np.float32); b = np.random.rand(n, k).astype(np.float32)
-    a @ b.T
+for job in json.loads(sys.argv[1]):
+    f = run(job); f()
     ts = []
-    for _ in range(5):
-        t = time.perf_counter(); a @ b.T; ts.append(time.perf_counter() - t)
-    out.append(sorted(ts)[2] * 1000)
+    for _ in range(3):
+        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
+    out.append(sorted(ts)[1] * 1000)
 print(json.dumps(out))`;
   const env = { ...process.env };
   // the machine pins an old OpenBLAS core type for safety; unset it so numpy runs its best kernel
   delete env['OPENBLAS_CORETYPE'];
   delete env['OPENBLAS_L2_SIZE'];
-  const r = spawnSync('python3', ['-c', script, JSON.stringify(shapes.map((g) => [g.m, g.n, g.k]))], { encoding: 'utf8', env });
+  const r = spawnSync('python3', ['-c', script, JSON.stringify(jobs)], { encoding: 'utf8', env });
   if (r.status !== 0) return undefined;
   return JSON.parse(r.stdout) as number[];
 }
@@ -44,7 +58,9 @@ print(json.dumps(out))`;
 const rand = (n: number): Float32Array => Float32Array.from({ length: n }, () => Math.random() - 0.5);
 const gflops = (flop: number, ms: number): string => (flop / ms / 1e6).toFixed(1);
 
-const np = numpyMs(GEMMS);
+const CHOL_D = process.argv.includes('--large') ? 4096 : 2048;
+const GRAM = { n: 2048, d: 4096 };
+const np = numpyMs([...GEMMS.map((g): Job => ['gemm', g.m, g.n, g.k]), ['gram', GRAM.n, GRAM.d], ['chol', CHOL_D]]);
 const rows: (string | number)[][] = [];
 for (const [i, g] of GEMMS.entries()) {
   const a = rand(g.m * g.k);
@@ -62,4 +78,42 @@ for (const [i, g] of GEMMS.entries()) {
   }
   rows.push([g.label, ours.toFixed(2), gflops(flop, ours), refLabel, gflops(flop, refMs), `${((refMs / ours) * 100).toFixed(0)}%`]);
 }
-printTable('Kernels (onnxruntime backend, all cores)', ['kernel', 'ms', 'GFLOP/s', 'reference', 'ref GFLOP/s', 'ours/ref'], rows);
+{
+  const x = rand(GRAM.n * GRAM.d);
+  const ours = await timeMs(() => ortBackend.gram(x, GRAM.n, GRAM.d), 3);
+  const flop = 2 * GRAM.n * GRAM.d * GRAM.d;
+  const refMs = np ? np[GEMMS.length]! : (await timeMs(() => ref.gram(x, 256, GRAM.d), 1)) * (GRAM.n / 256);
+  rows.push([
+    `Hessian XᵀX d=${GRAM.d} n=${GRAM.n}`,
+    ours.toFixed(1),
+    gflops(flop, ours),
+    np ? 'numpy/OpenBLAS' : 'plain TS',
+    gflops(flop, refMs),
+    `${((refMs / ours) * 100).toFixed(0)}%`,
+  ]);
+}
+{
+  const d = CHOL_D;
+  const x = rand(2 * d * d);
+  const h = new Float64Array(d * d);
+  // a well-conditioned SPD matrix: d·I plus a low-rank-ish Gram part
+  for (let i = 0; i < d; i++)
+    for (let j = 0; j < d; j++) h[i * d + j] = (i === j ? d : 0) + x[(i * 7 + j * 3) % x.length]! * x[(j * 7 + i * 3) % x.length]!;
+  const t = performance.now();
+  upperCholeskyOfInverse(h, d);
+  const ours = performance.now() - t;
+  const flop = (2 * d ** 3) / 3;
+  rows.push([
+    `Cholesky + inverse d=${d} (float64)`,
+    ours.toFixed(0),
+    gflops(flop, ours),
+    np ? 'numpy/OpenBLAS' : '-',
+    np ? gflops(flop, np[GEMMS.length + 1]!) : '-',
+    np ? `${((np[GEMMS.length + 1]! / ours) * 100).toFixed(0)}%` : '-',
+  ]);
+}
+printTable(
+  'Kernels (onnxruntime backend, all cores; Cholesky in plain TypeScript)',
+  ['kernel', 'ms', 'GFLOP/s', 'reference', 'ref GFLOP/s', 'ours/ref'],
+  rows,
+);
