@@ -1,17 +1,7 @@
-import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { writeAtomically } from '../io/atomic.js';
 import { readConfigJson } from '../io/config.js';
-import { SafetensorsModel, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
+import { SafetensorsModel, type TensorToWrite } from '../io/safetensors.js';
 import { dequantize, type QuantizedLayer } from '../quant/quantized-layer.js';
-
-export const TOKENIZER_FILES = [
-  'tokenizer.json',
-  'tokenizer_config.json',
-  'special_tokens_map.json',
-  'tokenizer.model',
-  'generation_config.json',
-];
+import { writeModelDir } from './model-dir.js';
 
 /**
  * A "fake-quant" checkpoint: the source model with every quantized linear replaced by its dequantized
@@ -26,13 +16,7 @@ export async function writeFakeQuant(srcDir: string, outDir: string, layers: Map
       if (q) tensors.set(name, { dtype: 'F32', shape: [q.rows, q.cols], data: dequantize(q) });
       else tensors.set(name, st.read(name));
     }
-    await writeAtomically(outDir, async (tmp) => {
-      mkdirSync(tmp, { recursive: true });
-      writeFileSync(join(tmp, 'config.json'), JSON.stringify(readConfigJson(srcDir), null, 2) + '\n');
-      for (const f of TOKENIZER_FILES) if (existsSync(join(srcDir, f))) copyFileSync(join(srcDir, f), join(tmp, f));
-      writeFileSync(join(tmp, 'quantize_summary.json'), JSON.stringify(summary, null, 2) + '\n');
-      await writeSafetensors(join(tmp, 'model.safetensors'), tensors);
-    });
+    await writeModelDir(srcDir, outDir, { json: { 'config.json': readConfigJson(srcDir), 'quantize_summary.json': summary }, tensors });
   } finally {
     st.close();
   }

@@ -1,12 +1,11 @@
-import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeAtomically } from '../io/atomic.js';
 import { readConfigJson } from '../io/config.js';
 import { fail } from '../io/errors.js';
 import { floatArrayToHalf } from '../io/fp16.js';
-import { SafetensorsModel, toFloat32, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
+import { SafetensorsModel, toFloat32, type TensorToWrite } from '../io/safetensors.js';
 import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
-import { TOKENIZER_FILES } from './fake-quant.js';
+import { writeModelDir } from './model-dir.js';
 import { packLayer, unpackLayer, type CheckpointFormat } from './gptq-pack.js';
 
 /**
@@ -86,46 +85,11 @@ export async function writeGptqCheckpoint(
   const config = readConfigJson(srcDir);
   config['quantization_config'] = quantizationConfig(o);
   config['torch_dtype'] = o.floatDtype === 'F16' ? 'float16' : 'float32';
-  const shards = splitShards(tensors, o.maxShardBytes);
-  await writeAtomically(outDir, async (tmp) => {
-    mkdirSync(tmp, { recursive: true });
-    writeFileSync(join(tmp, 'config.json'), JSON.stringify(config, null, 2) + '\n');
-    writeFileSync(join(tmp, 'quantize_config.json'), JSON.stringify(quantizationConfig(o), null, 2) + '\n');
-    for (const f of TOKENIZER_FILES) if (existsSync(join(srcDir, f))) copyFileSync(join(srcDir, f), join(tmp, f));
-    if (o.summary) writeFileSync(join(tmp, 'quantize_summary.json'), JSON.stringify(o.summary, null, 2) + '\n');
-    if (shards.length === 1) {
-      await writeSafetensors(join(tmp, 'model.safetensors'), shards[0]!);
-      return;
-    }
-    const weightMap: Record<string, string> = {};
-    let total = 0;
-    for (const [i, shard] of shards.entries()) {
-      const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`;
-      await writeSafetensors(join(tmp, file), shard);
-      for (const [name, t] of shard) {
-        weightMap[name] = file;
-        total += t.data.byteLength;
-      }
-    }
-    writeFileSync(
-      join(tmp, 'model.safetensors.index.json'),
-      JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n',
-    );
+  await writeModelDir(srcDir, outDir, {
+    json: { 'config.json': config, 'quantize_config.json': quantizationConfig(o), 'quantize_summary.json': o.summary },
+    tensors,
+    maxShardBytes: o.maxShardBytes,
   });
-}
-
-function splitShards(tensors: Map<string, TensorToWrite>, maxBytes: number): Map<string, TensorToWrite>[] {
-  const shards: Map<string, TensorToWrite>[] = [new Map()];
-  let size = 0;
-  for (const [name, t] of tensors) {
-    if (size > 0 && size + t.data.byteLength > maxBytes) {
-      shards.push(new Map());
-      size = 0;
-    }
-    shards.at(-1)!.set(name, t);
-    size += t.data.byteLength;
-  }
-  return shards;
 }
 
 /** The GPTQ settings of a model directory, or undefined for a float model. */

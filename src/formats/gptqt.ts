@@ -1,11 +1,8 @@
-import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { writeAtomically } from '../io/atomic.js';
 import { readConfigJson } from '../io/config.js';
 import { fail } from '../io/errors.js';
-import { SafetensorsModel, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
+import { SafetensorsModel, type TensorToWrite } from '../io/safetensors.js';
 import type { BinaryCodedLayer } from '../quant/gptqt.js';
-import { TOKENIZER_FILES } from './fake-quant.js';
+import { writeModelDir } from './model-dir.js';
 import { packStream, unpackStream } from './gptq-pack.js';
 
 /**
@@ -52,13 +49,7 @@ export async function writeGptqtCheckpoint(
   }
   const config = readConfigJson(srcDir);
   config['quantization_config'] = { quant_method: 'gptqt', bits: meta.bits, high_bits: meta.highBits, format_version: 1 };
-  await writeAtomically(outDir, async (tmp) => {
-    mkdirSync(tmp, { recursive: true });
-    writeFileSync(join(tmp, 'config.json'), JSON.stringify(config, null, 2) + '\n');
-    for (const f of TOKENIZER_FILES) if (existsSync(join(srcDir, f))) copyFileSync(join(srcDir, f), join(tmp, f));
-    if (meta.summary) writeFileSync(join(tmp, 'quantize_summary.json'), JSON.stringify(meta.summary, null, 2) + '\n');
-    await writeSafetensors(join(tmp, 'model.safetensors'), tensors);
-  });
+  await writeModelDir(srcDir, outDir, { json: { 'config.json': config, 'quantize_summary.json': meta.summary }, tensors });
 }
 
 export function readGptqtLinear(st: SafetensorsModel, weightName: string, rows: number, cols: number, bits: number): BinaryCodedLayer {
