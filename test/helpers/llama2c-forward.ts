@@ -1,3 +1,5 @@
+import { seededRandom } from '../../src/calib/windows.js';
+
 /**
  * An independent, deliberately plain transcription of llama2.c's run.c forward pass (one token at a time,
  * interleaved-pair RoPE, its own KV cache) over a raw llama2.c checkpoint. Tests hold the converted
@@ -147,14 +149,7 @@ export function randomLlama2c(opts: {
     dim +
     seqLen * hs +
     (shared ? 0 : vocab * dim);
-  let s = opts.seed >>> 0;
-  const rand = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rand = seededRandom(opts.seed);
   const f = new Float32Array(n).map(() => (rand() - 0.5) * 0.5);
   const out = new Uint8Array(28 + 4 * n);
   new Int32Array(out.buffer, 0, 7).set([dim, hidden, layers, heads, kvHeads, shared ? vocab : -vocab, seqLen]);
