@@ -22,18 +22,25 @@ export function cholesky(a: Float64Array, n: number): Float64Array | undefined {
   return l;
 }
 
-/** Inverse of a lower-triangular matrix (forward substitution, column by column). */
+/**
+ * Inverse of a lower-triangular matrix, row by row: (L⁻¹)[i][j] = −(Σ_{k=j}^{i−1} L[i][k]·(L⁻¹)[k][j]) / L[i][i],
+ * accumulated as axpys over the contiguous rows of L⁻¹ already computed.
+ */
 export function invertLower(l: Float64Array, n: number): Float64Array {
   const inv = new Float64Array(n * n);
+  const acc = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     const ri = i * n;
-    inv[ri + i] = 1 / l[ri + i]!;
-    for (let j = 0; j < i; j++) {
-      // (L⁻¹)[i][j] = −(Σ_{k=j}^{i-1} L[i][k]·(L⁻¹)[k][j]) / L[i][i]
-      let s = 0;
-      for (let k = j; k < i; k++) s += l[ri + k]! * inv[k * n + j]!;
-      inv[ri + j] = -s / l[ri + i]!;
+    acc.fill(0, 0, i);
+    for (let k = 0; k < i; k++) {
+      const a = l[ri + k]!;
+      if (a === 0) continue;
+      const rk = k * n;
+      for (let j = 0; j <= k; j++) acc[j]! += a * inv[rk + j]!;
     }
+    const d = l[ri + i]!;
+    for (let j = 0; j < i; j++) inv[ri + j] = -acc[j]! / d;
+    inv[ri + i] = 1 / d;
   }
   return inv;
 }
