@@ -16,6 +16,7 @@ import {
   type QuantizeProgress,
   type QuantizeResult,
 } from './quant/quantize-model.js';
+import { highBitsOf } from './quant/gptqt.js';
 import { getBackend } from './tensor/index.js';
 
 /** The whole job behind `gptq quantize`: calibration data → quantized model → checkpoint on disk. */
@@ -70,11 +71,11 @@ export async function quantize(
   }
   let calib: { windows: Int32Array; seqlen: number } | undefined;
   let calibration: PipelineSummary['calibration'];
+  const tokenizer = opts.method !== 'rtn' || opts.format === 'gguf' ? loadTokenizer(modelDir) : undefined;
   if (opts.method !== 'rtn') {
-    const tokenizer = loadTokenizer(modelDir);
     const text = await loadText(opts.data);
     hooks.log?.(`tokenizing calibration text ${opts.data}`);
-    const tokens = tokenizer.encode(text);
+    const tokens = tokenizer!.encode(text);
     calib = { windows: calibrationWindows(tokens, opts.nsamples, opts.seqlen, opts.seed), seqlen: opts.seqlen };
     calibration = { windows: opts.nsamples, seqlen: opts.seqlen, tokens: tokens.length, data: opts.data, seed: opts.seed };
   }
@@ -88,11 +89,11 @@ export async function quantize(
     } else if (opts.format === 'gptqt') {
       await writeGptqtCheckpoint(modelDir, out, result.binaryLayers, {
         bits: opts.bits,
-        highBits: opts.highBits ?? opts.bits + 2,
+        highBits: highBitsOf(opts),
         summary,
       });
     } else if (opts.format === 'gguf') {
-      await writeGguf(modelDir, cfg, loadTokenizer(modelDir), result.layers, out);
+      await writeGguf(modelDir, cfg, tokenizer!, result.layers, out);
     } else {
       await writeGptqCheckpoint(modelDir, out, result.layers, {
         format: opts.format,

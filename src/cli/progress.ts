@@ -22,6 +22,7 @@ export function progressBar(label: string): { update: (done: number, total: numb
     },
     stop() {
       if (started) bar.stop();
+      started = false;
     },
   };
 }

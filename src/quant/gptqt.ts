@@ -32,6 +32,11 @@ export interface BinaryCodedLayer {
   beta: Float32Array;
 }
 
+/** The first, linear bit width: as given, else bits + 2. */
+export function highBitsOf(o: { bits: number; highBits?: number }): number {
+  return o.highBits ?? o.bits + 2;
+}
+
 const SHRINK = Array.from({ length: 10 }, (_, i) => 1 - 0.05 * i);
 const ALS_ITERATIONS = 12;
 

@@ -8,7 +8,7 @@ import { HessianAccumulator } from './hessian.js';
 import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
 import { rtn } from './rtn.js';
-import { dequantizeBinary, gptqt, type BinaryCodedLayer } from './gptqt.js';
+import { dequantizeBinary, gptqt, highBitsOf, type BinaryCodedLayer } from './gptqt.js';
 
 export type Method = 'gptq' | 'gptqv2' | 'gptqt' | 'rtn';
 export const METHODS: Method[] = ['gptq', 'gptqv2', 'gptqt', 'rtn'];
@@ -25,7 +25,7 @@ export interface LayerReport {
   name: string;
   rows: number;
   cols: number;
-  /** GPTQ's loss Σ(w−q)²/U_ii²/2, and the same measure for RTN codes (for comparison) */
+  /** GPTQ's loss Σ(w−q)²/U_ii²/2 (absent for RTN, which has no Hessian) */
   loss?: number;
   percdamp?: number;
   seconds: number;
@@ -75,7 +75,7 @@ export function validateOptions(cfg: LlamaConfig, opts: QuantizeOptions, calib?:
     if (opts.bits !== 2 && opts.bits !== 3) fail(`--method gptqt codes 2 or 3 bits, not ${opts.bits}`);
     if (opts.groupSize !== -1 || opts.staticGroups)
       fail('--method gptqt fits one binary coding per output row: no --group-size or --static-groups');
-    const high = opts.highBits ?? opts.bits + 2;
+    const high = highBitsOf(opts);
     if (!Number.isInteger(high) || high <= opts.bits || high > 8) fail(`--high-bits ${high} must be an integer in ${opts.bits + 1}..8`);
   }
   if (opts.method === 'rtn' && (opts.actOrder || opts.staticGroups || opts.order === 'reverse'))
@@ -156,14 +156,7 @@ export async function quantizeModel(
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
           const warnLayer = (m: string): void => warn(`${full}: ${m}`);
           if (opts.method === 'gptqt') {
-            const r = await gptqt(
-              w,
-              hessian!.h,
-              rows_,
-              cols,
-              { ...opts, highBits: opts.highBits ?? opts.bits + 2 },
-              { warn: warnLayer, matmulNT },
-            );
+            const r = await gptqt(w, hessian!.h, rows_, cols, { ...opts, highBits: highBitsOf(opts) }, { warn: warnLayer, matmulNT });
             report.loss = r.loss;
             report.percdamp = r.percdamp;
             block.linear[name as LinearName] = dequantizeBinary(r.layer);
