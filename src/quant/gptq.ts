@@ -68,11 +68,70 @@ function argsortDescending(x: Float64Array): Int32Array {
   return Int32Array.from(x.keys()).sort((a, b) => x[b]! - x[a]! || a - b);
 }
 
+/**
+ * Everything the sweep needs from the Hessian alone, so layers that share one (q, k, v; gate, up) factor it
+ * once: dead inputs (diag 0 → H_ii = 1, their weights zeroed), the column order, the damped upper Cholesky
+ * factor U of H⁻¹ in that order, GPTQv2's P, and the damping used.
+ */
+export interface PreparedHessian {
+  dead: Uint8Array;
+  perm: Int32Array | undefined;
+  U: Float64Array;
+  P: Float64Array | undefined;
+  percdamp: number;
+}
+
+export function prepareHessian(
+  hessian: Float64Array,
+  cols: number,
+  opts: Pick<GptqOptions, 'actOrder' | 'order' | 'percdamp'>,
+  warn: (msg: string) => void = () => {},
+  asym?: AsymmetricCalibration,
+): PreparedHessian {
+  const H = Float64Array.from(hessian);
+  const dXXt = asym && Float64Array.from(asym.dXXt);
+  const dead = new Uint8Array(cols);
+  // inputs that are always zero: nothing to learn about them; make H invertible (the sweep zeroes their weights)
+  for (let i = 0; i < cols; i++) {
+    if (H[i * cols + i] === 0) {
+      dead[i] = 1;
+      H[i * cols + i] = 1;
+      if (dXXt) for (let r = 0; r < cols; r++) dXXt[r * cols + i] = 0;
+    }
+  }
+
+  let perm: Int32Array | undefined;
+  if (opts.actOrder) perm = argsortDescending(Float64Array.from({ length: cols }, (_, i) => H[i * cols + i]!));
+  else if (opts.order === 'reverse') perm = Int32Array.from({ length: cols }, (_, i) => cols - 1 - i);
+  if (perm) {
+    permuteBoth(H, cols, perm);
+    if (dXXt) permuteBoth(dXXt, cols, perm);
+  }
+
+  let meanDiag = 0;
+  for (let i = 0; i < cols; i++) meanDiag += H[i * cols + i]! / cols;
+  let percdamp = opts.percdamp;
+  let U: Float64Array | undefined;
+  for (let attempt = 0; ; attempt++) {
+    const Hd = Float64Array.from(H);
+    for (let i = 0; i < cols; i++) Hd[i * cols + i]! += percdamp * meanDiag;
+    U = upperCholeskyOfInverse(Hd, cols);
+    if (U) break;
+    if (attempt === MAX_DAMP_RAISES) throw new Error(`Hessian is not positive definite even with damping ${percdamp}`);
+    const raised = percdamp === 0 ? 1e-4 : percdamp * 10;
+    warn(`Cholesky failed with percdamp ${percdamp}; retrying with ${raised}`);
+    percdamp = raised;
+  }
+  return { dead, perm, U, P: dXXt && asymmetricCorrection(dXXt, U, cols, asym!.alpha), percdamp };
+}
+
 /** What a sweep may get besides the weights and Hessian. */
 export interface SweepExtras {
   warn?: (msg: string) => void;
   asym?: AsymmetricCalibration;
   levels?: RowLevels;
+  /** the Hessian already prepared (shared by a true-sequential group); `asym` and `warn` then go unused */
+  prepared?: PreparedHessian;
   /**
    * Runs the lazy batch update's matrix product (float32, C = A·Bᵀ) on a fast backend; without it the update
    * is the float64 loop below, the definition the tests hold it to.
@@ -94,50 +153,17 @@ export async function gptq(
   const { bits, groupSize: gs, blocksize } = opts;
   const maxq = 2 ** bits - 1;
   const W = Float64Array.from(weight);
-  const H = Float64Array.from(hessian);
 
   // the reference fits the per-row grid before zeroing dead columns
   const channelGrid = gs > 0 ? undefined : fitGrid(W, rows, cols, 0, cols, opts);
 
-  const dXXt = asym && Float64Array.from(asym.dXXt);
-  // inputs that are always zero: nothing to learn about them; make H invertible and the weights zero
-  for (let i = 0; i < cols; i++) {
-    if (H[i * cols + i] === 0) {
-      H[i * cols + i] = 1;
-      for (let r = 0; r < rows; r++) W[r * cols + i] = 0;
-      if (dXXt) for (let r = 0; r < cols; r++) dXXt[r * cols + i] = 0;
-    }
-  }
+  const { dead, perm, U, P, percdamp } = extras.prepared ?? prepareHessian(hessian, cols, opts, warn, asym);
+  for (let i = 0; i < cols; i++) if (dead[i]) for (let r = 0; r < rows; r++) W[r * cols + i] = 0;
 
   const staticGrids: RowGrid[] = [];
   if (opts.staticGroups && gs > 0)
     for (let c = 0; c < cols; c += gs) staticGrids.push(fitGrid(W, rows, cols, c, Math.min(gs, cols - c), opts));
-
-  let perm: Int32Array | undefined;
-  if (opts.actOrder) perm = argsortDescending(Float64Array.from({ length: cols }, (_, i) => H[i * cols + i]!));
-  else if (opts.order === 'reverse') perm = Int32Array.from({ length: cols }, (_, i) => cols - 1 - i);
-  if (perm) {
-    permuteColumns(W, rows, cols, perm);
-    permuteBoth(H, cols, perm);
-    if (dXXt) permuteBoth(dXXt, cols, perm);
-  }
-
-  let meanDiag = 0;
-  for (let i = 0; i < cols; i++) meanDiag += H[i * cols + i]! / cols;
-  let percdamp = opts.percdamp;
-  let U: Float64Array | undefined;
-  for (let attempt = 0; ; attempt++) {
-    const Hd = Float64Array.from(H);
-    for (let i = 0; i < cols; i++) Hd[i * cols + i]! += percdamp * meanDiag;
-    U = upperCholeskyOfInverse(Hd, cols);
-    if (U) break;
-    if (attempt === MAX_DAMP_RAISES) throw new Error(`Hessian is not positive definite even with damping ${percdamp}`);
-    const raised = percdamp === 0 ? 1e-4 : percdamp * 10;
-    warn(`Cholesky failed with percdamp ${percdamp}; retrying with ${raised}`);
-    percdamp = raised;
-  }
-
-  const P = dXXt && asymmetricCorrection(dXXt, U, cols, asym!.alpha);
+  if (perm) permuteColumns(W, rows, cols, perm);
 
   const G = gs > 0 ? Math.ceil(cols / gs) : 1;
   const codes = new Uint8Array(rows * cols);

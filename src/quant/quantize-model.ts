@@ -3,7 +3,7 @@ import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import { LINEAR_GROUPS, Llama, linearShape, readBlock, type LinearName } from '../models/llama.js';
 import type { Backend } from '../tensor/index.js';
-import { gptq, GPTQ_DEFAULTS, type GptqOptions } from './gptq.js';
+import { gptq, GPTQ_DEFAULTS, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
 import { HessianAccumulator } from './hessian.js';
 import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
@@ -148,15 +148,23 @@ export async function quantizeModel(
           }
           timings.hessian += (performance.now() - th) / 1000;
         }
+        // the group's layers share one Hessian: factor it once for all of them
+        let prepared: PreparedHessian | undefined;
+        if (hessian) {
+          const tp = performance.now();
+          const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
+          const label = `model.layers.${l}.[${LINEAR_GROUPS[g]!.join(', ')}]`;
+          prepared = prepareHessian(hessian.h, hessian.cols, opts, (m) => warn(`${label}: ${m}`), asym);
+          timings.sweep += (performance.now() - tp) / 1000;
+        }
         for (const name of LINEAR_GROUPS[g]!) {
           const ts = performance.now();
           const [rows_, cols] = linearShape(cfg, name);
           const full = `model.layers.${l}.${name}.weight`;
           const w = block.linear[name as LinearName];
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
-          const warnLayer = (m: string): void => warn(`${full}: ${m}`);
           if (opts.method === 'gptqt') {
-            const r = await gptqt(w, hessian!.h, rows_, cols, { ...opts, highBits: highBitsOf(opts) }, { warn: warnLayer, matmulNT });
+            const r = await gptqt(w, hessian!.h, rows_, cols, { ...opts, highBits: highBitsOf(opts) }, { prepared: prepared!, matmulNT });
             report.loss = r.loss;
             report.percdamp = r.percdamp;
             block.linear[name as LinearName] = dequantizeBinary(r.layer);
@@ -164,8 +172,7 @@ export async function quantizeModel(
           } else {
             let q: QuantizedLayer;
             if (hessian) {
-              const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
-              const r = await gptq(w, hessian.h, rows_, cols, opts, { warn: warnLayer, matmulNT, ...(asym ? { asym } : {}) });
+              const r = await gptq(w, hessian.h, rows_, cols, opts, { prepared: prepared!, matmulNT });
               q = r.layer;
               report.loss = r.loss;
               report.percdamp = r.percdamp;
