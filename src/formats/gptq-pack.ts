@@ -1,5 +1,6 @@
 import { floatToHalf, halfToFloat } from '../io/fp16.js';
 import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
+import type { PackedLinearWeights } from '../tensor/backend.js';
 
 /**
  * GPTQ integer packing (the AutoGPTQ / GPTQModel / transformers layout): values of `bits` bits laid one after
@@ -115,4 +116,42 @@ export function unpackLayer(
   const scales = new Float32Array(rows * G);
   for (let r = 0; r < rows; r++) for (let g = 0; g < G; g++) scales[r * G + g] = halfToFloat(t.scales[g * rows + r]!);
   return { ...shape, codes, scales, zeros, gIdx: Int32Array.from(t.gIdx) };
+}
+
+/**
+ * A checkpoint's tensors as the packed kernels take them: the same qweight words, zero points rewritten to
+ * gptq_v2's convention when they came as v1, scales widened to float32.
+ */
+export function packedWeights(
+  t: GptqTensors,
+  shape: { rows: number; cols: number; bits: number },
+  format: CheckpointFormat,
+): PackedLinearWeights {
+  const { rows, cols, bits } = shape;
+  const G = t.scales.length / rows;
+  let qzeros = t.qzeros;
+  const off = zeroOffset(format);
+  if (off !== 0) {
+    const wordsPerGroup = (rows * bits) / 32;
+    const mask = (1 << bits) - 1;
+    qzeros = new Int32Array(t.qzeros.length);
+    for (let g = 0; g < G; g++) {
+      const zeros = new Int32Array(rows);
+      unpackStream(
+        rows,
+        bits,
+        (w) => t.qzeros[g * wordsPerGroup + w]!,
+        (r, v) => (zeros[r] = (v + off) & mask),
+      );
+      packStream(
+        rows,
+        bits,
+        (r) => zeros[r]!,
+        (w, word) => (qzeros[g * wordsPerGroup + w] = word),
+      );
+    }
+  }
+  const scales = new Float32Array(t.scales.length);
+  for (let i = 0; i < scales.length; i++) scales[i] = halfToFloat(t.scales[i]!);
+  return { rows, cols, bits, qweight: t.qweight, qzeros, scales, gIdx: t.gIdx };
 }

@@ -24,8 +24,47 @@ export interface HeadStats {
   agree?: Uint8Array;
 }
 
+/**
+ * A GPTQ-packed linear layer [rows=out, cols=in] in the checkpoint's own int32 layout (see formats/gptq-pack.ts),
+ * with gptq_v2 zero points (the stored value is the zero point) and scales widened to float32.
+ * Weight (r, c) = scales[g, r] · (code(c, r) − zero(g, r)) with g = gIdx[c].
+ */
+export interface PackedLinearWeights {
+  rows: number;
+  cols: number;
+  bits: number;
+  /** int32 [cols·bits/32, rows] */
+  qweight: Int32Array;
+  /** int32 [groups, rows·bits/32] */
+  qzeros: Int32Array;
+  /** [groups, rows] */
+  scales: Float32Array;
+  /** [cols] */
+  gIdx: Int32Array;
+}
+
+/**
+ * How a packed kernel treats its input: 'fp32' multiplies in float32 (equal to dequantize-then-matmul up to
+ * float32 rounding); 'int8' quantizes each row's activations to int8 per block first and multiplies in
+ * integers, as llama.cpp's Q4_0·Q8_0 dot does (faster, small extra error).
+ */
+export type ActivationPrecision = 'fp32' | 'int8';
+
+/** A linear layer prepared once and applied many times: y[m, rows] = x[m, cols] · Wᵀ. */
+export interface LinearKernel {
+  readonly rows: number;
+  readonly cols: number;
+  /** bytes of weights (and their scales/zero points) the kernel keeps and reads on each call */
+  readonly weightBytes: number;
+  apply(x: Float32Array, m: number): Promise<Float32Array>;
+}
+
 export interface Backend {
   readonly name: string;
+  /** Prepare float weights W [rows, cols] for repeated use (the engine may keep them in its own layout). */
+  floatLinear(w: Float32Array, rows: number, cols: number): Promise<LinearKernel>;
+  /** Prepare a GPTQ-packed layer; the float matrix is never formed. */
+  packedLinear(p: PackedLinearWeights, activations: ActivationPrecision): Promise<LinearKernel>;
   /** C[m,n] = A[m,k] · B[n,k]ᵀ  (activations times a Linear weight stored [out, in]) */
   matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
   /** RMSNorm of each row: x / sqrt(mean(x²) + eps) · w */

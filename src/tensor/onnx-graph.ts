@@ -5,7 +5,9 @@
  */
 
 class ProtoWriter {
-  private parts: number[] = [];
+  /** chunks, so that megabyte initializers are copied as blocks rather than byte by byte */
+  private parts: Uint8Array[] = [];
+  private size = 0;
 
   varint(field: number, value: number | bigint): this {
     this.key(field, 0);
@@ -16,7 +18,7 @@ class ProtoWriter {
   bytes(field: number, data: Uint8Array): this {
     this.key(field, 2);
     this.rawVarint(BigInt(data.length));
-    for (const b of data) this.parts.push(b);
+    this.push(data);
     return this;
   }
 
@@ -29,7 +31,18 @@ class ProtoWriter {
   }
 
   finish(): Uint8Array {
-    return Uint8Array.from(this.parts);
+    const out = new Uint8Array(this.size);
+    let o = 0;
+    for (const p of this.parts) {
+      out.set(p, o);
+      o += p.length;
+    }
+    return out;
+  }
+
+  private push(p: Uint8Array): void {
+    this.parts.push(p);
+    this.size += p.length;
   }
 
   private key(field: number, wire: number): void {
@@ -38,16 +51,18 @@ class ProtoWriter {
 
   private rawVarint(v: bigint): void {
     if (v < 0n) v = BigInt.asUintN(64, v);
+    const bytes: number[] = [];
     do {
       let byte = Number(v & 0x7fn);
       v >>= 7n;
       if (v > 0n) byte |= 0x80;
-      this.parts.push(byte);
+      bytes.push(byte);
     } while (v > 0n);
+    this.push(Uint8Array.from(bytes));
   }
 }
 
-export const ElemType = { FLOAT: 1, INT32: 6, INT64: 7, FLOAT16: 10, DOUBLE: 11 } as const;
+export const ElemType = { FLOAT: 1, UINT8: 2, INT32: 6, INT64: 7, FLOAT16: 10, DOUBLE: 11 } as const;
 export type ElemTypeId = (typeof ElemType)[keyof typeof ElemType];
 
 export interface ValueInfo {
@@ -99,16 +114,42 @@ function node(n: NodeSpec, index: number): ProtoWriter {
   return w;
 }
 
-export function encodeModel(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[], opset = 17): Uint8Array {
+/** A constant baked into the graph (weights the engine may pre-pack into its own layout at session creation). */
+export interface Initializer {
+  name: string;
+  elemType: ElemTypeId;
+  dims: number[];
+  /** little-endian raw bytes */
+  data: Uint8Array;
+}
+
+function tensorProto(t: Initializer): ProtoWriter {
+  const w = new ProtoWriter();
+  for (const d of t.dims) w.varint(1, d);
+  return w.varint(2, t.elemType).string(8, t.name).bytes(9, t.data);
+}
+
+export function encodeModel(
+  nodes: NodeSpec[],
+  inputs: ValueInfo[],
+  outputs: ValueInfo[],
+  initializers: Initializer[] = [],
+  opset = 17,
+): Uint8Array {
   const graph = new ProtoWriter();
   nodes.forEach((n, i) => graph.message(1, node(n, i)));
   graph.string(2, 'g');
+  for (const t of initializers) graph.message(5, tensorProto(t));
   for (const i of inputs) graph.message(11, valueInfo(i));
   for (const o of outputs) graph.message(12, valueInfo(o));
-  return new ProtoWriter()
+  const model = new ProtoWriter()
     .varint(1, 8) // ir_version 8 pairs with opset 17
     .string(2, 'gptq-ts')
     .message(7, graph)
-    .message(8, new ProtoWriter().string(1, '').varint(2, opset))
-    .finish();
+    .message(8, new ProtoWriter().string(1, '').varint(2, opset));
+  if (nodes.some((n) => n.domain === MS_DOMAIN)) model.message(8, new ProtoWriter().string(1, MS_DOMAIN).varint(2, 1));
+  return model.finish();
 }
+
+/** onnxruntime's contrib-op domain (MatMulNBits and friends) */
+export const MS_DOMAIN = 'com.microsoft';

@@ -1,7 +1,9 @@
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
-import type { AttentionShape, Backend, HeadStats } from './backend.js';
-import { ElemType, encodeModel, type NodeSpec, type ValueInfo } from './onnx-graph.js';
+import type { AttentionShape, Backend, HeadStats, LinearKernel } from './backend.js';
+import { ElemType, encodeModel, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
+import { initializerBytes, nbitsLayout, packedLinearGraph } from './ort-linear.js';
+import { refBackend } from './ref.js';
 
 /**
  * The kernels as small ONNX graphs run by onnxruntime's CPU engine (MLAS gemm, all cores). Each graph has
@@ -10,8 +12,8 @@ import { ElemType, encodeModel, type NodeSpec, type ValueInfo } from './onnx-gra
 
 const F = ElemType.FLOAT;
 
-function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[]): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs), {
+function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[], inits: Initializer[] = []): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs, inits), {
     intraOpNumThreads: availableParallelism(),
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
@@ -185,8 +187,47 @@ function expandKv(x: Float32Array, rows: number, kvHeads: number, group: number,
 
 const f32 = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
 
+/** A session computing y [m, rows] from x [m, cols] with weights baked in as initializers. */
+async function linearSession(nodes: NodeSpec[], inits: Initializer[], rows: number, cols: number): Promise<LinearKernel> {
+  const s = await graph(nodes, [{ name: 'x', elemType: F, dims: ['m', cols] }], [{ name: 'y', elemType: F, dims: ['m', rows] }], inits);
+  return {
+    rows,
+    cols,
+    weightBytes: initializerBytes(inits),
+    async apply(x, m) {
+      const r = await s.run({ x: f32(x, [m, cols]) });
+      return r['y']!.data as Float32Array;
+    },
+  };
+}
+
+let warnedLayout = false;
+
 export const ortBackend: Backend = {
   name: 'onnxruntime',
+
+  floatLinear(w, rows, cols) {
+    const data = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+    return linearSession(
+      [{ opType: 'Gemm', inputs: ['x', 'W'], outputs: ['y'], intAttrs: { transB: 1 } }],
+      [{ name: 'W', elemType: F, dims: [rows, cols], data }],
+      rows,
+      cols,
+    );
+  },
+
+  packedLinear(p, activations) {
+    const layout = nbitsLayout(p.gIdx);
+    if (!layout) {
+      if (!warnedLayout) {
+        warnedLayout = true;
+        process.emitWarning('a layer has groups that do not start on multiples of 16 columns; it runs on the slow plain-TS kernel');
+      }
+      return refBackend.packedLinear(p, activations);
+    }
+    const { nodes, inits } = packedLinearGraph(p, layout, activations);
+    return linearSession(nodes, inits, p.rows, p.cols);
+  },
 
   async matmulNT(a, b, m, n, k) {
     const s = await sessions.matmul();

@@ -1,4 +1,4 @@
-import type { AttentionShape, Backend, HeadStats } from './backend.js';
+import type { AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeights } from './backend.js';
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
 
@@ -131,8 +131,49 @@ export function headStats(
   return kl ? { nll, kl, agree: agree! } : { nll };
 }
 
+/** Value i of a little-endian stream of `bits`-bit values in int32 words read through `word` (GPTQ packing). */
+function streamValue(word: (w: number) => number, i: number, bits: number): number {
+  const bit = i * bits;
+  const off = bit & 31;
+  let v = word(bit >>> 5) >>> off;
+  if (off + bits > 32) v |= word((bit >>> 5) + 1) << (32 - off);
+  return v & ((1 << bits) - 1);
+}
+
+/**
+ * y[m, rows] = x[m, cols] · Wᵀ read straight from GPTQ-packed words: W(r, c) = scale[g, r]·(code(c, r) − zero(g, r)),
+ * g = gIdx[c]. Accumulates in float64; the definition the fast packed kernels are tested against.
+ */
+export function packedMatmul(p: PackedLinearWeights, x: Float32Array, m: number): Float32Array {
+  const { rows, cols, bits, qweight, qzeros, scales, gIdx } = p;
+  const zeroWords = (rows * bits) / 32;
+  const acc = new Float64Array(m * rows);
+  for (let c = 0; c < cols; c++) {
+    const g = gIdx[c]!;
+    for (let r = 0; r < rows; r++) {
+      const code = streamValue((w) => qweight[w * rows + r]!, c, bits);
+      const zero = streamValue((w) => qzeros[g * zeroWords + w]!, r, bits);
+      const wt = scales[g * rows + r]! * (code - zero);
+      for (let i = 0; i < m; i++) acc[i * rows + r]! += x[i * cols + c]! * wt;
+    }
+  }
+  return Float32Array.from(acc);
+}
+
 export const refBackend: Backend = {
   name: 'ref',
+  floatLinear: async (w, rows, cols): Promise<LinearKernel> => ({
+    rows,
+    cols,
+    weightBytes: w.byteLength,
+    apply: async (x, m) => matmulNT(x, w, m, rows, cols),
+  }),
+  packedLinear: async (p): Promise<LinearKernel> => ({
+    rows: p.rows,
+    cols: p.cols,
+    weightBytes: p.qweight.byteLength + p.qzeros.byteLength + p.scales.byteLength + p.gIdx.byteLength,
+    apply: async (x, m) => packedMatmul(p, x, m),
+  }),
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
   rmsNorm: async (x, w, rows, eps) => rmsNorm(x, w, rows, eps),
   swiglu: async (h, wg, wu, m, n, k) => swiglu(h, wg, wu, m, n, k),

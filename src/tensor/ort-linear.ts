@@ -1,0 +1,162 @@
+import type { ActivationPrecision, PackedLinearWeights } from './backend.js';
+import { ElemType, MS_DOMAIN, type Initializer, type NodeSpec } from './onnx-graph.js';
+
+/**
+ * GPTQ-packed layers as onnxruntime MatMulNBits operators (com.microsoft). MatMulNBits stores each output row's
+ * codes in blocks of a power-of-two number of input columns, [rows, blocks, block bytes], with one scale and one
+ * packed zero point per block. GPTQ's int32 words are re-laid into that form once, at load, integer to integer;
+ * the float matrix is never formed.
+ *
+ * - Bit widths: the CPU operator has fast float32 paths for 4 bits only, so 2- and 3-bit codes ride in 4-bit
+ *   slots there (exact, half the saving lost for 2 bits); with int8 activations 2 and 8 bits run natively.
+ *   8-bit codes with float32 activations are split into two 4-bit digits, q = 16·hi + lo, zero likewise:
+ *   W = 16s·(hi − z_hi) + s·(lo − z_lo), the sum of two 4-bit products.
+ * - Groups: a block must lie inside one group, so the block size is the largest power of two (16..128) that
+ *   divides every group start. act-order (g_idx not sorted) permutes the input columns so each group is
+ *   contiguous, and the graph gathers x's columns in that order first (the exllama approach).
+ */
+
+export interface NBitsLayout {
+  blockSize: number;
+  /** input column at each position of the kernel's order, when it differs from 0..cols-1 */
+  order?: Int32Array;
+  /** group of each block */
+  blockGroup: Int32Array;
+}
+
+const MIN_BLOCK = 16;
+const MAX_BLOCK = 128;
+
+/** The block layout for a g_idx, or undefined when some group boundary is not a multiple of 16 columns. */
+export function nbitsLayout(gIdx: Int32Array): NBitsLayout | undefined {
+  const cols = gIdx.length;
+  const idx = Array.from({ length: cols }, (_, c) => c);
+  const sorted = idx.every((c) => c === 0 || gIdx[c - 1]! <= gIdx[c]!);
+  const order = sorted ? undefined : Int32Array.from(idx.sort((a, b) => gIdx[a]! - gIdx[b]! || a - b));
+  const at = (i: number): number => gIdx[order ? order[i]! : i]!;
+  let blockSize = MAX_BLOCK;
+  for (let i = 1; i < cols; i++) {
+    if (at(i) === at(i - 1)) continue;
+    while (blockSize >= MIN_BLOCK && i % blockSize !== 0) blockSize /= 2;
+  }
+  if (blockSize < MIN_BLOCK) return undefined;
+  const blocks = Math.ceil(cols / blockSize);
+  const blockGroup = Int32Array.from({ length: blocks }, (_, b) => at(b * blockSize));
+  return order ? { blockSize, order, blockGroup } : { blockSize, blockGroup };
+}
+
+/** A view of the codes and zero points as one MatMulNBits operand: which digit, and its scale multiplier. */
+interface Digit {
+  bits: number;
+  value: (v: number) => number;
+  scale: number;
+}
+
+function streamValue(words: Int32Array, base: number, stride: number, i: number, bits: number): number {
+  const bit = i * bits;
+  const off = bit & 31;
+  let v = words[base + (bit >>> 5) * stride]! >>> off;
+  if (off + bits > 32) v |= words[base + ((bit >>> 5) + 1) * stride]! << (32 - off);
+  return v & ((1 << bits) - 1);
+}
+
+/** Little-endian sub-byte packing of `values` into `out` starting at byte `at` (MatMulNBits' element order). */
+function packBits(values: ArrayLike<number>, n: number, bits: number, out: Uint8Array, at: number): void {
+  const per = 8 / bits;
+  for (let i = 0; i < n; i++) out[at + Math.floor(i / per)]! |= values[i]! << ((i % per) * bits);
+}
+
+function nbitsOperand(p: PackedLinearWeights, layout: NBitsLayout, d: Digit, name: string): { inits: Initializer[]; node: NodeSpec } {
+  const { rows, cols, bits } = p;
+  const { blockSize, order, blockGroup } = layout;
+  const blocks = blockGroup.length;
+  const blob = (blockSize * d.bits) / 8;
+  const zpBytes = Math.ceil((blocks * d.bits) / 8);
+  const B = new Uint8Array(rows * blocks * blob);
+  const scales = new Float32Array(rows * blocks);
+  const zp = new Uint8Array(rows * zpBytes);
+  const zeroWords = (rows * bits) / 32;
+  // each output row's words made contiguous once, instead of striding across qweight for every code
+  const words = (cols * bits) / 32;
+  const qwT = new Int32Array(rows * words);
+  for (let w = 0; w < words; w++) for (let r = 0; r < rows; r++) qwT[r * words + w] = p.qweight[w * rows + r]!;
+  const codes = new Uint8Array(blocks * blockSize);
+  const zeros = new Uint8Array(blocks);
+  for (let r = 0; r < rows; r++) {
+    for (let b = 0; b < blocks; b++) {
+      const g = blockGroup[b]!;
+      zeros[b] = d.value(streamValue(p.qzeros, g * zeroWords, 1, r, bits));
+      scales[r * blocks + b] = d.scale * p.scales[g * rows + r]!;
+    }
+    for (let i = 0; i < blocks * blockSize; i++) {
+      // padding past the last column holds the block's zero point, so it adds nothing
+      codes[i] = i < cols ? d.value(streamValue(qwT, r * words, 1, order ? order[i]! : i, bits)) : zeros[Math.floor(i / blockSize)]!;
+    }
+    packBits(codes, codes.length, d.bits, B, r * blocks * blob);
+    packBits(zeros, blocks, d.bits, zp, r * zpBytes);
+  }
+  const u8 = (x: Float32Array): Uint8Array => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+  return {
+    inits: [
+      { name: `${name}_B`, elemType: ElemType.UINT8, dims: [rows, blocks, blob], data: B },
+      { name: `${name}_s`, elemType: ElemType.FLOAT, dims: [rows * blocks], data: u8(scales) },
+      { name: `${name}_z`, elemType: ElemType.UINT8, dims: [rows * zpBytes], data: zp },
+    ],
+    node: {
+      opType: 'MatMulNBits',
+      domain: MS_DOMAIN,
+      inputs: ['', `${name}_B`, `${name}_s`, `${name}_z`],
+      outputs: [name],
+      intAttrs: { K: cols, N: rows, bits: d.bits, block_size: blockSize, accuracy_level: 0 },
+    },
+  };
+}
+
+/** The digits a layer is split into for one precision (see the file comment). */
+function digits(bits: number, activations: ActivationPrecision): Digit[] {
+  const id = (v: number): number => v;
+  if (bits === 8 && activations === 'fp32') {
+    return [
+      { bits: 4, value: (v) => v >>> 4, scale: 16 },
+      { bits: 4, value: (v) => v & 15, scale: 1 },
+    ];
+  }
+  const native = activations === 'int8' ? [2, 4, 8] : [4];
+  return [{ bits: native.includes(bits) ? bits : 4, value: id, scale: 1 }];
+}
+
+/**
+ * The graph of one packed layer: input 'x' [m, cols] → output 'y' [m, rows]; the weights are initializers,
+ * so onnxruntime packs them once at session creation.
+ */
+export function packedLinearGraph(
+  p: PackedLinearWeights,
+  layout: NBitsLayout,
+  activations: ActivationPrecision,
+): { nodes: NodeSpec[]; inits: Initializer[] } {
+  const nodes: NodeSpec[] = [];
+  const inits: Initializer[] = [];
+  let input = 'x';
+  if (layout.order) {
+    const idx = BigInt64Array.from(layout.order, (c) => BigInt(c));
+    inits.push({ name: 'order', elemType: ElemType.INT64, dims: [idx.length], data: new Uint8Array(idx.buffer) });
+    nodes.push({ opType: 'Gather', inputs: ['x', 'order'], outputs: ['xo'], intAttrs: { axis: 1 } });
+    input = 'xo';
+  }
+  const parts = digits(p.bits, activations);
+  const level = activations === 'int8' ? 4 : 0;
+  parts.forEach((d, i) => {
+    const o = nbitsOperand(p, layout, d, parts.length === 1 ? 'y' : `y${i}`);
+    o.node.inputs[0] = input;
+    o.node.intAttrs!['accuracy_level'] = level;
+    nodes.push(o.node);
+    inits.push(...o.inits);
+  });
+  if (parts.length === 2) nodes.push({ opType: 'Add', inputs: ['y0', 'y1'], outputs: ['y'] });
+  return { nodes, inits };
+}
+
+/** Bytes the kernel keeps: blocks of codes, scales and zero points of every digit. */
+export function initializerBytes(inits: Initializer[]): number {
+  return inits.reduce((s, t) => s + t.data.byteLength, 0);
+}
