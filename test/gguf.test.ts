@@ -8,12 +8,11 @@ import { getLlama } from 'node-llama-cpp';
 import { calibrationWindows } from '../src/calib/windows.js';
 import { loadText } from '../src/calib/datasets.js';
 import { writeGguf } from '../src/formats/gguf.js';
+import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { generate } from '../src/infer/generate.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { Llama, type LinearName } from '../src/models/llama.js';
 import { loadModel } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
-import { dequantize } from '../src/quant/quantized-layer.js';
 
 /*
  * The exported GGUF runs in llama.cpp (node-llama-cpp's prebuilt binary) and greedy-decodes the same tokens as
@@ -24,23 +23,15 @@ for (const bits of [4, 8]) {
     const dir = await pullStories15m();
     const { model, tokenizer } = await loadModel(dir);
     const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 100_000)), 8, 256, 0);
-    const { layers, config } = await quantizeModel(
-      dir,
-      model.backend,
-      { ...QUANTIZE_DEFAULTS, bits, groupSize: 32, sym: true },
-      { windows, seqlen: 256 },
-    );
+    const opts = { ...QUANTIZE_DEFAULTS, bits, groupSize: 32, sym: true };
+    const { layers, config } = await quantizeModel(dir, model.backend, opts, { windows, seqlen: 256 });
     const file = join(mkdtempSync(join(tmpdir(), 'gguf-')), 'model.gguf');
     await writeGguf(dir, config, tokenizer, layers, file);
 
-    const blocks = model.blocks.map((b, l) => ({
-      ...b,
-      linear: Object.fromEntries(Object.keys(b.linear).map((n) => [n, dequantize(layers.get(`model.layers.${l}.${n}.weight`)!)])) as Record<
-        LinearName,
-        Float32Array
-      >,
-    }));
-    const ours = new Llama(model.cfg, model.backend, model.embed, blocks, model.finalNorm, model.head);
+    // our engine runs the same layers from a GPTQ checkpoint on its packed kernels
+    const packedDir = join(mkdtempSync(join(tmpdir(), 'gptq-')), 'model');
+    await writeGptqCheckpoint(dir, packedDir, layers, { format: 'gptq_v2', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
+    const ours = (await loadModel(packedDir)).model;
     const prompt = tokenizer.encode('Once upon a time');
     const want = (await generate(ours, prompt, { maxTokens: 24 })).tokens;
 

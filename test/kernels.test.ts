@@ -34,12 +34,15 @@ const GEMM_SHAPES: [number, number, number][] = [
   [255, 3, 768],
 ];
 
-test('matmulNT equals the definition on random and edge shapes', async () => {
+test('matmulNT and prepared float linear kernels equal the definition on random and edge shapes', async () => {
   const r = rng(1);
   for (const [m, n, k] of GEMM_SHAPES) {
     const a = rand(m * k, r);
     const b = rand(n * k, r);
-    assertClose(await ortBackend.matmulNT(a, b, m, n, k), ref.matmulNT(a, b, m, n, k), 1e-5 * Math.sqrt(k), `gemm ${m}x${n}x${k}`);
+    const want = ref.matmulNT(a, b, m, n, k);
+    assertClose(await ortBackend.matmulNT(a, b, m, n, k), want, 1e-5 * Math.sqrt(k), `gemm ${m}x${n}x${k}`);
+    const linear = await ortBackend.floatLinear(b, n, k);
+    assertClose(await linear.apply(a, m), want, 1e-5 * Math.sqrt(k), `prepared linear ${m}x${n}x${k}`);
   }
 });
 
@@ -49,6 +52,7 @@ test('rmsNorm and swiglu equal their definitions', async () => {
     [1, 1, 1],
     [7, 13, 5],
     [64, 768, 288],
+    [512, 64, 768], // above the size where the ORT backend stops handing work to the plain-TS kernels
   ] as [number, number, number][]) {
     const x = rand(m * k, r);
     const w = rand(k, r);
@@ -81,6 +85,9 @@ const ATTENTION_SHAPES: AttentionShape[] = [
   { batch: 1, seq: 1, ctx: 9, heads: 4, kvHeads: 2, headDim: 6 }, // one decode step after a cache of 8
   { batch: 1, seq: 3, ctx: 7, heads: 6, kvHeads: 2, headDim: 48 }, // several new positions after a cache of 4
   { batch: 3, seq: 17, ctx: 17, heads: 6, kvHeads: 6, headDim: 48 },
+  // large enough to run on onnxruntime rather than the small-work plain-TS path
+  { batch: 1, seq: 4, ctx: 260, heads: 8, kvHeads: 2, headDim: 64 },
+  { batch: 3, seq: 64, ctx: 64, heads: 6, kvHeads: 6, headDim: 48 },
 ];
 
 test('attention equals the definition, causal, with caches and grouped kv heads', async () => {

@@ -12,6 +12,7 @@ import { quantize, type PipelineOptions } from '../pipeline.js';
 import { QUANTIZE_DEFAULTS, type Method } from '../quant/quantize-model.js';
 import { formatInspection, inspectModel } from '../formats/inspect.js';
 import { progressBar } from './progress.js';
+import type { ActivationPrecision } from '../tensor/index.js';
 
 const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
 
@@ -45,8 +46,19 @@ async function resolveModel(arg: string): Promise<string> {
   return arg;
 }
 
-async function runEval(modelArg: string, data: string, opts: { ref?: string; windows: number; seqlen?: number }): Promise<EvalResult> {
-  const { model, tokenizer } = await loadModel(await resolveModel(modelArg));
+function activations(name: string): ActivationPrecision {
+  if (name !== 'fp32' && name !== 'int8') throw new InvalidArgumentError('must be fp32 or int8');
+  return name;
+}
+const ACTIVATIONS_HELP =
+  'packed (GPTQ) layers: fp32 multiplies float activations (equal to the dequantized model), int8 quantizes them per block first (faster, llama.cpp-style)';
+
+async function runEval(
+  modelArg: string,
+  data: string,
+  opts: { ref?: string; windows: number; seqlen?: number; activations: ActivationPrecision },
+): Promise<EvalResult> {
+  const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
   const tokens = tokenizer.encode(await loadText(data));
   const plan = { windows: opts.windows, ...(opts.seqlen ? { seqlen: opts.seqlen } : {}) };
   const ref = opts.ref ? await referenceStates((await loadModel(await resolveModel(opts.ref))).model, tokens, plan) : undefined;
@@ -71,14 +83,15 @@ function formatEval(data: string, r: EvalResult): string {
 async function runGenerate(
   modelArg: string,
   prompt: string,
-  opts: { maxTokens: number } & SamplingOptions,
-): Promise<{ text: string; tokensPerSecond: number; tokens: number }> {
+  opts: { maxTokens: number; activations: ActivationPrecision; quiet?: boolean } & SamplingOptions,
+): Promise<{ text: string; tokensPerSecond: number; tokens: number; promptTokens: number }> {
   validateSampling(opts);
-  const { model, tokenizer } = await loadModel(await resolveModel(modelArg));
+  const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
   const ids = tokenizer.encode(prompt);
   checkPrompt(model, ids);
   let printed = prompt;
-  process.stdout.write(prompt);
+  const write = (t: string): void => void (opts.quiet || process.stdout.write(t));
+  write(prompt);
   const all = [...ids];
   const r = await generate(model, ids, {
     ...opts,
@@ -87,13 +100,13 @@ async function runGenerate(
       // decode the whole text so multi-byte characters split across byte tokens come out whole
       const text = tokenizer.decode(all);
       if (!text.endsWith('\uFFFD')) {
-        process.stdout.write(text.slice(printed.length));
+        write(text.slice(printed.length));
         printed = text;
       }
     },
   });
-  process.stdout.write('\n');
-  return { text: printed, tokensPerSecond: r.tokensPerSecond, tokens: r.tokens.length };
+  write('\n');
+  return { text: tokenizer.decode(all), tokensPerSecond: r.tokensPerSecond, tokens: r.tokens.length, promptTokens: ids.length };
 }
 
 export function buildCli(): Command {
@@ -129,12 +142,18 @@ export function buildCli(): Command {
     .option('--ref <model>', 'reference model for KL divergence and top-1 agreement')
     .option('--windows <n>', 'number of windows', positiveInt, 128)
     .option('--seqlen <n>', 'tokens per window (default: min(256, context))', positiveInt)
+    .option('--activations <a>', ACTIVATIONS_HELP, activations, 'fp32' as ActivationPrecision)
     .option('--json', 'print a JSON summary')
     .description('perplexity on held-out text (non-overlapping windows)')
-    .action(async (modelArg: string, opts: { data: string; ref?: string; windows: number; seqlen?: number; json?: boolean }) => {
-      const r = await runEval(modelArg, opts.data, opts);
-      console.log(opts.json ? JSON.stringify({ model: modelArg, data: opts.data, ...r }) : formatEval(opts.data, r));
-    });
+    .action(
+      async (
+        modelArg: string,
+        opts: { data: string; ref?: string; windows: number; seqlen?: number; activations: ActivationPrecision; json?: boolean },
+      ) => {
+        const r = await runEval(modelArg, opts.data, opts);
+        console.log(opts.json ? JSON.stringify({ model: modelArg, data: opts.data, ...r }) : formatEval(opts.data, r));
+      },
+    );
 
   program
     .command('generate')
@@ -145,12 +164,21 @@ export function buildCli(): Command {
     .option('--top-k <k>', 'sample among the k most likely tokens (0 = all)', integer, 0)
     .option('--top-p <p>', 'nucleus sampling: smallest set with this probability, in (0, 1]', number, 1)
     .option('--seed <n>', 'sampling seed', integer, 0)
+    .option('--activations <a>', ACTIVATIONS_HELP, activations, 'fp32' as ActivationPrecision)
+    .option('--json', 'print only a JSON summary (text, token counts, tokens/s) instead of streaming')
     .description('text generation (greedy by default), streamed; stops at EOS')
-    .action(async (modelArg: string, prompt: string, opts: { maxTokens: number } & SamplingOptions) => {
-      if (prompt.length === 0) throw new UserError('empty prompt');
-      const r = await runGenerate(modelArg, prompt, opts);
-      log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
-    });
+    .action(
+      async (
+        modelArg: string,
+        prompt: string,
+        opts: { maxTokens: number; activations: ActivationPrecision; json?: boolean } & SamplingOptions,
+      ) => {
+        if (prompt.length === 0) throw new UserError('empty prompt');
+        const r = await runGenerate(modelArg, prompt, { ...opts, quiet: Boolean(opts.json) });
+        if (opts.json) console.log(JSON.stringify({ model: modelArg, ...r }));
+        else log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
+      },
+    );
 
   program
     .command('quantize')
@@ -250,8 +278,9 @@ export function buildCli(): Command {
     .action(async () => {
       const dir = await pullStories15m(log);
       log(`model: ${dir}`);
-      for (const data of ['sotu-test', 'moby']) console.log(formatEval(data, await runEval(dir, data, { windows: 128 })));
-      const r = await runGenerate(dir, 'Once upon a time', { maxTokens: 64 });
+      for (const data of ['sotu-test', 'moby'])
+        console.log(formatEval(data, await runEval(dir, data, { windows: 128, activations: 'fp32' })));
+      const r = await runGenerate(dir, 'Once upon a time', { maxTokens: 64, activations: 'fp32' });
       log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
     });
 

@@ -155,3 +155,35 @@ export function packedWeights(
   for (let i = 0; i < scales.length; i++) scales[i] = halfToFloat(t.scales[i]!);
   return { rows, cols, bits, qweight: t.qweight, qzeros, scales, gIdx: t.gIdx };
 }
+
+/**
+ * Layers that share their input (q/k/v, gate/up) stacked into one [Σrows, cols] layer, so one kernel call
+ * serves them all. Each part's zero-point stream fills whole words, so the streams concatenate word by word.
+ * Undefined when the parts differ in bits, columns, groups or g_idx (act-order with different orders).
+ */
+export function stackPackedRows(parts: PackedLinearWeights[]): PackedLinearWeights | undefined {
+  const [first] = parts;
+  if (!first) return undefined;
+  const G = first.scales.length / first.rows;
+  const same = parts.every(
+    (p) => p.bits === first.bits && p.cols === first.cols && p.scales.length / p.rows === G && p.gIdx.every((g, c) => g === first.gIdx[c]),
+  );
+  if (!same) return undefined;
+  const rows = parts.reduce((s, p) => s + p.rows, 0);
+  const { cols, bits } = first;
+  const words = (cols * bits) / 32;
+  const qweight = new Int32Array(words * rows);
+  const qzeros = new Int32Array((G * rows * bits) / 32);
+  const scales = new Float32Array(G * rows);
+  let r0 = 0;
+  for (const p of parts) {
+    const zw = (p.rows * bits) / 32;
+    for (let w = 0; w < words; w++) qweight.set(p.qweight.subarray(w * p.rows, (w + 1) * p.rows), w * rows + r0);
+    for (let g = 0; g < G; g++) {
+      qzeros.set(p.qzeros.subarray(g * zw, (g + 1) * zw), (g * rows * bits) / 32 + (r0 * bits) / 32);
+      scales.set(p.scales.subarray(g * p.rows, (g + 1) * p.rows), g * rows + r0);
+    }
+    r0 += p.rows;
+  }
+  return { rows, cols, bits, qweight, qzeros, scales, gIdx: first.gIdx };
+}

@@ -6,7 +6,8 @@ import { floatArrayToHalf } from '../io/fp16.js';
 import { SafetensorsModel, toFloat32, type TensorToWrite } from '../io/safetensors.js';
 import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
 import { writeModelDir } from './model-dir.js';
-import { packLayer, unpackLayer, type CheckpointFormat } from './gptq-pack.js';
+import { packedWeights, packLayer, unpackLayer, type CheckpointFormat, type GptqTensors } from './gptq-pack.js';
+import type { PackedLinearWeights } from '../tensor/backend.js';
 
 /**
  * GPTQ checkpoints as transformers / vLLM / GPTQModel / TGI load them: per quantized linear `<name>.qweight`,
@@ -111,8 +112,8 @@ export function readQuantConfig(dir: string, config: Record<string, unknown>): Q
   return { bits, groupSize, descAct: qc['desc_act'] === true, sym: qc['sym'] !== false, format };
 }
 
-/** Read and check one quantized linear layer ([rows=out, cols=in]) of a GPTQ checkpoint. */
-export function readGptqLinear(st: SafetensorsModel, weightName: string, rows: number, cols: number, qc: QuantConfig): QuantizedLayer {
+/** Read and check the packed tensors of one quantized linear layer ([rows=out, cols=in]) of a GPTQ checkpoint. */
+export function readGptqTensors(st: SafetensorsModel, weightName: string, rows: number, cols: number, qc: QuantConfig): GptqTensors {
   const p = linearPrefix(weightName);
   const { bits } = qc;
   const G = qc.groupSize > 0 ? Math.ceil(cols / qc.groupSize) : 1;
@@ -134,5 +135,16 @@ export function readGptqLinear(st: SafetensorsModel, weightName: string, rows: n
   for (let c = 0; c < cols; c++) {
     if (gIdx[c]! < 0 || gIdx[c]! >= G) fail(`${st.info(`${p}.qweight`).file}: ${p}.g_idx[${c}] = ${gIdx[c]} is outside 0..${G - 1}`);
   }
-  return unpackLayer({ qweight, qzeros, scales, gIdx }, { rows, cols, bits, groupSize: qc.groupSize, sym: qc.sym }, qc.format);
+  return { qweight, qzeros, scales, gIdx };
+}
+
+/** One quantized linear layer of a GPTQ checkpoint, unpacked to codes. */
+export function readGptqLinear(st: SafetensorsModel, weightName: string, rows: number, cols: number, qc: QuantConfig): QuantizedLayer {
+  const t = readGptqTensors(st, weightName, rows, cols, qc);
+  return unpackLayer(t, { rows, cols, bits: qc.bits, groupSize: qc.groupSize, sym: qc.sym }, qc.format);
+}
+
+/** One quantized linear layer of a GPTQ checkpoint as the packed kernels take it (still packed). */
+export function readGptqPacked(st: SafetensorsModel, weightName: string, rows: number, cols: number, qc: QuantConfig): PackedLinearWeights {
+  return packedWeights(readGptqTensors(st, weightName, rows, cols, qc), { rows, cols, bits: qc.bits }, qc.format);
 }

@@ -1,6 +1,7 @@
 import { parseLlamaConfig, readConfigJson, type LlamaConfig } from '../io/config.js';
 import { SafetensorsModel } from '../io/safetensors.js';
-import type { AttentionShape, Backend } from '../tensor/index.js';
+import type { AttentionShape, Backend, LinearKernel } from '../tensor/index.js';
+import { siluMul } from '../tensor/ref.js';
 
 const ATTENTION_CHUNK = 16;
 
@@ -18,6 +19,33 @@ export interface BlockWeights {
   postNorm: Float32Array;
   /** each [out, in] */
   linear: Record<LinearName, Float32Array>;
+}
+
+/**
+ * A block ready for inference: its linear layers as prepared kernels. Layers that share an input are one
+ * stacked kernel when their layouts allow ([q; k; v], [gate; up]), else one kernel each, in that order.
+ */
+export interface PreparedBlock {
+  inputNorm: Float32Array;
+  postNorm: Float32Array;
+  qkv: LinearKernel[];
+  o: LinearKernel;
+  gateUp: LinearKernel[];
+  down: LinearKernel;
+}
+
+/** Outputs of kernels sharing input x [rows, ·], one array per part of `widths` (a stacked kernel's output split by column). */
+async function applyShared(kernels: LinearKernel[], x: Float32Array, rows: number, widths: number[]): Promise<Float32Array[]> {
+  if (kernels.length === widths.length) return Promise.all(kernels.map((k) => k.apply(x, rows)));
+  const y = await kernels[0]!.apply(x, rows);
+  const total = widths.reduce((a, b) => a + b, 0);
+  let c0 = 0;
+  return widths.map((w) => {
+    const part = new Float32Array(rows * w);
+    for (let r = 0; r < rows; r++) part.set(y.subarray(r * total + c0, r * total + c0 + w), r * w);
+    c0 += w;
+    return part;
+  });
 }
 
 /** [out, in] shape of each linear layer */
@@ -39,15 +67,11 @@ export function linearShape(cfg: LlamaConfig, name: LinearName): [number, number
   }
 }
 
-/** Reads one linear layer's float weight [out, in] by its tensor name (…q_proj.weight); quantized formats plug in here. */
-export type LinearReader = (st: SafetensorsModel, weightName: string, shape: [number, number]) => Float32Array;
-
-export const readFloatLinear: LinearReader = (st, name, shape) => st.readFloat(name, shape);
-
-export function readBlock(st: SafetensorsModel, cfg: LlamaConfig, i: number, readLinear: LinearReader = readFloatLinear): BlockWeights {
+/** One block's float weights (the quantizer's input; inference loads prepared kernels, see load.ts). */
+export function readBlock(st: SafetensorsModel, cfg: LlamaConfig, i: number): BlockWeights {
   const p = `model.layers.${i}.`;
   const linear = {} as Record<LinearName, Float32Array>;
-  for (const group of LINEAR_GROUPS) for (const name of group) linear[name] = readLinear(st, `${p}${name}.weight`, linearShape(cfg, name));
+  for (const group of LINEAR_GROUPS) for (const name of group) linear[name] = st.readFloat(`${p}${name}.weight`, linearShape(cfg, name));
   return {
     inputNorm: st.readFloat(`${p}input_layernorm.weight`, [cfg.hiddenSize]),
     postNorm: st.readFloat(`${p}post_attention_layernorm.weight`, [cfg.hiddenSize]),
@@ -123,7 +147,7 @@ export type LinearInputHook = (groupIndex: number, input: Float32Array, rows: nu
  * A Llama decoder stack on a backend. Blocks are given as weights (all resident for eval/generation; the
  * quantizer streams them one at a time through `block`).
  */
-export class Llama {
+export class Llama<B extends BlockWeights | PreparedBlock = BlockWeights | PreparedBlock> {
   readonly rope: Rope;
   readonly headDim: number;
 
@@ -131,7 +155,7 @@ export class Llama {
     readonly cfg: LlamaConfig,
     readonly backend: Backend,
     readonly embed: Float32Array,
-    readonly blocks: BlockWeights[],
+    readonly blocks: B[],
     readonly finalNorm: Float32Array,
     readonly head: Float32Array,
   ) {
@@ -139,12 +163,13 @@ export class Llama {
     this.rope = new Rope(this.headDim, cfg.maxPositions, cfg.ropeTheta);
   }
 
-  static async load(dir: string, backend: Backend, readLinear: LinearReader = readFloatLinear): Promise<Llama> {
+  /** A float checkpoint with its weights as plain arrays (for the quantizer's studies and tests that swap layers). */
+  static async load(dir: string, backend: Backend): Promise<Llama<BlockWeights>> {
     const cfg = parseLlamaConfig(readConfigJson(dir), `${dir}/config.json`);
     const st = new SafetensorsModel(dir);
     try {
       const embed = st.readFloat('model.embed_tokens.weight', [cfg.vocabSize, cfg.hiddenSize]);
-      const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i, readLinear));
+      const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i));
       const finalNorm = st.readFloat('model.norm.weight', [cfg.hiddenSize]);
       const head =
         st.has('lm_head.weight') && !cfg.tieWordEmbeddings ? st.readFloat('lm_head.weight', [cfg.vocabSize, cfg.hiddenSize]) : embed;
@@ -170,7 +195,7 @@ export class Llama {
    * follow cache.length and their keys/values are appended.
    */
   async block(
-    w: BlockWeights,
+    w: BlockWeights | PreparedBlock,
     layer: number,
     x: Float32Array,
     batch: number,
@@ -184,14 +209,19 @@ export class Llama {
     const rows = batch * seq;
     const mm = (a: Float32Array, name: LinearName): Promise<Float32Array> => {
       const [out, inp] = linearShape(cfg, name);
-      return backend.matmulNT(a, w.linear[name], rows, out, inp);
+      return backend.matmulNT(a, (w as BlockWeights).linear[name], rows, out, inp);
     };
+    const prepared = 'qkv' in w;
+    const kvWidth = KVH * hd;
+    const [hidden] = linearShape(cfg, 'mlp.gate_proj');
     const cache = opts.cache;
     const start = cache?.length ?? 0;
 
     const h = await backend.rmsNorm(x, w.inputNorm, rows, cfg.rmsNormEps);
     await opts.hook?.(0, h, rows);
-    const [q, k, v] = await Promise.all([mm(h, 'self_attn.q_proj'), mm(h, 'self_attn.k_proj'), mm(h, 'self_attn.v_proj')]);
+    const [q, k, v] = prepared
+      ? ((await applyShared(w.qkv, h, rows, [cfg.hiddenSize, kvWidth, kvWidth])) as [Float32Array, Float32Array, Float32Array])
+      : await Promise.all([mm(h, 'self_attn.q_proj'), mm(h, 'self_attn.k_proj'), mm(h, 'self_attn.v_proj')]);
     this.rope.apply(q, batch, seq, H, start);
     this.rope.apply(k, batch, seq, KVH, start);
     let keys = k;
@@ -199,23 +229,23 @@ export class Llama {
     let ctx = seq;
     if (cache) {
       if (batch !== 1) throw new Error('the KV cache holds one sequence');
-      const width = KVH * hd;
-      cache.k[layer]!.set(k, start * width);
-      cache.v[layer]!.set(v, start * width);
+      cache.k[layer]!.set(k, start * kvWidth);
+      cache.v[layer]!.set(v, start * kvWidth);
       ctx = start + seq;
-      keys = cache.k[layer]!.subarray(0, ctx * width);
-      values = cache.v[layer]!.subarray(0, ctx * width);
+      keys = cache.k[layer]!.subarray(0, ctx * kvWidth);
+      values = cache.v[layer]!.subarray(0, ctx * kvWidth);
     }
     const att = await this.attentionChunked(q, keys, values, { batch, seq, ctx, heads: H, kvHeads: KVH, headDim: hd });
     await opts.hook?.(1, att, rows);
-    addInPlace(x, await mm(att, 'self_attn.o_proj'));
+    addInPlace(x, prepared ? await w.o.apply(att, rows) : await mm(att, 'self_attn.o_proj'));
 
     const h2 = await backend.rmsNorm(x, w.postNorm, rows, cfg.rmsNormEps);
     await opts.hook?.(2, h2, rows);
-    const [hidden] = linearShape(cfg, 'mlp.gate_proj');
-    const act = await backend.swiglu(h2, w.linear['mlp.gate_proj'], w.linear['mlp.up_proj'], rows, hidden, cfg.hiddenSize);
+    const act = prepared
+      ? siluMul(...((await applyShared(w.gateUp, h2, rows, [hidden, hidden])) as [Float32Array, Float32Array]))
+      : await backend.swiglu(h2, w.linear['mlp.gate_proj'], w.linear['mlp.up_proj'], rows, hidden, cfg.hiddenSize);
     await opts.hook?.(3, act, rows);
-    addInPlace(x, await mm(act, 'mlp.down_proj'));
+    addInPlace(x, prepared ? await w.down.apply(act, rows) : await mm(act, 'mlp.down_proj'));
   }
 
   /** Attention over at most ATTENTION_CHUNK sequences at a time, bounding the [batch, heads, seq, ctx] scores. */
@@ -243,8 +273,15 @@ export class Llama {
     return this.backend.rmsNorm(x, this.finalNorm, batch * seq, this.cfg.rmsNormEps);
   }
 
-  /** Logits [rows, vocab] for final hidden states. */
-  logits(h: Float32Array, rows: number): Promise<Float32Array> {
-    return this.backend.matmulNT(h, this.head, rows, this.cfg.vocabSize, this.cfg.hiddenSize);
+  private headKernel?: Promise<LinearKernel>;
+
+  /** Prepare the head kernel now (a load step) rather than on the first call to logits(). */
+  prepareHead(): Promise<LinearKernel> {
+    return (this.headKernel ??= this.backend.floatLinear(this.head, this.cfg.vocabSize, this.cfg.hiddenSize));
+  }
+
+  /** Logits [rows, vocab] for final hidden states (the head is prepared as a kernel on first use). */
+  async logits(h: Float32Array, rows: number): Promise<Float32Array> {
+    return (await this.prepareHead()).apply(h, rows);
   }
 }

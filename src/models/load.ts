@@ -2,19 +2,63 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fail } from '../io/errors.js';
 import { LlamaTokenizer } from '../io/tokenizer.js';
-import { getBackend } from '../tensor/index.js';
-import { readConfigJson } from '../io/config.js';
-import { readGptqLinear, readQuantConfig } from '../formats/gptq.js';
-import { dequantize } from '../quant/quantized-layer.js';
+import { getBackend, type ActivationPrecision, type Backend, type LinearKernel } from '../tensor/index.js';
+import { parseLlamaConfig, readConfigJson } from '../io/config.js';
+import { SafetensorsModel } from '../io/safetensors.js';
+import { readGptqPacked, readQuantConfig } from '../formats/gptq.js';
+import { stackPackedRows } from '../formats/gptq-pack.js';
 import { dequantizeBinary } from '../quant/gptqt.js';
 import { readGptqtLinear } from '../formats/gptqt.js';
-import { Llama, type LinearReader } from './llama.js';
+import { Llama, linearShape, type LinearName, type PreparedBlock } from './llama.js';
 
-/** A model directory's model and tokenizer, on the default backend. */
-export async function loadModel(dir: string): Promise<{ model: Llama; tokenizer: LlamaTokenizer }> {
+export interface LoadOptions {
+  /**
+   * Activations of packed (GPTQ) layers: 'fp32' (default) reproduces dequantize-then-matmul to float32
+   * rounding; 'int8' is faster for generation (llama.cpp's choice) at a small extra error.
+   */
+  activations?: ActivationPrecision;
+}
+
+/**
+ * A model directory ready for inference on the default backend: float checkpoints as prepared float kernels,
+ * GPTQ checkpoints as packed kernels that never form the float matrix, GPTQT (binary-coded) ones dequantized.
+ */
+export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<{ model: Llama<PreparedBlock>; tokenizer: LlamaTokenizer }> {
   if (!existsSync(dir)) fail(`${dir}: model directory not found`);
-  const model = await Llama.load(dir, await getBackend(), linearReader(dir));
-  return { model, tokenizer: loadTokenizer(dir) };
+  const backend = await getBackend();
+  const config = readConfigJson(dir);
+  const cfg = parseLlamaConfig(config, `${dir}/config.json`);
+  const makeKernels = kernelMaker(dir, config, backend, opts.activations ?? 'fp32');
+  const st = new SafetensorsModel(dir);
+  try {
+    const embed = st.readFloat('model.embed_tokens.weight', [cfg.vocabSize, cfg.hiddenSize]);
+    const blocks: PreparedBlock[] = [];
+    for (let i = 0; i < cfg.numLayers; i++) {
+      const p = `model.layers.${i}.`;
+      const kernels = (names: LinearName[]): Promise<LinearKernel[]> =>
+        makeKernels(
+          st,
+          names.map((n) => `${p}${n}.weight`),
+          names.map((n) => linearShape(cfg, n)),
+        );
+      blocks.push({
+        inputNorm: st.readFloat(`${p}input_layernorm.weight`, [cfg.hiddenSize]),
+        postNorm: st.readFloat(`${p}post_attention_layernorm.weight`, [cfg.hiddenSize]),
+        qkv: await kernels(['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']),
+        o: (await kernels(['self_attn.o_proj']))[0]!,
+        gateUp: await kernels(['mlp.gate_proj', 'mlp.up_proj']),
+        down: (await kernels(['mlp.down_proj']))[0]!,
+      });
+    }
+    const finalNorm = st.readFloat('model.norm.weight', [cfg.hiddenSize]);
+    const head =
+      st.has('lm_head.weight') && !cfg.tieWordEmbeddings ? st.readFloat('lm_head.weight', [cfg.vocabSize, cfg.hiddenSize]) : embed;
+    const model = new Llama(cfg, backend, embed, blocks, finalNorm, head);
+    await model.prepareHead();
+    return { model, tokenizer: loadTokenizer(dir) };
+  } finally {
+    st.close();
+  }
 }
 
 export function loadTokenizer(dir: string): LlamaTokenizer {
@@ -23,16 +67,40 @@ export function loadTokenizer(dir: string): LlamaTokenizer {
   return LlamaTokenizer.fromTokenizerJson(path);
 }
 
-/** Float weights for a float checkpoint; for a GPTQ or GPTQT checkpoint the packed layers, unpacked and dequantized. */
-export function linearReader(dir: string): LinearReader | undefined {
-  const config = readConfigJson(dir);
+/** Kernels for layers sharing an input: one stacked kernel when possible, else one per layer. */
+type KernelMaker = (st: SafetensorsModel, names: string[], shapes: [number, number][]) => Promise<LinearKernel[]>;
+
+function kernelMaker(dir: string, config: Record<string, unknown>, backend: Backend, activations: ActivationPrecision): KernelMaker {
+  const floats = (ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> => {
+    const rows = shapes.reduce((s, [r]) => s + r, 0);
+    const stacked = new Float32Array(rows * shapes[0]![1]);
+    let o = 0;
+    for (const w of ws) {
+      stacked.set(w, o);
+      o += w.length;
+    }
+    return Promise.all([backend.floatLinear(stacked, rows, shapes[0]![1])]);
+  };
   const bcq = config['quantization_config'] as { quant_method?: string; bits?: number } | undefined;
   if (bcq?.quant_method === 'gptqt') {
     const bits = bcq.bits;
     if (bits !== 2 && bits !== 3) fail(`${dir}/config.json: gptqt bits ${JSON.stringify(bits)} is not 2 or 3`);
-    return (st, name, [rows, cols]) => dequantizeBinary(readGptqtLinear(st, name, rows, cols, bits));
+    return (st, names, shapes) =>
+      floats(
+        names.map((n, i) => dequantizeBinary(readGptqtLinear(st, n, shapes[i]![0], shapes[i]![1], bits))),
+        shapes,
+      );
   }
   const qc = readQuantConfig(dir, config);
-  if (!qc) return undefined;
-  return (st, name, [rows, cols]) => dequantize(readGptqLinear(st, name, rows, cols, qc));
+  if (!qc)
+    return (st, names, shapes) =>
+      floats(
+        names.map((n, i) => st.readFloat(n, shapes[i]!)),
+        shapes,
+      );
+  return async (st, names, shapes) => {
+    const parts = names.map((n, i) => readGptqPacked(st, n, shapes[i]![0], shapes[i]![1], qc));
+    const stacked = stackPackedRows(parts);
+    return Promise.all((stacked ? [stacked] : parts).map((p) => backend.packedLinear(p, activations)));
+  };
 }

@@ -57,6 +57,8 @@ export interface LinearKernel {
   /** bytes of weights (and their scales/zero points) the kernel keeps and reads on each call */
   readonly weightBytes: number;
   apply(x: Float32Array, m: number): Promise<Float32Array>;
+  /** free the engine's copy of the weights */
+  dispose(): Promise<void>;
 }
 
 export interface Backend {

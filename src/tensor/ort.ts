@@ -17,6 +17,8 @@ function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[], ini
     intraOpNumThreads: availableParallelism(),
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
+    // every session has its own thread pool; spinning pools of idle sessions would starve the running one
+    extra: { session: { intra_op: { allow_spinning: '0' } } },
   });
 }
 
@@ -198,10 +200,17 @@ async function linearSession(nodes: NodeSpec[], inits: Initializer[], rows: numb
       const r = await s.run({ x: f32(x, [m, cols]) });
       return r['y']!.data as Float32Array;
     },
+    dispose: () => s.release(),
   };
 }
 
 let warnedLayout = false;
+
+/**
+ * Below this many multiply-adds a kernel runs in plain TypeScript: a session run costs ~45 µs of fixed
+ * overhead, more than single-token RMSNorm or attention over a short context take in JS.
+ */
+const SMALL_WORK = 1 << 18;
 
 export const ortBackend: Backend = {
   name: 'onnxruntime',
@@ -236,6 +245,7 @@ export const ortBackend: Backend = {
   },
 
   async rmsNorm(x, w, rows, eps) {
+    if (x.length <= SMALL_WORK) return refBackend.rmsNorm(x, w, rows, eps);
     const r = await (
       await sessions.rmsNorm()
     ).run({ x: f32(x, [rows, w.length]), w: f32(w, [w.length]), eps: f32(new Float32Array([eps]), []) });
@@ -254,6 +264,7 @@ export const ortBackend: Backend = {
 
   async attention(q, k, v, sh: AttentionShape) {
     const { batch, seq, ctx, heads, kvHeads, headDim } = sh;
+    if (batch * seq * ctx * heads * headDim <= SMALL_WORK) return refBackend.attention(q, k, v, sh);
     const group = heads / kvHeads;
     const s = await sessions.attention();
     const r = await s.run({

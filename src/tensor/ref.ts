@@ -29,11 +29,14 @@ export function rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: num
   return out;
 }
 
-export function swiglu(h: Float32Array, wGate: Float32Array, wUp: Float32Array, m: number, n: number, k: number): Float32Array {
-  const g = matmulNT(h, wGate, m, n, k);
-  const u = matmulNT(h, wUp, m, n, k);
+/** silu(g) ⊙ u, in place in g */
+export function siluMul(g: Float32Array, u: Float32Array): Float32Array {
   for (let i = 0; i < g.length; i++) g[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
   return g;
+}
+
+export function swiglu(h: Float32Array, wGate: Float32Array, wUp: Float32Array, m: number, n: number, k: number): Float32Array {
+  return siluMul(matmulNT(h, wGate, m, n, k), matmulNT(h, wUp, m, n, k));
 }
 
 export function gram(x: Float32Array, rows: number, cols: number, y: Float32Array = x): Float32Array {
@@ -167,12 +170,14 @@ export const refBackend: Backend = {
     cols,
     weightBytes: w.byteLength,
     apply: async (x, m) => matmulNT(x, w, m, rows, cols),
+    dispose: async () => {},
   }),
   packedLinear: async (p): Promise<LinearKernel> => ({
     rows: p.rows,
     cols: p.cols,
     weightBytes: p.qweight.byteLength + p.qzeros.byteLength + p.scales.byteLength + p.gIdx.byteLength,
     apply: async (x, m) => packedMatmul(p, x, m),
+    dispose: async () => {},
   }),
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
   rmsNorm: async (x, w, rows, eps) => rmsNorm(x, w, rows, eps),

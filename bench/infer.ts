@@ -1,0 +1,268 @@
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { getLlama } from 'node-llama-cpp';
+import * as ort from 'onnxruntime-node';
+import { seededRandom } from '../src/calib/windows.js';
+import { writeGguf } from '../src/formats/gguf.js';
+import { writeGptqCheckpoint } from '../src/formats/gptq.js';
+import { generate } from '../src/infer/generate.js';
+import { parseLlamaConfig, readConfigJson } from '../src/io/config.js';
+import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
+import { pullStories15m } from '../src/io/stories.js';
+import { linearShape, LINEAR_GROUPS } from '../src/models/llama.js';
+import { loadModel, loadTokenizer, type LoadOptions } from '../src/models/load.js';
+import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
+import { getBackend, type ActivationPrecision, type LinearKernel, type PackedLinearWeights } from '../src/tensor/index.js';
+import { printTable } from './table.js';
+
+/**
+ * Packed inference: matvec speed against float32 and the machine's memory bandwidth, generation tokens/s
+ * against llama.cpp on the same weights, and resident memory. `npm run bench:infer` (`-- --quick` skips the
+ * stories110M-shaped model).
+ */
+
+const MB = 2 ** 20;
+
+// Child mode: load one model and report how much resident memory it added.
+if (process.argv[2] === '--rss') {
+  const before = process.memoryUsage().rss;
+  const { model } = await loadModel(process.argv[3]!, { activations: process.argv[4] as ActivationPrecision });
+  (globalThis as { gc?: () => void }).gc?.();
+  console.log(JSON.stringify({ rss: process.memoryUsage().rss - before, layers: model.blocks.length }));
+  process.exit(0);
+}
+
+const backend = await getBackend();
+const quick = process.argv.includes('--quick');
+
+/** Read bandwidth: onnxruntime summing a 512 MB tensor on all cores, best of 5. */
+async function bandwidthGBs(): Promise<number> {
+  const { encodeModel, ElemType } = await import('../src/tensor/onnx-graph.js');
+  const n = 128 * MB;
+  const model = encodeModel(
+    [{ opType: 'ReduceSum', inputs: ['x'], outputs: ['y'], intAttrs: { keepdims: 0 } }],
+    [{ name: 'x', elemType: ElemType.FLOAT, dims: [n] }],
+    [{ name: 'y', elemType: ElemType.FLOAT, dims: [] }],
+  );
+  const s = await ort.InferenceSession.create(model, { intraOpNumThreads: availableParallelism() });
+  const x = new ort.Tensor('float32', new Float32Array(n).fill(1), [n]);
+  let best = Infinity;
+  for (let i = 0; i < 5; i++) {
+    const t = performance.now();
+    await s.run({ x });
+    best = Math.min(best, performance.now() - t);
+  }
+  await s.release();
+  return (n * 4) / (best / 1000) / 1e9;
+}
+
+/** Random packed weights: any bit pattern is a valid GPTQ code, so random words are random codes. */
+function randomPacked(rows: number, cols: number, bits: number, groupSize: number, seed: number): PackedLinearWeights {
+  const rnd = seededRandom(seed);
+  const G = Math.ceil(cols / groupSize);
+  const word = (): number => (rnd() * 2 ** 32) | 0;
+  return {
+    rows,
+    cols,
+    bits,
+    qweight: Int32Array.from({ length: ((cols * bits) / 32) * rows }, word),
+    qzeros: Int32Array.from({ length: (G * rows * bits) / 32 }, word),
+    scales: Float32Array.from({ length: G * rows }, () => 0.001 + 0.01 * rnd()),
+    gIdx: Int32Array.from({ length: cols }, (_, c) => Math.floor(c / groupSize)),
+  };
+}
+
+/**
+ * Median ms of y = W·x, cycling through enough copies of the layer (at least 256 MB of weights) that each call
+ * reads its weights from memory, not from the last call's cache.
+ */
+async function matvecMs(make: () => Promise<LinearKernel>): Promise<{ ms: number; bytes: number }> {
+  const first = await make();
+  const copies = [first];
+  while (copies.length * first.weightBytes < 256 * MB) copies.push(await make());
+  const x = Float32Array.from({ length: first.cols }, (_, i) => Math.sin(i));
+  for (const k of copies) await k.apply(x, 1);
+  const times: number[] = [];
+  for (let rep = 0; rep < 5; rep++) {
+    const t = performance.now();
+    for (const k of copies) await k.apply(x, 1);
+    times.push((performance.now() - t) / copies.length);
+  }
+  for (const k of copies) await k.dispose();
+  return { ms: times.sort((a, b) => a - b)[2]!, bytes: first.weightBytes };
+}
+
+const bw = await bandwidthGBs();
+const matvecRows: (string | number)[][] = [];
+for (const [rows, cols] of [
+  [4096, 4096],
+  [11008, 4096],
+] as const) {
+  const rnd = seededRandom(rows);
+  const w = Float32Array.from({ length: rows * cols }, () => rnd() - 0.5);
+  const fp = await matvecMs(() => backend.floatLinear(w, rows, cols));
+  const row = (kernel: string, r: { ms: number; bytes: number }): (string | number)[] => {
+    const gbs = r.bytes / (r.ms / 1000) / 1e9;
+    return [
+      `${rows}x${cols}`,
+      kernel,
+      r.ms.toFixed(3),
+      (r.bytes / MB).toFixed(1),
+      gbs.toFixed(1),
+      `${((100 * gbs) / bw).toFixed(0)}%`,
+      (fp.ms / r.ms).toFixed(2),
+    ];
+  };
+  matvecRows.push(row('fp32', fp));
+  for (const activations of ['fp32', 'int8'] as const) {
+    for (const bits of [2, 3, 4, 8]) {
+      const p = randomPacked(rows, cols, bits, 128, bits);
+      matvecRows.push(row(`w${bits} g128, ${activations} act`, await matvecMs(() => backend.packedLinear(p, activations))));
+    }
+  }
+}
+printTable(
+  `Matvec y = W·x (batch 1) on ${backend.name}, weights streamed from memory (read bandwidth measured: ${bw.toFixed(1)} GB/s)`,
+  ['shape', 'kernel', 'ms', 'weight MB', 'GB/s', 'of bw', 'x fp32'],
+  matvecRows,
+);
+
+/** A random-weight float Llama directory with the given shape (tokenizer borrowed from stories15M). */
+async function randomModel(
+  dir: string,
+  shape: { dim: number; hidden: number; layers: number; heads: number; vocab: number; ctx: number },
+): Promise<void> {
+  if (existsSync(join(dir, 'model.safetensors'))) return;
+  mkdirSync(dir, { recursive: true });
+  const config = {
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    hidden_size: shape.dim,
+    intermediate_size: shape.hidden,
+    num_hidden_layers: shape.layers,
+    num_attention_heads: shape.heads,
+    num_key_value_heads: shape.heads,
+    vocab_size: shape.vocab,
+    max_position_embeddings: shape.ctx,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: true,
+    hidden_act: 'silu',
+    bos_token_id: 1,
+    eos_token_id: 2,
+    torch_dtype: 'float32',
+  };
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  const cfg = parseLlamaConfig(config, 'random');
+  const rnd = seededRandom(110);
+  const tensors = new Map<string, TensorToWrite>();
+  const dense = (name: string, r: number, c: number): void => {
+    const a = 1 / Math.sqrt(c);
+    tensors.set(name, { dtype: 'F32', shape: [r, c], data: Float32Array.from({ length: r * c }, () => a * (2 * rnd() - 1)) });
+  };
+  const ones = (name: string): void =>
+    void tensors.set(name, { dtype: 'F32', shape: [shape.dim], data: new Float32Array(shape.dim).fill(1) });
+  dense('model.embed_tokens.weight', shape.vocab, shape.dim);
+  for (let l = 0; l < shape.layers; l++) {
+    ones(`model.layers.${l}.input_layernorm.weight`);
+    ones(`model.layers.${l}.post_attention_layernorm.weight`);
+    for (const n of LINEAR_GROUPS.flat()) dense(`model.layers.${l}.${n}.weight`, ...linearShape(cfg, n));
+  }
+  ones('model.norm.weight');
+  await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+  const src = await pullStories15m();
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(src, f))) copyFileSync(join(src, f), join(dir, f));
+}
+
+/** A float model quantized w4 g32 sym (RTN: speed does not depend on how the codes were chosen) as GPTQ and Q4_0 GGUF. */
+async function quantized(dir: string): Promise<{ gptq: string; gguf: string }> {
+  const out = { gptq: `${dir}-w4g32`, gguf: `${dir}-w4g32.gguf` };
+  if (existsSync(out.gptq) && existsSync(out.gguf)) return out;
+  const opts = { ...QUANTIZE_DEFAULTS, method: 'rtn' as const, bits: 4, groupSize: 32, sym: true };
+  const { layers, config } = await quantizeModel(dir, backend, opts, undefined);
+  await writeGptqCheckpoint(dir, out.gptq, layers, { format: 'gptq_v2', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
+  await writeGguf(dir, config, loadTokenizer(dir), layers, out.gguf);
+  return out;
+}
+
+const PROMPT = 'Once upon a time';
+const TOKENS = 128;
+
+async function oursTokensPerSecond(dir: string, opts: LoadOptions): Promise<number> {
+  const { model, tokenizer } = await loadModel(dir, opts);
+  const prompt = tokenizer.encode(PROMPT);
+  await generate(model, prompt, { maxTokens: 8, eos: -1 });
+  const r = await generate(model, prompt, { maxTokens: TOKENS, eos: -1 });
+  return r.tokensPerSecond;
+}
+
+/** llama.cpp greedy decoding of the same prompt, best over 1 and all threads. */
+async function llamaCppTokensPerSecond(gguf: string, prompt: number[], contextSize: number): Promise<{ tps: number; threads: number }> {
+  const llama = await getLlama({ gpu: false, build: 'never' });
+  const lm = await llama.loadModel({ modelPath: gguf });
+  let best = { tps: 0, threads: 0 };
+  for (const threads of [1, availableParallelism()]) {
+    const ctx = await lm.createContext({ contextSize, threads });
+    const seq = ctx.getSequence();
+    const t0 = performance.now();
+    let n = 0;
+    for await (const t of seq.evaluate(prompt as never, { temperature: 0 })) {
+      void t;
+      if (++n === TOKENS) break;
+    }
+    const tps = n / ((performance.now() - t0) / 1000);
+    if (tps > best.tps) best = { tps, threads };
+    await ctx.dispose();
+  }
+  await lm.dispose();
+  return best;
+}
+
+function residentMB(dir: string, activations: ActivationPrecision): number {
+  const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/infer.ts', '--rss', dir, activations], {
+    encoding: 'utf8',
+  });
+  if (r.status !== 0) throw new Error(r.stderr);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!).rss / MB;
+}
+
+const cache = join(process.env['GPTQ_TS_CACHE'] ?? join(tmpdir(), 'gptq-ts-bench'), 'models');
+const models: [string, string][] = [['stories15M', await pullStories15m()]];
+if (!quick) {
+  const dir = join(cache, 'random-stories110m-shape');
+  await randomModel(dir, { dim: 768, hidden: 2048, layers: 12, heads: 12, vocab: 32000, ctx: 1024 });
+  models.push(['random, stories110M shape', dir]);
+}
+const genRows: (string | number)[][] = [];
+const memRows: (string | number)[][] = [];
+for (const [name, dir] of models) {
+  const q = await quantized(dir);
+  const cfg = parseLlamaConfig(readConfigJson(dir), dir);
+  const prompt = loadTokenizer(dir).encode(PROMPT);
+  const cpp = await llamaCppTokensPerSecond(q.gguf, prompt, cfg.maxPositions);
+  const fp = await oursTokensPerSecond(dir, {});
+  const w4 = await oursTokensPerSecond(q.gptq, { activations: 'fp32' });
+  const w4i8 = await oursTokensPerSecond(q.gptq, { activations: 'int8' });
+  genRows.push(
+    [name, 'gptq-ts fp32', fp.toFixed(1), (fp / cpp.tps).toFixed(2)],
+    [name, 'gptq-ts w4 g32 packed, fp32 act', w4.toFixed(1), (w4 / cpp.tps).toFixed(2)],
+    [name, 'gptq-ts w4 g32 packed, int8 act', w4i8.toFixed(1), (w4i8 / cpp.tps).toFixed(2)],
+    [name, `llama.cpp Q4_0 (${cpp.threads} thread${cpp.threads > 1 ? 's' : ''})`, cpp.tps.toFixed(1), '1.00'],
+  );
+  const fpMB = residentMB(dir, 'fp32');
+  const w4MB = residentMB(q.gptq, 'fp32');
+  const linear = cfg.numLayers * LINEAR_GROUPS.flat().reduce((s, n) => s + linearShape(cfg, n).reduce((a, b) => a * b), 0);
+  memRows.push([name, (linear / 1e6).toFixed(1), fpMB.toFixed(0), w4MB.toFixed(0), (w4MB / fpMB).toFixed(2)]);
+}
+printTable(
+  `Greedy generation, ${TOKENS} tokens after "${PROMPT}" (tokens/s, including the prompt's prefill)`,
+  ['model', 'engine', 'tokens/s', 'vs llama.cpp'],
+  genRows,
+);
+printTable(
+  'Resident memory added by loading the model (embeddings and the LM head stay float32 in both)',
+  ['model', 'linear params (M)', 'fp32 MB', 'packed w4 MB', 'ratio'],
+  memRows,
+);
