@@ -164,7 +164,7 @@ export function buildCli(): Command {
     .option('--top-k <k>', 'sample among the k most likely tokens (0 = all)', integer, 0)
     .option('--top-p <p>', 'nucleus sampling: smallest set with this probability, in (0, 1]', number, 1)
     .option('--seed <n>', 'sampling seed', integer, 0)
-    .option('--activations <a>', ACTIVATIONS_HELP, activations, 'fp32' as ActivationPrecision)
+    .option('--activations <a>', ACTIVATIONS_HELP, activations, 'int8' as ActivationPrecision)
     .option('--json', 'print only a JSON summary (text, token counts, tokens/s) instead of streaming')
     .description('text generation (greedy by default), streamed; stops at EOS')
     .action(

@@ -1,4 +1,4 @@
-import { upperCholeskyOfInverse } from '../tensor/cholesky.js';
+import { upperCholeskyOfInverse, upperCholeskyOfInverseBlocked, type Gemm64 } from '../tensor/cholesky.js';
 import { fitGrid, quantizeValue, type GridOptions, type RowGrid } from './quantizer.js';
 import type { QuantizedLayer } from './quantized-layer.js';
 
@@ -81,13 +81,14 @@ export interface PreparedHessian {
   percdamp: number;
 }
 
-export function prepareHessian(
+export async function prepareHessian(
   hessian: Float64Array,
   cols: number,
   opts: Pick<GptqOptions, 'actOrder' | 'order' | 'percdamp'>,
   warn: (msg: string) => void = () => {},
   asym?: AsymmetricCalibration,
-): PreparedHessian {
+  gemm64?: Gemm64,
+): Promise<PreparedHessian> {
   const H = Float64Array.from(hessian);
   const dXXt = asym && Float64Array.from(asym.dXXt);
   const dead = new Uint8Array(cols);
@@ -115,7 +116,7 @@ export function prepareHessian(
   for (let attempt = 0; ; attempt++) {
     const Hd = Float64Array.from(H);
     for (let i = 0; i < cols; i++) Hd[i * cols + i]! += percdamp * meanDiag;
-    U = upperCholeskyOfInverse(Hd, cols);
+    U = gemm64 ? await upperCholeskyOfInverseBlocked(Hd, cols, gemm64) : upperCholeskyOfInverse(Hd, cols);
     if (U) break;
     if (attempt === MAX_DAMP_RAISES) throw new Error(`Hessian is not positive definite even with damping ${percdamp}`);
     const raised = percdamp === 0 ? 1e-4 : percdamp * 10;
@@ -137,6 +138,8 @@ export interface SweepExtras {
    * is the float64 loop below, the definition the tests hold it to.
    */
   matmulNT?: (a: Float32Array, b: Float32Array, m: number, n: number, k: number) => Promise<Float32Array>;
+  /** Float64 gemm for the blocked factorization of H; without it the plain float64 routines run. */
+  matmulNT64?: Gemm64;
 }
 
 export async function gptq(
@@ -157,7 +160,7 @@ export async function gptq(
   // the reference fits the per-row grid before zeroing dead columns
   const channelGrid = gs > 0 ? undefined : fitGrid(W, rows, cols, 0, cols, opts);
 
-  const { dead, perm, U, P, percdamp } = extras.prepared ?? prepareHessian(hessian, cols, opts, warn, asym);
+  const { dead, perm, U, P, percdamp } = extras.prepared ?? (await prepareHessian(hessian, cols, opts, warn, asym, extras.matmulNT64));
   for (let i = 0; i < cols; i++) if (dead[i]) for (let r = 0; r < rows; r++) W[r * cols + i] = 0;
 
   const staticGrids: RowGrid[] = [];

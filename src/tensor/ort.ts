@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
-import type { AttentionShape, Backend, HeadStats, LinearKernel } from './backend.js';
+import type { ActivationPrecision, AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeights } from './backend.js';
 import { ElemType, encodeModel, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { initializerBytes, nbitsLayout, packedLinearGraph } from './ort-linear.js';
 import { refBackend } from './ref.js';
@@ -12,14 +12,23 @@ import { refBackend } from './ref.js';
 
 const F = ElemType.FLOAT;
 
-function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[], inits: Initializer[] = []): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs, inits), {
-    intraOpNumThreads: availableParallelism(),
-    interOpNumThreads: 1,
-    graphOptimizationLevel: 'all',
-    // every session has its own thread pool; spinning pools of idle sessions would starve the running one
-    extra: { session: { intra_op: { allow_spinning: '0' } } },
-  });
+const sessionOptions = (threads = availableParallelism()): ort.InferenceSession.SessionOptions => ({
+  intraOpNumThreads: threads,
+  interOpNumThreads: 1,
+  graphOptimizationLevel: 'all',
+  // every session has its own thread pool; spinning pools of idle sessions would starve the running one
+  extra: { session: { intra_op: { allow_spinning: '0' } } },
+});
+
+/**
+ * Prepared layers with fewer weight bytes than this run on one thread: waking a sleeping worker costs more
+ * than it saves on a batch-1 matvec this small (measured: a 4-bit 4096x768 matvec 107 µs on one thread,
+ * 144 µs on two; 2048x2048 149 µs vs 108 µs).
+ */
+const SERIAL_BELOW_BYTES = 2 * 2 ** 20;
+
+function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[]): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs), sessionOptions());
 }
 
 const matmulGraph = (): Promise<ort.InferenceSession> =>
@@ -30,6 +39,16 @@ const matmulGraph = (): Promise<ort.InferenceSession> =>
       { name: 'B', elemType: F, dims: ['n', 'k'] },
     ],
     [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
+  );
+
+const matmul64Graph = (): Promise<ort.InferenceSession> =>
+  graph(
+    [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transB: 1 } }],
+    [
+      { name: 'A', elemType: ElemType.DOUBLE, dims: ['m', 'k'] },
+      { name: 'B', elemType: ElemType.DOUBLE, dims: ['n', 'k'] },
+    ],
+    [{ name: 'C', elemType: ElemType.DOUBLE, dims: ['m', 'n'] }],
   );
 
 const rmsNormGraph = (): Promise<ort.InferenceSession> =>
@@ -152,6 +171,7 @@ function lazy(make: () => Promise<ort.InferenceSession>): () => Promise<ort.Infe
 
 const sessions = {
   matmul: lazy(matmulGraph),
+  matmul64: lazy(matmul64Graph),
   gram: lazy(gramGraph),
   rmsNorm: lazy(rmsNormGraph),
   swiglu: lazy(swigluGraph),
@@ -189,13 +209,45 @@ function expandKv(x: Float32Array, rows: number, kvHeads: number, group: number,
 
 const f32 = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
 
-/** A session computing y [m, rows] from x [m, cols] with weights baked in as initializers. */
-async function linearSession(nodes: NodeSpec[], inits: Initializer[], rows: number, cols: number): Promise<LinearKernel> {
-  const s = await graph(nodes, [{ name: 'x', elemType: F, dims: ['m', cols] }], [{ name: 'y', elemType: F, dims: ['m', rows] }], inits);
+/** A linear layer's graph, encoded: input x [m, cols] → y [m, rows], weights baked in as initializers. */
+export interface EncodedLinear {
+  model: Uint8Array;
+  rows: number;
+  cols: number;
+  weightBytes: number;
+}
+
+function encodeLinear(nodes: NodeSpec[], inits: Initializer[], rows: number, cols: number): EncodedLinear {
+  const model = encodeModel(nodes, [{ name: 'x', elemType: F, dims: ['m', cols] }], [{ name: 'y', elemType: F, dims: ['m', rows] }], inits);
+  return { model, rows, cols, weightBytes: initializerBytes(inits) };
+}
+
+export function encodeFloatLinear(w: Float32Array, rows: number, cols: number): EncodedLinear {
+  const data = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+  return encodeLinear(
+    [{ opType: 'Gemm', inputs: ['x', 'W'], outputs: ['y'], intAttrs: { transB: 1 } }],
+    [{ name: 'W', elemType: F, dims: [rows, cols], data }],
+    rows,
+    cols,
+  );
+}
+
+/** The MatMulNBits graph of a packed layer, or undefined when its groups do not fit MatMulNBits blocks. */
+export function encodePackedLinear(p: PackedLinearWeights, activations: ActivationPrecision): EncodedLinear | undefined {
+  const layout = nbitsLayout(p.gIdx);
+  if (!layout) return undefined;
+  const { nodes, inits } = packedLinearGraph(p, layout, activations);
+  return encodeLinear(nodes, inits, p.rows, p.cols);
+}
+
+/** A session of an encoded layer; onnxruntime packs the weights into its own layout once, here. */
+export async function openLinear(e: EncodedLinear): Promise<LinearKernel> {
+  const s = await ort.InferenceSession.create(e.model, sessionOptions(e.weightBytes < SERIAL_BELOW_BYTES ? 1 : undefined));
+  const { rows, cols, weightBytes } = e;
   return {
     rows,
     cols,
-    weightBytes: initializerBytes(inits),
+    weightBytes,
     async apply(x, m) {
       const r = await s.run({ x: f32(x, [m, cols]) });
       return r['y']!.data as Float32Array;
@@ -215,33 +267,28 @@ const SMALL_WORK = 1 << 18;
 export const ortBackend: Backend = {
   name: 'onnxruntime',
 
-  floatLinear(w, rows, cols) {
-    const data = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
-    return linearSession(
-      [{ opType: 'Gemm', inputs: ['x', 'W'], outputs: ['y'], intAttrs: { transB: 1 } }],
-      [{ name: 'W', elemType: F, dims: [rows, cols], data }],
-      rows,
-      cols,
-    );
-  },
+  floatLinear: (w, rows, cols) => openLinear(encodeFloatLinear(w, rows, cols)),
 
   packedLinear(p, activations) {
-    const layout = nbitsLayout(p.gIdx);
-    if (!layout) {
-      if (!warnedLayout) {
-        warnedLayout = true;
-        process.emitWarning('a layer has groups that do not start on multiples of 16 columns; it runs on the slow plain-TS kernel');
-      }
-      return refBackend.packedLinear(p, activations);
+    const e = encodePackedLinear(p, activations);
+    if (e) return openLinear(e);
+    if (!warnedLayout) {
+      warnedLayout = true;
+      process.emitWarning('a layer has groups that do not start on multiples of 16 columns; it runs on the slow plain-TS kernel');
     }
-    const { nodes, inits } = packedLinearGraph(p, layout, activations);
-    return linearSession(nodes, inits, p.rows, p.cols);
+    return refBackend.packedLinear(p, activations);
   },
 
   async matmulNT(a, b, m, n, k) {
     const s = await sessions.matmul();
     const r = await s.run({ A: f32(a, [m, k]), B: f32(b, [n, k]) });
     return r['C']!.data as Float32Array;
+  },
+
+  async matmulNT64(a, b, m, n, k) {
+    const s = await sessions.matmul64();
+    const r = await s.run({ A: new ort.Tensor('float64', a, [m, k]), B: new ort.Tensor('float64', b, [n, k]) });
+    return r['C']!.data as Float64Array;
   },
 
   async rmsNorm(x, w, rows, eps) {

@@ -2,8 +2,8 @@ import type { AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeig
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
 
-export function matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Float32Array {
-  const c = new Float32Array(m * n);
+export function matmulNT<T extends Float32Array | Float64Array>(a: T, b: T, m: number, n: number, k: number): T {
+  const c = (a instanceof Float64Array ? new Float64Array(m * n) : new Float32Array(m * n)) as T;
   for (let i = 0; i < m; i++) {
     const ai = i * k;
     for (let j = 0; j < n; j++) {
@@ -180,6 +180,7 @@ export const refBackend: Backend = {
     dispose: async () => {},
   }),
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
+  matmulNT64: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
   rmsNorm: async (x, w, rows, eps) => rmsNorm(x, w, rows, eps),
   swiglu: async (h, wg, wu, m, n, k) => swiglu(h, wg, wu, m, n, k),
   gram: async (x, rows, cols, y) => gram(x, rows, cols, y),

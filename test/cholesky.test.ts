@@ -1,0 +1,75 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { seededRandom } from '../src/calib/windows.js';
+import {
+  blockedCholesky,
+  blockedInvertLower,
+  cholesky,
+  invertLower,
+  upperCholeskyOfInverse,
+  upperCholeskyOfInverseBlocked,
+} from '../src/tensor/cholesky.js';
+import { ortBackend } from '../src/tensor/ort.js';
+import { refBackend } from '../src/tensor/ref.js';
+
+/*
+ * The blocked (gemm-bound) factorizations against the plain float64 definitions, on sizes below, at and
+ * across the 128-column block, with both backends' float64 gemm. Tolerance 1e-9 relative to the largest
+ * entry: both are float64 and only the summation order differs.
+ */
+
+/** A Hessian-like SPD matrix: XᵀX/n of correlated columns plus a little damping. */
+function spd(n: number, seed: number): Float64Array {
+  const rnd = seededRandom(seed);
+  const rows = n + 16;
+  const x = Float64Array.from({ length: rows * n }, () => rnd() - 0.5);
+  for (let r = 0; r < rows; r++) for (let c = 1; c < n; c++) x[r * n + c]! += 0.5 * x[r * n + c - 1]!;
+  const h = new Float64Array(n * n);
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < n; i++) {
+      const xi = x[r * n + i]!;
+      for (let j = 0; j < n; j++) h[i * n + j]! += (xi * x[r * n + j]!) / rows;
+    }
+  }
+  for (let i = 0; i < n; i++) h[i * n + i]! += 0.01;
+  return h;
+}
+
+function assertNear(got: Float64Array, want: Float64Array, what: string): void {
+  const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  for (let i = 0; i < want.length; i++) assert.ok(Math.abs(got[i]! - want[i]!) <= 1e-9 * scale, `${what}[${i}]: ${got[i]} vs ${want[i]}`);
+}
+
+for (const backend of [refBackend, ortBackend]) {
+  test(`blocked Cholesky, triangular inverse and U = chol(H⁻¹) equal the plain routines (${backend.name} gemm)`, async () => {
+    const gemm = backend.matmulNT64.bind(backend);
+    for (const n of backend === refBackend ? [1, 7, 129, 300] : [1, 7, 128, 129, 300, 517]) {
+      const h = spd(n, n);
+      const l = cholesky(h, n)!;
+      assertNear((await blockedCholesky(h, n, gemm))!, l, `cholesky n=${n}`);
+      assertNear(await blockedInvertLower(l, n, gemm), invertLower(l, n), `inverse n=${n}`);
+      assertNear((await upperCholeskyOfInverseBlocked(h, n, gemm))!, upperCholeskyOfInverse(h, n)!, `U n=${n}`);
+    }
+  });
+}
+
+test('blocked Cholesky refuses a matrix that stops being positive definite after the first block', async () => {
+  const n = 200;
+  const h = spd(n, 3);
+  h[150 * n + 150] = -1;
+  assert.equal(cholesky(h, n), undefined);
+  assert.equal(await blockedCholesky(h, n, ortBackend.matmulNT64.bind(ortBackend)), undefined);
+});
+
+test('float64 gemm equals the definition', async () => {
+  const rnd = seededRandom(9);
+  for (const [m, n, k] of [
+    [1, 1, 1],
+    [5, 3, 130],
+    [129, 257, 64],
+  ] as const) {
+    const a = Float64Array.from({ length: m * k }, rnd);
+    const b = Float64Array.from({ length: n * k }, rnd);
+    assertNear(await ortBackend.matmulNT64(a, b, m, n, k), await refBackend.matmulNT64(a, b, m, n, k), `gemm ${m}x${n}x${k}`);
+  }
+});
