@@ -1,6 +1,6 @@
 /** gptq-ts library API. */
-export { loadModel, loadTokenizer } from './models/load.js';
-export { Llama, KvCache, LINEAR_GROUPS, type BlockWeights, type LinearName } from './models/llama.js';
+export { loadModel, loadTokenizer, type LoadOptions } from './models/load.js';
+export { Llama, KvCache, LINEAR_GROUPS, type BlockWeights, type PreparedBlock, type LinearName } from './models/llama.js';
 export { LlamaTokenizer } from './io/tokenizer.js';
 export { parseLlamaConfig, readConfigJson, type LlamaConfig } from './io/config.js';
 export { SafetensorsFile, SafetensorsModel, writeSafetensors } from './io/safetensors.js';
@@ -14,5 +14,7 @@ export { gptq, GPTQ_DEFAULTS, type GptqOptions } from './quant/gptq.js';
 export { rtn } from './quant/rtn.js';
 export { dequantize, type QuantizedLayer } from './quant/quantized-layer.js';
 export { generate, type GenerateOptions, type GenerateResult } from './infer/generate.js';
-export { getBackend, type Backend } from './tensor/index.js';
+export { getBackend, type Backend, type LinearKernel, type PackedLinearWeights, type ActivationPrecision } from './tensor/index.js';
+export { packedWeights, packLayer, unpackLayer } from './formats/gptq-pack.js';
+export { readGptqPacked, readGptqLinear } from './formats/gptq.js';
 export { UserError } from './io/errors.js';

@@ -2,8 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { seededRandom } from '../src/calib/windows.js';
 import {
-  blockedCholesky,
-  blockedInvertLower,
+  blockedCholeskyInverse,
   cholesky,
   invertLower,
   upperCholeskyOfInverse,
@@ -41,14 +40,13 @@ function assertNear(got: Float64Array, want: Float64Array, what: string): void {
 }
 
 for (const backend of [refBackend, ortBackend]) {
-  test(`blocked Cholesky, triangular inverse and U = chol(H⁻¹) equal the plain routines (${backend.name} gemm)`, async () => {
-    const gemm = backend.matmulNT64.bind(backend);
+  test(`blocked Cholesky with its inverse, and U = chol(H⁻¹) equal the plain routines (${backend.name} gemm)`, async () => {
+    const gemm = backend.matmul64.bind(backend);
     for (const n of backend === refBackend ? [1, 7, 129, 300] : [1, 7, 128, 129, 300, 517]) {
       const h = spd(n, n);
       const l = cholesky(h, n)!;
-      assertNear((await blockedCholesky(h, n, gemm))!, l, `cholesky n=${n}`);
-      assertNear(await blockedInvertLower(l, n, gemm), invertLower(l, n), `inverse n=${n}`);
-      assertNear((await upperCholeskyOfInverseBlocked(h, n, gemm))!, upperCholeskyOfInverse(h, n)!, `U n=${n}`);
+      assertNear((await blockedCholeskyInverse(h, n, gemm))!, invertLower(l, n), `inverse of the Cholesky factor n=${n}`);
+      assertNear((await upperCholeskyOfInverseBlocked(h.slice(), n, gemm))!, upperCholeskyOfInverse(h, n)!, `U n=${n}`);
     }
   });
 }
@@ -58,10 +56,10 @@ test('blocked Cholesky refuses a matrix that stops being positive definite after
   const h = spd(n, 3);
   h[150 * n + 150] = -1;
   assert.equal(cholesky(h, n), undefined);
-  assert.equal(await blockedCholesky(h, n, ortBackend.matmulNT64.bind(ortBackend)), undefined);
+  assert.equal(await blockedCholeskyInverse(h, n, ortBackend.matmul64.bind(ortBackend)), undefined);
 });
 
-test('float64 gemm equals the definition', async () => {
+test('float64 gemm (A·Bᵀ and A·B) equals the definition', async () => {
   const rnd = seededRandom(9);
   for (const [m, n, k] of [
     [1, 1, 1],
@@ -70,6 +68,13 @@ test('float64 gemm equals the definition', async () => {
   ] as const) {
     const a = Float64Array.from({ length: m * k }, rnd);
     const b = Float64Array.from({ length: n * k }, rnd);
-    assertNear(await ortBackend.matmulNT64(a, b, m, n, k), await refBackend.matmulNT64(a, b, m, n, k), `gemm ${m}x${n}x${k}`);
+    for (const transB of [true, false]) {
+      const want = await refBackend.matmul64(a, b, m, n, k, transB);
+      assertNear(await ortBackend.matmul64(a, b, m, n, k, transB), want, `gemm ${m}x${n}x${k} transB=${transB}`);
+    }
   }
+  // the definition itself: A·B with B [k,n] is A·(Bᵀ)ᵀ
+  const a = Float64Array.from([1, 2, 3, 4, 5, 6]); // [2,3]
+  const b = Float64Array.from([1, 0, 0, 1, 1, 1]); // [3,2]
+  assert.deepEqual(Array.from(await refBackend.matmul64(a, b, 2, 2, 3, false)), [4, 5, 10, 11]);
 });

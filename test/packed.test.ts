@@ -8,6 +8,17 @@ import { nbitsLayout } from '../src/tensor/ort-linear.js';
 import { matmulNT, packedMatmul } from '../src/tensor/ref.js';
 import { seededRandom } from '../src/calib/windows.js';
 import { floatToHalf, halfToFloat } from '../src/io/fp16.js';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { calibrationWindows } from '../src/calib/windows.js';
+import { loadText } from '../src/calib/datasets.js';
+import { writeGptqCheckpoint } from '../src/formats/gptq.js';
+import { pullStories15m } from '../src/io/stories.js';
+import { Llama, type LinearName } from '../src/models/llama.js';
+import { loadTokenizer } from '../src/models/load.js';
+import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
+import { getBackend } from '../src/tensor/index.js';
 
 /*
  * Packed kernels against dequantize-then-matmul. Tolerances:
@@ -118,4 +129,44 @@ test('groups that are not multiples of 16 columns still compute exactly (plain-T
   check(q, 1, 'fp32', await k.apply(x, 1), x, 'g24');
   // a group of 48 columns starts on multiples of 16: blocks of 16
   assert.equal(nbitsLayout(randomLayer(32, 96, 4, 48, true, 4).gIdx)?.blockSize, 16);
+});
+
+test('library: a packed stories15M checkpoint loads onto packed kernels and generates what its dequantized weights generate', async () => {
+  const dir = await pullStories15m();
+  const tokenizer = loadTokenizer(dir);
+  const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 100_000)), 4, 256, 0);
+  const opts = { ...QUANTIZE_DEFAULTS, bits: 3, groupSize: 128, actOrder: true };
+  const { layers } = await quantizeModel(dir, await getBackend(), opts, { windows, seqlen: 256 });
+  const out = join(mkdtempSync(join(tmpdir(), 'packed-')), 'w3');
+  await writeGptqCheckpoint(dir, out, layers, { format: 'gptq', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
+
+  const lib = await import('../src/index.js');
+  const packed = (await lib.loadModel(out)).model;
+  // stacked q/k/v and gate/up (act-order shares one column order per group), codes in 4-bit slots: ~1/7 of fp32
+  const block = packed.blocks[0]!;
+  assert.equal(block.qkv.length, 1);
+  assert.equal(block.gateUp.length, 1);
+  const kernelBytes = packed.blocks.reduce((s, b) => s + [...b.qkv, b.o, ...b.gateUp, b.down].reduce((t, k) => t + k.weightBytes, 0), 0);
+  const floatBytes = [...layers.values()].reduce((s, q) => s + 4 * q.rows * q.cols, 0);
+  assert.ok(kernelBytes < floatBytes / 6, `packed kernels hold ${kernelBytes} bytes vs ${floatBytes} as float32`);
+
+  const fp = await Llama.load(dir, await getBackend());
+  const blocks = fp.blocks.map((b, l) => ({
+    ...b,
+    linear: Object.fromEntries(Object.keys(b.linear).map((n) => [n, dequantize(layers.get(`model.layers.${l}.${n}.weight`)!)])) as Record<
+      LinearName,
+      Float32Array
+    >,
+  }));
+  const dequantized = new Llama(fp.cfg, fp.backend, fp.embed, blocks, fp.finalNorm, fp.head);
+  const prompt = tokenizer.encode('Once upon a time');
+  const want = (await lib.generate(dequantized, prompt, { maxTokens: 32 })).tokens;
+  assert.deepEqual((await lib.generate(packed, prompt, { maxTokens: 32 })).tokens, want);
+  // int8 activations: a different rounding of the same model, nearly always the same greedy choice
+  const int8 = (await lib.loadModel(out, { activations: 'int8' })).model;
+  const got = (await lib.generate(int8, prompt, { maxTokens: 32 })).tokens;
+  assert.ok(
+    got.slice(0, 8).every((t, i) => t === want[i]),
+    `int8: ${tokenizer.decode(got)} vs ${tokenizer.decode(want)}`,
+  );
 });

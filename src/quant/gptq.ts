@@ -123,7 +123,8 @@ export async function prepareHessian(
     warn(`Cholesky failed with percdamp ${percdamp}; retrying with ${raised}`);
     percdamp = raised;
   }
-  return { dead, perm, U, P: dXXt && asymmetricCorrection(dXXt, U, cols, asym!.alpha), percdamp };
+  const P = dXXt && (gemm64 ? await asymmetricCorrectionGemm(dXXt, U, cols, asym!.alpha, gemm64) : asymmetricCorrection(dXXt, U, cols, asym!.alpha));
+  return { dead, perm, U, P, percdamp };
 }
 
 /** What a sweep may get besides the weights and Hessian. */
@@ -139,7 +140,7 @@ export interface SweepExtras {
    */
   matmulNT?: (a: Float32Array, b: Float32Array, m: number, n: number, k: number) => Promise<Float32Array>;
   /** Float64 gemm for the blocked factorization of H; without it the plain float64 routines run. */
-  matmulNT64?: Gemm64;
+  matmul64?: Gemm64;
 }
 
 export async function gptq(
@@ -160,7 +161,7 @@ export async function gptq(
   // the reference fits the per-row grid before zeroing dead columns
   const channelGrid = gs > 0 ? undefined : fitGrid(W, rows, cols, 0, cols, opts);
 
-  const { dead, perm, U, P, percdamp } = extras.prepared ?? (await prepareHessian(hessian, cols, opts, warn, asym, extras.matmulNT64));
+  const { dead, perm, U, P, percdamp } = extras.prepared ?? (await prepareHessian(hessian, cols, opts, warn, asym, extras.matmul64));
   for (let i = 0; i < cols; i++) if (dead[i]) for (let r = 0; r < rows; r++) W[r * cols + i] = 0;
 
   const staticGrids: RowGrid[] = [];
@@ -342,6 +343,15 @@ function asymmetricCorrection(dXXt: Float64Array, U: Float64Array, n: number, al
       for (let j = k; j < n; j++) P[i * n + j]! += a * U[k * n + j]!;
     }
   }
+  return P;
+}
+
+/** The same product as two backend gemms (the loops above are its definition). */
+async function asymmetricCorrectionGemm(dXXt: Float64Array, U: Float64Array, n: number, alpha: number, gemm: Gemm64): Promise<Float64Array> {
+  const A = await gemm(dXXt, U, n, n, n, true);
+  for (let i = 0; i < n; i++) A.fill(0, i * n, i * n + i + 1);
+  const P = await gemm(A, U, n, n, n, false);
+  for (let i = 0; i < P.length; i++) P[i]! *= alpha;
   return P;
 }
 

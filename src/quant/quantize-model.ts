@@ -111,7 +111,7 @@ export async function quantizeModel(
   if (opts.method !== 'rtn' && !calib) throw new Error(`${opts.method} needs calibration windows`);
   const asymmetric = opts.method === 'gptqv2';
   const matmulNT = backend.matmulNT.bind(backend);
-  const matmulNT64 = backend.matmulNT64.bind(backend);
+  const matmul64 = backend.matmul64.bind(backend);
   const st = new SafetensorsModel(dir);
   const layers = new Map<string, QuantizedLayer>();
   const binaryLayers = new Map<string, BinaryCodedLayer>();
@@ -155,7 +155,7 @@ export async function quantizeModel(
           const tp = performance.now();
           const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
           const label = `model.layers.${l}.[${LINEAR_GROUPS[g]!.join(', ')}]`;
-          prepared = await prepareHessian(hessian.h, hessian.cols, opts, (m) => warn(`${label}: ${m}`), asym, matmulNT64);
+          prepared = await prepareHessian(hessian.h, hessian.cols, opts, (m) => warn(`${label}: ${m}`), asym, matmul64);
           timings.sweep += (performance.now() - tp) / 1000;
         }
         for (const name of LINEAR_GROUPS[g]!) {

@@ -69,8 +69,11 @@ export interface Backend {
   packedLinear(p: PackedLinearWeights, activations: ActivationPrecision): Promise<LinearKernel>;
   /** C[m,n] = A[m,k] · B[n,k]ᵀ  (activations times a Linear weight stored [out, in]) */
   matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
-  /** The same in float64 (the blocked Cholesky and triangular inverse GPTQ factors its Hessian with). */
-  matmulNT64(a: Float64Array, b: Float64Array, m: number, n: number, k: number): Promise<Float64Array>;
+  /**
+   * Float64 C[m,n] = A[m,k]·Bᵀ with B stored [n,k] (transB) or A·B with B stored [k,n]: the gemms of the
+   * blocked Cholesky GPTQ factors its Hessian with.
+   */
+  matmul64(a: Float64Array, b: Float64Array, m: number, n: number, k: number, transB: boolean): Promise<Float64Array>;
   /** RMSNorm of each row: x / sqrt(mean(x²) + eps) · w */
   rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number): Promise<Float32Array>;
   /** SwiGLU: silu(H·Wgateᵀ) ⊙ (H·Wupᵀ), H [m,k], W [n,k] → [m,n] */

@@ -62,10 +62,10 @@ export function upperCholeskyOfInverse(h: Float64Array, n: number): Float64Array
   return l && reverseBoth(invertLower(l, n), n);
 }
 
-/** C[m,n] = A[m,k]·B[n,k]ᵀ in float64 (the backend's; plain loops in the reference). */
-export type Gemm64 = (a: Float64Array, b: Float64Array, m: number, n: number, k: number) => Promise<Float64Array>;
+/** The backend's float64 gemm: C[m,n] = A[m,k]·Bᵀ with B [n,k] (transB) or A·B with B [k,n]. */
+export type Gemm64 = (a: Float64Array, b: Float64Array, m: number, n: number, k: number, transB: boolean) => Promise<Float64Array>;
 
-/** Below this size the blocked routines fall through to the plain ones above. */
+/** At or below this size the blocked routine falls through to the plain ones above. */
 const BLOCK = 128;
 
 /** Rows r0..r1, columns c0..c1 of a row-major matrix with n columns, as a dense block. */
@@ -80,66 +80,48 @@ function putBlock(a: Float64Array, n: number, b: Float64Array, r0: number, c0: n
 }
 
 /**
- * Right-looking blocked Cholesky: per panel of BLOCK columns, factor the diagonal block with the plain routine,
- * solve the panel below it as L21 = A21·L11⁻ᵀ, and update the trailing matrix A22 −= L21·L21ᵀ. Both products
- * are gemms (almost all of the n³/3 flops), so they run at the backend's speed.
+ * The inverse L⁻¹ of A's Cholesky factor, recursively by halves so that almost all flops are large gemms:
+ * with A = [[A11, ·], [A21, A22]] and L11 = chol(A11),
+ *   L21 = A21·L11⁻ᵀ,  L22 = chol(A22 − L21·L21ᵀ),  L⁻¹ = [[L11⁻¹, 0], [−L22⁻¹·L21·L11⁻¹, L22⁻¹]]
+ * (L itself is never assembled). Blocks of at most BLOCK columns use the plain routines above.
+ * Undefined when A is not positive definite.
  */
-export async function blockedCholesky(a: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array | undefined> {
-  if (n <= BLOCK) return cholesky(a, n);
-  const w = Float64Array.from(a); // trailing matrix, updated in place
-  const l = new Float64Array(n * n);
-  for (let k = 0; k < n; k += BLOCK) {
-    const e = Math.min(k + BLOCK, n);
-    const nb = e - k;
-    const l11 = cholesky(block(w, n, k, e, k, e), nb);
-    if (!l11) return undefined;
-    putBlock(l, n, l11, k, k, nb);
-    if (e === n) break;
-    const m = n - e;
-    // L21 = A21·(L11⁻¹)ᵀ: as A·Bᵀ with B = L11⁻¹
-    const l21 = await gemm(block(w, n, e, n, k, e), invertLower(l11, nb), m, nb, nb);
-    putBlock(l, n, l21, e, k, nb);
-    const update = await gemm(l21, l21, m, m, nb);
-    for (let i = 0; i < m; i++) {
-      const row = (e + i) * n + e;
-      // only the lower triangle is read later
-      for (let j = 0; j <= i; j++) w[row + j]! -= update[i * m + j]!;
-    }
+export async function blockedCholeskyInverse(a: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array | undefined> {
+  if (n <= BLOCK) {
+    const l = cholesky(a, n);
+    return l && invertLower(l, n);
   }
-  return l;
+  const h = Math.ceil(n / 2 / BLOCK) * BLOCK;
+  const m = n - h;
+  const topInv = await blockedCholeskyInverse(block(a, n, 0, h, 0, h), h, gemm);
+  if (!topInv) return undefined;
+  const l21 = await gemm(block(a, n, h, n, 0, h), topInv, m, h, h, true);
+  const a22 = await gemm(l21, l21, m, m, h, true);
+  // A22 − L21·L21ᵀ, into the product's buffer (fresh memory is slow to touch; reuse what exists)
+  for (let i = 0; i < m; i++) {
+    const row = (h + i) * n + h;
+    for (let j = 0; j < m; j++) a22[i * m + j] = a[row + j]! - a22[i * m + j]!;
+  }
+  const bottomInv = await blockedCholeskyInverse(a22, m, gemm);
+  if (!bottomInv) return undefined;
+  const t = await gemm(l21, topInv, m, h, h, false);
+  const x21 = await gemm(bottomInv, t, m, h, m, false);
+  const inv = new Float64Array(n * n);
+  putBlock(inv, n, topInv, 0, 0, h);
+  for (let i = 0; i < m; i++) {
+    const row = (h + i) * n;
+    for (let j = 0; j < h; j++) inv[row + j] = -x21[i * h + j]!;
+  }
+  putBlock(inv, n, bottomInv, h, h, m);
+  return inv;
 }
 
 /**
- * Blocked inverse of a lower-triangular matrix by halves: [[A, 0], [B, C]]⁻¹ = [[A⁻¹, 0], [−C⁻¹·B·A⁻¹, C⁻¹]],
- * the off-diagonal block as two gemms.
+ * upperCholeskyOfInverse with the blocked routine (same identity, gemm-bound). Consumes `h`: it is reversed in
+ * place, sparing a copy of an n×n matrix (fresh memory is slow to touch on some VMs: ~3 µs per page here).
  */
-export async function blockedInvertLower(l: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array> {
-  if (n <= BLOCK) return invertLower(l, n);
-  const h = Math.ceil(n / 2 / BLOCK) * BLOCK;
-  const m = n - h;
-  const [ai, ci] = await Promise.all([
-    blockedInvertLower(block(l, n, 0, h, 0, h), h, gemm),
-    blockedInvertLower(block(l, n, h, n, h, n), m, gemm),
-  ]);
-  // B·A⁻¹ = B·(A⁻¹ᵀ)ᵀ, then C⁻¹·(B·A⁻¹) = C⁻¹·((B·A⁻¹)ᵀ)ᵀ
-  const bai = await gemm(block(l, n, h, n, 0, h), transpose(ai, h, h), m, h, h);
-  const x21 = await gemm(ci, transpose(bai, m, h), m, h, m);
-  const out = new Float64Array(n * n);
-  putBlock(out, n, ai, 0, 0, h);
-  putBlock(out, n, ci, h, h, m);
-  for (let i = 0; i < x21.length; i++) x21[i] = -x21[i]!;
-  putBlock(out, n, x21, h, 0, h);
-  return out;
-}
-
-function transpose(a: Float64Array, rows: number, cols: number): Float64Array {
-  const t = new Float64Array(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) t[j * rows + i] = a[i * cols + j]!;
-  return t;
-}
-
-/** upperCholeskyOfInverse with the blocked routines (same identity, gemm-bound). */
 export async function upperCholeskyOfInverseBlocked(h: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array | undefined> {
-  const l = await blockedCholesky(reverseBoth(h, n), n, gemm);
-  return l && reverseBoth(await blockedInvertLower(l, n, gemm), n);
+  // J·A·J of a row-major matrix is its flat array reversed
+  const inv = await blockedCholeskyInverse(h.reverse(), n, gemm);
+  return inv?.reverse();
 }

@@ -41,12 +41,12 @@ const matmulGraph = (): Promise<ort.InferenceSession> =>
     [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
   );
 
-const matmul64Graph = (): Promise<ort.InferenceSession> =>
+const matmul64Graph = (transB: 0 | 1) => (): Promise<ort.InferenceSession> =>
   graph(
-    [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transB: 1 } }],
+    [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transB } }],
     [
       { name: 'A', elemType: ElemType.DOUBLE, dims: ['m', 'k'] },
-      { name: 'B', elemType: ElemType.DOUBLE, dims: ['n', 'k'] },
+      { name: 'B', elemType: ElemType.DOUBLE, dims: transB ? ['n', 'k'] : ['k', 'n'] },
     ],
     [{ name: 'C', elemType: ElemType.DOUBLE, dims: ['m', 'n'] }],
   );
@@ -171,7 +171,8 @@ function lazy(make: () => Promise<ort.InferenceSession>): () => Promise<ort.Infe
 
 const sessions = {
   matmul: lazy(matmulGraph),
-  matmul64: lazy(matmul64Graph),
+  matmul64NT: lazy(matmul64Graph(1)),
+  matmul64NN: lazy(matmul64Graph(0)),
   gram: lazy(gramGraph),
   rmsNorm: lazy(rmsNormGraph),
   swiglu: lazy(swigluGraph),
@@ -285,9 +286,9 @@ export const ortBackend: Backend = {
     return r['C']!.data as Float32Array;
   },
 
-  async matmulNT64(a, b, m, n, k) {
-    const s = await sessions.matmul64();
-    const r = await s.run({ A: new ort.Tensor('float64', a, [m, k]), B: new ort.Tensor('float64', b, [n, k]) });
+  async matmul64(a, b, m, n, k, transB) {
+    const s = await (transB ? sessions.matmul64NT : sessions.matmul64NN)();
+    const r = await s.run({ A: new ort.Tensor('float64', a, [m, k]), B: new ort.Tensor('float64', b, transB ? [n, k] : [k, n]) });
     return r['C']!.data as Float64Array;
   },
 

@@ -29,6 +29,12 @@ export function rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: num
   return out;
 }
 
+export function transpose<T extends Float32Array | Float64Array>(a: T, rows: number, cols: number): T {
+  const t = a.slice() as T;
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) t[j * rows + i] = a[i * cols + j]!;
+  return t;
+}
+
 /** silu(g) ⊙ u, in place in g */
 export function siluMul(g: Float32Array, u: Float32Array): Float32Array {
   for (let i = 0; i < g.length; i++) g[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
@@ -180,7 +186,7 @@ export const refBackend: Backend = {
     dispose: async () => {},
   }),
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
-  matmulNT64: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
+  matmul64: async (a, b, m, n, k, transB) => matmulNT(a, transB ? b : transpose(b, k, n), m, n, k),
   rmsNorm: async (x, w, rows, eps) => rmsNorm(x, w, rows, eps),
   swiglu: async (h, wg, wu, m, n, k) => swiglu(h, wg, wu, m, n, k),
   gram: async (x, rows, cols, y) => gram(x, rows, cols, y),
