@@ -5,7 +5,7 @@ import { loadText } from '../src/calib/datasets.js';
 import { roundToHalf } from '../src/io/fp16.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { loadTokenizer } from '../src/models/load.js';
-import { gptq, GPTQ_DEFAULTS, type GptqOptions } from '../src/quant/gptq.js';
+import { gptq, GPTQ_DEFAULTS, prepareHessian, type GptqOptions } from '../src/quant/gptq.js';
 import { dequantize, type QuantizedLayer } from '../src/quant/quantized-layer.js';
 import { fitGrid, quantizeValue, roundHalfEven } from '../src/quant/quantizer.js';
 import { quantizeModel, QUANTIZE_DEFAULTS, validateOptions } from '../src/quant/quantize-model.js';
@@ -326,6 +326,24 @@ test('GPTQv2 within one block equals its per-column definition, and with no asym
   assert.deepEqual(none.layer.codes, (await gptq(w, h, rows, cols, { ...opts, blocksize: 4 })).layer.codes);
 });
 
+test('the Hessian prepared with backend gemms (blocked Cholesky, GPTQv2 correction) equals the plain float64 one', async () => {
+  const { ortBackend } = await import('../src/tensor/ort.js');
+  const cols = 300;
+  const { h } = randomProblem(8, cols, 401);
+  const asym = { dXXt: Float64Array.from({ length: cols * cols }, () => randn() * 0.01), alpha: 0.25 };
+  const opts = { ...GPTQ_DEFAULTS, actOrder: true };
+  const plain = await prepareHessian(h, cols, opts, undefined, asym);
+  const fast = await prepareHessian(h, cols, opts, undefined, asym, ortBackend.matmul64);
+  assert.deepEqual(fast.perm, plain.perm);
+  for (const [name, a, b] of [
+    ['U', fast.U, plain.U],
+    ['P', fast.P!, plain.P!],
+  ] as const) {
+    const scale = b.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) <= 1e-9 * scale, `${name}[${i}]: ${v} vs ${b[i]}`));
+  }
+});
+
 test('the lazy update on the fast backend (float32 product) matches the float64 definition', async () => {
   const { ortBackend } = await import('../src/tensor/ort.js');
   const rows = 48;
@@ -335,7 +353,11 @@ test('the lazy update on the fast backend (float32 product) matches the float64 
   for (const asym of [undefined, { dXXt, alpha: 0.25 }]) {
     const opts = { ...GPTQ_DEFAULTS, bits: 4, groupSize: 64 };
     const slow = await gptq(w, h, rows, cols, opts, asym ? { asym } : {});
-    const fast = await gptq(w, h, rows, cols, opts, { matmulNT: ortBackend.matmulNT, ...(asym ? { asym } : {}) });
+    const fast = await gptq(w, h, rows, cols, opts, {
+      matmulNT: ortBackend.matmulNT,
+      matmul64: ortBackend.matmul64,
+      ...(asym ? { asym } : {}),
+    });
     const differ = fast.layer.codes.filter((c, i) => c !== slow.layer.codes[i]).length;
     assert.ok(differ <= rows * cols * 1e-3, `${differ} codes differ`);
     assert.ok(Math.abs(fast.loss / slow.loss - 1) < 1e-3, `loss ${fast.loss} vs ${slow.loss}`);

@@ -142,13 +142,14 @@ test('library: a packed stories15M checkpoint loads onto packed kernels and gene
 
   const lib = await import('../src/index.js');
   const packed = (await lib.loadModel(out)).model;
-  // stacked q/k/v and gate/up (act-order shares one column order per group), codes in 4-bit slots: ~1/7 of fp32
+  // stacked q/k/v and gate/up (act-order shares one column order per group); 3-bit codes in 4-bit slots, 288
+  // columns padded to 3 blocks of 128, a float32 scale and a 4-bit zero per block: under a quarter of float32
   const block = packed.blocks[0]!;
   assert.equal(block.qkv.length, 1);
   assert.equal(block.gateUp.length, 1);
   const kernelBytes = packed.blocks.reduce((s, b) => s + [...b.qkv, b.o, ...b.gateUp, b.down].reduce((t, k) => t + k.weightBytes, 0), 0);
   const floatBytes = [...layers.values()].reduce((s, q) => s + 4 * q.rows * q.cols, 0);
-  assert.ok(kernelBytes < floatBytes / 6, `packed kernels hold ${kernelBytes} bytes vs ${floatBytes} as float32`);
+  assert.ok(kernelBytes < floatBytes / 4, `packed kernels hold ${kernelBytes} bytes vs ${floatBytes} as float32`);
 
   const fp = await Llama.load(dir, await getBackend());
   const blocks = fp.blocks.map((b, l) => ({

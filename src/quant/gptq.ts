@@ -123,7 +123,9 @@ export async function prepareHessian(
     warn(`Cholesky failed with percdamp ${percdamp}; retrying with ${raised}`);
     percdamp = raised;
   }
-  const P = dXXt && (gemm64 ? await asymmetricCorrectionGemm(dXXt, U, cols, asym!.alpha, gemm64) : asymmetricCorrection(dXXt, U, cols, asym!.alpha));
+  const P =
+    dXXt &&
+    (gemm64 ? await asymmetricCorrectionGemm(dXXt, U, cols, asym!.alpha, gemm64) : asymmetricCorrection(dXXt, U, cols, asym!.alpha));
   return { dead, perm, U, P, percdamp };
 }
 
@@ -347,7 +349,13 @@ function asymmetricCorrection(dXXt: Float64Array, U: Float64Array, n: number, al
 }
 
 /** The same product as two backend gemms (the loops above are its definition). */
-async function asymmetricCorrectionGemm(dXXt: Float64Array, U: Float64Array, n: number, alpha: number, gemm: Gemm64): Promise<Float64Array> {
+async function asymmetricCorrectionGemm(
+  dXXt: Float64Array,
+  U: Float64Array,
+  n: number,
+  alpha: number,
+  gemm: Gemm64,
+): Promise<Float64Array> {
   const A = await gemm(dXXt, U, n, n, n, true);
   for (let i = 0; i < n; i++) A.fill(0, i * n, i * n + i + 1);
   const P = await gemm(A, U, n, n, n, false);
