@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import type { AttentionShape } from '../src/tensor/backend.js';
 import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
+import { attentionJs } from '../src/tensor/attention-js.js';
 
 /*
  * Every fast kernel against its plain-TS definition. Tolerance: float32 accumulation in a different order,
@@ -96,7 +97,9 @@ test('attention equals the definition, causal, with caches and grouped kv heads'
     const q = rand(s.batch * s.seq * s.heads * s.headDim, r);
     const k = rand(s.batch * s.ctx * s.kvHeads * s.headDim, r);
     const v = rand(s.batch * s.ctx * s.kvHeads * s.headDim, r);
-    assertClose(await ortBackend.attention(q, k, v, s), ref.attention(q, k, v, s), 1e-5, `attention ${JSON.stringify(s)}`);
+    const want = ref.attention(q, k, v, s);
+    assertClose(await ortBackend.attention(q, k, v, s), want, 1e-5, `attention ${JSON.stringify(s)}`);
+    assertClose(attentionJs(q, k, v, s), want, 1e-5, `small-case TS attention ${JSON.stringify(s)}`);
   }
 });
 

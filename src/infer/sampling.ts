@@ -24,7 +24,13 @@ export function validateSampling(o: SamplingOptions): void {
 
 export function argmax(x: Float32Array): number {
   let best = 0;
-  for (let j = 1; j < x.length; j++) if (x[j]! > x[best]!) best = j;
+  let max = x[0]!;
+  for (let j = 1; j < x.length; j++) {
+    if (x[j]! > max) {
+      max = x[j]!;
+      best = j;
+    }
+  }
   return best;
 }
 

@@ -4,6 +4,7 @@ import type { ActivationPrecision, AttentionShape, Backend, HeadStats, LinearKer
 import { ElemType, encodeModel, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { initializerBytes, nbitsLayout, packedLinearGraph } from './ort-linear.js';
 import { refBackend } from './ref.js';
+import { attentionJs } from './attention-js.js';
 
 /**
  * The kernels as small ONNX graphs run by onnxruntime's CPU engine (MLAS gemm, all cores). Each graph has
@@ -260,10 +261,12 @@ export async function openLinear(e: EncodedLinear): Promise<LinearKernel> {
 let warnedLayout = false;
 
 /**
- * Below this many multiply-adds a kernel runs in plain TypeScript: a session run costs ~45 µs of fixed
- * overhead, more than single-token RMSNorm or attention over a short context take in JS.
+ * Below these sizes a kernel runs in TypeScript: a session run costs ~45 µs of fixed overhead, more than
+ * single-token RMSNorm takes in JS; for attention the crossover (12 heads of 64, one query) is near 170 cached
+ * positions (ctx 128: JS 231 µs, onnxruntime 363 µs; ctx 512: 962 vs 465 µs).
  */
-const SMALL_WORK = 1 << 18;
+const SMALL_NORM = 1 << 18;
+const SMALL_ATTENTION = 1 << 17;
 
 export const ortBackend: Backend = {
   name: 'onnxruntime',
@@ -293,7 +296,7 @@ export const ortBackend: Backend = {
   },
 
   async rmsNorm(x, w, rows, eps) {
-    if (x.length <= SMALL_WORK) return refBackend.rmsNorm(x, w, rows, eps);
+    if (x.length <= SMALL_NORM) return refBackend.rmsNorm(x, w, rows, eps);
     const r = await (
       await sessions.rmsNorm()
     ).run({ x: f32(x, [rows, w.length]), w: f32(w, [w.length]), eps: f32(new Float32Array([eps]), []) });
@@ -312,7 +315,7 @@ export const ortBackend: Backend = {
 
   async attention(q, k, v, sh: AttentionShape) {
     const { batch, seq, ctx, heads, kvHeads, headDim } = sh;
-    if (batch * seq * ctx * heads * headDim <= SMALL_WORK) return refBackend.attention(q, k, v, sh);
+    if (batch * seq * ctx * heads * headDim <= SMALL_ATTENTION) return attentionJs(q, k, v, sh);
     const group = heads / kvHeads;
     const s = await sessions.attention();
     const r = await s.run({
