@@ -1,6 +1,7 @@
 import { floatToHalf, halfToFloat } from '../io/fp16.js';
 import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
 import type { PackedLinearWeights } from '../tensor/backend.js';
+import { streamValue } from '../tensor/bit-stream.js';
 
 /**
  * GPTQ integer packing (the AutoGPTQ / GPTQModel / transformers layout): values of `bits` bits laid one after
@@ -29,15 +30,7 @@ export function packStream(n: number, bits: number, get: (i: number) => number, 
 
 /** Unpack n values from words read through `get(wordIndex)`. */
 export function unpackStream(n: number, bits: number, get: (w: number) => number, put: (i: number, value: number) => void): void {
-  const mask = (1 << bits) - 1;
-  for (let i = 0; i < n; i++) {
-    const bit = i * bits;
-    const w = bit >>> 5;
-    const off = bit & 31;
-    let v = get(w) >>> off;
-    if (off + bits > 32) v |= get(w + 1) << (32 - off);
-    put(i, v & mask);
-  }
+  for (let i = 0; i < n; i++) put(i, streamValue(get, i, bits));
 }
 
 /** The four tensors of one quantized linear layer, as stored in a GPTQ checkpoint. */

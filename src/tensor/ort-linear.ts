@@ -1,4 +1,5 @@
 import type { ActivationPrecision, PackedLinearWeights } from './backend.js';
+import { streamValue } from './bit-stream.js';
 import { ElemType, MS_DOMAIN, type Initializer, type NodeSpec } from './onnx-graph.js';
 
 /**
@@ -52,14 +53,6 @@ interface Digit {
   scale: number;
 }
 
-function streamValue(words: Int32Array, base: number, stride: number, i: number, bits: number): number {
-  const bit = i * bits;
-  const off = bit & 31;
-  let v = words[base + (bit >>> 5) * stride]! >>> off;
-  if (off + bits > 32) v |= words[base + ((bit >>> 5) + 1) * stride]! << (32 - off);
-  return v & ((1 << bits) - 1);
-}
-
 /** Little-endian sub-byte packing of `values` into `out` starting at byte `at` (MatMulNBits' element order). */
 function packBits(values: ArrayLike<number>, n: number, bits: number, out: Uint8Array, at: number): void {
   const per = 8 / bits;
@@ -85,12 +78,13 @@ function nbitsOperand(p: PackedLinearWeights, layout: NBitsLayout, d: Digit, nam
   for (let r = 0; r < rows; r++) {
     for (let b = 0; b < blocks; b++) {
       const g = blockGroup[b]!;
-      zeros[b] = d.value(streamValue(p.qzeros, g * zeroWords, 1, r, bits));
+      zeros[b] = d.value(streamValue((w) => p.qzeros[g * zeroWords + w]!, r, bits));
       scales[r * blocks + b] = d.scale * p.scales[g * rows + r]!;
     }
+    const rowWord = (w: number): number => qwT[r * words + w]!;
     for (let i = 0; i < blocks * blockSize; i++) {
       // padding past the last column holds the block's zero point, so it adds nothing
-      codes[i] = i < cols ? d.value(streamValue(qwT, r * words, 1, order ? order[i]! : i, bits)) : zeros[Math.floor(i / blockSize)]!;
+      codes[i] = i < cols ? d.value(streamValue(rowWord, order ? order[i]! : i, bits)) : zeros[Math.floor(i / blockSize)]!;
     }
     packBits(codes, codes.length, d.bits, B, r * blocks * blob);
     packBits(zeros, blocks, d.bits, zp, r * zpBytes);

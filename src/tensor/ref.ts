@@ -1,3 +1,4 @@
+import { streamValue } from './bit-stream.js';
 import type { AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeights } from './backend.js';
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
@@ -138,15 +139,6 @@ export function headStats(
     }
   }
   return kl ? { nll, kl, agree: agree! } : { nll };
-}
-
-/** Value i of a little-endian stream of `bits`-bit values in int32 words read through `word` (GPTQ packing). */
-function streamValue(word: (w: number) => number, i: number, bits: number): number {
-  const bit = i * bits;
-  const off = bit & 31;
-  let v = word(bit >>> 5) >>> off;
-  if (off + bits > 32) v |= word((bit >>> 5) + 1) << (32 - off);
-  return v & ((1 << bits) - 1);
 }
 
 /**
