@@ -26,8 +26,12 @@ class ProtoWriter {
     return this.bytes(field, new TextEncoder().encode(s));
   }
 
+  /** A nested message: its chunks are adopted, not copied, so weights are copied once, in finish(). */
   message(field: number, w: ProtoWriter): this {
-    return this.bytes(field, w.finish());
+    this.key(field, 2);
+    this.rawVarint(BigInt(w.size));
+    for (const p of w.parts) this.push(p);
+    return this;
   }
 
   finish(): Uint8Array {
