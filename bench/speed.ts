@@ -39,7 +39,14 @@ for (const [out, cols] of shapes) {
   const g = await backend.gram(x, n, cols);
   const h = Float64Array.from(g, (v) => (2 / n) * v);
   const t0 = performance.now();
-  await gptq(w, h, out, cols, { ...GPTQ_DEFAULTS, bits: 4, groupSize: 128 }, { matmulNT: backend.matmulNT, matmul64: backend.matmul64 });
+  await gptq(
+    w,
+    h,
+    out,
+    cols,
+    { ...GPTQ_DEFAULTS, bits: 4, groupSize: 128 },
+    { matmulNT: backend.matmulNT, matmulNN: backend.matmulNN, matmul64: backend.matmul64 },
+  );
   const s = (performance.now() - t0) / 1000;
   // factorization 2n³/3 (Cholesky + triangular inverse) plus the column updates, rows·cols² multiply-adds
   const flop = (2 * cols ** 3) / 3 + 2 * out * cols * (cols / 2);

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import type { AttentionShape } from '../src/tensor/backend.js';
 import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
+import { refBackend } from '../src/tensor/ref.js';
 import { attentionJs } from '../src/tensor/attention-js.js';
 
 /*
@@ -35,7 +36,7 @@ const GEMM_SHAPES: [number, number, number][] = [
   [255, 3, 768],
 ];
 
-test('matmulNT and prepared float linear kernels equal the definition on random and edge shapes', async () => {
+test('matmulNT, matmulNN and prepared float linear kernels equal the definition on random and edge shapes', async () => {
   const r = rng(1);
   for (const [m, n, k] of GEMM_SHAPES) {
     const a = rand(m * k, r);
@@ -44,6 +45,9 @@ test('matmulNT and prepared float linear kernels equal the definition on random 
     assertClose(await ortBackend.matmulNT(a, b, m, n, k), want, 1e-5 * Math.sqrt(k), `gemm ${m}x${n}x${k}`);
     const linear = await ortBackend.floatLinear(b, n, k);
     assertClose(await linear.apply(a, m), want, 1e-5 * Math.sqrt(k), `prepared linear ${m}x${n}x${k}`);
+    const bT = ref.transpose(b, n, k); // [k, n]
+    assertClose(await ortBackend.matmulNN(a, bT, m, n, k), want, 1e-5 * Math.sqrt(k), `A·B ${m}x${n}x${k}`);
+    assertClose(await refBackend.matmulNN(a, bT, m, n, k), want, 1e-5 * Math.sqrt(k), `reference A·B ${m}x${n}x${k}`);
   }
 });
 

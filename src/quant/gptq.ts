@@ -141,6 +141,8 @@ export interface SweepExtras {
    * is the float64 loop below, the definition the tests hold it to.
    */
   matmulNT?: (a: Float32Array, b: Float32Array, m: number, n: number, k: number) => Promise<Float32Array>;
+  /** With it (and matmulNT) the fast path runs the updates left-looking when the groups allow (see gptq()). */
+  matmulNN?: (a: Float32Array, b: Float32Array, m: number, n: number, k: number) => Promise<Float32Array>;
   /** Float64 gemm for the blocked factorization of H; without it the plain float64 routines run. */
   matmul64?: Gemm64;
 }
@@ -190,10 +192,24 @@ export async function gptq(
   const W1 = new Float64Array(rows * blocksize);
   const Err1 = new Float64Array(rows * blocksize);
   const Q1 = new Float64Array(rows * blocksize);
+  /*
+   * The fast path may run the same updates left-looking: instead of W[:, i2:] −= Err1·U[i1:i2, i2:] after each
+   * block (an output as large as the rest of the matrix, every block), a block gathers everything owed to it
+   * when it starts, W[:, i1:i2] −= E[:, :i1]·U[:i1, i1:i2]. Each block starts from the same W either way; only
+   * the order of float32 sums differs. It needs every group grid to be fitted inside its own block (a grid
+   * read past i2 would miss updates not yet gathered), so groups must nest in blocks.
+   */
+  const leftLooking = extras.matmulNT && extras.matmulNN && !(gs > 0 && !opts.staticGroups && blocksize % gs !== 0);
+  const owed = leftLooking ? new LeftLookingUpdates(rows, cols, U, P, extras.matmulNN!) : undefined;
   for (let i1 = 0; i1 < cols; i1 += blocksize) {
     const i2 = Math.min(i1 + blocksize, cols);
     const count = i2 - i1;
+    await owed?.gather(W, i1, i2);
     for (let r = 0; r < rows; r++) for (let i = 0; i < count; i++) W1[r * count + i] = W[r * cols + i1 + i]!;
+    // The grid of each column of the block. As in the reference, a group's grid is fitted on W, which holds
+    // every update made before this block but none of its in-block updates (those go to W1), so all of the
+    // block's grids can be fitted before its sweep.
+    const gridOf: (RowGrid | undefined)[] = [];
     for (let i = 0; i < count; i++) {
       const col = i1 + i;
       const orig = perm ? perm[col]! : col;
@@ -203,17 +219,22 @@ export async function gptq(
           gIdx[orig] = Math.floor(orig / gs);
         } else {
           if (col % gs === 0) {
-            // as in the reference, the group's grid is fitted on W, which holds every update made before
-            // this block but not this block's own in-block updates
             grid = fitGrid(W, rows, cols, col, Math.min(gs, cols - col), opts);
             setGroup(col / gs, grid);
           }
           gIdx[orig] = Math.floor(col / gs);
         }
       }
-      const d = U[col * cols + col]!;
-      for (let r = 0; r < rows; r++) {
-        const w = W1[r * count + i]!;
+      gridOf.push(grid);
+    }
+    // The sweep itself, row by row: rows are independent within a block (each sees only its own W1 row and
+    // the shared U), and a row's 128 values stay in cache while its columns are quantized in order.
+    for (let r = 0; r < rows; r++) {
+      const wr = r * count;
+      for (let i = 0; i < count; i++) {
+        const col = i1 + i;
+        const orig = perm ? perm[col]! : col;
+        const w = W1[wr + i]!;
         let q: number;
         let qv: number;
         if (levels) {
@@ -221,18 +242,18 @@ export async function gptq(
           q = levels.codes[k]!;
           qv = levels.values[k]!;
         } else {
-          const s = grid!.scale[r]!;
-          const z = grid!.zero[r]!;
-          q = quantizeValue(w, s, z, maxq);
-          qv = s * (q - z);
+          const g = gridOf[i]!;
+          const sc = g.scale[r]!;
+          const z = g.zero[r]!;
+          q = quantizeValue(w, sc, z, maxq);
+          qv = sc * (q - z);
         }
         codes[r * cols + orig] = q;
-        const err = (w - qv) / d;
+        const err = (w - qv) / U[col * cols + col]!;
         loss += (err * err) / 2;
-        Err1[r * count + i] = err;
-        Q1[r * count + i] = qv;
-        // immediate update of the rest of this block
-        const wr = r * count;
+        Err1[wr + i] = err;
+        Q1[wr + i] = qv;
+        // immediate update of the rest of this block's row
         const ur = col * cols + i1;
         for (let j = i + 1; j < count; j++) W1[wr + j]! -= err * U[ur + j]!;
         // GPTQv2: also steer towards the full-precision model's output, with the unquantized value
@@ -241,7 +262,8 @@ export async function gptq(
     }
     // lazy batch update of everything after the block: W[:, i2:] -= Err1 · U[i1:i2, i2:]
     // (GPTQv2: − Q1 · P[i1:i2, i2:], Q1 being what the reference's W1 holds once its block is done)
-    if (i2 < cols) {
+    if (owed) owed.record(i1, i2, Err1, Q1);
+    else if (i2 < cols) {
       if (extras.matmulNT) await lazyUpdateFast(extras.matmulNT, W, rows, cols, i1, i2, Err1, U, P ? { Q1, P } : undefined);
       else lazyUpdate(W, rows, cols, i1, i2, Err1, U, P ? { Q1, P } : undefined);
     }
@@ -312,6 +334,48 @@ async function lazyUpdateFast(
   }
   const prod = await matmulNT(a, b, rows, n, k);
   for (let r = 0; r < rows; r++) for (let c = 0; c < n; c++) W[r * cols + i2 + c]! -= prod[r * n + c]!;
+}
+
+/** The errors of finished blocks, kept transposed ([column, row]) so that those of columns 0..i1 are one contiguous matrix. */
+class LeftLookingUpdates {
+  private readonly errT: Float32Array;
+  private readonly qT?: Float32Array;
+
+  constructor(
+    private readonly rows: number,
+    private readonly cols: number,
+    private readonly U: Float64Array,
+    private readonly P: Float64Array | undefined,
+    private readonly matmulNN: NonNullable<SweepExtras['matmulNN']>,
+  ) {
+    this.errT = new Float32Array(cols * rows);
+    if (P) this.qT = new Float32Array(cols * rows);
+  }
+
+  /** W[:, i1:i2] −= E[:, :i1]·U[:i1, i1:i2] (GPTQv2: + Q[:, :i1]·P[:i1, i1:i2]). */
+  async gather(W: Float64Array, i1: number, i2: number): Promise<void> {
+    if (i1 === 0) return;
+    const { rows, cols } = this;
+    const count = i2 - i1;
+    const apply = async (M: Float64Array, T: Float32Array, sign: number): Promise<void> => {
+      const a = new Float32Array(count * i1);
+      for (let j = 0; j < count; j++) for (let c = 0; c < i1; c++) a[j * i1 + c] = M[c * cols + i1 + j]!;
+      const prod = await this.matmulNN(a, T.subarray(0, i1 * rows), count, rows, i1);
+      for (let j = 0; j < count; j++) for (let r = 0; r < rows; r++) W[r * cols + i1 + j]! -= sign * prod[j * rows + r]!;
+    };
+    await apply(this.U, this.errT, 1);
+    if (this.P) await apply(this.P, this.qT!, -1);
+  }
+
+  record(i1: number, i2: number, Err1: Float64Array, Q1: Float64Array): void {
+    const count = i2 - i1;
+    for (let i = 0; i < count; i++) {
+      for (let r = 0; r < this.rows; r++) {
+        this.errT[(i1 + i) * this.rows + r] = Err1[r * count + i]!;
+        if (this.qT) this.qT[(i1 + i) * this.rows + r] = Q1[r * count + i]!;
+      }
+    }
+  }
 }
 
 /** Index (into values) of the level nearest to x among values[start .. start+n), which are sorted. */

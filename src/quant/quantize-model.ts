@@ -111,6 +111,7 @@ export async function quantizeModel(
   if (opts.method !== 'rtn' && !calib) throw new Error(`${opts.method} needs calibration windows`);
   const asymmetric = opts.method === 'gptqv2';
   const matmulNT = backend.matmulNT.bind(backend);
+  const matmulNN = backend.matmulNN.bind(backend);
   const matmul64 = backend.matmul64.bind(backend);
   const st = new SafetensorsModel(dir);
   const layers = new Map<string, QuantizedLayer>();
@@ -165,7 +166,14 @@ export async function quantizeModel(
           const w = block.linear[name as LinearName];
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
           if (opts.method === 'gptqt') {
-            const r = await gptqt(w, hessian!.h, rows_, cols, { ...opts, highBits: highBitsOf(opts) }, { prepared: prepared!, matmulNT });
+            const r = await gptqt(
+              w,
+              hessian!.h,
+              rows_,
+              cols,
+              { ...opts, highBits: highBitsOf(opts) },
+              { prepared: prepared!, matmulNT, matmulNN },
+            );
             report.loss = r.loss;
             report.percdamp = r.percdamp;
             block.linear[name as LinearName] = dequantizeBinary(r.layer);
@@ -173,7 +181,7 @@ export async function quantizeModel(
           } else {
             let q: QuantizedLayer;
             if (hessian) {
-              const r = await gptq(w, hessian.h, rows_, cols, opts, { prepared: prepared!, matmulNT });
+              const r = await gptq(w, hessian.h, rows_, cols, opts, { prepared: prepared!, matmulNT, matmulNN });
               q = r.layer;
               report.loss = r.loss;
               report.percdamp = r.percdamp;

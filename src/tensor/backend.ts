@@ -69,6 +69,8 @@ export interface Backend {
   packedLinear(p: PackedLinearWeights, activations: ActivationPrecision): Promise<LinearKernel>;
   /** C[m,n] = A[m,k] · B[n,k]ᵀ  (activations times a Linear weight stored [out, in]) */
   matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
+  /** C[m,n] = A[m,k] · B[k,n] */
+  matmulNN(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
   /**
    * Float64 C[m,n] = A[m,k]·Bᵀ with B stored [n,k] (transB) or A·B with B stored [k,n]: the gemms of the
    * blocked Cholesky GPTQ factors its Hessian with.

@@ -42,6 +42,16 @@ const matmulGraph = (): Promise<ort.InferenceSession> =>
     [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
   );
 
+const matmulNNGraph = (): Promise<ort.InferenceSession> =>
+  graph(
+    [{ opType: 'MatMul', inputs: ['A', 'B'], outputs: ['C'] }],
+    [
+      { name: 'A', elemType: F, dims: ['m', 'k'] },
+      { name: 'B', elemType: F, dims: ['k', 'n'] },
+    ],
+    [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
+  );
+
 const matmul64Graph = (transB: 0 | 1) => (): Promise<ort.InferenceSession> =>
   graph(
     [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transB } }],
@@ -172,6 +182,7 @@ function lazy(make: () => Promise<ort.InferenceSession>): () => Promise<ort.Infe
 
 const sessions = {
   matmul: lazy(matmulGraph),
+  matmulNN: lazy(matmulNNGraph),
   matmul64NT: lazy(matmul64Graph(1)),
   matmul64NN: lazy(matmul64Graph(0)),
   gram: lazy(gramGraph),
@@ -286,6 +297,11 @@ export const ortBackend: Backend = {
   async matmulNT(a, b, m, n, k) {
     const s = await sessions.matmul();
     const r = await s.run({ A: f32(a, [m, k]), B: f32(b, [n, k]) });
+    return r['C']!.data as Float32Array;
+  },
+
+  async matmulNN(a, b, m, n, k) {
+    const r = await (await sessions.matmulNN()).run({ A: f32(a, [m, k]), B: f32(b, [k, n]) });
     return r['C']!.data as Float32Array;
   },
 

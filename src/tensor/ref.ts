@@ -178,6 +178,7 @@ export const refBackend: Backend = {
     dispose: async () => {},
   }),
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
+  matmulNN: async (a, b, m, n, k) => matmulNT(a, transpose(b, k, n), m, n, k),
   matmul64: async (a, b, m, n, k, transB) => matmulNT(a, transB ? b : transpose(b, k, n), m, n, k),
   rmsNorm: async (x, w, rows, eps) => rmsNorm(x, w, rows, eps),
   swiglu: async (h, wg, wu, m, n, k) => swiglu(h, wg, wu, m, n, k),
