@@ -144,8 +144,9 @@ function addInPlace(x: Float32Array, y: Float32Array): void {
 export type LinearInputHook = (groupIndex: number, input: Float32Array, rows: number) => void | Promise<void>;
 
 /**
- * A Llama decoder stack on a backend. Blocks are given as weights (all resident for eval/generation; the
- * quantizer streams them one at a time through `block`).
+ * A Llama decoder stack on a backend. Blocks are either float weights run through the backend's matmuls (the
+ * quantizer streams them one at a time through `block`, replacing layers as it goes) or prepared kernels
+ * (loadModel, for eval and generation; packed for GPTQ checkpoints).
  */
 export class Llama<B extends BlockWeights | PreparedBlock = BlockWeights | PreparedBlock> {
   readonly rope: Rope;

@@ -32,34 +32,15 @@ function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[]): Pr
   return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs), sessionOptions());
 }
 
-const matmulGraph = (): Promise<ort.InferenceSession> =>
-  graph(
-    [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transB: 1 } }],
-    [
-      { name: 'A', elemType: F, dims: ['m', 'k'] },
-      { name: 'B', elemType: F, dims: ['n', 'k'] },
-    ],
-    [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
-  );
-
-const matmulNNGraph = (): Promise<ort.InferenceSession> =>
-  graph(
-    [{ opType: 'MatMul', inputs: ['A', 'B'], outputs: ['C'] }],
-    [
-      { name: 'A', elemType: F, dims: ['m', 'k'] },
-      { name: 'B', elemType: F, dims: ['k', 'n'] },
-    ],
-    [{ name: 'C', elemType: F, dims: ['m', 'n'] }],
-  );
-
-const matmul64Graph = (transB: 0 | 1) => (): Promise<ort.InferenceSession> =>
+/** C = A·Bᵀ (B stored [n, k]) or A·B (B stored [k, n]), float32 or float64 */
+const gemmGraph = (elemType: typeof F | typeof ElemType.DOUBLE, transB: 0 | 1) => (): Promise<ort.InferenceSession> =>
   graph(
     [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transB } }],
     [
-      { name: 'A', elemType: ElemType.DOUBLE, dims: ['m', 'k'] },
-      { name: 'B', elemType: ElemType.DOUBLE, dims: transB ? ['n', 'k'] : ['k', 'n'] },
+      { name: 'A', elemType, dims: ['m', 'k'] },
+      { name: 'B', elemType, dims: transB ? ['n', 'k'] : ['k', 'n'] },
     ],
-    [{ name: 'C', elemType: ElemType.DOUBLE, dims: ['m', 'n'] }],
+    [{ name: 'C', elemType, dims: ['m', 'n'] }],
   );
 
 const rmsNormGraph = (): Promise<ort.InferenceSession> =>
@@ -181,10 +162,10 @@ function lazy(make: () => Promise<ort.InferenceSession>): () => Promise<ort.Infe
 }
 
 const sessions = {
-  matmul: lazy(matmulGraph),
-  matmulNN: lazy(matmulNNGraph),
-  matmul64NT: lazy(matmul64Graph(1)),
-  matmul64NN: lazy(matmul64Graph(0)),
+  matmul: lazy(gemmGraph(F, 1)),
+  matmulNN: lazy(gemmGraph(F, 0)),
+  matmul64NT: lazy(gemmGraph(ElemType.DOUBLE, 1)),
+  matmul64NN: lazy(gemmGraph(ElemType.DOUBLE, 0)),
   gram: lazy(gramGraph),
   rmsNorm: lazy(rmsNormGraph),
   swiglu: lazy(swigluGraph),
