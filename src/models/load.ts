@@ -73,11 +73,14 @@ type KernelMaker = (st: SafetensorsModel, names: string[], shapes: [number, numb
 function kernelMaker(dir: string, config: Record<string, unknown>, backend: Backend, activations: ActivationPrecision): KernelMaker {
   const floats = (ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> => {
     const rows = shapes.reduce((s, [r]) => s + r, 0);
-    const stacked = new Float32Array(rows * shapes[0]![1]);
-    let o = 0;
-    for (const w of ws) {
-      stacked.set(w, o);
-      o += w.length;
+    let stacked = ws[0]!;
+    if (ws.length > 1) {
+      stacked = new Float32Array(rows * shapes[0]![1]);
+      let o = 0;
+      for (const w of ws) {
+        stacked.set(w, o);
+        o += w.length;
+      }
     }
     return Promise.all([backend.floatLinear(stacked, rows, shapes[0]![1])]);
   };
