@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { packedWeights, packLayer } from '../src/formats/gptq-pack.js';
+import { packedWeights, packLayer, stackPackedRows } from '../src/formats/gptq-pack.js';
 import { dequantize, numGroups, type QuantizedLayer } from '../src/quant/quantized-layer.js';
 import type { ActivationPrecision } from '../src/tensor/backend.js';
 import { ortBackend } from '../src/tensor/ort.js';
@@ -120,6 +120,30 @@ for (const activations of ['fp32', 'int8'] as const) {
     }
   });
 }
+
+test('layers sharing an input stack into one packed layer only when their bits, groups and g_idx agree', () => {
+  for (const bits of [2, 3, 4, 8]) {
+    const parts = [64, 32, 32].map((rows, i) => randomLayer(rows, 128, bits, 32, false, 40 + i));
+    const packed = parts.map((q) => packedWeights(packLayer(q, 'gptq_v2'), q, 'gptq_v2'));
+    const stacked = stackPackedRows(packed)!;
+    assert.equal(stacked.rows, 128);
+    const x = Float32Array.from({ length: 2 * 128 }, (_, i) => Math.cos(i));
+    const y = packedMatmul(stacked, x, 2);
+    const ys = packed.map((p) => packedMatmul(p, x, 2));
+    for (let m = 0; m < 2; m++) {
+      assert.deepEqual(
+        Array.from(y.subarray(m * 128, (m + 1) * 128)),
+        [...ys[0]!.subarray(m * 64, (m + 1) * 64), ...ys[1]!.subarray(m * 32, (m + 1) * 32), ...ys[2]!.subarray(m * 32, (m + 1) * 32)],
+        `w${bits}`,
+      );
+    }
+  }
+  const a = randomLayer(32, 128, 4, 32, true, 1);
+  const b = randomLayer(32, 128, 4, 32, true, 2); // another act-order permutation
+  const pk = (q: QuantizedLayer) => packedWeights(packLayer(q, 'gptq_v2'), q, 'gptq_v2');
+  assert.equal(stackPackedRows([pk(a), pk(b)]), undefined);
+  assert.equal(stackPackedRows([pk(a), pk(randomLayer(32, 128, 3, 32, false, 3))]), undefined);
+});
 
 test('groups that are not multiples of 16 columns still compute exactly (plain-TS fallback)', async () => {
   const q = randomLayer(32, 96, 4, 24, false, 3);
