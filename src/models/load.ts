@@ -103,7 +103,7 @@ function kernelMaker(dir: string, config: Record<string, unknown>, backend: Back
       );
   return async (st, names, shapes) => {
     const parts = names.map((n, i) => readGptqPacked(st, n, shapes[i]![0], shapes[i]![1], qc));
-    const stacked = stackPackedRows(parts);
+    const stacked = parts.length > 1 ? stackPackedRows(parts) : undefined;
     return Promise.all((stacked ? [stacked] : parts).map((p) => backend.packedLinear(p, activations)));
   };
 }

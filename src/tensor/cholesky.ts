@@ -45,12 +45,6 @@ export function invertLower(l: Float64Array, n: number): Float64Array {
   return inv;
 }
 
-function reverseBoth(a: Float64Array, n: number): Float64Array {
-  const out = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[(n - 1 - i) * n + (n - 1 - j)] = a[i * n + j]!;
-  return out;
-}
-
 /**
  * The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ·U), as GPTQ needs it, without forming H⁻¹: with J the
  * order-reversing permutation and J·H·J = L·Lᵀ, H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J) and J·L⁻¹·J is upper triangular
@@ -58,8 +52,9 @@ function reverseBoth(a: Float64Array, n: number): Float64Array {
  * factorizations. Undefined when H is not positive definite.
  */
 export function upperCholeskyOfInverse(h: Float64Array, n: number): Float64Array | undefined {
-  const l = cholesky(reverseBoth(h, n), n);
-  return l && reverseBoth(invertLower(l, n), n);
+  // J·A·J of a row-major matrix is its flat array reversed
+  const l = cholesky(h.slice().reverse(), n);
+  return l && invertLower(l, n).reverse();
 }
 
 /** The backend's float64 gemm: C[m,n] = A[m,k]·Bᵀ with B [n,k] (transB) or A·B with B [k,n]. */
@@ -121,7 +116,6 @@ export async function blockedCholeskyInverse(a: Float64Array, n: number, gemm: G
  * place, sparing a copy of an n×n matrix (fresh memory is slow to touch on some VMs: ~3 µs per page here).
  */
 export async function upperCholeskyOfInverseBlocked(h: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array | undefined> {
-  // J·A·J of a row-major matrix is its flat array reversed
   const inv = await blockedCholeskyInverse(h.reverse(), n, gemm);
   return inv?.reverse();
 }

@@ -59,7 +59,23 @@ function packBits(values: ArrayLike<number>, n: number, bits: number, out: Uint8
   for (let i = 0; i < n; i++) out[at + Math.floor(i / per)]! |= values[i]! << ((i % per) * bits);
 }
 
-function nbitsOperand(p: PackedLinearWeights, layout: NBitsLayout, d: Digit, name: string): { inits: Initializer[]; node: NodeSpec } {
+/** Each output row's qweight words made contiguous ([rows, words]), instead of striding across qweight for every code. */
+function rowMajorWords(p: PackedLinearWeights): Int32Array {
+  const words = (p.cols * p.bits) / 32;
+  const qwT = new Int32Array(p.rows * words);
+  for (let w = 0; w < words; w++) for (let r = 0; r < p.rows; r++) qwT[r * words + w] = p.qweight[w * p.rows + r]!;
+  return qwT;
+}
+
+/** One MatMulNBits node reading `input`, with its blocks of codes, scales and zero points as initializers. */
+function nbitsOperand(
+  p: PackedLinearWeights,
+  qwT: Int32Array,
+  layout: NBitsLayout,
+  d: Digit,
+  io: { input: string; output: string },
+  accuracyLevel: number,
+): { inits: Initializer[]; node: NodeSpec } {
   const { rows, cols, bits } = p;
   const { blockSize, order, blockGroup } = layout;
   const blocks = blockGroup.length;
@@ -69,10 +85,7 @@ function nbitsOperand(p: PackedLinearWeights, layout: NBitsLayout, d: Digit, nam
   const scales = new Float32Array(rows * blocks);
   const zp = new Uint8Array(rows * zpBytes);
   const zeroWords = (rows * bits) / 32;
-  // each output row's words made contiguous once, instead of striding across qweight for every code
   const words = (cols * bits) / 32;
-  const qwT = new Int32Array(rows * words);
-  for (let w = 0; w < words; w++) for (let r = 0; r < rows; r++) qwT[r * words + w] = p.qweight[w * rows + r]!;
   const codes = new Uint8Array(blocks * blockSize);
   const zeros = new Uint8Array(blocks);
   for (let r = 0; r < rows; r++) {
@@ -92,16 +105,16 @@ function nbitsOperand(p: PackedLinearWeights, layout: NBitsLayout, d: Digit, nam
   const u8 = (x: Float32Array): Uint8Array => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
   return {
     inits: [
-      { name: `${name}_B`, elemType: ElemType.UINT8, dims: [rows, blocks, blob], data: B },
-      { name: `${name}_s`, elemType: ElemType.FLOAT, dims: [rows * blocks], data: u8(scales) },
-      { name: `${name}_z`, elemType: ElemType.UINT8, dims: [rows * zpBytes], data: zp },
+      { name: `${io.output}_B`, elemType: ElemType.UINT8, dims: [rows, blocks, blob], data: B },
+      { name: `${io.output}_s`, elemType: ElemType.FLOAT, dims: [rows * blocks], data: u8(scales) },
+      { name: `${io.output}_z`, elemType: ElemType.UINT8, dims: [rows * zpBytes], data: zp },
     ],
     node: {
       opType: 'MatMulNBits',
       domain: MS_DOMAIN,
-      inputs: ['', `${name}_B`, `${name}_s`, `${name}_z`],
-      outputs: [name],
-      intAttrs: { K: cols, N: rows, bits: d.bits, block_size: blockSize, accuracy_level: 0 },
+      inputs: [io.input, `${io.output}_B`, `${io.output}_s`, `${io.output}_z`],
+      outputs: [io.output],
+      intAttrs: { K: cols, N: rows, bits: d.bits, block_size: blockSize, accuracy_level: accuracyLevel },
     },
   };
 }
@@ -139,10 +152,9 @@ export function packedLinearGraph(
   }
   const parts = digits(p.bits, activations);
   const level = activations === 'int8' ? 4 : 0;
+  const qwT = rowMajorWords(p);
   parts.forEach((d, i) => {
-    const o = nbitsOperand(p, layout, d, parts.length === 1 ? 'y' : `y${i}`);
-    o.node.inputs[0] = input;
-    o.node.intAttrs!['accuracy_level'] = level;
+    const o = nbitsOperand(p, qwT, layout, d, { input, output: parts.length === 1 ? 'y' : `y${i}` }, level);
     nodes.push(o.node);
     inits.push(...o.inits);
   });
