@@ -1,2 +1,3 @@
 #!/usr/bin/env node
-import '../dist/cli/entry.js';
+import './relaunch-tuned.js';
+await import('../dist/cli/entry.js');

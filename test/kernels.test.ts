@@ -75,6 +75,9 @@ test('gram XᵀY equals the definition on random and edge shapes', async () => {
     [3, 7],
     [257, 33],
     [1024, 96],
+    [37, 516], // XᵀX from the symmetric panel graph (4 panels of 129)
+    [5, 1024],
+    [9, 515], // columns not divisible into panels: the plain gemm
   ] as [number, number][]) {
     const x = rand(rows * cols, r);
     const y = rand(rows * cols, r);

@@ -88,6 +88,33 @@ const gramGraph = (): Promise<ort.InferenceSession> =>
     [{ name: 'G', elemType: F, dims: ['cols', 'cols'] }],
   );
 
+/**
+ * XᵀX for XᵀX alone: the columns split into SYM_BLOCKS equal panels, only the panel products on and above the
+ * diagonal computed (10 of 16 gemms), the ones below are their transposes. Numpy's XᵀX does the same through
+ * syrk; a plain Gemm does all 16.
+ */
+const SYM_BLOCKS = 4;
+/** below this many columns the panels are too thin for the saving to beat the extra nodes */
+const SYMMETRIC_FROM = 512;
+const gramSymmetricGraph = (): Promise<ort.InferenceSession> => {
+  const panel = (i: number) => `X${i}`;
+  const block = (i: number, j: number) => `G${i}_${j}`;
+  const nodes: NodeSpec[] = [{ opType: 'Split', inputs: ['X'], outputs: [...Array(SYM_BLOCKS).keys()].map(panel), intAttrs: { axis: 1 } }];
+  for (let i = 0; i < SYM_BLOCKS; i++) {
+    for (let j = 0; j < SYM_BLOCKS; j++) {
+      nodes.push(
+        j >= i
+          ? { opType: 'Gemm', inputs: [panel(i), panel(j)], outputs: [block(i, j)], intAttrs: { transA: 1 } }
+          : { opType: 'Transpose', inputs: [block(j, i)], outputs: [block(i, j)] },
+      );
+    }
+    const row = [...Array(SYM_BLOCKS).keys()].map((j) => block(i, j));
+    nodes.push({ opType: 'Concat', inputs: row, outputs: [`R${i}`], intAttrs: { axis: 1 } });
+  }
+  nodes.push({ opType: 'Concat', inputs: [...Array(SYM_BLOCKS).keys()].map((i) => `R${i}`), outputs: ['G'], intAttrs: { axis: 0 } });
+  return graph(nodes, [{ name: 'X', elemType: F, dims: ['rows', 'cols'] }], [{ name: 'G', elemType: F, dims: ['cols', 'cols'] }]);
+};
+
 const attentionGraph = (): Promise<ort.InferenceSession> =>
   graph(
     [
@@ -167,6 +194,7 @@ const sessions = {
   matmul64NT: lazy(gemmGraph(ElemType.DOUBLE, 1)),
   matmul64NN: lazy(gemmGraph(ElemType.DOUBLE, 0)),
   gram: lazy(gramGraph),
+  gramSymmetric: lazy(gramSymmetricGraph),
   rmsNorm: lazy(rmsNormGraph),
   swiglu: lazy(swigluGraph),
   attention: lazy(attentionGraph),
@@ -306,7 +334,10 @@ export const ortBackend: Backend = {
   },
 
   async gram(x, rows, cols, y = x) {
-    const r = await (await sessions.gram()).run({ X: f32(x, [rows, cols]), Y: f32(y, [rows, cols]) });
+    const r =
+      y === x && cols % SYM_BLOCKS === 0 && cols >= SYMMETRIC_FROM
+        ? await (await sessions.gramSymmetric()).run({ X: f32(x, [rows, cols]) })
+        : await (await sessions.gram()).run({ X: f32(x, [rows, cols]), Y: f32(y, [rows, cols]) });
     return r['G']!.data as Float32Array;
   },
 
