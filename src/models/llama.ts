@@ -136,13 +136,6 @@ export class Rope {
   }
 }
 
-function addInPlace(x: Float32Array, y: Float32Array): void {
-  for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
-}
-
-/** Observes the input of each linear group as a block runs (GPTQ's calibration hook). */
-export type LinearInputHook = (groupIndex: number, input: Float32Array, rows: number) => void | Promise<void>;
-
 /**
  * A Llama decoder stack on a backend. Blocks are either float weights run through the backend's matmuls (the
  * quantizer streams them one at a time through `block`, replacing layers as it goes) or prepared kernels
@@ -193,36 +186,48 @@ export class Llama<B extends BlockWeights | PreparedBlock = BlockWeights | Prepa
 
   /**
    * One decoder block on hidden states x [batch*seq, D] (updated in place). With a cache, the new positions
-   * follow cache.length and their keys/values are appended.
+   * follow cache.length and their keys/values are appended. The block is its stages in order; the quantizer
+   * runs the same stages one at a time (true-sequential calibration).
    */
-  async block(
+  async block(w: BlockWeights | PreparedBlock, layer: number, x: Float32Array, batch: number, seq: number, cache?: KvCache): Promise<void> {
+    const rows = batch * seq;
+    const att = await this.attention(w, layer, await this.attentionInput(w, x, rows), batch, seq, cache);
+    await this.addProjection(w, 'self_attn.o_proj', x, att, rows);
+    const act = await this.mlpActivation(w, await this.mlpInput(w, x, rows), rows);
+    await this.addProjection(w, 'mlp.down_proj', x, act, rows);
+  }
+
+  /** The input of q/k/v: RMSNorm(x). */
+  attentionInput(w: BlockWeights | PreparedBlock, x: Float32Array, rows: number): Promise<Float32Array> {
+    return this.backend.rmsNorm(x, w.inputNorm, rows, this.cfg.rmsNormEps);
+  }
+
+  /** The input of gate/up: RMSNorm(x) after the attention residual. */
+  mlpInput(w: BlockWeights | PreparedBlock, x: Float32Array, rows: number): Promise<Float32Array> {
+    return this.backend.rmsNorm(x, w.postNorm, rows, this.cfg.rmsNormEps);
+  }
+
+  /** o_proj's input: q/k/v of h, rotated, attended over the sequence (and the cache's past positions). */
+  async attention(
     w: BlockWeights | PreparedBlock,
     layer: number,
-    x: Float32Array,
+    h: Float32Array,
     batch: number,
     seq: number,
-    opts: { cache?: KvCache; hook?: LinearInputHook } = {},
-  ): Promise<void> {
-    const { cfg, backend } = this;
+    cache?: KvCache,
+  ): Promise<Float32Array> {
+    const { cfg } = this;
     const H = cfg.numHeads;
     const KVH = cfg.numKvHeads;
     const hd = this.headDim;
     const rows = batch * seq;
-    const mm = (a: Float32Array, name: LinearName): Promise<Float32Array> => {
-      const [out, inp] = linearShape(cfg, name);
-      return backend.matmulNT(a, (w as BlockWeights).linear[name], rows, out, inp);
-    };
-    const prepared = 'qkv' in w;
     const kvWidth = KVH * hd;
-    const [hidden] = linearShape(cfg, 'mlp.gate_proj');
-    const cache = opts.cache;
     const start = cache?.length ?? 0;
-
-    const h = await backend.rmsNorm(x, w.inputNorm, rows, cfg.rmsNormEps);
-    await opts.hook?.(0, h, rows);
-    const [q, k, v] = prepared
-      ? ((await applyShared(w.qkv, h, rows, [cfg.hiddenSize, kvWidth, kvWidth])) as [Float32Array, Float32Array, Float32Array])
-      : await Promise.all([mm(h, 'self_attn.q_proj'), mm(h, 'self_attn.k_proj'), mm(h, 'self_attn.v_proj')]);
+    const [q, k, v] = (
+      'qkv' in w
+        ? await applyShared(w.qkv, h, rows, [cfg.hiddenSize, kvWidth, kvWidth])
+        : await Promise.all(LINEAR_GROUPS[0].map((name) => this.floatLinear(w, name, h, rows)))
+    ) as [Float32Array, Float32Array, Float32Array];
     this.rope.apply(q, batch, seq, H, start);
     this.rope.apply(k, batch, seq, KVH, start);
     let keys = k;
@@ -236,17 +241,33 @@ export class Llama<B extends BlockWeights | PreparedBlock = BlockWeights | Prepa
       keys = cache.k[layer]!.subarray(0, ctx * kvWidth);
       values = cache.v[layer]!.subarray(0, ctx * kvWidth);
     }
-    const att = await this.attentionChunked(q, keys, values, { batch, seq, ctx, heads: H, kvHeads: KVH, headDim: hd });
-    await opts.hook?.(1, att, rows);
-    addInPlace(x, prepared ? await w.o.apply(att, rows) : await mm(att, 'self_attn.o_proj'));
+    return this.attentionChunked(q, keys, values, { batch, seq, ctx, heads: H, kvHeads: KVH, headDim: hd });
+  }
 
-    const h2 = await backend.rmsNorm(x, w.postNorm, rows, cfg.rmsNormEps);
-    await opts.hook?.(2, h2, rows);
-    const act = prepared
-      ? siluMul(...((await applyShared(w.gateUp, h2, rows, [hidden, hidden])) as [Float32Array, Float32Array]))
-      : await backend.swiglu(h2, w.linear['mlp.gate_proj'], w.linear['mlp.up_proj'], rows, hidden, cfg.hiddenSize);
-    await opts.hook?.(3, act, rows);
-    addInPlace(x, prepared ? await w.down.apply(act, rows) : await mm(act, 'mlp.down_proj'));
+  /** down_proj's input: SiLU(gate·h2) ⊙ up·h2. */
+  async mlpActivation(w: BlockWeights | PreparedBlock, h2: Float32Array, rows: number): Promise<Float32Array> {
+    const { cfg } = this;
+    const [hidden] = linearShape(cfg, 'mlp.gate_proj');
+    if ('gateUp' in w) return siluMul(...((await applyShared(w.gateUp, h2, rows, [hidden, hidden])) as [Float32Array, Float32Array]));
+    return this.backend.swiglu(h2, w.linear['mlp.gate_proj'], w.linear['mlp.up_proj'], rows, hidden, cfg.hiddenSize);
+  }
+
+  /** The residual update x += W·input of o_proj or down_proj. */
+  async addProjection(
+    w: BlockWeights | PreparedBlock,
+    name: 'self_attn.o_proj' | 'mlp.down_proj',
+    x: Float32Array,
+    input: Float32Array,
+    rows: number,
+  ): Promise<void> {
+    const y =
+      'qkv' in w ? await (name === 'self_attn.o_proj' ? w.o : w.down).apply(input, rows) : await this.floatLinear(w, name, input, rows);
+    for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
+  }
+
+  private floatLinear(w: BlockWeights, name: LinearName, input: Float32Array, rows: number): Promise<Float32Array> {
+    const [out, inp] = linearShape(this.cfg, name);
+    return this.backend.matmulNT(input, w.linear[name], rows, out, inp);
   }
 
   /** Attention over at most ATTENTION_CHUNK sequences at a time, bounding the [batch, heads, seq, ctx] scores. */
@@ -269,7 +290,7 @@ export class Llama<B extends BlockWeights | PreparedBlock = BlockWeights | Prepa
       throw new RangeError(`context full: ${cache.length + seq} positions exceed ${cache.capacity}`);
     }
     const x = this.embedTokens(tokens);
-    for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache ? { cache } : {});
+    for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache);
     if (cache) cache.length += seq;
     return this.backend.rmsNorm(x, this.finalNorm, batch * seq, this.cfg.rmsNormEps);
   }

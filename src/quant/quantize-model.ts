@@ -4,6 +4,7 @@ import { SafetensorsModel } from '../io/safetensors.js';
 import { LINEAR_GROUPS, Llama, linearShape, readBlock, type LinearName } from '../models/llama.js';
 import type { Backend } from '../tensor/index.js';
 import { gptq, GPTQ_DEFAULTS, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
+import { calibrateBlock, type Stream } from './block-stages.js';
 import { HessianAccumulator } from './hessian.js';
 import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
@@ -128,28 +129,9 @@ export async function quantizeModel(
     const xfp = asymmetric ? x!.slice() : undefined;
     for (let l = 0; l < cfg.numLayers; l++) {
       const block = readBlock(st, cfg, l);
-      const fpInputs: Float32Array[] = [];
-      if (xfp && calib) {
-        const tb = performance.now();
-        // the block's own group inputs are fresh arrays, so keeping references is enough
-        await model.block(block, l, xfp, nseq, calib.seqlen, { hook: (g, input) => void (fpInputs[g] = input) });
-        timings.forward += (performance.now() - tb) / 1000;
-      }
-      const quantizeGroup = async (g: number, input?: Float32Array, rows?: number): Promise<void> => {
-        let hessian: HessianAccumulator | undefined;
-        if (input && rows !== undefined) {
-          const th = performance.now();
-          const cols = input.length / rows;
-          hessian = new HessianAccumulator(cols, backend, asymmetric);
-          // stream the batch through in chunks of sequences, as a larger calibration set would arrive
-          const per = rows / nseq;
-          for (let s0 = 0; s0 < nseq; s0 += HESSIAN_CHUNK) {
-            const s1 = Math.min(nseq, s0 + HESSIAN_CHUNK);
-            const chunk = (a: Float32Array): Float32Array => a.subarray(s0 * per * cols, s1 * per * cols);
-            await hessian.add(chunk(input), (s1 - s0) * per, s1 - s0, fpInputs[g] && chunk(fpInputs[g]));
-          }
-          timings.hessian += (performance.now() - th) / 1000;
-        }
+      const hessians: HessianAccumulator[] = [];
+      const quantizeGroup = async (g: number): Promise<void> => {
+        const hessian = hessians[g];
         // the group's layers share one Hessian: factor it once for all of them
         let prepared: PreparedHessian | undefined;
         if (hessian) {
@@ -201,7 +183,19 @@ export async function quantizeModel(
       if (x && calib) {
         const tb = performance.now();
         const before = timings.hessian + timings.sweep;
-        await model.block(block, l, x, nseq, calib.seqlen, { hook: quantizeGroup });
+        const streams: Stream[] = [{ weights: block, x }];
+        // quantization replaces whole arrays in block.linear, so a copy of the record keeps the originals
+        if (xfp) streams.push({ weights: { ...block, linear: { ...block.linear } }, x: xfp });
+        const chunk = Math.max(1, Math.floor(CALIBRATION_CHUNK_TOKENS / calib.seqlen));
+        await calibrateBlock(model, l, streams, nseq, calib.seqlen, chunk, {
+          observe: async (g, [input, fpInput], rows, count) => {
+            const th = performance.now();
+            hessians[g] ??= new HessianAccumulator(input!.length / rows, backend, asymmetric);
+            await hessians[g].add(input!, rows, count, fpInput);
+            timings.hessian += (performance.now() - th) / 1000;
+          },
+          quantize: quantizeGroup,
+        });
         timings.forward += (performance.now() - tb) / 1000 - (timings.hessian + timings.sweep - before);
       } else {
         for (let g = 0; g < LINEAR_GROUPS.length; g++) await quantizeGroup(g);
@@ -214,6 +208,10 @@ export async function quantizeModel(
   return { config: cfg, layers, binaryLayers, reports, timings };
 }
 
-const HESSIAN_CHUNK = 16;
+/**
+ * Calibration positions per forward chunk (16 windows of 256; 2 of 2048): bounds the activations held at once
+ * (about 0.4 GB for a 7B block) and is the batch each Hessian update sees.
+ */
+const CALIBRATION_CHUNK_TOKENS = 4096;
 
 export const QUANTIZE_DEFAULTS: QuantizeOptions = { ...GPTQ_DEFAULTS, method: 'gptq', alpha: 0.25 };
