@@ -17,6 +17,18 @@ test('"Once upon a time" has the protocol ids', async () => {
   for (const tok of [await fromJson(), await fromBin()]) assert.deepEqual(tok.encode('Once upon a time'), [1, 9038, 2501, 263, 931]);
 });
 
+// ids from the Hugging Face `tokenizers` library with the Prepend("▁") normalizer removed from tokenizer.json
+test('without the dummy prefix only the first word changes', async () => {
+  for (const tok of [await fromJson(), await fromBin()]) {
+    assert.deepEqual(tok.encode('Once upon a time', { dummyPrefix: false }), [1, 26222, 2501, 263, 931]);
+    assert.deepEqual(
+      tok.encode('CHAPTER 1. Loomings.', { dummyPrefix: false }),
+      [1, 3210, 3301, 4945, 29871, 29896, 29889, 4309, 290, 886, 29889],
+    );
+    assert.deepEqual(tok.encode('Mr. Speaker', { dummyPrefix: false }), [1, 20335, 29889, 5013, 5790]);
+  }
+});
+
 const EDGE_CASES = [
   ' ',
   'a',

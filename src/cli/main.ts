@@ -56,10 +56,10 @@ const ACTIVATIONS_HELP =
 async function runEval(
   modelArg: string,
   data: string,
-  opts: { ref?: string; windows: number; seqlen?: number; activations: ActivationPrecision },
+  opts: { ref?: string; windows: number; seqlen?: number; activations: ActivationPrecision; dummyPrefix: boolean },
 ): Promise<EvalResult> {
   const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
-  const tokens = tokenizer.encode(await loadText(data));
+  const tokens = tokenizer.encode(await loadText(data), { dummyPrefix: opts.dummyPrefix });
   const plan = { windows: opts.windows, ...(opts.seqlen ? { seqlen: opts.seqlen } : {}) };
   const ref = opts.ref ? await referenceStates((await loadModel(await resolveModel(opts.ref))).model, tokens, plan) : undefined;
   const bar = progressBar(`eval ${data}`);
@@ -143,12 +143,21 @@ export function buildCli(): Command {
     .option('--windows <n>', 'number of windows', positiveInt, 128)
     .option('--seqlen <n>', 'tokens per window (default: min(256, context))', positiveInt)
     .option('--activations <a>', ACTIVATIONS_HELP, activations, 'fp32' as ActivationPrecision)
+    .option('--no-dummy-prefix', "tokenize the text without SentencePiece's leading space (as the protocol's reference figures were)")
     .option('--json', 'print a JSON summary')
     .description('perplexity on held-out text (non-overlapping windows)')
     .action(
       async (
         modelArg: string,
-        opts: { data: string; ref?: string; windows: number; seqlen?: number; activations: ActivationPrecision; json?: boolean },
+        opts: {
+          data: string;
+          ref?: string;
+          windows: number;
+          seqlen?: number;
+          activations: ActivationPrecision;
+          dummyPrefix: boolean;
+          json?: boolean;
+        },
       ) => {
         const r = await runEval(modelArg, opts.data, opts);
         console.log(opts.json ? JSON.stringify({ model: modelArg, data: opts.data, ...r }) : formatEval(opts.data, r));
@@ -279,7 +288,7 @@ export function buildCli(): Command {
       const dir = await pullStories15m(log);
       log(`model: ${dir}`);
       for (const data of ['sotu-test', 'moby'])
-        console.log(formatEval(data, await runEval(dir, data, { windows: 128, activations: 'fp32' })));
+        console.log(formatEval(data, await runEval(dir, data, { windows: 128, activations: 'fp32', dummyPrefix: true })));
       const r = await runGenerate(dir, 'Once upon a time', { maxTokens: 64, activations: 'fp32' });
       log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
     });

@@ -67,11 +67,15 @@ export class LlamaTokenizer {
     return this.pieces.length;
   }
 
-  encode(text: string, opts: { bos?: boolean } = {}): number[] {
+  /**
+   * Token ids of text. dummyPrefix: false skips SentencePiece's leading "▁", so the first word is tokenized
+   * as if it continued a previous one (how the protocol's reference perplexities were tokenized).
+   */
+  encode(text: string, opts: { bos?: boolean; dummyPrefix?: boolean } = {}): number[] {
     const out: number[] = [];
     if (opts.bos ?? true) out.push(this.bos);
     if (text.length === 0) return out;
-    const norm = SPACE + text.replaceAll(' ', SPACE);
+    const norm = ((opts.dummyPrefix ?? true) ? SPACE : '') + text.replaceAll(' ', SPACE);
     if (!this.chunkable) {
       this.encodeChunk(norm, out);
       return out;
