@@ -138,8 +138,8 @@ export class Rope {
 
 /**
  * A Llama decoder stack on a backend. Blocks are either float weights run through the backend's matmuls (the
- * quantizer streams them one at a time through `block`, replacing layers as it goes) or prepared kernels
- * (loadModel, for eval and generation; packed for GPTQ checkpoints).
+ * quantizer streams them one at a time through the block's stages, replacing layers as it goes) or prepared
+ * kernels (loadModel, for eval and generation; packed for GPTQ checkpoints).
  */
 export class Llama<B extends BlockWeights | PreparedBlock = BlockWeights | PreparedBlock> {
   readonly rope: Rope;

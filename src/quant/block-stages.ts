@@ -40,16 +40,18 @@ export async function calibrateBlock(
   const rowsOf = (a: Float32Array, first: number, count: number): Float32Array =>
     a.subarray(first * seqlen * D, (first + count) * seqlen * D);
 
+  const eachChunk = async (fn: (first: number, count: number) => Promise<void>): Promise<void> => {
+    for (let first = 0; first < windows; first += chunkWindows) await fn(first, Math.min(chunkWindows, windows - first));
+  };
   const stage = async (
     g: number,
     compute: (s: Stream, i: number, x: Float32Array, first: number, count: number) => Promise<Float32Array>,
-  ) => {
-    for (let first = 0; first < windows; first += chunkWindows) {
-      const count = Math.min(chunkWindows, windows - first);
+  ): Promise<void> => {
+    await eachChunk(async (first, count) => {
       const inputs: Float32Array[] = [];
       for (const [i, s] of streams.entries()) inputs.push(await compute(s, i, rowsOf(s.x, first, count), first, count));
       await cb.observe(g, inputs, count * seqlen, count);
-    }
+    });
     await cb.quantize(g);
   };
 
@@ -67,11 +69,10 @@ export async function calibrateBlock(
     model.mlpInput(s.weights, x, rows).then((h) => model.mlpActivation(s.weights, h, rows));
   await stage(3, (s, _, x, __, count) => activation(s, x, count * seqlen));
   // the block's output with all four groups quantized: the next block's calibration input
-  for (let first = 0; first < windows; first += chunkWindows) {
-    const count = Math.min(chunkWindows, windows - first);
+  await eachChunk(async (first, count) => {
     for (const s of streams) {
       const x = rowsOf(s.x, first, count);
       await model.addProjection(s.weights, 'mlp.down_proj', x, await activation(s, x, count * seqlen), count * seqlen);
     }
-  }
+  });
 }
