@@ -13,7 +13,7 @@ import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { linearShape, LINEAR_GROUPS } from '../src/models/llama.js';
 import { loadModel, loadTokenizer, type LoadOptions } from '../src/models/load.js';
-import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
+import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend, type ActivationPrecision, type LinearKernel, type PackedLinearWeights } from '../src/tensor/index.js';
 import { encodeModel, ElemType } from '../src/tensor/onnx-graph.js';
 import { encodeFloatLinear, encodePackedLinear, openLinear, type EncodedLinear } from '../src/tensor/ort.js';
@@ -181,7 +181,7 @@ async function randomModel(
 async function quantized(dir: string): Promise<{ gptq: string; gguf: string }> {
   const out = { gptq: `${dir}-w4g32`, gguf: `${dir}-w4g32.gguf` };
   if (existsSync(out.gptq) && existsSync(out.gguf)) return out;
-  const opts = { ...QUANTIZE_DEFAULTS, method: 'rtn' as const, bits: 4, groupSize: 32, sym: true };
+  const opts = { ...QUANTIZE_REFERENCE, method: 'rtn' as const, bits: 4, groupSize: 32, sym: true };
   const { layers, config } = await quantizeModel(dir, backend, opts, undefined);
   await writeGptqCheckpoint(dir, out.gptq, layers, { format: 'gptq_v2', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
   await writeGguf(dir, config, loadTokenizer(dir), layers, out.gguf);
@@ -194,8 +194,8 @@ const TOKENS = 128;
 async function oursTokensPerSecond(dir: string, opts: LoadOptions): Promise<number> {
   const { model, tokenizer } = await loadModel(dir, opts);
   const prompt = tokenizer.encode(PROMPT);
-  await generate(model, prompt, { maxTokens: 8, eos: -1 });
-  const r = await generate(model, prompt, { maxTokens: TOKENS, eos: -1 });
+  await generate(model, prompt, { maxTokens: 8, stop: [] });
+  const r = await generate(model, prompt, { maxTokens: TOKENS, stop: [] });
   return r.tokensPerSecond;
 }
 

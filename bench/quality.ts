@@ -1,4 +1,4 @@
-import { QUANTIZE_DEFAULTS, type QuantizeOptions } from '../src/quant/quantize-model.js';
+import { QUANTIZE_REFERENCE, type QuantizeOptions } from '../src/quant/quantize-model.js';
 import { protocol } from './protocol.js';
 import { printTable } from './table.js';
 
@@ -26,11 +26,15 @@ const { measure, header, fpRow } = await protocol();
 
 const rows: string[][] = [['fp32', '-', ...fpRow]];
 // the reference code keeps fp32 scales; this row is the one comparable with its RTN numbers
-rows.push(['w4 per-channel (fp32 scales)', 'RTN', ...(await measure({ ...QUANTIZE_DEFAULTS, method: 'rtn', bits: 4, fp16Scales: false }))]);
+rows.push([
+  'w4 per-channel (fp32 scales)',
+  'RTN',
+  ...(await measure({ ...QUANTIZE_REFERENCE, method: 'rtn', bits: 4, fp16Scales: false })),
+]);
 for (const s of SETTINGS) {
   if (filter && !s.label.includes(filter)) continue;
   for (const method of ['rtn', 'gptq'] as const) {
-    const opts = { ...QUANTIZE_DEFAULTS, ...s.opts, method, ...(method === 'rtn' ? { actOrder: false } : {}) };
+    const opts = { ...QUANTIZE_REFERENCE, ...s.opts, method, ...(method === 'rtn' ? { actOrder: false } : {}) };
     rows.push([s.label, method.toUpperCase(), ...(await measure(opts))]);
     console.error(`done: ${s.label} ${method}`);
   }

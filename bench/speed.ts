@@ -2,8 +2,8 @@ import { calibrationWindows } from '../src/calib/windows.js';
 import { loadText } from '../src/calib/datasets.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { loadTokenizer } from '../src/models/load.js';
-import { gptq, GPTQ_DEFAULTS } from '../src/quant/gptq.js';
-import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
+import { gptq, GPTQ_REFERENCE } from '../src/quant/gptq.js';
+import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
 import { seededRandom } from '../src/calib/windows.js';
 import { printTable } from './table.js';
@@ -17,7 +17,7 @@ const backend = await getBackend();
 const dir = await pullStories15m();
 const tokens = loadTokenizer(dir).encode(await loadText('sotu-calib'));
 const calib = { windows: calibrationWindows(tokens, 128, 256, 0), seqlen: 256 };
-const { timings: t } = await quantizeModel(dir, backend, { ...QUANTIZE_DEFAULTS, bits: 4, groupSize: 128 }, calib);
+const { timings: t } = await quantizeModel(dir, backend, { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 128 }, calib);
 printTable(
   'Quantize stories15M, w4 g128, 128 x 256 tokens (reference PyTorch GPTQ: about 60 s on this 2-core machine)',
   ['total s', 'forward s', 'Hessians s', 'sweeps s'],
@@ -44,7 +44,7 @@ for (const [out, cols] of shapes) {
     h,
     out,
     cols,
-    { ...GPTQ_DEFAULTS, bits: 4, groupSize: 128 },
+    { ...GPTQ_REFERENCE, bits: 4, groupSize: 128 },
     { matmulNT: backend.matmulNT, matmulNN: backend.matmulNN, matmul64: backend.matmul64 },
   );
   const s = (performance.now() - t0) / 1000;

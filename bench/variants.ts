@@ -1,4 +1,4 @@
-import { QUANTIZE_DEFAULTS, quantizeModel, type QuantizeOptions } from '../src/quant/quantize-model.js';
+import { QUANTIZE_REFERENCE, quantizeModel, type QuantizeOptions } from '../src/quant/quantize-model.js';
 import { babaiNearestPlane } from '../src/quant/babai.js';
 import { gptq } from '../src/quant/gptq.js';
 import { fitGrid } from '../src/quant/quantizer.js';
@@ -33,7 +33,7 @@ for (const bits of [4, 3, 2]) {
     rows.push([
       m.method === 'gptqt' && bits === 2 ? 'w2 per-channel' : label,
       name,
-      ...(await measure({ ...QUANTIZE_DEFAULTS, bits, groupSize, ...m })),
+      ...(await measure({ ...QUANTIZE_REFERENCE, bits, groupSize, ...m })),
     ]);
     console.error(`done: ${label} ${name}`);
   }
@@ -43,12 +43,12 @@ printTable('stories15M: GPTQ variants on the protocol', ['setting', 'method', ..
 // Babai bound: back-to-front GPTQ's H-norm error per row vs ¼·Σ s²/U_ii², rows without clipping
 const bound: string[][] = [];
 const captured: { name: string; w: Float32Array; h: Float64Array; rows: number; cols: number }[] = [];
-await quantizeModel(dir, backend, { ...QUANTIZE_DEFAULTS, bits: 4 }, calib, undefined, undefined, (name, w, h, q) => {
+await quantizeModel(dir, backend, { ...QUANTIZE_REFERENCE, bits: 4 }, calib, undefined, undefined, (name, w, h, q) => {
   if (/layers\.(0|3|5)\.(self_attn\.q_proj|mlp\.down_proj)/.test(name)) captured.push({ name, w, h: h!, rows: q.rows, cols: q.cols });
 });
 for (const bits of [4, 3]) {
   for (const { name, w, h, rows: R, cols: C } of captured) {
-    const opts = { ...QUANTIZE_DEFAULTS, bits, order: 'reverse' as const };
+    const opts = { ...QUANTIZE_REFERENCE, bits, order: 'reverse' as const };
     const grid = fitGrid(w, R, C, 0, C, opts);
     const codes = (await gptq(w, h, R, C, opts)).layer.codes;
     let mean = 0;

@@ -24,9 +24,9 @@ if (process.env.GLIBC_TUNABLES === undefined && !process.env.GPTQ_TS_NO_RELAUNCH
     stdio: 'inherit',
     env: { ...process.env, GLIBC_TUNABLES: TUNABLES },
   });
-  // Ctrl-C reaches the child from the terminal itself; other signals sent to us are passed on
-  process.on('SIGINT', () => {});
-  for (const sig of ['SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
+  // Signals sent to us alone (kill PID, process managers, CI) are passed on. A terminal's Ctrl-C reaches the
+  // child directly too; a second SIGINT finds it already exiting.
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
   const [code, signal] = await new Promise((resolve) => child.on('exit', (c, s) => resolve([c, s])));
   if (signal) {
     process.removeAllListeners(signal);

@@ -2,14 +2,16 @@ import { existsSync } from 'node:fs';
 import { calibrationWindows } from './calib/windows.js';
 import { loadText } from './calib/datasets.js';
 import { writeFakeQuant } from './formats/fake-quant.js';
-import { writeGptqCheckpoint } from './formats/gptq.js';
+import { loaderCompatibility, writeGptqCheckpoint } from './formats/gptq.js';
 import { writeGptqtCheckpoint } from './formats/gptqt.js';
 import { ggufIncompatibility, writeGguf } from './formats/gguf.js';
 import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { parseLlamaConfig, readConfigJson } from './io/config.js';
 import { fail } from './io/errors.js';
 import { loadTokenizer } from './models/load.js';
+import { checkOutputPath, writeAtomically, type OutputPolicy } from './io/atomic.js';
 import {
+  QUANTIZE_REFERENCE,
   quantizeModel,
   validateOptions,
   type QuantizeOptions,
@@ -34,6 +36,45 @@ export interface PipelineOptions extends QuantizeOptions {
 
 export const OUTPUT_FORMATS = ['gptq', 'gptq_v2', 'fake', 'gguf', 'gptqt'] as const;
 
+/**
+ * What `gptq quantize` and `quantize()` do unless told otherwise: the Python ecosystem's defaults (AutoGPTQ,
+ * GPTQModel, transformers' GPTQConfig: 4 bits, groups of 128, symmetric, no act-order), written as a v1 GPTQ
+ * checkpoint that every maintained loader reads, calibrated on the protocol's 128 windows of 256 tokens.
+ * The paper's reference setting (per-channel, asymmetric) is QUANTIZE_REFERENCE.
+ */
+export const PIPELINE_DEFAULTS: PipelineOptions = {
+  ...QUANTIZE_REFERENCE,
+  bits: 4,
+  groupSize: 128,
+  sym: true,
+  actOrder: false,
+  nsamples: 128,
+  seqlen: 256,
+  data: 'sotu-calib',
+  seed: 0,
+  format: 'gptq',
+  floatDtype: 'F16',
+  maxShardBytes: 4096 * 2 ** 20,
+};
+
+/**
+ * PIPELINE_DEFAULTS, with what follows from the options chosen: GPTQT has no groups and its own format; an
+ * asymmetric grid is written as v2, since v1's zero−1 convention cannot hold its zero points for every loader.
+ */
+export function defaultsFor(options: Partial<PipelineOptions>): PipelineOptions {
+  if (options.method === 'gptqt') return { ...PIPELINE_DEFAULTS, groupSize: -1, format: 'gptqt' };
+  return { ...PIPELINE_DEFAULTS, format: options.sym === false ? 'gptq_v2' : PIPELINE_DEFAULTS.format };
+}
+
+/** How one run behaves, beside what it computes. */
+export interface QuantizeRun {
+  onProgress?: QuantizeProgress;
+  warn?: (msg: string) => void;
+  log?: (msg: string) => void;
+  /** replace an existing `out` once the new output is complete (never the input, nor a folder holding it) */
+  force?: boolean;
+}
+
 export interface PipelineSummary {
   model: string;
   out?: string;
@@ -43,13 +84,20 @@ export interface PipelineSummary {
   timings: QuantizeResult['timings'];
 }
 
+/**
+ * Quantize the model in `modelDir` with `options` (each defaults to PIPELINE_DEFAULTS) and, given `out`, write the
+ * checkpoint there. An existing non-empty `out` is refused before any work unless `run.force` is set.
+ */
 export async function quantize(
   modelDir: string,
-  opts: PipelineOptions,
-  out: string | undefined,
-  hooks: { onProgress?: QuantizeProgress; warn?: (msg: string) => void; log?: (msg: string) => void } = {},
+  options: Partial<PipelineOptions> = {},
+  out?: string,
+  hooks: QuantizeRun = {},
 ): Promise<{ result: QuantizeResult; summary: PipelineSummary }> {
+  const opts: PipelineOptions = { ...defaultsFor(options), ...options };
   if (!existsSync(modelDir)) fail(`${modelDir}: model directory not found`);
+  const outputPolicy: OutputPolicy = { onExisting: hooks.force ? 'replace' : 'refuse', inputs: [modelDir] };
+  if (out) checkOutputPath(out, outputPolicy);
   const cfg = parseLlamaConfig(readConfigJson(modelDir), `${modelDir}/config.json`);
   validateOptions(cfg, opts, opts.method !== 'rtn' ? { nsamples: opts.nsamples, seqlen: opts.seqlen } : undefined);
   if (!OUTPUT_FORMATS.includes(opts.format)) fail(`--format ${JSON.stringify(opts.format)} is not one of ${OUTPUT_FORMATS.join(', ')}`);
@@ -69,6 +117,11 @@ export async function quantize(
         fail(`--format ${opts.format}: ${cols} input columns of ${opts.bits} bits do not pack into whole int32 words`);
     }
   }
+  if (opts.format === 'gptq' || opts.format === 'gptq_v2') {
+    const { refuse, warnings } = loaderCompatibility(opts.format, opts);
+    if (refuse) fail(`--format ${opts.format}: ${refuse}`);
+    for (const w of warnings) hooks.warn?.(w);
+  }
   let calib: { windows: Int32Array; seqlen: number } | undefined;
   let calibration: PipelineSummary['calibration'];
   const tokenizer = opts.method !== 'rtn' || opts.format === 'gguf' ? loadTokenizer(modelDir) : undefined;
@@ -76,6 +129,8 @@ export async function quantize(
     const text = await loadText(opts.data);
     hooks.log?.(`tokenizing calibration text ${opts.data}`);
     const tokens = tokenizer!.encode(text);
+    if (tokens.length <= opts.seqlen)
+      fail(`${opts.data}: ${tokens.length} tokens of calibration text, need more than --seqlen ${opts.seqlen}`);
     calib = { windows: calibrationWindows(tokens, opts.nsamples, opts.seqlen, opts.seed), seqlen: opts.seqlen };
     calibration = { windows: opts.nsamples, seqlen: opts.seqlen, tokens: tokens.length, data: opts.data, seed: opts.seed };
   }
@@ -84,26 +139,32 @@ export async function quantize(
   if (calibration) summary.calibration = calibration;
   if (out) {
     summary.out = out;
-    if (opts.format === 'fake') {
-      await writeFakeQuant(modelDir, out, result.layers, summary);
-    } else if (opts.format === 'gptqt') {
-      await writeGptqtCheckpoint(modelDir, out, result.binaryLayers, {
-        bits: opts.bits,
-        highBits: highBitsOf(opts),
-        summary,
-      });
-    } else if (opts.format === 'gguf') {
-      await writeGguf(modelDir, cfg, tokenizer!, result.layers, out);
-    } else {
-      await writeGptqCheckpoint(modelDir, out, result.layers, {
-        format: opts.format,
-        floatDtype: opts.floatDtype,
-        maxShardBytes: opts.maxShardBytes,
-        quant: opts,
-        summary,
-        ...(hooks.warn ? { warn: hooks.warn } : {}),
-      });
-    }
+    await writeAtomically(
+      out,
+      async (tmp) => {
+        if (opts.format === 'fake') {
+          await writeFakeQuant(modelDir, tmp, result.layers, summary);
+        } else if (opts.format === 'gptqt') {
+          await writeGptqtCheckpoint(modelDir, tmp, result.binaryLayers, {
+            bits: opts.bits,
+            highBits: highBitsOf(opts),
+            summary,
+          });
+        } else if (opts.format === 'gguf') {
+          await writeGguf(modelDir, cfg, tokenizer!, result.layers, tmp);
+        } else {
+          await writeGptqCheckpoint(modelDir, tmp, result.layers, {
+            format: opts.format,
+            floatDtype: opts.floatDtype,
+            maxShardBytes: opts.maxShardBytes,
+            quant: opts,
+            summary,
+            ...(hooks.warn ? { warn: hooks.warn } : {}),
+          });
+        }
+      },
+      outputPolicy,
+    );
   }
   return { result, summary };
 }

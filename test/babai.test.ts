@@ -5,9 +5,9 @@ import { loadText } from '../src/calib/datasets.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { loadTokenizer } from '../src/models/load.js';
 import { babaiNearestPlane } from '../src/quant/babai.js';
-import { gptq, GPTQ_DEFAULTS } from '../src/quant/gptq.js';
+import { gptq, GPTQ_REFERENCE } from '../src/quant/gptq.js';
 import { fitGrid } from '../src/quant/quantizer.js';
-import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
+import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { cholesky, upperCholeskyOfInverse } from '../src/tensor/cholesky.js';
 import { getBackend } from '../src/tensor/index.js';
 
@@ -20,7 +20,7 @@ before(async () => {
   await quantizeModel(
     dir,
     await getBackend(),
-    { ...QUANTIZE_DEFAULTS, bits: 4 },
+    { ...QUANTIZE_REFERENCE, bits: 4 },
     { windows: calibrationWindows(tokens, 16, 256, 0), seqlen: 256 },
     undefined,
     undefined,
@@ -43,7 +43,7 @@ for (const bits of [4, 8]) {
     assert.equal(real.length, WANTED.length);
     const maxq = 2 ** bits - 1;
     for (const { name, w, h, rows, cols } of real) {
-      const opts = { ...GPTQ_DEFAULTS, bits, order: 'reverse' as const };
+      const opts = { ...GPTQ_REFERENCE, bits, order: 'reverse' as const };
       const grid = fitGrid(w, rows, cols, 0, cols, opts);
       const ours = (await gptq(w, h, rows, cols, opts)).layer;
       const hd = damped(h, cols, opts.percdamp);

@@ -79,11 +79,23 @@ test('bad input gets one clear line and a non-zero exit', () => {
   assertOneLineError(cli('convert', 'llama2c', join(dir, 'short.bin'), join(dir, 'out')), /short\.bin: not a llama2\.c checkpoint/);
 });
 
-test('quantize writes a fake-quant model that eval reads, with a JSON summary', () => {
+test('quantize with the defaults writes the ecosystem default (4 bits, g128, sym, v1) that eval reads, with a JSON summary', () => {
   const out = join(mkdtempSync(join(tmpdir(), 'q-')), 'w4');
-  const r = cli('quantize', model, '--bits', '4', '--group-size', '128', '--nsamples', '8', '--out', out, '--json');
+  const r = cli('quantize', model, '--nsamples', '8', '--out', out, '--json');
   assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr.includes('warning'), false, r.stderr);
   const summary = JSON.parse(r.stdout);
+  const s = summary.settings;
+  assert.deepEqual([s.bits, s.groupSize, s.sym, s.actOrder, s.format], [4, 128, true, false, 'gptq']);
+  const qc = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization_config;
+  assert.deepEqual([qc.bits, qc.group_size, qc.sym, qc.desc_act, qc.checkpoint_format], [4, 128, true, false, 'gptq']);
+  const help = cli('quantize', '--help').stdout;
+  for (const d of [
+    '--bits <n>  bits per weight: 2, 3, 4 or 8 (default: 4)',
+    'the default for --method gptqt) (default: 128)',
+    '--sym  symmetric grid (the default)',
+  ])
+    assert.ok(help.replace(/\s+/g, ' ').includes(d.replace(/\s+/g, ' ')), d);
   assert.equal(summary.layers.length, 42);
   assert.ok(summary.layers.every((l: { loss: number; percdamp: number }) => l.loss > 0 && l.percdamp === 0.01));
   assert.deepEqual(readdirSync(join(out, '..')), ['w4'], 'no temporary leftovers');
@@ -104,4 +116,69 @@ test('quantize refuses impossible options before any work and writes nothing', (
   assertOneLineError(cli('quantize', model, '--data', 'nowhere', '--out', out), /unknown dataset "nowhere"/);
   assert.equal(existsSync(out), false);
   assert.deepEqual(readdirSync(parent), []);
+});
+
+test('--version, and commander errors in one line without the help text', () => {
+  const v = cli('--version');
+  assert.equal(v.code, 0);
+  assert.equal(v.stdout.trim(), JSON.parse(readFileSync('package.json', 'utf8')).version);
+  assertOneLineError(cli('quantize', model, '--bogus'), /^gptq: error: unknown option '--bogus'$/);
+  assertOneLineError(cli('eval'), /^gptq: error: missing required argument 'model'$/);
+});
+
+test('text that is empty, binary or not UTF-8 is refused by name', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'text-'));
+  const files: [string, Uint8Array, RegExp][] = [
+    ['empty.txt', new Uint8Array(0), /empty\.txt: empty file/],
+    ['model.bin', readFileSync(join(model, 'model.safetensors')).subarray(0, 4096), /model\.bin: binary data \(a NUL byte at offset \d+\)/],
+    ['latin1.txt', Buffer.from('caf\xe9 au lait', 'latin1'), /latin1\.txt: not UTF-8 text \(invalid byte sequence near offset 3\)/],
+  ];
+  for (const [name, bytes, pattern] of files) {
+    writeFileSync(join(dir, name), bytes);
+    assertOneLineError(cli('eval', model, '--data', join(dir, name)), pattern);
+    assertOneLineError(cli('quantize', model, '--data', join(dir, name), '--json'), pattern);
+  }
+  writeFileSync(join(dir, 'short.txt'), 'Once upon a time.');
+  assertOneLineError(cli('eval', model, '--data', join(dir, 'short.txt')), /short\.txt: \d+ tokens, too short for one window of 256/);
+  const short = cli('quantize', model, '--data', join(dir, 'short.txt'), '--json');
+  assert.notEqual(short.code, 0);
+  // after the progress line that says the text is being tokenized
+  assert.match(
+    short.stderr.trim().split('\n').at(-1)!,
+    /^gptq: error: .*short\.txt: \d+ tokens of calibration text, need more than --seqlen 256$/,
+  );
+});
+
+test('generate stops at end of sequence and says why it stopped', () => {
+  const r = cli('generate', model, 'Once upon a time', '--max-tokens', '255', '--json');
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  // stories15M ends its story with BOS well inside the context; nothing is glued on after it
+  assert.equal(j.stopReason, 'eos');
+  assert.ok(j.tokens < 250, `${j.tokens} tokens`);
+  assert.equal(j.text.split('Once upon a time').length, 2, 'one story');
+  const short = cli('generate', model, 'Once upon a time', '--max-tokens', '8');
+  assert.match(short.stderr, /8 tokens, [\d.]+ tokens\/s, stopped at --max-tokens/);
+});
+
+test('the default checkpoint is what the loaders expect; settings they refuse or misread are refused with the reason', () => {
+  const parent = mkdtempSync(join(tmpdir(), 'loaders-'));
+  const out = join(parent, 'never');
+  assertOneLineError(
+    cli('quantize', model, '--asym', '--format', 'gptq', '--out', out),
+    /--format gptq: an asymmetric grid needs --format gptq_v2: GPTQModel refuses/,
+  );
+  assertOneLineError(cli('quantize', model, '--damp', '0', '--out', out), /--damp 0 .* transformers, optimum and GPTQModel refuse/);
+  assertOneLineError(
+    cli('quantize', model, '--group-size', '24', '--out', out),
+    /--group-size 24: groups must start on multiples of 16 columns/,
+  );
+  assertOneLineError(cli('quantize', model, '--sym', '--asym', '--out', out), /--sym and --asym contradict/);
+  assert.deepEqual(readdirSync(parent), []);
+  // --asym alone picks the format that holds it; --paper is the reference setting
+  const r = cli('quantize', model, '--method', 'rtn', '--paper', '--out', join(parent, 'paper'));
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /warning: vLLM and AutoGPTQ do not load asymmetric \(gptq_v2\) checkpoints/);
+  const qc = JSON.parse(readFileSync(join(parent, 'paper', 'config.json'), 'utf8')).quantization_config;
+  assert.deepEqual([qc.checkpoint_format, qc.sym, qc.group_size, qc.bits], ['gptq_v2', false, -1, 4]);
 });

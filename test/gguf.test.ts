@@ -12,7 +12,7 @@ import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { generate } from '../src/infer/generate.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { loadModel } from '../src/models/load.js';
-import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
+import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 
 /*
  * The exported GGUF runs in llama.cpp (node-llama-cpp's prebuilt binary) and greedy-decodes the same tokens as
@@ -23,7 +23,7 @@ for (const bits of [4, 8]) {
     const dir = await pullStories15m();
     const { model, tokenizer } = await loadModel(dir);
     const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 100_000)), 8, 256, 0);
-    const opts = { ...QUANTIZE_DEFAULTS, bits, groupSize: 32, sym: true };
+    const opts = { ...QUANTIZE_REFERENCE, bits, groupSize: 32, sym: true };
     const { layers, config } = await quantizeModel(dir, model.backend, opts, { windows, seqlen: 256 });
     const file = join(mkdtempSync(join(tmpdir(), 'gguf-')), 'model.gguf');
     await writeGguf(dir, config, tokenizer, layers, file);
@@ -60,7 +60,7 @@ test('GGUF export refuses settings it cannot hold exactly, before any work', () 
   for (const [args, msg] of [
     [['--bits', '3', '--group-size', '32', '--sym'], /not 3-bit/],
     [['--bits', '4', '--group-size', '64', '--sym'], /--group-size 32 \(got 64\)/],
-    [['--bits', '4', '--group-size', '32'], /--sym/],
+    [['--bits', '4', '--group-size', '32', '--asym'], /--sym/],
     [['--bits', '4', '--group-size', '32', '--sym', '--act-order'], /add --static-groups/],
   ] as [string[], RegExp][]) {
     const r = run(...args);

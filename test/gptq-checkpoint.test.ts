@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
@@ -12,7 +12,7 @@ import { readGptqLinear, readQuantConfig, writeGptqCheckpoint } from '../src/for
 import { SafetensorsFile, SafetensorsModel, writeSafetensors } from '../src/io/safetensors.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { loadModel, loadTokenizer } from '../src/models/load.js';
-import { quantizeModel, QUANTIZE_DEFAULTS, type QuantizeOptions } from '../src/quant/quantize-model.js';
+import { quantizeModel, QUANTIZE_REFERENCE, type QuantizeOptions } from '../src/quant/quantize-model.js';
 import { dequantize } from '../src/quant/quantized-layer.js';
 import { getBackend } from '../src/tensor/index.js';
 
@@ -35,20 +35,21 @@ const exportOpts = (o: QuantizeOptions, format: 'gptq' | 'gptq_v2', maxShardByte
 
 const CASES: Partial<QuantizeOptions>[] = [
   { bits: 2, groupSize: 64, actOrder: true },
-  { bits: 3, groupSize: -1 },
+  { bits: 3, groupSize: -1, sym: true },
   { bits: 4, groupSize: 128, actOrder: true },
   { bits: 8, groupSize: 32, sym: true },
 ];
 
 for (const c of CASES) {
   test(`export -> load round trip is exact: ${JSON.stringify(c)}`, async () => {
-    const opts = { ...QUANTIZE_DEFAULTS, ...c };
+    const opts = { ...QUANTIZE_REFERENCE, ...c };
     const { layers } = await quantizeModel(model, await getBackend(), opts, { windows, seqlen: 256 });
     const dir = mkdtempSync(join(tmpdir(), 'rt-'));
     await writeFakeQuant(model, join(dir, 'fake'), layers, {});
     const fake = (await loadModel(join(dir, 'fake'))).model;
     const want = await evaluate(fake, evalTokens, { windows: 4 });
-    for (const format of ['gptq', 'gptq_v2'] as const) {
+    // v1 holds symmetric grids only (asymmetric ones are refused: see loaderCompatibility)
+    for (const format of opts.sym ? (['gptq', 'gptq_v2'] as const) : (['gptq_v2'] as const)) {
       const out = join(dir, format);
       // a small shard limit also exercises sharded writing and reading
       await writeGptqCheckpoint(model, out, layers, exportOpts(opts, format, 8 << 20));
@@ -79,7 +80,7 @@ function assertOneLineError(r: ReturnType<typeof cli>, pattern: RegExp): void {
 }
 
 test('broken GPTQ checkpoints are refused with one line', async () => {
-  const opts = { ...QUANTIZE_DEFAULTS, bits: 4, groupSize: 128 };
+  const opts = { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 128, sym: true };
   const { layers } = await quantizeModel(model, await getBackend(), { ...opts, method: 'rtn' }, undefined);
   const dir = mkdtempSync(join(tmpdir(), 'bad-'));
   const good = join(dir, 'good');
@@ -97,6 +98,7 @@ test('broken GPTQ checkpoints are refused with one line', async () => {
     const f = new SafetensorsFile(join(d, 'model.safetensors'));
     const all = new Map([...f.tensors.keys()].map((n) => [n, change(n, f.read(n))]));
     f.close();
+    rmSync(join(d, 'model.safetensors'));
     await writeSafetensors(join(d, 'model.safetensors'), all);
   };
   const editConfig = (d: string, f: (qc: Record<string, unknown>) => void): void => {
@@ -171,7 +173,7 @@ test('quantize --format gptq writes the ecosystem layout', () => {
       bits: 4,
       group_size: 128,
       desc_act: false,
-      sym: false,
+      sym: true,
       damp_percent: 0.01,
       true_sequential: true,
       static_groups: false,

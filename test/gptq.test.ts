@@ -5,10 +5,10 @@ import { loadText } from '../src/calib/datasets.js';
 import { roundToHalf } from '../src/io/fp16.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { loadTokenizer } from '../src/models/load.js';
-import { gptq, GPTQ_DEFAULTS, prepareHessian, type GptqOptions } from '../src/quant/gptq.js';
+import { gptq, GPTQ_REFERENCE, prepareHessian, type GptqOptions } from '../src/quant/gptq.js';
 import { dequantize, type QuantizedLayer } from '../src/quant/quantized-layer.js';
 import { fitGrid, quantizeValue, roundHalfEven } from '../src/quant/quantizer.js';
-import { quantizeModel, QUANTIZE_DEFAULTS, validateOptions } from '../src/quant/quantize-model.js';
+import { quantizeModel, QUANTIZE_REFERENCE, validateOptions } from '../src/quant/quantize-model.js';
 import { rtn } from '../src/quant/rtn.js';
 import { getBackend } from '../src/tensor/index.js';
 import { cholesky, upperCholeskyOfInverse } from '../src/tensor/cholesky.js';
@@ -120,7 +120,7 @@ for (const [groupSize, cols] of [
   test(`lazy-batch GPTQ equals the column-by-column definition (group size ${groupSize})`, async () => {
     const rows = 7;
     const { w, h } = randomProblem(rows, cols);
-    const opts = { ...GPTQ_DEFAULTS, bits: 3, groupSize, blocksize: 4, fp16Scales: false };
+    const opts = { ...GPTQ_REFERENCE, bits: 3, groupSize, blocksize: 4, fp16Scales: false };
     const fast = await gptq(w, h, rows, cols, opts);
     const def = columnByColumn(w, h, rows, cols, opts);
     assert.deepEqual(fast.layer.codes, def.codes);
@@ -164,7 +164,7 @@ test('with a diagonal Hessian GPTQ is RTN, and act-order un-permutes codes and g
   const h = new Float64Array(cols * cols);
   const diag = Array.from({ length: cols }, (_, i) => 1 + ((i * 7) % cols));
   diag.forEach((d, i) => (h[i * cols + i] = d));
-  const base = { ...GPTQ_DEFAULTS, bits: 4 };
+  const base = { ...GPTQ_REFERENCE, bits: 4 };
   assert.deepEqual((await gptq(w, h, rows, cols, { ...base, actOrder: true })).layer.codes, rtn(w, rows, cols, { ...base }).codes);
 
   const grouped = (await gptq(w, h, rows, cols, { ...base, actOrder: true, groupSize: 4 })).layer;
@@ -186,7 +186,7 @@ test('static groups keep natural-order groups fitted before the sweep', async ()
   const rows = 6;
   const cols = 16;
   const { w, h } = randomProblem(rows, cols);
-  const opts = { ...GPTQ_DEFAULTS, bits: 3, groupSize: 4, actOrder: true, staticGroups: true };
+  const opts = { ...GPTQ_REFERENCE, bits: 3, groupSize: 4, actOrder: true, staticGroups: true };
   const q = (await gptq(w, h, rows, cols, opts)).layer;
   assert.deepEqual(
     Array.from(q.gIdx),
@@ -200,14 +200,14 @@ test('dead inputs give zero weights; a singular Hessian raises the damping with 
   const cols = 8;
   const { w, h } = randomProblem(rows, cols);
   for (let i = 0; i < cols; i++) h[3 * cols + i] = h[i * cols + 3] = 0;
-  const deq = dequantize((await gptq(w, h, rows, cols, GPTQ_DEFAULTS)).layer);
+  const deq = dequantize((await gptq(w, h, rows, cols, GPTQ_REFERENCE)).layer);
   for (let r = 0; r < rows; r++) assert.equal(deq[r * cols + 3], 0);
   assert.ok(deq.every(Number.isFinite));
 
   const v = Float64Array.from({ length: cols }, (_, i) => i + 1);
   const rank1 = Float64Array.from({ length: cols * cols }, (_, k) => v[Math.floor(k / cols)]! * v[k % cols]!);
   const warnings: string[] = [];
-  const r = await gptq(w, rank1, rows, cols, { ...GPTQ_DEFAULTS, percdamp: 0 }, { warn: (m) => void warnings.push(m) });
+  const r = await gptq(w, rank1, rows, cols, { ...GPTQ_REFERENCE, percdamp: 0 }, { warn: (m) => void warnings.push(m) });
   assert.ok(r.percdamp > 0 && warnings.length > 0 && /Cholesky failed/.test(warnings[0]!));
   assert.ok(dequantize(r.layer).every(Number.isFinite));
 });
@@ -233,7 +233,7 @@ function outputError(w: Float32Array, q: QuantizedLayer, h: Float64Array): numbe
 test('GPTQ beats RTN on the output error of every real stories15M layer (w3, true-sequential)', async () => {
   const dir = await pullStories15m();
   const tokens = loadTokenizer(dir).encode((await loadText('sotu-calib')).slice(0, 400_000));
-  const opts = { ...QUANTIZE_DEFAULTS, bits: 3 };
+  const opts = { ...QUANTIZE_REFERENCE, bits: 3 };
   const rows: string[] = [];
   await quantizeModel(
     dir,
@@ -255,7 +255,7 @@ test('GPTQ beats RTN on the output error of every real stories15M layer (w3, tru
 
 test('impossible options are refused before any work', async () => {
   const cfg = parseLlamaConfig(readConfigJson(await pullStories15m()), 'config.json');
-  const ok = { ...QUANTIZE_DEFAULTS };
+  const ok = { ...QUANTIZE_REFERENCE };
   assert.throws(() => validateOptions(cfg, { ...ok, bits: 5 }), /--bits 5 is not supported/);
   assert.throws(
     () => validateOptions(cfg, { ...ok, groupSize: 512 }),
@@ -318,7 +318,7 @@ test('GPTQv2 within one block equals its per-column definition, and with no asym
   const cols = 12;
   const { w, h } = randomProblem(rows, cols);
   const dXXt = Float64Array.from({ length: cols * cols }, () => randn() * 0.3);
-  const opts = { ...GPTQ_DEFAULTS, bits: 3, blocksize: 128, fp16Scales: false };
+  const opts = { ...GPTQ_REFERENCE, bits: 3, blocksize: 128, fp16Scales: false };
   const v2 = (await gptq(w, h, rows, cols, opts, { asym: { dXXt, alpha: 0.25 } })).layer.codes;
   assert.deepEqual(v2, gptqv2ColumnByColumn(w, h, dXXt, rows, cols, opts, 0.25));
   assert.notDeepEqual(v2, (await gptq(w, h, rows, cols, opts)).layer.codes, 'the asymmetric term changes the result');
@@ -331,7 +331,7 @@ test('the Hessian prepared with backend gemms (blocked Cholesky, GPTQv2 correcti
   const cols = 300;
   const { h } = randomProblem(8, cols, 401);
   const asym = { dXXt: Float64Array.from({ length: cols * cols }, () => randn() * 0.01), alpha: 0.25 };
-  const opts = { ...GPTQ_DEFAULTS, actOrder: true };
+  const opts = { ...GPTQ_REFERENCE, actOrder: true };
   const plain = await prepareHessian(h, cols, opts, undefined, asym);
   const fast = await prepareHessian(h, cols, opts, undefined, asym, ortBackend.matmul64);
   assert.deepEqual(fast.perm, plain.perm);
@@ -353,7 +353,7 @@ test('the lazy updates on the fast backend (float32 products, right- and left-lo
   // g64 nests in blocks (left-looking); g96 straddles them (right-looking even with matmulNN)
   for (const groupSize of [64, 96, -1]) {
     for (const asym of [undefined, { dXXt, alpha: 0.25 }]) {
-      const opts = { ...GPTQ_DEFAULTS, bits: 4, groupSize };
+      const opts = { ...GPTQ_REFERENCE, bits: 4, groupSize };
       const slow = await gptq(w, h, rows, cols, opts, asym ? { asym } : {});
       for (const matmulNN of [undefined, ortBackend.matmulNN]) {
         const fast = await gptq(w, h, rows, cols, opts, {

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { seededRandom } from '../src/calib/windows.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { GPTQ_DEFAULTS } from '../src/quant/gptq.js';
+import { GPTQ_REFERENCE } from '../src/quant/gptq.js';
 import { binaryLevel, dequantizeBinary, fitBinaryCoding, fitRowCodings, gptqt } from '../src/quant/gptqt.js';
 
 test('binary coding recovers values it can represent exactly', async () => {
@@ -42,7 +42,7 @@ test('with a diagonal Hessian GPTQT rounds each weight to the nearest of its row
   const w = Float32Array.from({ length: rows * cols }, () => (rand() - 0.5) * (1 + rand()));
   const h = new Float64Array(cols * cols);
   for (let i = 0; i < cols; i++) h[i * cols + i] = 1 + (i % 5);
-  const opts = { ...GPTQ_DEFAULTS, bits: 3, highBits: 5 };
+  const opts = { ...GPTQ_REFERENCE, bits: 3, highBits: 5 };
   const { levels } = fitRowCodings(w, rows, cols, opts);
   const deq = dequantizeBinary((await gptqt(w, h, rows, cols, opts)).layer);
   for (let r = 0; r < rows; r++) {
@@ -76,7 +76,7 @@ test('gptqt refuses what it does not support', async () => {
   for (const [args, msg] of [
     [['--bits', '4', '--format', 'gptqt'], /codes 2 or 3 bits/],
     [['--bits', '3', '--group-size', '64', '--format', 'gptqt'], /no --group-size/],
-    [['--bits', '3'], /use --format gptqt/],
+    [['--bits', '3', '--format', 'gptq'], /use --format gptqt/],
     [['--bits', '3', '--format', 'gptqt', '--high-bits', '3'], /--high-bits 3 must be an integer in 4\.\.8/],
   ] as [string[], RegExp][]) {
     const r = cli('quantize', 'stories15m', '--method', 'gptqt', '--out', out, ...args);

@@ -17,7 +17,7 @@ import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { Llama, type LinearName } from '../src/models/llama.js';
 import { loadTokenizer } from '../src/models/load.js';
-import { quantizeModel, QUANTIZE_DEFAULTS } from '../src/quant/quantize-model.js';
+import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
 
 /*
@@ -159,10 +159,11 @@ test('library: a packed stories15M checkpoint loads onto packed kernels and gene
   const dir = await pullStories15m();
   const tokenizer = loadTokenizer(dir);
   const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 100_000)), 4, 256, 0);
-  const opts = { ...QUANTIZE_DEFAULTS, bits: 3, groupSize: 128, actOrder: true };
+  const opts = { ...QUANTIZE_REFERENCE, bits: 3, groupSize: 128, actOrder: true };
   const { layers } = await quantizeModel(dir, await getBackend(), opts, { windows, seqlen: 256 });
   const out = join(mkdtempSync(join(tmpdir(), 'packed-')), 'w3');
-  await writeGptqCheckpoint(dir, out, layers, { format: 'gptq', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
+  // asymmetric, so the v2 format (v1 holds symmetric grids only)
+  await writeGptqCheckpoint(dir, out, layers, { format: 'gptq_v2', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
 
   const lib = await import('../src/index.js');
   const packed = (await lib.loadModel(out)).model;

@@ -33,7 +33,27 @@ export async function loadText(nameOrPath: string): Promise<string> {
       .filter((f) => f.endsWith('.txt'))
       .sort();
     if (files.length === 0) fail(`${nameOrPath}: folder has no .txt files`);
-    return files.map((f) => readFileSync(join(nameOrPath, f), 'utf8')).join('\n\n');
+    return files.map((f) => readTextFile(join(nameOrPath, f))).join('\n\n');
   }
-  return readFileSync(nameOrPath, 'utf8');
+  return readTextFile(nameOrPath);
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A user's text file: refused by name if empty, binary or not UTF-8, since any bytes would tokenize into a number. */
+export function readTextFile(path: string): string {
+  const bytes = readFileSync(path);
+  if (bytes.length === 0) fail(`${path}: empty file, no text to use`);
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) fail(`${path}: binary data (a NUL byte at offset ${nul}), not a text file`);
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    fail(`${path}: not UTF-8 text (invalid byte sequence near offset ${firstInvalidUtf8(bytes)})`);
+  }
+}
+
+function firstInvalidUtf8(bytes: Buffer): number {
+  const lossy = bytes.toString('utf8');
+  return Buffer.byteLength(lossy.slice(0, lossy.indexOf('\uFFFD')));
 }

@@ -1,15 +1,15 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { loadText } from '../calib/datasets.js';
 import { evaluate, referenceStates, type EvalResult } from '../eval/perplexity.js';
 import { UserError } from '../io/errors.js';
 import { convertLlama2c } from '../io/llama2c.js';
 import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
-import { checkPrompt, generate } from '../infer/generate.js';
+import { checkPrompt, generate, type StopReason } from '../infer/generate.js';
 import { validateSampling, type SamplingOptions } from '../infer/sampling.js';
 import { loadModel } from '../models/load.js';
-import { quantize, type PipelineOptions } from '../pipeline.js';
-import { QUANTIZE_DEFAULTS, type Method } from '../quant/quantize-model.js';
+import { PIPELINE_DEFAULTS, quantize, type PipelineOptions } from '../pipeline.js';
+import type { Method } from '../quant/quantize-model.js';
 import { formatInspection, inspectModel } from '../formats/inspect.js';
 import { progressBar } from './progress.js';
 import type { ActivationPrecision } from '../tensor/index.js';
@@ -60,7 +60,7 @@ async function runEval(
 ): Promise<EvalResult> {
   const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
   const tokens = tokenizer.encode(await loadText(data), { dummyPrefix: opts.dummyPrefix });
-  const plan = { windows: opts.windows, ...(opts.seqlen ? { seqlen: opts.seqlen } : {}) };
+  const plan = { windows: opts.windows, source: data, ...(opts.seqlen ? { seqlen: opts.seqlen } : {}) };
   const ref = opts.ref ? await referenceStates((await loadModel(await resolveModel(opts.ref))).model, tokens, plan) : undefined;
   const bar = progressBar(`eval ${data}`);
   try {
@@ -84,7 +84,7 @@ async function runGenerate(
   modelArg: string,
   prompt: string,
   opts: { maxTokens: number; activations: ActivationPrecision; quiet?: boolean } & SamplingOptions,
-): Promise<{ text: string; tokensPerSecond: number; tokens: number; promptTokens: number }> {
+): Promise<{ text: string; tokensPerSecond: number; tokens: number; promptTokens: number; stopReason: StopReason }> {
   validateSampling(opts);
   const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
   const ids = tokenizer.encode(prompt);
@@ -106,11 +106,31 @@ async function runGenerate(
     },
   });
   write('\n');
-  return { text: tokenizer.decode(all), tokensPerSecond: r.tokensPerSecond, tokens: r.tokens.length, promptTokens: ids.length };
+  return {
+    text: tokenizer.decode(all),
+    tokensPerSecond: r.tokensPerSecond,
+    tokens: r.tokens.length,
+    promptTokens: ids.length,
+    stopReason: r.stopReason,
+  };
+}
+
+const STOP_REASONS: Record<StopReason, string> = {
+  eos: 'stopped at end of sequence',
+  'max-tokens': 'stopped at --max-tokens',
+  context: "stopped early: the model's context is full",
+};
+
+function generationLine(r: Awaited<ReturnType<typeof runGenerate>>): string {
+  return `${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s, ${STOP_REASONS[r.stopReason]}`;
 }
 
 export function buildCli(): Command {
-  const program = new Command('gptq').description('GPTQ quantization of Llama-family models, in TypeScript').showHelpAfterError();
+  const program = new Command('gptq')
+    .description('GPTQ quantization of Llama-family models, in TypeScript')
+    .version(packageVersion(), '-V, --version')
+    // commander's own errors (unknown option, missing argument) in the one-line form ours take
+    .configureOutput({ outputError: (msg, write) => write(`gptq: ${msg}`) });
 
   program
     .command('pull')
@@ -128,10 +148,11 @@ export function buildCli(): Command {
     .argument('<input>', 'llama2.c checkpoint (.bin)')
     .argument('<outDir>', 'output Hugging Face model directory')
     .option('--tokenizer <file>', 'llama2.c tokenizer.bin to convert alongside')
+    .option('--force', 'replace an existing outDir once the new one is complete (never an input, the current or home directory)')
     .description('convert a checkpoint to a Hugging Face Llama directory')
-    .action(async (format: string, input: string, outDir: string, opts: { tokenizer?: string }) => {
+    .action(async (format: string, input: string, outDir: string, opts: { tokenizer?: string; force?: boolean }) => {
       if (format !== 'llama2c') throw new UserError(`unknown source format ${JSON.stringify(format)} (supported: llama2c)`);
-      await convertLlama2c(input, opts.tokenizer, outDir);
+      await convertLlama2c(input, opts.tokenizer, outDir, opts.force ? 'replace' : 'refuse');
       console.log(outDir);
     });
 
@@ -185,62 +206,81 @@ export function buildCli(): Command {
         if (prompt.length === 0) throw new UserError('empty prompt');
         const r = await runGenerate(modelArg, prompt, { ...opts, quiet: Boolean(opts.json) });
         if (opts.json) console.log(JSON.stringify({ model: modelArg, ...r }));
-        else log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
+        else log(generationLine(r));
       },
     );
 
   program
     .command('quantize')
     .argument('<model>', 'model directory (or stories15m)')
-    .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', integer, QUANTIZE_DEFAULTS.bits)
-    .option('--group-size <n>', 'input columns per quantization group (-1: one group per output row)', integer, QUANTIZE_DEFAULTS.groupSize)
+    .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', integer, PIPELINE_DEFAULTS.bits)
+    .option(
+      '--group-size <n>',
+      'input columns per quantization group (-1: one group per output row; the default for --method gptqt)',
+      integer,
+      PIPELINE_DEFAULTS.groupSize,
+    )
     .option('--act-order', 'quantize columns in order of decreasing Hessian diagonal (desc_act)')
-    .option('--order <o>', "column order: forward, or reverse (back-to-front: Babai's nearest plane)", 'forward')
+    .option('--order <o>', "column order: forward, or reverse (back-to-front: Babai's nearest plane)", PIPELINE_DEFAULTS.order)
     .option('--static-groups', 'fit group grids before the sweep, in natural column order')
-    .option('--sym', 'symmetric grid (default: asymmetric)')
+    .option('--sym', 'symmetric grid (the default)')
+    .option('--asym', 'asymmetric grid: a zero point per group (written as --format gptq_v2 unless --format says otherwise)')
+    .option('--paper', "the GPTQ paper's reference setting: per-channel (--group-size -1) and --asym, unless those are given")
     .option('--mse', 'search shrunken grid ranges for the lowest error')
     .option(
       '--fp32-scales',
       'keep float32 scales while quantizing, as the reference code does (default: fp16, exactly what a checkpoint stores)',
     )
-    .option('--damp <p>', 'damping, fraction of the mean Hessian diagonal', number, QUANTIZE_DEFAULTS.percdamp)
+    .option(
+      '--damp <p>',
+      'damping, fraction of the mean Hessian diagonal, in [0, 1) (GPTQ checkpoints need > 0)',
+      number,
+      PIPELINE_DEFAULTS.percdamp,
+    )
     .option(
       '--method <m>',
       'gptq, gptqv2 (asymmetric calibration against the fp model: keeps its activations too, twice the calibration memory), gptqt (2/3-bit binary coding; --format gptqt) or rtn',
-      'gptq',
+      PIPELINE_DEFAULTS.method,
     )
     .option('--high-bits <n>', 'gptqt: bits of the first, linear quantization (default: bits + 2)', integer)
-    .option('--alpha <a>', 'gptqv2: weight of the asymmetric correction', number, QUANTIZE_DEFAULTS.alpha)
-    .option('--nsamples <n>', 'calibration windows', integer, 128)
-    .option('--seqlen <n>', 'tokens per calibration window', integer, 256)
-    .option('--data <name|path>', 'calibration text: sotu-calib, sotu-test, moby, or a file / folder', 'sotu-calib')
-    .option('--seed <n>', 'calibration sampling seed', integer, 0)
-    .option('--out <dir>', 'output model directory (written atomically)')
+    .option('--alpha <a>', 'gptqv2: weight of the asymmetric correction', number, PIPELINE_DEFAULTS.alpha)
+    .option('--nsamples <n>', 'calibration windows', integer, PIPELINE_DEFAULTS.nsamples)
+    .option('--seqlen <n>', 'tokens per calibration window', integer, PIPELINE_DEFAULTS.seqlen)
+    .option('--data <name|path>', 'calibration text: sotu-calib, sotu-test, moby, or a UTF-8 text file / folder', PIPELINE_DEFAULTS.data)
+    .option('--seed <n>', 'calibration sampling seed', integer, PIPELINE_DEFAULTS.seed)
+    .option('--out <dir>', 'output model directory (or .gguf file), written atomically; must not exist unless --force')
+    .option('--force', 'replace an existing --out once the new output is complete (never the input model, the current or home directory)')
     .option(
       '--format <f>',
-      'gptq (v1, AutoGPTQ/transformers), gptq_v2 (GPTQModel), gguf (llama.cpp Q4_0/Q8_0; --out is the .gguf file), gptqt (binary-coded, for --method gptqt), or fake (dequantized float weights)',
-      'gptq',
+      'gptq (v1: AutoGPTQ, transformers, vLLM, GPTQModel), gptq_v2 (GPTQModel), gguf (llama.cpp Q4_0/Q8_0; --out is the .gguf file), gptqt (binary-coded, for --method gptqt), or fake (dequantized float weights) (default: "gptq"; "gptq_v2" with --asym, "gptqt" with --method gptqt)',
     )
     .option('--dtype <d>', 'dtype of the tensors that stay float: float16 or float32', 'float16')
-    .option('--max-shard-mb <n>', 'split the checkpoint into shards of at most this many MB', positiveInt, 4096)
+    .option(
+      '--max-shard-mb <n>',
+      'split the checkpoint into shards of at most this many MB',
+      positiveInt,
+      PIPELINE_DEFAULTS.maxShardBytes / 2 ** 20,
+    )
     .option('--json', 'print the JSON summary on stdout')
     .description('quantize every linear layer (GPTQ or round-to-nearest) and write a checkpoint')
-    .action(async (modelArg: string, o: Record<string, unknown>) => {
-      const method = o['method'] as Method;
+    .action(async (modelArg: string, o: Record<string, unknown>, cmd: Command) => {
       if (!o['out'] && !o['json']) throw new UserError('give --out DIR (and/or --json to print the summary)');
+      if (o['sym'] && o['asym']) throw new UserError('--sym and --asym contradict each other: choose one');
+      const given = (key: string): boolean => cmd.getOptionValueSource(key) === 'cli';
+      const sym = o['asym'] ? false : o['sym'] ? true : o['paper'] ? false : PIPELINE_DEFAULTS.sym;
       const bar = progressBar('quantize');
       try {
         const { summary } = await quantize(
           await resolveModel(modelArg),
           {
-            ...QUANTIZE_DEFAULTS,
-            method,
+            method: o['method'] as Method,
             bits: o['bits'] as number,
-            groupSize: o['groupSize'] as number,
+            // unless given, the group size follows the method (GPTQT has none) or --paper
+            ...(given('groupSize') ? { groupSize: o['groupSize'] as number } : o['paper'] ? { groupSize: -1 } : {}),
             actOrder: Boolean(o['actOrder']),
             order: o['order'] as 'forward' | 'reverse',
             staticGroups: Boolean(o['staticGroups']),
-            sym: Boolean(o['sym']),
+            sym,
             mse: Boolean(o['mse']),
             fp16Scales: !o['fp32Scales'],
             percdamp: o['damp'] as number,
@@ -250,12 +290,12 @@ export function buildCli(): Command {
             seqlen: o['seqlen'] as number,
             data: o['data'] as string,
             seed: o['seed'] as number,
-            format: o['format'] as PipelineOptions['format'],
+            ...(o['format'] !== undefined ? { format: o['format'] as PipelineOptions['format'] } : {}),
             floatDtype: floatDtype(o['dtype'] as string),
             maxShardBytes: (o['maxShardMb'] as number) * 2 ** 20,
           },
           o['out'] as string | undefined,
-          { onProgress: bar.update, warn: (m) => log(`warning: ${m}`), log },
+          { onProgress: bar.update, warn: (m) => log(`warning: ${m}`), log, force: Boolean(o['force']) },
         );
         bar.stop();
         if (o['json']) console.log(JSON.stringify(summary));
@@ -289,15 +329,32 @@ export function buildCli(): Command {
       log(`model: ${dir}`);
       for (const data of ['sotu-test', 'moby'])
         console.log(formatEval(data, await runEval(dir, data, { windows: 128, activations: 'fp32', dummyPrefix: true })));
-      const r = await runGenerate(dir, 'Once upon a time', { maxTokens: 64, activations: 'fp32' });
-      log(`${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s`);
+      log(generationLine(await runGenerate(dir, 'Once upon a time', { maxTokens: 64, activations: 'fp32' })));
     });
 
   return program;
 }
 
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+/**
+ * Interrupts end the run at once with the shell's 128+n status; exiting runs the cleanups that remove unfinished
+ * outputs (io/atomic.ts). Without a handler, SIGTERM and SIGHUP would kill the process with no cleanup at all.
+ */
+const SIGNALS = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
+
 export async function main(argv: string[]): Promise<void> {
-  process.on('SIGINT', () => process.exit(130));
+  for (const [sig, n] of Object.entries(SIGNALS)) {
+    process.on(sig, () => {
+      // a progress bar hides the cursor until it stops; it will not stop now
+      if (process.stderr.isTTY) process.stderr.write('\x1b[?25h');
+      process.stderr.write(`\ngptq: stopped by ${sig}\n`);
+      process.exit(128 + n);
+    });
+  }
   try {
     await buildCli().parseAsync(argv);
   } catch (e) {

@@ -12,6 +12,8 @@ export interface EvalOptions {
   batch?: number;
   /** the reference model's final hidden states for the same windows (see referenceStates) */
   ref?: ReferenceStates;
+  /** names the text in errors (a dataset name or file path) */
+  source?: string;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -39,7 +41,9 @@ function windowPlan(model: Llama, tokens: ArrayLike<number>, opts: EvalOptions):
   const seqlen = opts.seqlen ?? Math.min(256, model.cfg.maxPositions);
   if (seqlen < 2 || seqlen > model.cfg.maxPositions) throw new RangeError(`seqlen ${seqlen} must be in 2..${model.cfg.maxPositions}`);
   const windows = Math.min(opts.windows ?? 128, Math.floor(tokens.length / seqlen));
-  if (windows < 1) throw new RangeError(`text has ${tokens.length} tokens: too short for one window of ${seqlen}`);
+  if (windows < 1) {
+    throw new RangeError(`${opts.source ?? 'text'}: ${tokens.length} tokens, too short for one window of ${seqlen}`);
+  }
   return { seqlen, windows, batch: opts.batch ?? 8 };
 }
 

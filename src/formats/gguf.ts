@@ -1,5 +1,4 @@
 import { closeSync, openSync } from 'node:fs';
-import { writeAtomically } from '../io/atomic.js';
 import type { LlamaConfig } from '../io/config.js';
 import { fail } from '../io/errors.js';
 import { floatToHalf } from '../io/fp16.js';
@@ -218,7 +217,7 @@ function tokenizerMetadata(tok: LlamaTokenizer): Record<string, MetaValue> {
 }
 
 /**
- * Write `out` (a .gguf file) from the source model directory and its quantized layers. Non-quantized tensors
+ * Write `out` (a new .gguf file; the caller makes it appear atomically) from the source model directory and its quantized layers. Non-quantized tensors
  * stay float32, so llama.cpp runs exactly the weights our engine runs.
  */
 export async function writeGguf(
@@ -303,17 +302,15 @@ export async function writeGguf(
     offset += Math.ceil(t.data.length / ALIGNMENT) * ALIGNMENT;
   }
   head.pad(ALIGNMENT);
-  await writeAtomically(out, (tmp) => {
-    const fd = openSync(tmp, 'w');
-    try {
-      writeAll(fd, head.buffer());
-      for (const t of tensors) {
-        writeAll(fd, t.data);
-        const pad = (ALIGNMENT - (t.data.length % ALIGNMENT)) % ALIGNMENT;
-        if (pad) writeAll(fd, Buffer.alloc(pad));
-      }
-    } finally {
-      closeSync(fd);
+  const fd = openSync(out, 'wx');
+  try {
+    await writeAll(fd, head.buffer());
+    for (const t of tensors) {
+      await writeAll(fd, t.data);
+      const pad = (ALIGNMENT - (t.data.length % ALIGNMENT)) % ALIGNMENT;
+      if (pad) await writeAll(fd, Buffer.alloc(pad));
     }
-  });
+  } finally {
+    closeSync(fd);
+  }
 }

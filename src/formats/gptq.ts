@@ -52,6 +52,40 @@ function quantizationConfig(o: GptqExportOptions): Record<string, unknown> {
   };
 }
 
+const ASYMMETRIC_V1 =
+  'an asymmetric grid needs --format gptq_v2: GPTQModel refuses asymmetric v1 ("gptq") checkpoints it did not write, and v1 stores zero−1, which loaders read differently (a zero of 0 becomes 2^bits or carries into its neighbour)';
+
+/**
+ * What the maintained loaders (GPTQModel, transformers/optimum, vLLM; their loader code is cited in the README)
+ * make of a GPTQ checkpoint with these settings. `refuse` is why it must not be written: some loader would
+ * refuse or misread it. `warnings` name loaders that cannot run an otherwise sound checkpoint.
+ */
+export function loaderCompatibility(
+  format: CheckpointFormat,
+  q: { bits: number; groupSize: number; sym: boolean; percdamp: number },
+): { refuse?: string; warnings: string[] } {
+  const warnings: string[] = [];
+  if (format === 'gptq' && !q.sym) return { refuse: ASYMMETRIC_V1, warnings };
+  if (!(q.percdamp > 0)) {
+    return {
+      refuse: `--damp ${q.percdamp} would be recorded as damp_percent ${q.percdamp}, which transformers, optimum and GPTQModel refuse (they need 0 < damp_percent < 1); use a small positive damping such as 0.001`,
+      warnings,
+    };
+  }
+  if (q.groupSize !== -1 && q.groupSize % 16 !== 0) {
+    return {
+      refuse: `--group-size ${q.groupSize}: groups must start on multiples of 16 columns for packed kernels (the loaders' kernels take 16, 32, 64, 128, 256, ...; -1 for per-channel)`,
+      warnings,
+    };
+  }
+  if (q.bits !== 4 && q.bits !== 8)
+    warnings.push(`vLLM loads only 4- and 8-bit GPTQ checkpoints; GPTQModel and transformers load ${q.bits} bits`);
+  if (!q.sym) warnings.push('vLLM and AutoGPTQ do not load asymmetric (gptq_v2) checkpoints; GPTQModel and transformers do');
+  if (![-1, 32, 64, 128].includes(q.groupSize))
+    warnings.push(`vLLM's Marlin kernels take group sizes -1, 32, 64 and 128, not ${q.groupSize}`);
+  return { warnings };
+}
+
 export async function writeGptqCheckpoint(
   srcDir: string,
   outDir: string,
@@ -69,9 +103,7 @@ export async function writeGptqCheckpoint(
         tensors.set(name, o.floatDtype === 'F16' ? { dtype: 'F16', shape, data: floatArrayToHalf(data) } : { dtype: 'F32', shape, data });
         continue;
       }
-      if (o.format === 'gptq' && q.zeros.some((z) => z === 0)) {
-        o.warn?.(`${name}: zero point 0 cannot be stored in the v1 "gptq" format (loaders read 2^bits); use --format gptq_v2`);
-      }
+      if (o.format === 'gptq' && !o.quant.sym) fail(`${name}: ${ASYMMETRIC_V1}`);
       const t = packLayer(q, o.format);
       const p = linearPrefix(name);
       const G = numGroups(q);

@@ -1,6 +1,5 @@
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeAtomically } from '../io/atomic.js';
 import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 
 export const TOKENIZER_FILES = [
@@ -12,9 +11,9 @@ export const TOKENIZER_FILES = [
 ];
 
 /**
- * Write a Hugging Face model directory atomically: config.json and other JSON files, the source's tokenizer
- * files, and the tensors as model.safetensors, or as numbered shards with model.safetensors.index.json when
- * they exceed maxShardBytes.
+ * Write a new Hugging Face model directory (the caller makes it appear atomically): config.json and other JSON
+ * files, the source's tokenizer files, and the tensors as model.safetensors, or as numbered shards with
+ * model.safetensors.index.json when they exceed maxShardBytes.
  */
 export async function writeModelDir(
   srcDir: string,
@@ -22,29 +21,27 @@ export async function writeModelDir(
   o: { json: Record<string, object | undefined>; tensors: Map<string, TensorToWrite>; maxShardBytes?: number },
 ): Promise<void> {
   const shards = splitShards(o.tensors, o.maxShardBytes ?? Infinity);
-  await writeAtomically(outDir, async (tmp) => {
-    mkdirSync(tmp, { recursive: true });
-    for (const [file, value] of Object.entries(o.json)) if (value) writeFileSync(join(tmp, file), JSON.stringify(value, null, 2) + '\n');
-    for (const f of TOKENIZER_FILES) if (existsSync(join(srcDir, f))) copyFileSync(join(srcDir, f), join(tmp, f));
-    if (shards.length === 1) {
-      await writeSafetensors(join(tmp, 'model.safetensors'), shards[0]!);
-      return;
+  mkdirSync(outDir);
+  for (const [file, value] of Object.entries(o.json)) if (value) writeFileSync(join(outDir, file), JSON.stringify(value, null, 2) + '\n');
+  for (const f of TOKENIZER_FILES) if (existsSync(join(srcDir, f))) copyFileSync(join(srcDir, f), join(outDir, f));
+  if (shards.length === 1) {
+    await writeSafetensors(join(outDir, 'model.safetensors'), shards[0]!);
+    return;
+  }
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  for (const [i, shard] of shards.entries()) {
+    const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`;
+    await writeSafetensors(join(outDir, file), shard);
+    for (const [name, t] of shard) {
+      weightMap[name] = file;
+      total += t.data.byteLength;
     }
-    const weightMap: Record<string, string> = {};
-    let total = 0;
-    for (const [i, shard] of shards.entries()) {
-      const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`;
-      await writeSafetensors(join(tmp, file), shard);
-      for (const [name, t] of shard) {
-        weightMap[name] = file;
-        total += t.data.byteLength;
-      }
-    }
-    writeFileSync(
-      join(tmp, 'model.safetensors.index.json'),
-      JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n',
-    );
-  });
+  }
+  writeFileSync(
+    join(outDir, 'model.safetensors.index.json'),
+    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n',
+  );
 }
 
 function splitShards(tensors: Map<string, TensorToWrite>, maxBytes: number): Map<string, TensorToWrite>[] {

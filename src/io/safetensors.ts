@@ -2,7 +2,7 @@ import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, wri
 import { join } from 'node:path';
 import { fail } from './errors.js';
 import { bf16ArrayToFloat, halfArrayToFloat } from './fp16.js';
-import { writeAtomically } from './atomic.js';
+import { writeAtomically, yieldToSignals } from './atomic.js';
 
 export type DType = 'F32' | 'F16' | 'BF16' | 'I32' | 'I8' | 'U8' | 'F64' | 'I64';
 
@@ -247,19 +247,24 @@ export async function writeSafetensors(
   const headerBytes = Buffer.from(json, 'utf8');
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(headerBytes.length));
-  await writeAtomically(path, (tmp) => {
-    const fd = openSync(tmp, 'w');
+  await writeAtomically(path, async (tmp) => {
+    const fd = openSync(tmp, 'wx');
     try {
-      writeAll(fd, len);
-      writeAll(fd, headerBytes);
-      for (const t of tensors.values()) writeAll(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      await writeAll(fd, len);
+      await writeAll(fd, headerBytes);
+      for (const t of tensors.values()) await writeAll(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
     } finally {
       closeSync(fd);
     }
   });
 }
 
-export function writeAll(fd: number, bytes: Uint8Array): void {
-  let done = 0;
-  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done);
+const WRITE_SLICE = 16 << 20;
+
+/** Write all of `bytes`, letting signal handlers run between slices so an interrupt stops a long write promptly. */
+export async function writeAll(fd: number, bytes: Uint8Array): Promise<void> {
+  for (let done = 0; done < bytes.length;) {
+    done += writeSync(fd, bytes, done, Math.min(WRITE_SLICE, bytes.length - done));
+    await yieldToSignals();
+  }
 }

@@ -22,7 +22,11 @@ export interface GptqOptions extends GridOptions {
   blocksize: number;
 }
 
-export const GPTQ_DEFAULTS: GptqOptions = {
+/**
+ * The reference code's setting (the paper's tables: per-channel, asymmetric, damping 0.01, blocks of 128): what
+ * the algorithm's own tests and benchmarks start from. The command line defaults to PIPELINE_DEFAULTS instead.
+ */
+export const GPTQ_REFERENCE: GptqOptions = {
   bits: 4,
   sym: false,
   mse: false,

@@ -3,7 +3,7 @@ import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import { LINEAR_GROUPS, Llama, linearShape, readBlock, type LinearName } from '../models/llama.js';
 import type { Backend } from '../tensor/index.js';
-import { gptq, GPTQ_DEFAULTS, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
+import { gptq, GPTQ_REFERENCE, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
 import { calibrateBlock, type Stream } from './block-stages.js';
 import { HessianAccumulator } from './hessian.js';
 import { dequantize, type QuantizedLayer } from './quantized-layer.js';
@@ -214,4 +214,5 @@ export async function quantizeModel(
  */
 const CALIBRATION_CHUNK_TOKENS = 4096;
 
-export const QUANTIZE_DEFAULTS: QuantizeOptions = { ...GPTQ_DEFAULTS, method: 'gptq', alpha: 0.25 };
+/** GPTQ_REFERENCE with the method and GPTQv2's correction weight. */
+export const QUANTIZE_REFERENCE: QuantizeOptions = { ...GPTQ_REFERENCE, method: 'gptq', alpha: 0.25 };
