@@ -1,7 +1,7 @@
 import llamaTokenizer from 'llama-tokenizer-js';
 import { loadText } from '../src/calib/datasets.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { Llama } from '../src/models/llama.js';
+import { Decoder } from '../src/models/index.js';
 import { loadTokenizer } from '../src/models/load.js';
 import { ortBackend } from '../src/tensor/ort.js';
 import { refBackend } from '../src/tensor/ref.js';
@@ -43,7 +43,7 @@ for (const [backend, batch, reps] of [
   [ortBackend, 8, 5],
   [refBackend, 1, 1],
 ] as const) {
-  const model = await Llama.load(dir, backend);
+  const model = await Decoder.load(dir, backend);
   const seq = 256;
   const tokens = ids.slice(0, batch * seq);
   const ms = await timeMs(() => model.hidden(tokens, batch, seq), reps);

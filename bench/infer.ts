@@ -8,10 +8,10 @@ import { seededRandom } from '../src/calib/windows.js';
 import { writeGguf } from '../src/formats/gguf.js';
 import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { generate } from '../src/infer/generate.js';
-import { parseLlamaConfig, readConfigJson } from '../src/io/config.js';
+import { parseModelConfig, readModelConfig } from '../src/models/index.js';
 import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { linearShape, LINEAR_GROUPS } from '../src/models/llama.js';
+import { linearShape, LINEAR_GROUPS } from '../src/models/index.js';
 import { loadModel, loadTokenizer, type LoadOptions } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend, type ActivationPrecision, type LinearKernel, type PackedLinearWeights } from '../src/tensor/index.js';
@@ -156,7 +156,7 @@ async function randomModel(
     torch_dtype: 'float32',
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
-  const cfg = parseLlamaConfig(config, 'random');
+  const cfg = parseModelConfig(config, 'random');
   const rnd = seededRandom(110);
   const tensors = new Map<string, TensorToWrite>();
   const dense = (name: string, r: number, c: number): void => {
@@ -242,7 +242,7 @@ const genRows: (string | number)[][] = [];
 const memRows: (string | number)[][] = [];
 for (const [name, dir] of models) {
   const q = await quantized(dir);
-  const cfg = parseLlamaConfig(readConfigJson(dir), dir);
+  const cfg = readModelConfig(dir);
   const prompt = loadTokenizer(dir).encode(PROMPT);
   const cpp = await llamaCppTokensPerSecond(q.gguf, prompt, cfg.maxPositions);
   const fp = await oursTokensPerSecond(dir, {});

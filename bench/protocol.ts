@@ -2,7 +2,7 @@ import { calibrationWindows } from '../src/calib/windows.js';
 import { loadText } from '../src/calib/datasets.js';
 import { evaluate, referenceStates, type ReferenceStates } from '../src/eval/perplexity.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { Llama, type LinearName } from '../src/models/llama.js';
+import { Decoder, type LinearName } from '../src/models/index.js';
 import { loadTokenizer } from '../src/models/load.js';
 import { quantizeModel, type QuantizeOptions, type QuantizeResult } from '../src/quant/quantize-model.js';
 import { dequantize } from '../src/quant/quantized-layer.js';
@@ -19,7 +19,7 @@ export async function protocol() {
   const backend = await getBackend();
   const dir = await pullStories15m();
   const tokenizer = loadTokenizer(dir);
-  const fp = await Llama.load(dir, backend);
+  const fp = await Decoder.load(dir, backend);
   const calib = { windows: calibrationWindows(tokenizer.encode(await loadText('sotu-calib')), 128, 256, 0), seqlen: 256 };
   const tests = new Map<string, { tokens: number[]; ref: ReferenceStates; fpPpl: number }>();
   for (const t of TEXTS) {
@@ -28,7 +28,7 @@ export async function protocol() {
   }
 
   /** The fp model with every linear layer replaced by the quantizer's result. */
-  const quantizedModel = (r: QuantizeResult): Llama => {
+  const quantizedModel = (r: QuantizeResult): Decoder => {
     const weight = (name: string): Float32Array => {
       const q = r.layers.get(name);
       return q ? dequantize(q) : dequantizeBinary(r.binaryLayers.get(name)!);
@@ -40,7 +40,7 @@ export async function protocol() {
         Float32Array
       >,
     }));
-    return new Llama(fp.cfg, backend, fp.embed, blocks, fp.finalNorm, fp.head);
+    return new Decoder(fp.cfg, backend, fp.embed, blocks, fp.finalNorm, fp.head);
   };
 
   /** ppl and KL on each text, as table cells */

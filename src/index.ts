@@ -1,8 +1,9 @@
 /** gptq-ts library API. */
 export { loadModel, loadTokenizer, type LoadOptions } from './models/load.js';
-export { Llama, KvCache, LINEAR_GROUPS, type BlockWeights, type PreparedBlock, type LinearName } from './models/llama.js';
+export { Decoder, KvCache, LINEAR_GROUPS, type BlockWeights, type PreparedBlock, type LinearName } from './models/index.js';
 export { LlamaTokenizer } from './io/tokenizer.js';
-export { parseLlamaConfig, readConfigJson, type LlamaConfig } from './io/config.js';
+export { readConfigJson } from './io/config.js';
+export { FAMILIES, SUPPORTED_MODEL_TYPES, parseModelConfig, readModelConfig, type Family, type ModelConfig } from './models/index.js';
 export { SafetensorsFile, SafetensorsModel, writeSafetensors } from './io/safetensors.js';
 export { convertLlama2c, readLlama2c } from './io/llama2c.js';
 export { pullStories15m } from './io/stories.js';

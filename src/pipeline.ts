@@ -4,11 +4,11 @@ import { loadText } from './calib/datasets.js';
 import { writeFakeQuant } from './formats/fake-quant.js';
 import { loaderCompatibility, writeGptqCheckpoint } from './formats/gptq.js';
 import { writeGptqtCheckpoint } from './formats/gptqt.js';
-import { ggufIncompatibility, writeGguf } from './formats/gguf.js';
+import { ggufIncompatibility, ggufModelIncompatibility, writeGguf } from './formats/gguf.js';
 import type { CheckpointFormat } from './formats/gptq-pack.js';
-import { parseLlamaConfig, readConfigJson } from './io/config.js';
 import { fail } from './io/errors.js';
 import { loadTokenizer } from './models/load.js';
+import { readModelConfig } from './models/index.js';
 import { checkOutputPath, writeAtomically, type OutputPolicy } from './io/atomic.js';
 import {
   QUANTIZE_REFERENCE,
@@ -98,7 +98,7 @@ export async function quantize(
   if (!existsSync(modelDir)) fail(`${modelDir}: model directory not found`);
   const outputPolicy: OutputPolicy = { onExisting: hooks.force ? 'replace' : 'refuse', inputs: [modelDir] };
   if (out) checkOutputPath(out, outputPolicy);
-  const cfg = parseLlamaConfig(readConfigJson(modelDir), `${modelDir}/config.json`);
+  const cfg = readModelConfig(modelDir);
   validateOptions(cfg, opts, opts.method !== 'rtn' ? { nsamples: opts.nsamples, seqlen: opts.seqlen } : undefined);
   if (!OUTPUT_FORMATS.includes(opts.format)) fail(`--format ${JSON.stringify(opts.format)} is not one of ${OUTPUT_FORMATS.join(', ')}`);
   if ((opts.method === 'gptqt') !== (opts.format === 'gptqt')) {
@@ -109,7 +109,7 @@ export async function quantize(
     );
   }
   if (opts.format === 'gguf') {
-    const why = ggufIncompatibility(opts);
+    const why = ggufIncompatibility(opts) ?? ggufModelIncompatibility(cfg);
     if (why) fail(`--format gguf: ${why}`);
   } else if (opts.format !== 'fake') {
     for (const cols of [cfg.hiddenSize, cfg.intermediateSize]) {

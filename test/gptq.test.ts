@@ -13,7 +13,7 @@ import { rtn } from '../src/quant/rtn.js';
 import { getBackend } from '../src/tensor/index.js';
 import { cholesky, upperCholeskyOfInverse } from '../src/tensor/cholesky.js';
 import { seededRandom } from '../src/calib/windows.js';
-import { parseLlamaConfig, readConfigJson } from '../src/io/config.js';
+import { readModelConfig } from '../src/models/index.js';
 
 const rand = seededRandom(42);
 const randn = (): number => Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand());
@@ -254,7 +254,7 @@ test('GPTQ beats RTN on the output error of every real stories15M layer (w3, tru
 });
 
 test('impossible options are refused before any work', async () => {
-  const cfg = parseLlamaConfig(readConfigJson(await pullStories15m()), 'config.json');
+  const cfg = readModelConfig(await pullStories15m());
   const ok = { ...QUANTIZE_REFERENCE };
   assert.throws(() => validateOptions(cfg, { ...ok, bits: 5 }), /--bits 5 is not supported/);
   assert.throws(

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { convertLlama2c } from '../src/io/llama2c.js';
 import { pullStories15m, stories15mLlama2cFiles } from '../src/io/stories.js';
 import { generate } from '../src/infer/generate.js';
-import { KvCache, Llama } from '../src/models/llama.js';
+import { KvCache, Decoder } from '../src/models/index.js';
 import { loadModel } from '../src/models/load.js';
 import { getBackend } from '../src/tensor/index.js';
 import { Llama2cReference, randomLlama2c } from './helpers/llama2c-forward.js';
@@ -24,7 +24,7 @@ async function compareLayouts(bin: Uint8Array, tokens: number[]): Promise<number
   const binPath = join(dir, 'model.bin');
   writeFileSync(binPath, bin);
   await convertLlama2c(binPath, undefined, join(dir, 'hf'));
-  const model = await Llama.load(join(dir, 'hf'), await getBackend());
+  const model = await Decoder.load(join(dir, 'hf'), await getBackend());
   const logits = await model.logits(await model.hidden(tokens, 1, tokens.length), tokens.length);
   const ref = new Llama2cReference(bin);
   const V = model.cfg.vocabSize;

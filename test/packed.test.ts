@@ -15,7 +15,7 @@ import { calibrationWindows } from '../src/calib/windows.js';
 import { loadText } from '../src/calib/datasets.js';
 import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { Llama, type LinearName } from '../src/models/llama.js';
+import { Decoder, type LinearName } from '../src/models/index.js';
 import { loadTokenizer } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
@@ -176,7 +176,7 @@ test('library: a packed stories15M checkpoint loads onto packed kernels and gene
   const floatBytes = [...layers.values()].reduce((s, q) => s + 4 * q.rows * q.cols, 0);
   assert.ok(kernelBytes < floatBytes / 4, `packed kernels hold ${kernelBytes} bytes vs ${floatBytes} as float32`);
 
-  const fp = await Llama.load(dir, await getBackend());
+  const fp = await Decoder.load(dir, await getBackend());
   const blocks = fp.blocks.map((b, l) => ({
     ...b,
     linear: Object.fromEntries(Object.keys(b.linear).map((n) => [n, dequantize(layers.get(`model.layers.${l}.${n}.weight`)!)])) as Record<
@@ -184,7 +184,7 @@ test('library: a packed stories15M checkpoint loads onto packed kernels and gene
       Float32Array
     >,
   }));
-  const dequantized = new Llama(fp.cfg, fp.backend, fp.embed, blocks, fp.finalNorm, fp.head);
+  const dequantized = new Decoder(fp.cfg, fp.backend, fp.embed, blocks, fp.finalNorm, fp.head);
   const prompt = tokenizer.encode('Once upon a time');
   const want = (await lib.generate(dequantized, prompt, { maxTokens: 32 })).tokens;
   assert.deepEqual((await lib.generate(packed, prompt, { maxTokens: 32 })).tokens, want);

@@ -127,7 +127,7 @@ function generationLine(r: Awaited<ReturnType<typeof runGenerate>>): string {
 
 export function buildCli(): Command {
   const program = new Command('gptq')
-    .description('GPTQ quantization of Llama-family models, in TypeScript')
+    .description('GPTQ quantization of large language models, in TypeScript')
     .version(packageVersion(), '-V, --version')
     // commander's own errors (unknown option, missing argument) in the one-line form ours take
     .configureOutput({ outputError: (msg, write) => write(`gptq: ${msg}`) });

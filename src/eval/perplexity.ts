@@ -1,4 +1,4 @@
-import type { Llama } from '../models/llama.js';
+import type { Decoder } from '../models/index.js';
 
 /**
  * Perplexity by the reference protocol: the first `windows` non-overlapping windows of `seqlen` tokens;
@@ -37,7 +37,7 @@ export interface ReferenceStates {
   seqlen: number;
 }
 
-function windowPlan(model: Llama, tokens: ArrayLike<number>, opts: EvalOptions): { seqlen: number; windows: number; batch: number } {
+function windowPlan(model: Decoder, tokens: ArrayLike<number>, opts: EvalOptions): { seqlen: number; windows: number; batch: number } {
   const seqlen = opts.seqlen ?? Math.min(256, model.cfg.maxPositions);
   if (seqlen < 2 || seqlen > model.cfg.maxPositions) throw new RangeError(`seqlen ${seqlen} must be in 2..${model.cfg.maxPositions}`);
   const windows = Math.min(opts.windows ?? 128, Math.floor(tokens.length / seqlen));
@@ -51,7 +51,7 @@ function windowTokens(tokens: ArrayLike<number>, first: number, count: number, s
   return Int32Array.from({ length: count * seqlen }, (_, i) => tokens[first * seqlen + i]!);
 }
 
-export async function referenceStates(model: Llama, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<ReferenceStates> {
+export async function referenceStates(model: Decoder, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<ReferenceStates> {
   const { seqlen, windows, batch } = windowPlan(model, tokens, opts);
   const D = model.cfg.hiddenSize;
   const hidden = new Float32Array(windows * seqlen * D);
@@ -62,7 +62,7 @@ export async function referenceStates(model: Llama, tokens: ArrayLike<number>, o
   return { head: model.head, hidden, windows, seqlen };
 }
 
-export async function evaluate(model: Llama, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<EvalResult> {
+export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<EvalResult> {
   const { seqlen, windows, batch } = windowPlan(model, tokens, opts);
   const ref = opts.ref;
   if (ref && (ref.windows < windows || ref.seqlen !== seqlen)) throw new RangeError('reference states cover different windows');

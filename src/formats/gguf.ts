@@ -1,5 +1,5 @@
 import { closeSync, openSync } from 'node:fs';
-import type { LlamaConfig } from '../io/config.js';
+import { ggufTensorName, ropeRotated, type ModelConfig } from '../models/index.js';
 import { fail } from '../io/errors.js';
 import { floatToHalf } from '../io/fp16.js';
 import { SafetensorsModel, writeAll } from '../io/safetensors.js';
@@ -119,6 +119,22 @@ export function ggufIncompatibility(o: {
   return undefined;
 }
 
+/**
+ * What of a model the GGUF writer cannot express (it writes llama.cpp's "llama" architecture with default RoPE):
+ * refused by name rather than written as a different model.
+ */
+export function ggufModelIncompatibility(cfg: ModelConfig): string | undefined {
+  if (cfg.modelType !== 'llama' && cfg.modelType !== 'mistral')
+    return `model_type ${cfg.modelType} is not written to GGUF yet (llama and mistral are)`;
+  if (cfg.rope.type !== 'default') return `rope type ${cfg.rope.type} is not written to GGUF yet`;
+  if (cfg.rope.dim !== cfg.headDim) return 'partial rotary embeddings are not written to GGUF yet';
+  if (cfg.headDim * cfg.numHeads !== cfg.hiddenSize) return `head_dim ${cfg.headDim} differs from hidden_size / num_attention_heads`;
+  if (cfg.biases.size > 0) return 'linear biases are not written to GGUF yet';
+  if (cfg.activation !== 'silu') return `hidden_act ${cfg.activation} is not llama.cpp's llama (SiLU)`;
+  for (let l = 0; l < cfg.numLayers; l++) if (cfg.slidingWindow(l)) return 'sliding-window attention is not written to GGUF yet';
+  return undefined;
+}
+
 function layerIncompatibility(q: QuantizedLayer): string | undefined {
   const why = ggufIncompatibility({ ...q, actOrder: false, staticGroups: false });
   if (why) return why;
@@ -169,28 +185,6 @@ function permuteRows(w: Float32Array, cols: number, order: Int32Array): Float32A
   return out;
 }
 
-const GGUF_NAMES: Record<string, string> = {
-  'self_attn.q_proj': 'attn_q',
-  'self_attn.k_proj': 'attn_k',
-  'self_attn.v_proj': 'attn_v',
-  'self_attn.o_proj': 'attn_output',
-  'mlp.gate_proj': 'ffn_gate',
-  'mlp.up_proj': 'ffn_up',
-  'mlp.down_proj': 'ffn_down',
-  input_layernorm: 'attn_norm',
-  post_attention_layernorm: 'ffn_norm',
-};
-
-function ggufName(hf: string): string {
-  if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
-  if (hf === 'model.norm.weight') return 'output_norm.weight';
-  if (hf === 'lm_head.weight') return 'output.weight';
-  const m = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(hf);
-  const short = m && GGUF_NAMES[m[2]!];
-  if (!short) fail(`GGUF export: no llama.cpp name for tensor ${hf}`);
-  return `blk.${m![1]}.${short}.weight`;
-}
-
 function tokenizerMetadata(tok: LlamaTokenizer): Record<string, MetaValue> {
   // llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined piece scores highest: a merge
   // of rank r scores −r, so it merges in exactly our order
@@ -222,7 +216,7 @@ function tokenizerMetadata(tok: LlamaTokenizer): Record<string, MetaValue> {
  */
 export async function writeGguf(
   srcDir: string,
-  cfg: LlamaConfig,
+  cfg: ModelConfig,
   tokenizer: LlamaTokenizer,
   layers: Map<string, QuantizedLayer>,
   out: string,
@@ -240,13 +234,12 @@ export async function writeGguf(
   try {
     for (const hf of st.names()) {
       const q = layers.get(hf);
-      const isQ = /q_proj/.test(hf);
-      const isK = /k_proj/.test(hf);
+      const { isQ, isK } = ropeRotated(hf);
       const heads = isQ ? cfg.numHeads : cfg.numKvHeads;
       if (q) {
         const order = isQ || isK ? interleavedRowOrder(q.rows, heads) : Int32Array.from({ length: q.rows }, (_, i) => i);
         tensors.push({
-          name: ggufName(hf),
+          name: ggufTensorName(hf),
           shape: [q.rows, q.cols],
           type: bits === 4 ? GGML_TYPE.Q4_0 : GGML_TYPE.Q8_0,
           data: encodeBlocks(q, order),
@@ -256,7 +249,7 @@ export async function writeGguf(
         let w = st.readFloat(hf, info.shape);
         if ((isQ || isK) && info.shape.length === 2) w = permuteRows(w, info.shape[1]!, interleavedRowOrder(info.shape[0]!, heads));
         tensors.push({
-          name: ggufName(hf),
+          name: ggufTensorName(hf),
           shape: info.shape,
           type: GGML_TYPE.F32,
           data: new Uint8Array(w.buffer, w.byteOffset, w.byteLength),
@@ -279,7 +272,7 @@ export async function writeGguf(
     'llama.attention.head_count': { t: ValueType.UINT32, v: cfg.numHeads },
     'llama.attention.head_count_kv': { t: ValueType.UINT32, v: cfg.numKvHeads },
     'llama.attention.layer_norm_rms_epsilon': { t: ValueType.FLOAT32, v: cfg.rmsNormEps },
-    'llama.rope.freq_base': { t: ValueType.FLOAT32, v: cfg.ropeTheta },
+    'llama.rope.freq_base': { t: ValueType.FLOAT32, v: cfg.rope.theta },
     'llama.vocab_size': { t: ValueType.UINT32, v: cfg.vocabSize },
     ...tokenizerMetadata(tokenizer),
   };

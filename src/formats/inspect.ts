@@ -1,5 +1,6 @@
 import { statSync } from 'node:fs';
-import { parseLlamaConfig, readConfigJson } from '../io/config.js';
+import { readConfigJson } from '../io/config.js';
+import { readModelConfig } from '../models/index.js';
 import { SafetensorsModel, type DType } from '../io/safetensors.js';
 import { readQuantConfig, type QuantConfig } from './gptq.js';
 
@@ -34,7 +35,7 @@ export interface Inspection {
 
 export function inspectModel(dir: string): Inspection {
   const raw = readConfigJson(dir);
-  const cfg = parseLlamaConfig(raw, `${dir}/config.json`);
+  const cfg = readModelConfig(dir);
   const qc = raw['quantization_config'] as { quant_method?: string; bits?: number; high_bits?: number } | undefined;
   const quantization: QuantConfig | GptqtConfig | undefined =
     qc?.quant_method === 'gptqt' ? { method: 'gptqt', bits: qc.bits ?? 0, highBits: qc.high_bits ?? 0 } : readQuantConfig(dir, raw);

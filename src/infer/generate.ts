@@ -1,4 +1,4 @@
-import { KvCache, type Llama } from '../models/llama.js';
+import { KvCache, type Decoder } from '../models/index.js';
 import { makeSampler, type SamplingOptions } from './sampling.js';
 
 export interface GenerateOptions extends SamplingOptions {
@@ -24,20 +24,20 @@ export interface GenerateResult {
 }
 
 /** A prompt must leave room in the context for at least one new token. */
-export function checkPrompt(model: Llama, prompt: number[]): void {
+export function checkPrompt(model: Decoder, prompt: number[]): void {
   const ctx = model.cfg.maxPositions;
   if (prompt.length === 0) throw new RangeError('empty prompt: give at least one token');
   if (prompt.length >= ctx) throw new RangeError(`prompt has ${prompt.length} tokens but the context holds ${ctx}`);
 }
 
 /** Decoding with a KV cache: one prefill of the prompt, then one position per step; greedy unless a temperature is given. */
-export async function generate(model: Llama, prompt: number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+export async function generate(model: Decoder, prompt: number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
   const ctx = model.cfg.maxPositions;
   checkPrompt(model, prompt);
   const requested = opts.maxTokens ?? 256;
   const maxTokens = Math.min(requested, ctx - prompt.length);
   const choose = makeSampler(opts);
-  const stop = new Set(opts.stop ?? [model.cfg.eosTokenId, model.cfg.bosTokenId]);
+  const stop = new Set(opts.stop ?? [...model.cfg.eosTokenIds, ...(model.cfg.bosTokenId !== undefined ? [model.cfg.bosTokenId] : [])]);
   const cache = new KvCache(model.cfg, ctx);
   const t0 = performance.now();
   let h = await model.hidden(prompt, 1, prompt.length, cache);

@@ -1,7 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkOutputPath, writeAtomically, type OnExisting, type OutputPolicy } from './atomic.js';
-import { toHfConfig, type LlamaConfig } from './config.js';
 import { fail } from './errors.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors.js';
 import { LlamaTokenizer } from './tokenizer.js';
@@ -12,7 +11,9 @@ import { LlamaTokenizer } from './tokenizer.js';
  */
 
 export interface Llama2cCheckpoint {
-  cfg: LlamaConfig;
+  /** the config.json of the converted model */
+  config: Record<string, unknown>;
+  vocabSize: number;
   /** Hugging Face tensor names -> fp32 data, already in HF's rotary layout */
   tensors: Map<string, TensorToWrite>;
 }
@@ -91,22 +92,26 @@ export function readLlama2c(bytes: Uint8Array, what: string): Llama2cCheckpoint 
   put('model.norm.weight', [dim], finalNorm);
   if (cls) put('lm_head.weight', [vocab, dim], cls);
 
-  const cfg: LlamaConfig = {
-    modelType: 'llama',
-    hiddenSize: dim,
-    intermediateSize: hidden,
-    numLayers: layers,
-    numHeads: heads,
-    numKvHeads: kvHeads,
-    vocabSize: vocab,
-    maxPositions: seqLen,
-    rmsNormEps: 1e-5,
-    ropeTheta: 10000,
-    tieWordEmbeddings: shared,
-    bosTokenId: 1,
-    eosTokenId: 2,
+  // llama2.c's model: Llama 2's layout with RMSNorm eps 1e-5 and RoPE base 10000, written as transformers does
+  const config = {
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    hidden_size: dim,
+    intermediate_size: hidden,
+    num_hidden_layers: layers,
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    vocab_size: vocab,
+    max_position_embeddings: seqLen,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: shared,
+    hidden_act: 'silu',
+    bos_token_id: 1,
+    eos_token_id: 2,
+    torch_dtype: 'float32',
   };
-  return { cfg, tensors };
+  return { config, vocabSize: vocab, tensors };
 }
 
 /**
@@ -140,16 +145,14 @@ export async function convertLlama2c(
   if (!existsSync(binPath)) fail(`${binPath}: file not found`);
   if (tokenizerPath && !existsSync(tokenizerPath)) fail(`${tokenizerPath}: file not found`);
   const ckpt = readLlama2c(readFileSync(binPath), binPath);
-  const tokenizer = tokenizerPath
-    ? LlamaTokenizer.fromLlama2cBin(readFileSync(tokenizerPath), tokenizerPath, ckpt.cfg.vocabSize)
-    : undefined;
+  const tokenizer = tokenizerPath ? LlamaTokenizer.fromLlama2cBin(readFileSync(tokenizerPath), tokenizerPath, ckpt.vocabSize) : undefined;
   await writeAtomically(outDir, (tmp) => writeHfLlamaDir(tmp, ckpt, tokenizer), policy);
 }
 
 /** Write a new Hugging Face Llama directory (the caller makes it appear atomically). */
 export async function writeHfLlamaDir(outDir: string, ckpt: Llama2cCheckpoint, tokenizer?: LlamaTokenizer): Promise<void> {
   mkdirSync(outDir);
-  writeFileSync(join(outDir, 'config.json'), JSON.stringify(toHfConfig(ckpt.cfg), null, 2) + '\n');
+  writeFileSync(join(outDir, 'config.json'), JSON.stringify(ckpt.config, null, 2) + '\n');
   writeFileSync(join(outDir, 'generation_config.json'), JSON.stringify({ bos_token_id: 1, eos_token_id: 2 }, null, 2) + '\n');
   await writeSafetensors(join(outDir, 'model.safetensors'), ckpt.tensors);
   if (tokenizer) {

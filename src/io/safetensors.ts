@@ -166,6 +166,11 @@ export class SafetensorsModel {
     } else if (existsSync(single)) {
       const file = this.open(single);
       for (const name of file.tensors.keys()) this.where.set(name, file);
+    } else if (existsSync(join(dir, 'pytorch_model.bin')) || existsSync(join(dir, 'pytorch_model.bin.index.json'))) {
+      // a pickle: loading one runs code from the file, and needs PyTorch's format besides
+      fail(
+        `${dir}: only pytorch_model.bin (PyTorch pickle) weights; gptq-ts reads safetensors: convert once in Python with model.save_pretrained(dir, safe_serialization=True)`,
+      );
     } else {
       fail(`${dir}: no model.safetensors or model.safetensors.index.json`);
     }

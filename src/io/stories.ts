@@ -24,7 +24,7 @@ export async function pullStories15m(log: (msg: string) => void = () => {}): Pro
     const files = await stories15mLlama2cFiles();
     log('converting to a Hugging Face Llama directory');
     const model = readLlama2c(files.checkpoint, `${files.path} [stories15M.bin]`);
-    const tokenizer = LlamaTokenizer.fromLlama2cBin(files.tokenizer, `${files.path} [tokenizer.bin]`, model.cfg.vocabSize);
+    const tokenizer = LlamaTokenizer.fromLlama2cBin(files.tokenizer, `${files.path} [tokenizer.bin]`, model.vocabSize);
     await writeHfLlamaDir(tmp, model, tokenizer);
   });
 }

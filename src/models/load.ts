@@ -3,13 +3,24 @@ import { join } from 'node:path';
 import { fail } from '../io/errors.js';
 import { LlamaTokenizer } from '../io/tokenizer.js';
 import { getBackend, type ActivationPrecision, type Backend, type LinearKernel } from '../tensor/index.js';
-import { parseLlamaConfig, readConfigJson } from '../io/config.js';
+import { readConfigJson } from '../io/config.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import { readGptqPacked, readQuantConfig } from '../formats/gptq.js';
 import { stackPackedRows } from '../formats/gptq-pack.js';
 import { dequantizeBinary } from '../quant/gptqt.js';
 import { readGptqtLinear } from '../formats/gptqt.js';
-import { Llama, linearShape, type LinearName, type PreparedBlock } from './llama.js';
+import {
+  Decoder,
+  EMBED,
+  FINAL_NORM,
+  layerPrefix,
+  linearShape,
+  readBlockExtras,
+  readHead,
+  type LinearName,
+  type PreparedBlock,
+} from './decoder.js';
+import { readModelConfig } from './registry.js';
 
 export interface LoadOptions {
   /**
@@ -23,18 +34,21 @@ export interface LoadOptions {
  * A model directory ready for inference on the default backend: float checkpoints as prepared float kernels,
  * GPTQ checkpoints as packed kernels that never form the float matrix, GPTQT (binary-coded) ones dequantized.
  */
-export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<{ model: Llama<PreparedBlock>; tokenizer: LlamaTokenizer }> {
+export async function loadModel(
+  dir: string,
+  opts: LoadOptions = {},
+): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
   if (!existsSync(dir)) fail(`${dir}: model directory not found`);
   const backend = await getBackend();
   const config = readConfigJson(dir);
-  const cfg = parseLlamaConfig(config, `${dir}/config.json`);
+  const cfg = readModelConfig(dir);
   const makeKernels = kernelMaker(dir, config, backend, opts.activations ?? 'fp32');
   const st = new SafetensorsModel(dir);
   try {
-    const embed = st.readFloat('model.embed_tokens.weight', [cfg.vocabSize, cfg.hiddenSize]);
+    const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
     const blocks: PreparedBlock[] = [];
     for (let i = 0; i < cfg.numLayers; i++) {
-      const p = `model.layers.${i}.`;
+      const p = layerPrefix(i);
       const kernels = (names: LinearName[]): Promise<LinearKernel[]> =>
         makeKernels(
           st,
@@ -42,18 +56,15 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<{ 
           names.map((n) => linearShape(cfg, n)),
         );
       blocks.push({
-        inputNorm: st.readFloat(`${p}input_layernorm.weight`, [cfg.hiddenSize]),
-        postNorm: st.readFloat(`${p}post_attention_layernorm.weight`, [cfg.hiddenSize]),
+        ...readBlockExtras(st, cfg, i),
         qkv: await kernels(['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']),
         o: (await kernels(['self_attn.o_proj']))[0]!,
         gateUp: await kernels(['mlp.gate_proj', 'mlp.up_proj']),
         down: (await kernels(['mlp.down_proj']))[0]!,
       });
     }
-    const finalNorm = st.readFloat('model.norm.weight', [cfg.hiddenSize]);
-    const head =
-      st.has('lm_head.weight') && !cfg.tieWordEmbeddings ? st.readFloat('lm_head.weight', [cfg.vocabSize, cfg.hiddenSize]) : embed;
-    const model = new Llama(cfg, backend, embed, blocks, finalNorm, head);
+    const finalNorm = st.readFloat(FINAL_NORM, [cfg.hiddenSize]);
+    const model = new Decoder(cfg, backend, embed, blocks, finalNorm, readHead(st, cfg, embed));
     await model.prepareHead();
     return { model, tokenizer: loadTokenizer(dir) };
   } finally {

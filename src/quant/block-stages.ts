@@ -1,4 +1,4 @@
-import type { BlockWeights, Llama } from '../models/llama.js';
+import type { BlockWeights, Decoder } from '../models/index.js';
 
 /**
  * One decoder block's true-sequential calibration ([q,k,v] → [o] → [gate,up] → [down]), run over the
@@ -27,7 +27,7 @@ export interface StageCallbacks {
 }
 
 export async function calibrateBlock(
-  model: Llama,
+  model: Decoder,
   layer: number,
   streams: Stream[],
   windows: number,

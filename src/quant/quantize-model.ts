@@ -1,7 +1,16 @@
-import { parseLlamaConfig, readConfigJson, type LlamaConfig } from '../io/config.js';
 import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
-import { LINEAR_GROUPS, Llama, linearShape, readBlock, type LinearName } from '../models/llama.js';
+import {
+  Decoder,
+  EMBED,
+  layerPrefix,
+  LINEAR_GROUPS,
+  linearShape,
+  readBlock,
+  readModelConfig,
+  type LinearName,
+  type ModelConfig,
+} from '../models/index.js';
 import type { Backend } from '../tensor/index.js';
 import { gptq, GPTQ_REFERENCE, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
 import { calibrateBlock, type Stream } from './block-stages.js';
@@ -33,7 +42,7 @@ export interface LayerReport {
 }
 
 export interface QuantizeResult {
-  config: LlamaConfig;
+  config: ModelConfig;
   /** full tensor name (…q_proj.weight) → quantized layer */
   layers: Map<string, QuantizedLayer>;
   /** GPTQT's binary-coded layers, by the same names */
@@ -50,7 +59,7 @@ export interface QuantizeProgress {
 export type LayerInspector = (name: string, weight: Float32Array, hessian: Float64Array | undefined, result: QuantizedLayer) => void;
 
 /** Refuse impossible settings before any work: one clear message. */
-export function validateOptions(cfg: LlamaConfig, opts: QuantizeOptions, calib?: { nsamples: number; seqlen: number }): void {
+export function validateOptions(cfg: ModelConfig, opts: QuantizeOptions, calib?: { nsamples: number; seqlen: number }): void {
   if (!SUPPORTED_BITS.includes(opts.bits)) fail(`--bits ${opts.bits} is not supported (choose from ${SUPPORTED_BITS.join(', ')})`);
   if (opts.groupSize !== -1) {
     if (!Number.isInteger(opts.groupSize) || opts.groupSize <= 0) fail(`--group-size ${opts.groupSize} must be a positive integer or -1`);
@@ -91,7 +100,7 @@ export function validateOptions(cfg: LlamaConfig, opts: QuantizeOptions, calib?:
 }
 
 /**
- * Quantize every linear layer of a Llama model, block by block, streaming the weights from disk. GPTQ runs
+ * Quantize every linear layer of a model, block by block, streaming the weights from disk. GPTQ runs
  * each block once over the calibration windows; at each true-sequential group ([q,k,v] → [o] → [gate,up] →
  * [down]) the forward pauses, the group's Hessian is built from its inputs, its layers are quantized and
  * replaced by their quantized weights, and the forward continues. So every group is calibrated on the
@@ -107,7 +116,7 @@ export async function quantizeModel(
   inspect?: LayerInspector,
 ): Promise<QuantizeResult> {
   const t0 = performance.now();
-  const cfg = parseLlamaConfig(readConfigJson(dir), `${dir}/config.json`);
+  const cfg = readModelConfig(dir);
   validateOptions(cfg, opts, calib && { nsamples: calib.windows.length / calib.seqlen, seqlen: calib.seqlen });
   if (opts.method !== 'rtn' && !calib) throw new Error(`${opts.method} needs calibration windows`);
   const asymmetric = opts.method === 'gptqv2';
@@ -121,8 +130,8 @@ export async function quantizeModel(
   const timings = { forward: 0, hessian: 0, sweep: 0, total: 0 };
   const total = cfg.numLayers * LINEAR_GROUPS.flat().length;
   try {
-    const embed = st.readFloat('model.embed_tokens.weight', [cfg.vocabSize, cfg.hiddenSize]);
-    const model = new Llama(cfg, backend, embed, [], new Float32Array(0), new Float32Array(0));
+    const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
+    const model = new Decoder(cfg, backend, embed, [], new Float32Array(0), new Float32Array(0));
     const nseq = calib ? calib.windows.length / calib.seqlen : 0;
     const x = calib ? model.embedTokens(calib.windows) : undefined;
     // GPTQv2 follows the full-precision model's hidden states alongside the quantized path's
@@ -137,14 +146,14 @@ export async function quantizeModel(
         if (hessian) {
           const tp = performance.now();
           const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
-          const label = `model.layers.${l}.[${LINEAR_GROUPS[g]!.join(', ')}]`;
+          const label = `${layerPrefix(l)}[${LINEAR_GROUPS[g]!.join(', ')}]`;
           prepared = await prepareHessian(hessian.h, hessian.cols, opts, (m) => warn(`${label}: ${m}`), asym, matmul64);
           timings.sweep += (performance.now() - tp) / 1000;
         }
         for (const name of LINEAR_GROUPS[g]!) {
           const ts = performance.now();
           const [rows_, cols] = linearShape(cfg, name);
-          const full = `model.layers.${l}.${name}.weight`;
+          const full = `${layerPrefix(l)}${name}.weight`;
           const w = block.linear[name as LinearName];
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
           if (opts.method === 'gptqt') {

@@ -19,11 +19,12 @@ export function attentionJs(q: Float32Array, k: Float32Array, v: Float32Array, s
     const kvBase = b * ctx * kvStride;
     for (let t = 0; t < seq; t++) {
       const last = ctx - seq + t;
+      const first = Math.max(0, last - (s.window ?? Infinity) + 1);
       for (let h = 0; h < heads; h++) {
         const qo = ((b * seq + t) * heads + h) * hd;
         const head = kvBase + Math.floor(h / group) * hd;
         let max = -Infinity;
-        for (let j = 0, ko = head; j <= last; j++, ko += kvStride) {
+        for (let j = first, ko = head + first * kvStride; j <= last; j++, ko += kvStride) {
           let s0 = 0;
           let s1 = 0;
           let s2 = 0;
@@ -41,13 +42,13 @@ export function attentionJs(q: Float32Array, k: Float32Array, v: Float32Array, s
           if (sc > max) max = sc;
         }
         let sum = 0;
-        for (let j = 0; j <= last; j++) {
+        for (let j = first; j <= last; j++) {
           const e = Math.exp(scores[j]! - max);
           scores[j] = e;
           sum += e;
         }
         acc.fill(0);
-        for (let j = 0, vo = head; j <= last; j++, vo += kvStride) {
+        for (let j = first, vo = head + first * kvStride; j <= last; j++, vo += kvStride) {
           const p = scores[j]!;
           for (let d = 0; d < hd; d++) acc[d]! += p * v[vo + d]!;
         }

@@ -13,7 +13,12 @@ export interface AttentionShape {
   heads: number;
   kvHeads: number;
   headDim: number;
+  /** sliding window: a query sees at most this many positions, its own included (default: all before it) */
+  window?: number;
 }
+
+/** The gated MLP's activation: act(gate·x) ⊙ up·x. gelu is erf's; gelu_tanh its tanh approximation. */
+export type Activation = 'silu' | 'gelu' | 'gelu_tanh' | 'relu';
 
 export interface HeadStats {
   /** -log p(target) per row */

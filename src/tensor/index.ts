@@ -1,7 +1,7 @@
 import type { Backend } from './backend.js';
 import { refBackend } from './ref.js';
 
-export type { Backend, AttentionShape, HeadStats, LinearKernel, PackedLinearWeights, ActivationPrecision } from './backend.js';
+export type { Activation, Backend, AttentionShape, HeadStats, LinearKernel, PackedLinearWeights, ActivationPrecision } from './backend.js';
 
 /**
  * The backend the library uses: onnxruntime when it loads, else the plain-TS reference (slow but always

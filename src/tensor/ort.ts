@@ -203,12 +203,16 @@ const sessions = {
 };
 
 const masks = new Map<string, ort.Tensor>();
-function causalMask(seq: number, ctx: number): ort.Tensor {
-  const key = `${seq}x${ctx}`;
+/** Query i (at position ctx - seq + i) sees keys first(i)..its own position: all, or the last `window`. */
+function causalMask(seq: number, ctx: number, window = Infinity): ort.Tensor {
+  const key = `${seq}x${ctx}x${window}`;
   let t = masks.get(key);
   if (!t) {
     const m = new Float32Array(seq * ctx);
-    for (let i = 0; i < seq; i++) for (let j = ctx - seq + i + 1; j < ctx; j++) m[i * ctx + j] = -Infinity;
+    for (let i = 0; i < seq; i++) {
+      const last = ctx - seq + i;
+      for (let j = 0; j < ctx; j++) if (j > last || last - j >= window) m[i * ctx + j] = -Infinity;
+    }
     t = new ort.Tensor('float32', m, [seq, ctx]);
     if (masks.size > 64) masks.clear();
     masks.set(key, t);
@@ -351,7 +355,7 @@ export const ortBackend: Backend = {
       k: f32(expandKv(k, batch * ctx, kvHeads, group, headDim), [batch, ctx, heads, headDim]),
       v: f32(expandKv(v, batch * ctx, kvHeads, group, headDim), [batch, ctx, heads, headDim]),
       scale: f32(new Float32Array([1 / Math.sqrt(headDim)]), []),
-      mask: causalMask(seq, ctx),
+      mask: causalMask(seq, ctx, sh.window),
     });
     return r['out']!.data as Float32Array;
   },

@@ -1,5 +1,5 @@
 import { streamValue } from './bit-stream.js';
-import type { AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeights } from './backend.js';
+import type { Activation, AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeights } from './backend.js';
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
 
@@ -42,6 +42,41 @@ export function siluMul(g: Float32Array, u: Float32Array): Float32Array {
   return g;
 }
 
+/** erf from Numerical Recipes' Chebyshev fit of erfc (fractional error < 1.2e-7: float32 accuracy for GELU) */
+function erf(x: number): number {
+  const z = Math.abs(x);
+  const t = 1 / (1 + 0.5 * z);
+  const r =
+    t *
+    Math.exp(
+      -z * z -
+        1.26551223 +
+        t *
+          (1.00002368 +
+            t *
+              (0.37409196 +
+                t *
+                  (0.09678418 +
+                    t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))),
+    );
+  return x >= 0 ? 1 - r : r - 1;
+}
+
+const ACTIVATION_FNS: Record<Activation, (x: number) => number> = {
+  silu: (x) => x / (1 + Math.exp(-x)),
+  gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+  gelu_tanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+  relu: (x) => (x > 0 ? x : 0),
+};
+
+/** act(g) ⊙ u, in place in g: the gated MLP of the Llama-layout families */
+export function gatedActivation(act: Activation, g: Float32Array, u: Float32Array): Float32Array {
+  if (act === 'silu') return siluMul(g, u);
+  const f = ACTIVATION_FNS[act];
+  for (let i = 0; i < g.length; i++) g[i] = f(g[i]!) * u[i]!;
+  return g;
+}
+
 export function swiglu(h: Float32Array, wGate: Float32Array, wUp: Float32Array, m: number, n: number, k: number): Float32Array {
   return siluMul(matmulNT(h, wGate, m, n, k), matmulNT(h, wUp, m, n, k));
 }
@@ -67,12 +102,13 @@ export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: 
   const scores = new Float64Array(ctx);
   for (let b = 0; b < batch; b++) {
     for (let t = 0; t < seq; t++) {
-      const last = ctx - seq + t; // causal: attend to positions 0..last
+      const last = ctx - seq + t; // causal: attend to positions first..last
+      const first = Math.max(0, last - (s.window ?? Infinity) + 1);
       for (let h = 0; h < heads; h++) {
         const kh = Math.floor(h / group);
         const qo = ((b * seq + t) * heads + h) * headDim;
         let max = -Infinity;
-        for (let j = 0; j <= last; j++) {
+        for (let j = first; j <= last; j++) {
           const ko = ((b * ctx + j) * kvHeads + kh) * headDim;
           let dot = 0;
           for (let d = 0; d < headDim; d++) dot += q[qo + d]! * k[ko + d]!;
@@ -80,11 +116,11 @@ export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: 
           if (scores[j]! > max) max = scores[j]!;
         }
         let sum = 0;
-        for (let j = 0; j <= last; j++) {
+        for (let j = first; j <= last; j++) {
           scores[j] = Math.exp(scores[j]! - max);
           sum += scores[j]!;
         }
-        for (let j = 0; j <= last; j++) {
+        for (let j = first; j <= last; j++) {
           const p = scores[j]! / sum;
           const vo = ((b * ctx + j) * kvHeads + kh) * headDim;
           for (let d = 0; d < headDim; d++) out[qo + d]! += p * v[vo + d]!;

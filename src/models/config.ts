@@ -1,0 +1,208 @@
+import { fail } from '../io/errors.js';
+import type { Activation } from '../tensor/index.js';
+import type { RopeConfig } from './rope.js';
+
+/**
+ * The decoder's view of a model: what the forward pass, the quantizer and the writers need, in one normalised
+ * form whatever the family's config.json calls it. A family file maps its config.json onto this (see registry.ts).
+ */
+export interface ModelConfig {
+  /** config.json's model_type */
+  modelType: string;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  /** the context the model is run at: positions 0..maxPositions-1 */
+  maxPositions: number;
+  rmsNormEps: number;
+  rope: RopeConfig;
+  tieWordEmbeddings: boolean;
+  bosTokenId: number | undefined;
+  /** generation ends at any of these */
+  eosTokenIds: number[];
+  /** the gated MLP's activation: act(gate·x) ⊙ up·x */
+  activation: Activation;
+  /** linear layers (names as in LinearName) that carry a bias */
+  biases: ReadonlySet<string>;
+  /** RMSNorm of q and k before RoPE: per head over head_dim (Qwen3), or over the whole projection (OLMo2) */
+  qkNorm: 'none' | 'head' | 'full';
+  /** OLMo2's layout: no norm before attention/MLP, an RMSNorm of each one's output before the residual add */
+  normAfter: boolean;
+  /** attention sees at most this many past positions (itself included) at each layer; undefined = all */
+  slidingWindow: (layer: number) => number | undefined;
+  /** Granite's multipliers (1 elsewhere): embeddings ×, each residual update ×, attention scores ×, logits ÷ */
+  embeddingScale: number;
+  residualScale: number;
+  /** attention score scale; 1/sqrt(headDim) unless the family says otherwise */
+  attentionScale: number;
+  logitsDivisor: number;
+}
+
+export const ACTIVATIONS: Record<string, Activation> = {
+  silu: 'silu',
+  swish: 'silu',
+  gelu: 'gelu',
+  gelu_pytorch_tanh: 'gelu_tanh',
+  gelu_new: 'gelu_tanh',
+  gelu_fast: 'gelu_tanh',
+  relu: 'relu',
+};
+
+/**
+ * Keys every transformers config may carry that do not change the forward pass (bookkeeping, training, generation
+ * defaults, parallelism plans). A key that is neither one of these nor read by the family is refused by name.
+ */
+const INERT_KEYS = new Set([
+  'architectures',
+  'model_type',
+  'transformers_version',
+  'torch_dtype',
+  'dtype',
+  '_name_or_path',
+  'name_or_path',
+  'auto_map',
+  'use_cache',
+  'initializer_range',
+  'pad_token_id',
+  'sep_token_id',
+  'decoder_start_token_id',
+  'output_attentions',
+  'output_hidden_states',
+  'return_dict',
+  'problem_type',
+  'id2label',
+  'label2id',
+  'tokenizer_class',
+  'task_specific_params',
+  'is_encoder_decoder',
+  'is_decoder',
+  'add_cross_attention',
+  'chunk_size_feed_forward',
+  'tie_encoder_decoder',
+  'finetuning_task',
+  'prefix',
+  'attention_dropout',
+  'hidden_dropout',
+  'embd_pdrop',
+  'resid_pdrop',
+  'pretraining_tp',
+  'quantization_config',
+  'base_model_tp_plan',
+  'base_model_pp_plan',
+  'keys_to_ignore_at_inference',
+  'attn_implementation',
+  '_attn_implementation_autoset',
+  'use_return_dict',
+  'torchscript',
+  'pruned_heads',
+  'max_length',
+  'min_length',
+  'do_sample',
+  'early_stopping',
+  'num_beams',
+  'temperature',
+  'top_k',
+  'top_p',
+  'typical_p',
+  'repetition_penalty',
+  'length_penalty',
+  'no_repeat_ngram_size',
+  'bad_words_ids',
+  'num_return_sequences',
+  'output_scores',
+  'return_dict_in_generate',
+  'forced_bos_token_id',
+  'forced_eos_token_id',
+  'remove_invalid_values',
+  'diversity_penalty',
+  'num_beam_groups',
+  'exponential_decay_length_penalty',
+  'suppress_tokens',
+  'begin_suppress_tokens',
+  'encoder_no_repeat_ngram_size',
+  'tf_legacy_loss',
+  'use_bfloat16',
+  'cross_attention_hidden_size',
+]);
+
+/**
+ * Reads a config.json strictly: each value is checked where it is read, and `finish` refuses every key that was
+ * neither read nor known to be inert, so a field that would change the arithmetic is never silently ignored.
+ */
+export class ConfigReader {
+  private readonly read = new Set<string>();
+  constructor(
+    readonly raw: Record<string, unknown>,
+    readonly where: string,
+  ) {}
+
+  has(key: string): boolean {
+    return this.raw[key] !== undefined && this.raw[key] !== null;
+  }
+
+  /** the raw value, marked as read */
+  value(key: string): unknown {
+    this.read.add(key);
+    return this.raw[key];
+  }
+
+  int(key: string, dflt?: number): number {
+    const v = this.value(key) ?? dflt;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
+      fail(`${this.where}: ${key} must be a positive integer, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  num(key: string, dflt?: number): number {
+    const v = this.value(key) ?? dflt;
+    if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v))
+      fail(`${this.where}: ${key} must be a positive number, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  bool(key: string, dflt: boolean): boolean {
+    const v = this.value(key) ?? dflt;
+    if (typeof v !== 'boolean') fail(`${this.where}: ${key} must be true or false, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  str(key: string, dflt: string): string {
+    const v = this.value(key) ?? dflt;
+    if (typeof v !== 'string') fail(`${this.where}: ${key} must be a string, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  /** A field accepted only at the value(s) the forward pass implements: anything else is refused by name. */
+  only(key: string, allowed: unknown[], why: string): void {
+    const v = this.value(key);
+    if (v !== undefined && !allowed.some((a) => JSON.stringify(a) === JSON.stringify(v))) {
+      fail(`${this.where}: ${key} ${JSON.stringify(v)} is not supported (${why})`);
+    }
+  }
+
+  /** token id(s): a number or a list of numbers */
+  ids(key: string): number[] {
+    const v = this.value(key);
+    if (v === undefined || v === null) return [];
+    const list = Array.isArray(v) ? v : [v];
+    for (const id of list)
+      if (!Number.isInteger(id) || id < 0) fail(`${this.where}: ${key} must be a token id or a list of them, got ${JSON.stringify(v)}`);
+    return list as number[];
+  }
+
+  /** Refuse any key that was not read and is not inert. */
+  finish(): void {
+    // a null value is transformers' "not set": the default, which is what we run
+    const unknown = Object.keys(this.raw).filter((k) => !this.read.has(k) && !INERT_KEYS.has(k) && this.raw[k] !== null);
+    if (unknown.length > 0) {
+      const shown = unknown.map((k) => `${k}=${JSON.stringify(this.raw[k])}`).join(', ');
+      fail(
+        `${this.where}: ${shown}: not implemented for model_type ${JSON.stringify(this.raw['model_type'])}, refusing rather than running a different model`,
+      );
+    }
+  }
+}

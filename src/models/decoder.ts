@@ -1,0 +1,388 @@
+import { fail } from '../io/errors.js';
+import { SafetensorsModel } from '../io/safetensors.js';
+import type { AttentionShape, Backend, LinearKernel } from '../tensor/index.js';
+import { gatedActivation } from '../tensor/ref.js';
+import type { ModelConfig } from './config.js';
+import { Rope } from './rope.js';
+import { readModelConfig } from './registry.js';
+
+/**
+ * The Llama-layout decoder that the Llama-like families share (Llama 2/3, Mistral, Qwen2/3, Granite, OLMo2): a
+ * stack of blocks, each attention then a gated MLP, with the options a family's config selects (biases, q/k norms,
+ * norms after instead of before, sliding windows, RoPE variants, Granite's multipliers).
+ */
+
+const ATTENTION_CHUNK = 16;
+
+/** Linear layers of one decoder block, in true-sequential groups: each group's inputs depend on the one before. */
+export const LINEAR_GROUPS = [
+  ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'],
+  ['self_attn.o_proj'],
+  ['mlp.gate_proj', 'mlp.up_proj'],
+  ['mlp.down_proj'],
+] as const;
+export type LinearName = (typeof LINEAR_GROUPS)[number][number];
+
+/** The block's norm weights by tensor name (after `model.layers.N.`), with their lengths. */
+export function normShapes(cfg: ModelConfig): [string, number][] {
+  const D = cfg.hiddenSize;
+  const norms: [string, number][] = cfg.normAfter
+    ? [
+        ['post_attention_layernorm', D],
+        ['post_feedforward_layernorm', D],
+      ]
+    : [
+        ['input_layernorm', D],
+        ['post_attention_layernorm', D],
+      ];
+  if (cfg.qkNorm === 'head') norms.push(['self_attn.q_norm', cfg.headDim], ['self_attn.k_norm', cfg.headDim]);
+  if (cfg.qkNorm === 'full')
+    norms.push(['self_attn.q_norm', cfg.numHeads * cfg.headDim], ['self_attn.k_norm', cfg.numKvHeads * cfg.headDim]);
+  return norms;
+}
+
+/** Tensor names outside the blocks. */
+export const EMBED = 'model.embed_tokens.weight';
+export const FINAL_NORM = 'model.norm.weight';
+export const HEAD = 'lm_head.weight';
+export const layerPrefix = (i: number): string => `model.layers.${i}.`;
+
+/** llama.cpp's names for the Llama layout's tensors (its "llama" architecture table). */
+const GGUF_NAMES: Record<string, string> = {
+  'self_attn.q_proj': 'attn_q',
+  'self_attn.k_proj': 'attn_k',
+  'self_attn.v_proj': 'attn_v',
+  'self_attn.o_proj': 'attn_output',
+  'mlp.gate_proj': 'ffn_gate',
+  'mlp.up_proj': 'ffn_up',
+  'mlp.down_proj': 'ffn_down',
+  input_layernorm: 'attn_norm',
+  post_attention_layernorm: 'ffn_norm',
+};
+
+export function ggufTensorName(hf: string): string {
+  if (hf === EMBED) return 'token_embd.weight';
+  if (hf === FINAL_NORM) return 'output_norm.weight';
+  if (hf === HEAD) return 'output.weight';
+  const m = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(hf);
+  const short = m && GGUF_NAMES[m[2]!];
+  if (!short) fail(`GGUF export: no llama.cpp name for tensor ${hf}`);
+  return `blk.${m[1]}.${short}.weight`;
+}
+
+/** Whether a tensor is q's or k's projection, whose rows llama.cpp wants in its own rotary order. */
+export function ropeRotated(hf: string): { isQ: boolean; isK: boolean } {
+  return { isQ: hf.endsWith('self_attn.q_proj.weight'), isK: hf.endsWith('self_attn.k_proj.weight') };
+}
+
+interface BlockCommon {
+  norms: Record<string, Float32Array>;
+  /** biases of the linear layers that have one */
+  bias: Partial<Record<LinearName, Float32Array>>;
+}
+
+export interface BlockWeights extends BlockCommon {
+  /** each [out, in] */
+  linear: Record<LinearName, Float32Array>;
+}
+
+/**
+ * A block ready for inference: its linear layers as prepared kernels. Layers that share an input are one
+ * stacked kernel when their layouts allow ([q; k; v], [gate; up]), else one kernel each, in that order.
+ */
+export interface PreparedBlock extends BlockCommon {
+  qkv: LinearKernel[];
+  o: LinearKernel;
+  gateUp: LinearKernel[];
+  down: LinearKernel;
+}
+
+/** Outputs of kernels sharing input x [rows, ·], one array per part of `widths` (a stacked kernel's output split by column). */
+async function applyShared(kernels: LinearKernel[], x: Float32Array, rows: number, widths: number[]): Promise<Float32Array[]> {
+  if (kernels.length === widths.length) return Promise.all(kernels.map((k) => k.apply(x, rows)));
+  const y = await kernels[0]!.apply(x, rows);
+  const total = widths.reduce((a, b) => a + b, 0);
+  let c0 = 0;
+  return widths.map((w) => {
+    const part = new Float32Array(rows * w);
+    for (let r = 0; r < rows; r++) part.set(y.subarray(r * total + c0, r * total + c0 + w), r * w);
+    c0 += w;
+    return part;
+  });
+}
+
+function addBias(y: Float32Array, bias: Float32Array | undefined): Float32Array {
+  if (!bias) return y;
+  const n = bias.length;
+  for (let i = 0; i < y.length; i++) y[i]! += bias[i % n]!;
+  return y;
+}
+
+/** [out, in] shape of each linear layer */
+export function linearShape(cfg: ModelConfig, name: LinearName): [number, number] {
+  const D = cfg.hiddenSize;
+  const q = cfg.numHeads * cfg.headDim;
+  const kv = cfg.numKvHeads * cfg.headDim;
+  switch (name) {
+    case 'self_attn.q_proj':
+      return [q, D];
+    case 'self_attn.k_proj':
+    case 'self_attn.v_proj':
+      return [kv, D];
+    case 'self_attn.o_proj':
+      return [D, q];
+    case 'mlp.gate_proj':
+    case 'mlp.up_proj':
+      return [cfg.intermediateSize, D];
+    case 'mlp.down_proj':
+      return [D, cfg.intermediateSize];
+  }
+}
+
+/** The norms and biases of block i (what is not a linear layer's weight). */
+export function readBlockExtras(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockCommon {
+  const p = layerPrefix(i);
+  const norms: Record<string, Float32Array> = {};
+  for (const [name, n] of normShapes(cfg)) norms[name] = st.readFloat(`${p}${name}.weight`, [n]);
+  const bias: BlockCommon['bias'] = {};
+  for (const group of LINEAR_GROUPS) {
+    for (const name of group) if (cfg.biases.has(name)) bias[name] = st.readFloat(`${p}${name}.bias`, [linearShape(cfg, name)[0]]);
+  }
+  return { norms, bias };
+}
+
+/** One block's float weights (the quantizer's input; inference loads prepared kernels, see load.ts). */
+export function readBlock(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockWeights {
+  const p = layerPrefix(i);
+  const linear = {} as Record<LinearName, Float32Array>;
+  for (const group of LINEAR_GROUPS) for (const name of group) linear[name] = st.readFloat(`${p}${name}.weight`, linearShape(cfg, name));
+  return { ...readBlockExtras(st, cfg, i), linear };
+}
+
+/** The LM head: lm_head.weight, or the embedding when tied. A checkpoint that is untied but has no head is refused. */
+export function readHead(st: SafetensorsModel, cfg: ModelConfig, embed: Float32Array): Float32Array {
+  if (cfg.tieWordEmbeddings) return embed;
+  return st.readFloat(HEAD, [cfg.vocabSize, cfg.hiddenSize]);
+}
+
+/** Keys and values of past positions for incremental decoding, per layer [batch, ctx, kvHeads*headDim]. */
+export class KvCache {
+  length = 0;
+  readonly k: Float32Array[];
+  readonly v: Float32Array[];
+  constructor(
+    readonly cfg: ModelConfig,
+    readonly capacity: number,
+  ) {
+    const width = cfg.headDim * cfg.numKvHeads;
+    this.k = Array.from({ length: cfg.numLayers }, () => new Float32Array(capacity * width));
+    this.v = Array.from({ length: cfg.numLayers }, () => new Float32Array(capacity * width));
+  }
+}
+
+/**
+ * A decoder stack on a backend. Blocks are either float weights run through the backend's matmuls (the
+ * quantizer streams them one at a time through the block's stages, replacing layers as it goes) or prepared
+ * kernels (loadModel, for eval and generation; packed for GPTQ checkpoints).
+ */
+export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | PreparedBlock> {
+  readonly rope: Rope;
+  readonly headDim: number;
+
+  constructor(
+    readonly cfg: ModelConfig,
+    readonly backend: Backend,
+    readonly embed: Float32Array,
+    readonly blocks: B[],
+    readonly finalNorm: Float32Array,
+    readonly head: Float32Array,
+  ) {
+    this.headDim = cfg.headDim;
+    this.rope = new Rope(cfg.rope);
+  }
+
+  /** A float checkpoint with its weights as plain arrays (for the quantizer's studies and tests that swap layers). */
+  static async load(dir: string, backend: Backend): Promise<Decoder<BlockWeights>> {
+    const cfg = readModelConfig(dir);
+    const st = new SafetensorsModel(dir);
+    try {
+      const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
+      const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i));
+      const finalNorm = st.readFloat(FINAL_NORM, [cfg.hiddenSize]);
+      return new Decoder(cfg, backend, embed, blocks, finalNorm, readHead(st, cfg, embed));
+    } finally {
+      st.close();
+    }
+  }
+
+  embedTokens(tokens: ArrayLike<number>): Float32Array {
+    const D = this.cfg.hiddenSize;
+    const scale = this.cfg.embeddingScale;
+    const x = new Float32Array(tokens.length * D);
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i]!;
+      if (!(t >= 0 && t < this.cfg.vocabSize)) throw new RangeError(`token id ${t} outside the vocabulary (0..${this.cfg.vocabSize - 1})`);
+      x.set(this.embed.subarray(t * D, (t + 1) * D), i * D);
+    }
+    if (scale !== 1) for (let i = 0; i < x.length; i++) x[i]! *= scale;
+    return x;
+  }
+
+  /**
+   * One decoder block on hidden states x [batch*seq, D] (updated in place). With a cache, the new positions
+   * follow cache.length and their keys/values are appended. The block is its stages in order; the quantizer
+   * runs the same stages one at a time (true-sequential calibration).
+   */
+  async block(w: BlockWeights | PreparedBlock, layer: number, x: Float32Array, batch: number, seq: number, cache?: KvCache): Promise<void> {
+    const rows = batch * seq;
+    const att = await this.attention(w, layer, await this.attentionInput(w, x, rows), batch, seq, cache);
+    await this.addProjection(w, 'self_attn.o_proj', x, att, rows);
+    const act = await this.mlpActivation(w, await this.mlpInput(w, x, rows), rows);
+    await this.addProjection(w, 'mlp.down_proj', x, act, rows);
+  }
+
+  private norm(w: BlockCommon, name: string, x: Float32Array, rows: number): Promise<Float32Array> {
+    return this.backend.rmsNorm(x, w.norms[name]!, rows, this.cfg.rmsNormEps);
+  }
+
+  /** The input of q/k/v: RMSNorm(x), or x itself where the norms come after (OLMo2). */
+  attentionInput(w: BlockWeights | PreparedBlock, x: Float32Array, rows: number): Promise<Float32Array> {
+    return this.cfg.normAfter ? Promise.resolve(x) : this.norm(w, 'input_layernorm', x, rows);
+  }
+
+  /** The input of gate/up: RMSNorm(x) after the attention residual, or x itself where the norms come after. */
+  mlpInput(w: BlockWeights | PreparedBlock, x: Float32Array, rows: number): Promise<Float32Array> {
+    return this.cfg.normAfter ? Promise.resolve(x) : this.norm(w, 'post_attention_layernorm', x, rows);
+  }
+
+  /** o_proj's input: q/k/v of h, normed and rotated, attended over the sequence (and the cache's past positions). */
+  async attention(
+    w: BlockWeights | PreparedBlock,
+    layer: number,
+    h: Float32Array,
+    batch: number,
+    seq: number,
+    cache?: KvCache,
+  ): Promise<Float32Array> {
+    const { cfg } = this;
+    const H = cfg.numHeads;
+    const KVH = cfg.numKvHeads;
+    const hd = this.headDim;
+    const rows = batch * seq;
+    const kvWidth = KVH * hd;
+    const start = cache?.length ?? 0;
+    let [q, k, v] = (
+      'qkv' in w
+        ? await applyShared(w.qkv, h, rows, [H * hd, kvWidth, kvWidth])
+        : await Promise.all(LINEAR_GROUPS[0].map((name) => this.floatLinear(w, name, h, rows)))
+    ) as [Float32Array, Float32Array, Float32Array];
+    q = addBias(q, w.bias['self_attn.q_proj']);
+    k = addBias(k, w.bias['self_attn.k_proj']);
+    v = addBias(v, w.bias['self_attn.v_proj']);
+    if (cfg.qkNorm !== 'none') {
+      // per head: each head's hd values are one row; full: the whole projection is one row
+      const perHead = cfg.qkNorm === 'head';
+      q = await this.norm(w, 'self_attn.q_norm', q, perHead ? rows * H : rows);
+      k = await this.norm(w, 'self_attn.k_norm', k, perHead ? rows * KVH : rows);
+    }
+    this.rope.apply(q, batch, seq, H, hd, start);
+    this.rope.apply(k, batch, seq, KVH, hd, start);
+    // the backend scales scores by 1/sqrt(hd); a family's own scale is folded into q
+    const qScale = cfg.attentionScale * Math.sqrt(hd);
+    if (qScale !== 1) for (let i = 0; i < q.length; i++) q[i]! *= qScale;
+    let keys = k;
+    let values = v;
+    let ctx = seq;
+    if (cache) {
+      if (batch !== 1) throw new Error('the KV cache holds one sequence');
+      cache.k[layer]!.set(k, start * kvWidth);
+      cache.v[layer]!.set(v, start * kvWidth);
+      ctx = start + seq;
+      keys = cache.k[layer]!.subarray(0, ctx * kvWidth);
+      values = cache.v[layer]!.subarray(0, ctx * kvWidth);
+    }
+    const window = cfg.slidingWindow(layer);
+    return this.attentionChunked(q, keys, values, { batch, seq, ctx, heads: H, kvHeads: KVH, headDim: hd, ...(window ? { window } : {}) });
+  }
+
+  /** down_proj's input: act(gate·h2) ⊙ up·h2. */
+  async mlpActivation(w: BlockWeights | PreparedBlock, h2: Float32Array, rows: number): Promise<Float32Array> {
+    const { cfg } = this;
+    const [hidden] = linearShape(cfg, 'mlp.gate_proj');
+    const plain = cfg.activation === 'silu' && !w.bias['mlp.gate_proj'] && !w.bias['mlp.up_proj'];
+    if (!('gateUp' in w) && plain)
+      return this.backend.swiglu(h2, w.linear['mlp.gate_proj'], w.linear['mlp.up_proj'], rows, hidden, cfg.hiddenSize);
+    const [gate, up] = (
+      'gateUp' in w
+        ? await applyShared(w.gateUp, h2, rows, [hidden, hidden])
+        : await Promise.all(LINEAR_GROUPS[2].map((name) => this.floatLinear(w, name, h2, rows)))
+    ) as [Float32Array, Float32Array];
+    return gatedActivation(cfg.activation, addBias(gate, w.bias['mlp.gate_proj']), addBias(up, w.bias['mlp.up_proj']));
+  }
+
+  /** The residual update x += W·input (+ bias) of o_proj or down_proj, normed first where the norms come after. */
+  async addProjection(
+    w: BlockWeights | PreparedBlock,
+    name: 'self_attn.o_proj' | 'mlp.down_proj',
+    x: Float32Array,
+    input: Float32Array,
+    rows: number,
+  ): Promise<void> {
+    let y =
+      'qkv' in w ? await (name === 'self_attn.o_proj' ? w.o : w.down).apply(input, rows) : await this.floatLinear(w, name, input, rows);
+    y = addBias(y, w.bias[name]);
+    if (this.cfg.normAfter)
+      y = await this.norm(w, name === 'self_attn.o_proj' ? 'post_attention_layernorm' : 'post_feedforward_layernorm', y, rows);
+    const s = this.cfg.residualScale;
+    if (s === 1) for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
+    else for (let i = 0; i < x.length; i++) x[i]! += s * y[i]!;
+  }
+
+  private floatLinear(w: BlockWeights, name: LinearName, input: Float32Array, rows: number): Promise<Float32Array> {
+    const [out, inp] = linearShape(this.cfg, name);
+    return this.backend.matmulNT(input, w.linear[name], rows, out, inp);
+  }
+
+  /** Attention over at most ATTENTION_CHUNK sequences at a time, bounding the [batch, heads, seq, ctx] scores. */
+  private async attentionChunked(q: Float32Array, k: Float32Array, v: Float32Array, s: AttentionShape): Promise<Float32Array> {
+    if (s.batch <= ATTENTION_CHUNK) return this.backend.attention(q, k, v, s);
+    const out = new Float32Array(q.length);
+    const qPer = s.seq * s.heads * s.headDim;
+    const kvPer = s.ctx * s.kvHeads * s.headDim;
+    for (let b0 = 0; b0 < s.batch; b0 += ATTENTION_CHUNK) {
+      const b = Math.min(ATTENTION_CHUNK, s.batch - b0);
+      const sub = (x: Float32Array, per: number): Float32Array => x.subarray(b0 * per, (b0 + b) * per);
+      out.set(await this.backend.attention(sub(q, qPer), sub(k, kvPer), sub(v, kvPer), { ...s, batch: b }), b0 * qPer);
+    }
+    return out;
+  }
+
+  /**
+   * Final hidden states (after the last norm) for token windows [batch, seq]; a family's logit divisor is folded in,
+   * so head · h is the logits.
+   */
+  async hidden(tokens: ArrayLike<number>, batch: number, seq: number, cache?: KvCache): Promise<Float32Array> {
+    if (cache && cache.length + seq > cache.capacity) {
+      throw new RangeError(`context full: ${cache.length + seq} positions exceed ${cache.capacity}`);
+    }
+    const x = this.embedTokens(tokens);
+    for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache);
+    if (cache) cache.length += seq;
+    const h = await this.backend.rmsNorm(x, this.finalNorm, batch * seq, this.cfg.rmsNormEps);
+    const d = this.cfg.logitsDivisor;
+    if (d !== 1) for (let i = 0; i < h.length; i++) h[i]! /= d;
+    return h;
+  }
+
+  private headKernel?: Promise<LinearKernel>;
+
+  /** Prepare the head kernel now (a load step) rather than on the first call to logits(). */
+  prepareHead(): Promise<LinearKernel> {
+    return (this.headKernel ??= this.backend.floatLinear(this.head, this.cfg.vocabSize, this.cfg.hiddenSize));
+  }
+
+  /** Logits [rows, vocab] for final hidden states (the head is prepared as a kernel on first use). */
+  async logits(h: Float32Array, rows: number): Promise<Float32Array> {
+    return (await this.prepareHead()).apply(h, rows);
+  }
+}

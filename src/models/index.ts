@@ -1,0 +1,19 @@
+/** The model families and the decoder they share; everything outside models/ comes through here. */
+export {
+  Decoder,
+  KvCache,
+  LINEAR_GROUPS,
+  linearShape,
+  normShapes,
+  readBlock,
+  readBlockExtras,
+  readHead,
+  layerPrefix,
+  EMBED,
+  FINAL_NORM,
+  ggufTensorName,
+  ropeRotated,
+} from './decoder.js';
+export type { BlockWeights, PreparedBlock, LinearName } from './decoder.js';
+export type { ModelConfig } from './config.js';
+export { FAMILIES, SUPPORTED_MODEL_TYPES, familyOf, parseModelConfig, readModelConfig, type Family } from './registry.js';

@@ -1,0 +1,12 @@
+import type { Family } from './registry.js';
+import { llamaLayout } from './llama.js';
+
+/**
+ * OLMo 2: RMSNorm over the whole q and k projections before RoPE, and the block's norms moved after attention and
+ * after the MLP (each output is normed before it joins the residual stream; nothing is normed on the way in).
+ */
+export const olmo2: Family = {
+  modelTypes: ['olmo2'],
+  honours: 'the Llama fields (attention_bias, no mlp_bias), q/k norms over the projection, norms after attention and MLP',
+  parseConfig: (c) => ({ ...llamaLayout(c, { defaultEps: 1e-5 }), qkNorm: 'full', normAfter: true }),
+};

@@ -1,0 +1,57 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fail } from '../io/errors.js';
+import { readConfigJson } from '../io/config.js';
+import { ConfigReader, type ModelConfig } from './config.js';
+import { granite } from './granite.js';
+import { llama } from './llama.js';
+import { mistral } from './mistral.js';
+import { olmo2 } from './olmo2.js';
+import { qwen2, qwen3 } from './qwen.js';
+
+/** A model family: how its config.json maps onto the decoder (one file per family under models/). */
+export interface Family {
+  readonly modelTypes: readonly string[];
+  /** the config fields it honours, for `inspect` and the README */
+  readonly honours: string;
+  /** reads config.json strictly: a field the family does not implement is refused by name (ConfigReader.finish) */
+  parseConfig(c: ConfigReader): ModelConfig;
+}
+
+export const FAMILIES: readonly Family[] = [llama, mistral, qwen2, qwen3, granite, olmo2];
+
+export const SUPPORTED_MODEL_TYPES = FAMILIES.flatMap((f) => f.modelTypes);
+
+export function familyOf(modelType: unknown, where: string): Family {
+  const f = FAMILIES.find((fam) => fam.modelTypes.includes(modelType as string));
+  if (!f) fail(`${where}: unsupported model_type ${JSON.stringify(modelType)} (supported: ${SUPPORTED_MODEL_TYPES.join(', ')})`);
+  return f;
+}
+
+/** config.json (already parsed) → the decoder's config, refusing what the family does not implement. */
+export function parseModelConfig(raw: unknown, where: string): ModelConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(`${where}: not a JSON object`);
+  const c = new ConfigReader(raw as Record<string, unknown>, where);
+  const cfg = familyOf(c.value('model_type'), where).parseConfig(c);
+  c.finish();
+  return cfg;
+}
+
+/** A model directory's config, with generation_config.json's end-of-sequence ids added to config.json's. */
+export function readModelConfig(dir: string): ModelConfig {
+  const cfg = parseModelConfig(readConfigJson(dir), `${dir}/config.json`);
+  const genPath = join(dir, 'generation_config.json');
+  if (existsSync(genPath)) {
+    let gen: unknown;
+    try {
+      gen = JSON.parse(readFileSync(genPath, 'utf8'));
+    } catch {
+      fail(`${genPath}: not valid JSON`);
+    }
+    const eos = (gen as Record<string, unknown> | null)?.['eos_token_id'];
+    const ids = eos === undefined || eos === null ? [] : Array.isArray(eos) ? eos : [eos];
+    if (!ids.every((id) => Number.isInteger(id) && id >= 0)) fail(`${genPath}: eos_token_id must be a token id or a list of them`);
+    cfg.eosTokenIds = [...new Set([...cfg.eosTokenIds, ...(ids as number[])])];
+  }
+  return cfg;
+}
