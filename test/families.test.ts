@@ -3,6 +3,7 @@ import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync } from
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { evaluate } from '../src/eval/perplexity.js';
 import { Decoder, SUPPORTED_MODEL_TYPES } from '../src/models/index.js';
 import { getBackend } from '../src/tensor/index.js';
 
@@ -17,6 +18,7 @@ interface Golden {
   input_ids: number[][];
   logits_shape: [number, number, number];
   model_type: string;
+  nll: number;
 }
 
 for (const name of FIXTURES) {
@@ -33,6 +35,11 @@ for (const name of FIXTURES) {
     let worst = 0;
     for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
     assert.ok(worst < 1e-4, `max |Δlogit| ${worst.toExponential(2)} over ${batch}x${seq}x${vocab}`);
+    // the perplexity path (its own head statistics, Gemma 2's capped logits) gives transformers' mean NLL
+    if (seq <= model.cfg.maxPositions) {
+      const r = await evaluate(model, golden.input_ids.flat(), { windows: batch, seqlen: seq });
+      assert.ok(Math.abs(r.meanNll - golden.nll) < 1e-5, `mean NLL ${r.meanNll} vs transformers ${golden.nll}`);
+    }
   });
 }
 
@@ -124,6 +131,16 @@ test('config fields that would change the arithmetic and are not implemented are
   assert.throws(
     parse({ layer_types: ['full_attention'] }, mistral),
     /layer_types must list sliding_attention or full_attention for each of the 2 layers/,
+  );
+  // Mistral v0.2+ and Phi-3 write sliding_window null: full attention on every layer
+  const full = parseModelConfig({ ...mistral, sliding_window: null }, 'x');
+  assert.deepEqual(
+    [0, 1].map((l) => full.slidingWindow(l)),
+    [undefined, undefined],
+  );
+  assert.deepEqual(
+    [0, 1].map((l) => parseModelConfig(mistral, 'x').slidingWindow(l)),
+    [16, 16],
   );
   // what is honoured: end-of-sequence lists, both RoPE layouts, null as "not set"
   const cfg = parseModelConfig({ ...base, eos_token_id: [2, 7], rope_scaling: null }, 'x');

@@ -1,4 +1,5 @@
-import type { Decoder } from '../models/index.js';
+import { softcap, type Decoder } from '../models/index.js';
+import { logitStats } from '../tensor/ref.js';
 
 /**
  * Perplexity by the reference protocol: the first `windows` non-overlapping windows of `seqlen` tokens;
@@ -31,6 +32,8 @@ export interface EvalResult {
 /** A reference model's final hidden states over the eval windows, computed once and reused for every comparison. */
 export interface ReferenceStates {
   head: Float32Array;
+  /** the reference model's logit soft-cap (Gemma 2), if any */
+  softcap?: number;
   /** [windows * seqlen, hidden] */
   hidden: Float32Array;
   windows: number;
@@ -59,7 +62,7 @@ export async function referenceStates(model: Decoder, tokens: ArrayLike<number>,
     const b = Math.min(batch, windows - w0);
     hidden.set(await model.hidden(windowTokens(tokens, w0, b, seqlen), b, seqlen), w0 * seqlen * D);
   }
-  return { head: model.head, hidden, windows, seqlen };
+  return { head: model.head, hidden, windows, seqlen, ...(model.cfg.finalSoftcap ? { softcap: model.cfg.finalSoftcap } : {}) };
 }
 
 export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<EvalResult> {
@@ -80,15 +83,18 @@ export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: 
       // positions 0..seqlen-2 of window `first` predict its tokens 1..seqlen-1
       const rowsOf = (x: Float32Array, first: number): Float32Array => x.subarray(first * seqlen * D, (first * seqlen + rows) * D);
       const targets = ids.subarray(i * seqlen + 1, (i + 1) * seqlen);
-      const st = await model.backend.headStats(
-        rowsOf(h, i),
-        model.head,
-        rows,
-        D,
-        V,
-        targets,
-        ref && { h: rowsOf(ref.hidden, w0 + i), w: ref.head },
-      );
+      const refRows = ref && { h: rowsOf(ref.hidden, w0 + i), w: ref.head };
+      const st =
+        model.cfg.finalSoftcap || ref?.softcap
+          ? // soft-capped logits (Gemma 2): formed, capped, then scored; the fused head kernels have no cap
+            logitStats(
+              softcap(await model.backend.matmulNT(rowsOf(h, i), model.head, rows, V, D), model.cfg.finalSoftcap),
+              rows,
+              V,
+              targets,
+              refRows && softcap(await model.backend.matmulNT(refRows.h, refRows.w, rows, V, D), ref.softcap),
+            )
+          : await model.backend.headStats(rowsOf(h, i), model.head, rows, D, V, targets, refRows);
       nllSum += st.nll.reduce((a, x) => a + x, 0);
       if (st.kl) klSum += st.kl.reduce((a, x) => a + x, 0);
       if (st.agree) agreeSum += st.agree.reduce((a, x) => a + x, 0);

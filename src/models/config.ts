@@ -26,12 +26,21 @@ export interface ModelConfig {
   eosTokenIds: number[];
   /** the gated MLP's activation: act(gate·x) ⊙ up·x */
   activation: Activation;
+  /** q/k/v and gate/up stored as one fused layer each (Phi-3) */
+  fused: boolean;
   /** linear layers (names as in LinearName) that carry a bias */
   biases: ReadonlySet<string>;
-  /** RMSNorm of q and k before RoPE: per head over head_dim (Qwen3), or over the whole projection (OLMo2) */
+  /** RMSNorm of q and k before RoPE: per head over head_dim (Qwen3, Gemma 3), or over the whole projection (OLMo2) */
   qkNorm: 'none' | 'head' | 'full';
-  /** OLMo2's layout: no norm before attention/MLP, an RMSNorm of each one's output before the residual add */
-  normAfter: boolean;
+  /** the block's RMSNorms by tensor name: of attention's and the MLP's input, and of their outputs before the residual add */
+  norms: BlockNorms;
+  /** Gemma's RMSNorms scale by (1 + weight) */
+  normOffset: boolean;
+  /** Gemma 2's soft-capping, cap·tanh(x/cap), of attention scores and of the logits */
+  attnSoftcap: number | undefined;
+  finalSoftcap: number | undefined;
+  /** Gemma 3: the RoPE of sliding-window layers, where it differs from the global one */
+  localRope: RopeConfig | undefined;
   /** attention sees at most this many past positions (itself included) at each layer; undefined = all */
   slidingWindow: (layer: number) => number | undefined;
   /** Granite's multipliers (1 elsewhere): embeddings ×, each residual update ×, attention scores ×, logits ÷ */
@@ -40,6 +49,13 @@ export interface ModelConfig {
   /** attention score scale; 1/sqrt(headDim) unless the family says otherwise */
   attentionScale: number;
   logitsDivisor: number;
+}
+
+export interface BlockNorms {
+  attnIn?: string;
+  attnOut?: string;
+  mlpIn?: string;
+  mlpOut?: string;
 }
 
 export const ACTIVATIONS: Record<string, Activation> = {

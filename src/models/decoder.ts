@@ -21,20 +21,22 @@ export const LINEAR_GROUPS = [
   ['mlp.gate_proj', 'mlp.up_proj'],
   ['mlp.down_proj'],
 ] as const;
-export type LinearName = (typeof LINEAR_GROUPS)[number][number];
+
+/** The same groups where q/k/v and gate/up are stored fused (Phi-3): quantized and exported as stored. */
+export const FUSED_GROUPS = [['self_attn.qkv_proj'], ['self_attn.o_proj'], ['mlp.gate_up_proj'], ['mlp.down_proj']] as const;
+
+export type LinearName = (typeof LINEAR_GROUPS)[number][number] | (typeof FUSED_GROUPS)[number][number];
+
+/** The block's linear layers in true-sequential order: [q,k,v] (or qkv) → [o] → [gate,up] (or gate_up) → [down]. */
+export function linearGroups(cfg: ModelConfig): readonly (readonly LinearName[])[] {
+  return cfg.fused ? FUSED_GROUPS : LINEAR_GROUPS;
+}
 
 /** The block's norm weights by tensor name (after `model.layers.N.`), with their lengths. */
 export function normShapes(cfg: ModelConfig): [string, number][] {
   const D = cfg.hiddenSize;
-  const norms: [string, number][] = cfg.normAfter
-    ? [
-        ['post_attention_layernorm', D],
-        ['post_feedforward_layernorm', D],
-      ]
-    : [
-        ['input_layernorm', D],
-        ['post_attention_layernorm', D],
-      ];
+  const { attnIn, attnOut, mlpIn, mlpOut } = cfg.norms;
+  const norms = [attnIn, attnOut, mlpIn, mlpOut].filter((n): n is string => n !== undefined).map((n): [string, number] => [n, D]);
   if (cfg.qkNorm === 'head') norms.push(['self_attn.q_norm', cfg.headDim], ['self_attn.k_norm', cfg.headDim]);
   if (cfg.qkNorm === 'full')
     norms.push(['self_attn.q_norm', cfg.numHeads * cfg.headDim], ['self_attn.k_norm', cfg.numKvHeads * cfg.headDim]);
@@ -83,7 +85,7 @@ interface BlockCommon {
 
 export interface BlockWeights extends BlockCommon {
   /** each [out, in] */
-  linear: Record<LinearName, Float32Array>;
+  linear: Partial<Record<LinearName, Float32Array>>;
 }
 
 /**
@@ -99,8 +101,13 @@ export interface PreparedBlock extends BlockCommon {
 
 /** Outputs of kernels sharing input x [rows, ·], one array per part of `widths` (a stacked kernel's output split by column). */
 async function applyShared(kernels: LinearKernel[], x: Float32Array, rows: number, widths: number[]): Promise<Float32Array[]> {
-  if (kernels.length === widths.length) return Promise.all(kernels.map((k) => k.apply(x, rows)));
-  const y = await kernels[0]!.apply(x, rows);
+  return splitParts(await Promise.all(kernels.map((k) => k.apply(x, rows))), rows, widths);
+}
+
+/** One output per part of `widths`: the outputs as they are, or a single stacked or fused output split by column. */
+function splitParts(outputs: Float32Array[], rows: number, widths: number[]): Float32Array[] {
+  if (outputs.length === widths.length) return outputs;
+  const y = outputs[0]!;
   const total = widths.reduce((a, b) => a + b, 0);
   let c0 = 0;
   return widths.map((w) => {
@@ -116,6 +123,12 @@ function addBias(y: Float32Array, bias: Float32Array | undefined): Float32Array 
   const n = bias.length;
   for (let i = 0; i < y.length; i++) y[i]! += bias[i % n]!;
   return y;
+}
+
+/** cap·tanh(x/cap) in place (Gemma 2's soft-capping); no cap, no change */
+export function softcap(x: Float32Array, cap: number | undefined): Float32Array {
+  if (cap) for (let i = 0; i < x.length; i++) x[i] = cap * Math.tanh(x[i]! / cap);
+  return x;
 }
 
 /** [out, in] shape of each linear layer */
@@ -136,6 +149,10 @@ export function linearShape(cfg: ModelConfig, name: LinearName): [number, number
       return [cfg.intermediateSize, D];
     case 'mlp.down_proj':
       return [D, cfg.intermediateSize];
+    case 'self_attn.qkv_proj':
+      return [q + 2 * kv, D];
+    case 'mlp.gate_up_proj':
+      return [2 * cfg.intermediateSize, D];
   }
 }
 
@@ -143,19 +160,27 @@ export function linearShape(cfg: ModelConfig, name: LinearName): [number, number
 export function readBlockExtras(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockCommon {
   const p = layerPrefix(i);
   const norms: Record<string, Float32Array> = {};
-  for (const [name, n] of normShapes(cfg)) norms[name] = st.readFloat(`${p}${name}.weight`, [n]);
+  for (const [name, n] of normShapes(cfg)) norms[name] = readNorm(st, cfg, `${p}${name}.weight`, n);
   const bias: BlockCommon['bias'] = {};
-  for (const group of LINEAR_GROUPS) {
+  for (const group of linearGroups(cfg)) {
     for (const name of group) if (cfg.biases.has(name)) bias[name] = st.readFloat(`${p}${name}.bias`, [linearShape(cfg, name)[0]]);
   }
   return { norms, bias };
 }
 
+/** An RMSNorm weight as the decoder multiplies by it: Gemma's (1 + w) is formed here, in float32 as transformers does. */
+export function readNorm(st: SafetensorsModel, cfg: ModelConfig, name: string, n: number): Float32Array {
+  const w = st.readFloat(name, [n]);
+  if (cfg.normOffset) for (let i = 0; i < n; i++) w[i] = Math.fround(1 + w[i]!);
+  return w;
+}
+
 /** One block's float weights (the quantizer's input; inference loads prepared kernels, see load.ts). */
 export function readBlock(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockWeights {
   const p = layerPrefix(i);
-  const linear = {} as Record<LinearName, Float32Array>;
-  for (const group of LINEAR_GROUPS) for (const name of group) linear[name] = st.readFloat(`${p}${name}.weight`, linearShape(cfg, name));
+  const linear: BlockWeights['linear'] = {};
+  for (const group of linearGroups(cfg))
+    for (const name of group) linear[name] = st.readFloat(`${p}${name}.weight`, linearShape(cfg, name));
   return { ...readBlockExtras(st, cfg, i), linear };
 }
 
@@ -187,6 +212,8 @@ export class KvCache {
  */
 export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | PreparedBlock> {
   readonly rope: Rope;
+  /** Gemma 3's sliding-window layers rotate with their own RoPE */
+  readonly localRope: Rope | undefined;
   readonly headDim: number;
 
   constructor(
@@ -199,6 +226,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   ) {
     this.headDim = cfg.headDim;
     this.rope = new Rope(cfg.rope);
+    this.localRope = cfg.localRope && new Rope(cfg.localRope);
   }
 
   /** A float checkpoint with its weights as plain arrays (for the quantizer's studies and tests that swap layers). */
@@ -208,7 +236,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     try {
       const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
       const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i));
-      const finalNorm = st.readFloat(FINAL_NORM, [cfg.hiddenSize]);
+      const finalNorm = readNorm(st, cfg, FINAL_NORM, cfg.hiddenSize);
       return new Decoder(cfg, backend, embed, blocks, finalNorm, readHead(st, cfg, embed));
     } finally {
       st.close();
@@ -245,14 +273,16 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     return this.backend.rmsNorm(x, w.norms[name]!, rows, this.cfg.rmsNormEps);
   }
 
-  /** The input of q/k/v: RMSNorm(x), or x itself where the norms come after (OLMo2). */
+  /** The input of q/k/v: RMSNorm(x), or x itself where there is no norm before attention (OLMo2). */
   attentionInput(w: BlockWeights | PreparedBlock, x: Float32Array, rows: number): Promise<Float32Array> {
-    return this.cfg.normAfter ? Promise.resolve(x) : this.norm(w, 'input_layernorm', x, rows);
+    const n = this.cfg.norms.attnIn;
+    return n ? this.norm(w, n, x, rows) : Promise.resolve(x);
   }
 
-  /** The input of gate/up: RMSNorm(x) after the attention residual, or x itself where the norms come after. */
+  /** The input of gate/up: RMSNorm(x) after the attention residual, or x itself where there is no norm before the MLP. */
   mlpInput(w: BlockWeights | PreparedBlock, x: Float32Array, rows: number): Promise<Float32Array> {
-    return this.cfg.normAfter ? Promise.resolve(x) : this.norm(w, 'post_attention_layernorm', x, rows);
+    const n = this.cfg.norms.mlpIn;
+    return n ? this.norm(w, n, x, rows) : Promise.resolve(x);
   }
 
   /** o_proj's input: q/k/v of h, normed and rotated, attended over the sequence (and the cache's past positions). */
@@ -271,11 +301,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     const rows = batch * seq;
     const kvWidth = KVH * hd;
     const start = cache?.length ?? 0;
-    let [q, k, v] = (
-      'qkv' in w
-        ? await applyShared(w.qkv, h, rows, [H * hd, kvWidth, kvWidth])
-        : await Promise.all(LINEAR_GROUPS[0].map((name) => this.floatLinear(w, name, h, rows)))
-    ) as [Float32Array, Float32Array, Float32Array];
+    let [q, k, v] = (await this.project(w, 0, 'qkv', h, rows, [H * hd, kvWidth, kvWidth])) as [Float32Array, Float32Array, Float32Array];
     q = addBias(q, w.bias['self_attn.q_proj']);
     k = addBias(k, w.bias['self_attn.k_proj']);
     v = addBias(v, w.bias['self_attn.v_proj']);
@@ -285,8 +311,10 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       q = await this.norm(w, 'self_attn.q_norm', q, perHead ? rows * H : rows);
       k = await this.norm(w, 'self_attn.k_norm', k, perHead ? rows * KVH : rows);
     }
-    this.rope.apply(q, batch, seq, H, hd, start);
-    this.rope.apply(k, batch, seq, KVH, hd, start);
+    const window = cfg.slidingWindow(layer);
+    const rope = (window && this.localRope) || this.rope;
+    rope.apply(q, batch, seq, H, hd, start);
+    rope.apply(k, batch, seq, KVH, hd, start);
     // the backend scales scores by 1/sqrt(hd); a family's own scale is folded into q
     const qScale = cfg.attentionScale * Math.sqrt(hd);
     if (qScale !== 1) for (let i = 0; i < q.length; i++) q[i]! *= qScale;
@@ -301,26 +329,30 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       keys = cache.k[layer]!.subarray(0, ctx * kvWidth);
       values = cache.v[layer]!.subarray(0, ctx * kvWidth);
     }
-    const window = cfg.slidingWindow(layer);
-    return this.attentionChunked(q, keys, values, { batch, seq, ctx, heads: H, kvHeads: KVH, headDim: hd, ...(window ? { window } : {}) });
+    return this.attentionChunked(q, keys, values, {
+      batch,
+      seq,
+      ctx,
+      heads: H,
+      kvHeads: KVH,
+      headDim: hd,
+      ...(window ? { window } : {}),
+      ...(cfg.attnSoftcap ? { softcap: cfg.attnSoftcap } : {}),
+    });
   }
 
   /** down_proj's input: act(gate·h2) ⊙ up·h2. */
   async mlpActivation(w: BlockWeights | PreparedBlock, h2: Float32Array, rows: number): Promise<Float32Array> {
     const { cfg } = this;
     const [hidden] = linearShape(cfg, 'mlp.gate_proj');
-    const plain = cfg.activation === 'silu' && !w.bias['mlp.gate_proj'] && !w.bias['mlp.up_proj'];
+    const plain = cfg.activation === 'silu' && !cfg.fused && !w.bias['mlp.gate_proj'] && !w.bias['mlp.up_proj'];
     if (!('gateUp' in w) && plain)
-      return this.backend.swiglu(h2, w.linear['mlp.gate_proj'], w.linear['mlp.up_proj'], rows, hidden, cfg.hiddenSize);
-    const [gate, up] = (
-      'gateUp' in w
-        ? await applyShared(w.gateUp, h2, rows, [hidden, hidden])
-        : await Promise.all(LINEAR_GROUPS[2].map((name) => this.floatLinear(w, name, h2, rows)))
-    ) as [Float32Array, Float32Array];
+      return this.backend.swiglu(h2, w.linear['mlp.gate_proj']!, w.linear['mlp.up_proj']!, rows, hidden, cfg.hiddenSize);
+    const [gate, up] = (await this.project(w, 2, 'gateUp', h2, rows, [hidden, hidden])) as [Float32Array, Float32Array];
     return gatedActivation(cfg.activation, addBias(gate, w.bias['mlp.gate_proj']), addBias(up, w.bias['mlp.up_proj']));
   }
 
-  /** The residual update x += W·input (+ bias) of o_proj or down_proj, normed first where the norms come after. */
+  /** The residual update x += W·input (+ bias) of o_proj or down_proj, its output normed first where the family norms it. */
   async addProjection(
     w: BlockWeights | PreparedBlock,
     name: 'self_attn.o_proj' | 'mlp.down_proj',
@@ -331,8 +363,8 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     let y =
       'qkv' in w ? await (name === 'self_attn.o_proj' ? w.o : w.down).apply(input, rows) : await this.floatLinear(w, name, input, rows);
     y = addBias(y, w.bias[name]);
-    if (this.cfg.normAfter)
-      y = await this.norm(w, name === 'self_attn.o_proj' ? 'post_attention_layernorm' : 'post_feedforward_layernorm', y, rows);
+    const out = name === 'self_attn.o_proj' ? this.cfg.norms.attnOut : this.cfg.norms.mlpOut;
+    if (out) y = await this.norm(w, out, y, rows);
     const s = this.cfg.residualScale;
     if (s === 1) for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
     else for (let i = 0; i < x.length; i++) x[i]! += s * y[i]!;
@@ -340,7 +372,21 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
 
   private floatLinear(w: BlockWeights, name: LinearName, input: Float32Array, rows: number): Promise<Float32Array> {
     const [out, inp] = linearShape(this.cfg, name);
-    return this.backend.matmulNT(input, w.linear[name], rows, out, inp);
+    return this.backend.matmulNT(input, w.linear[name]!, rows, out, inp);
+  }
+
+  /** The outputs of linear group g (q/k/v or gate/up) on input h, one per part of `widths` however they are stored. */
+  private async project(
+    w: BlockWeights | PreparedBlock,
+    g: number,
+    prepared: 'qkv' | 'gateUp',
+    h: Float32Array,
+    rows: number,
+    widths: number[],
+  ): Promise<Float32Array[]> {
+    if ('qkv' in w) return applyShared(w[prepared], h, rows, widths);
+    const names = linearGroups(this.cfg)[g]!;
+    return splitParts(await Promise.all(names.map((name) => this.floatLinear(w, name, h, rows))), rows, widths);
   }
 
   /** Attention over at most ATTENTION_CHUNK sequences at a time, bounding the [batch, heads, seq, ctx] scores. */
@@ -381,8 +427,8 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     return (this.headKernel ??= this.backend.floatLinear(this.head, this.cfg.vocabSize, this.cfg.hiddenSize));
   }
 
-  /** Logits [rows, vocab] for final hidden states (the head is prepared as a kernel on first use). */
+  /** Logits [rows, vocab] for final hidden states (the head is prepared as a kernel on first use), soft-capped where the family caps them. */
   async logits(h: Float32Array, rows: number): Promise<Float32Array> {
-    return (await this.prepareHead()).apply(h, rows);
+    return softcap(await (await this.prepareHead()).apply(h, rows), this.cfg.finalSoftcap);
   }
 }

@@ -3,6 +3,7 @@ export {
   Decoder,
   KvCache,
   LINEAR_GROUPS,
+  linearGroups,
   linearShape,
   normShapes,
   readBlock,
@@ -13,6 +14,7 @@ export {
   FINAL_NORM,
   ggufTensorName,
   ropeRotated,
+  softcap,
 } from './decoder.js';
 export type { BlockWeights, PreparedBlock, LinearName } from './decoder.js';
 export type { ModelConfig } from './config.js';

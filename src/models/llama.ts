@@ -1,7 +1,7 @@
 import type { ConfigReader, ModelConfig } from './config.js';
 import { ACTIVATIONS } from './config.js';
 import { fail } from '../io/errors.js';
-import { readRope } from './rope.js';
+import { readRope, type RopeConfig } from './rope.js';
 import type { Family } from './registry.js';
 
 const ATTENTION = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj'];
@@ -12,7 +12,17 @@ const MLP = ['mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
  * shapes, head_dim, norm epsilon, RoPE and its scaling, tied embeddings, special ids, the MLP activation,
  * `attention_bias` (q/k/v/o) and `mlp_bias` (gate/up/down) where the family has them.
  */
-export function llamaLayout(c: ConfigReader, o: { defaultEps: number; defaultTheta?: number; biasFlags?: boolean }): ModelConfig {
+export function llamaLayout(
+  c: ConfigReader,
+  o: {
+    defaultEps: number;
+    defaultTheta?: number;
+    biasFlags?: boolean;
+    partialRotary?: boolean;
+    ropeAliases?: Record<string, RopeConfig['type']>;
+    ropeParams?: Record<string, unknown>;
+  },
+): ModelConfig {
   const hiddenSize = c.int('hidden_size');
   const numHeads = c.int('num_attention_heads');
   const numKvHeads = c.int('num_key_value_heads', numHeads);
@@ -32,8 +42,12 @@ export function llamaLayout(c: ConfigReader, o: { defaultEps: number; defaultThe
     if (c.bool('attention_bias', false)) ATTENTION.forEach((n) => biases.add(n));
     if (c.bool('mlp_bias', false)) MLP.forEach((n) => biases.add(n));
   }
-  const rope = readRope(c, headDim, maxPositions, o.defaultTheta);
-  if (rope.dim !== headDim)
+  const rope = readRope(c, headDim, maxPositions, {
+    ...(o.defaultTheta ? { defaultTheta: o.defaultTheta } : {}),
+    ...(o.ropeAliases ? { aliases: o.ropeAliases } : {}),
+    ...(o.ropeParams ? { params: o.ropeParams } : {}),
+  });
+  if (rope.dim !== headDim && !o.partialRotary)
     fail(`${c.where}: a partial_rotary_factor (${rope.dim} of ${headDim} dimensions rotated) is not supported for this layout`);
   const bos = c.ids('bos_token_id');
   return {
@@ -53,9 +67,14 @@ export function llamaLayout(c: ConfigReader, o: { defaultEps: number; defaultThe
     bosTokenId: bos[0],
     eosTokenIds: c.ids('eos_token_id'),
     activation,
+    fused: false,
     biases,
     qkNorm: 'none',
-    normAfter: false,
+    norms: { attnIn: 'input_layernorm', mlpIn: 'post_attention_layernorm' },
+    normOffset: false,
+    attnSoftcap: undefined,
+    finalSoftcap: undefined,
+    localRope: undefined,
     slidingWindow: () => undefined,
     embeddingScale: 1,
     residualScale: 1,
@@ -69,10 +88,15 @@ export function llamaLayout(c: ConfigReader, o: { defaultEps: number; defaultThe
  * configs give `sliding_window` for every layer (Mistral) or from `max_window_layers` on when
  * `use_sliding_window` is set (Qwen2).
  */
-export function slidingWindows(c: ConfigReader, numLayers: number, o: { qwen: boolean }): (layer: number) => number | undefined {
+export function slidingWindows(
+  c: ConfigReader,
+  numLayers: number,
+  o: { qwen: boolean; pattern?: number },
+): (layer: number) => number | undefined {
   const window = c.has('sliding_window') ? c.int('sliding_window') : (c.value('sliding_window'), undefined);
   const types = c.value('layer_types') as unknown;
-  const useSliding = o.qwen ? c.bool('use_sliding_window', false) : true;
+  // Mistral and Phi-3: a window when one is given (null: every layer attends to everything)
+  const useSliding = o.qwen ? c.bool('use_sliding_window', false) : window !== undefined;
   const maxWindowLayers = o.qwen && c.has('max_window_layers') ? c.int('max_window_layers') : numLayers;
   let sliding: boolean[];
   if (types !== undefined && types !== null) {
@@ -80,6 +104,9 @@ export function slidingWindows(c: ConfigReader, numLayers: number, o: { qwen: bo
       fail(`${c.where}: layer_types must list sliding_attention or full_attention for each of the ${numLayers} layers`);
     }
     sliding = types.map((t) => t === 'sliding_attention');
+  } else if (o.pattern) {
+    // Gemma 2/3 before layer_types: every pattern-th layer is global, the others slide
+    sliding = Array.from({ length: numLayers }, (_, l) => (l + 1) % o.pattern! !== 0);
   } else {
     sliding = Array.from({ length: numLayers }, (_, l) => useSliding && (!o.qwen || l >= maxWindowLayers));
   }

@@ -14,8 +14,10 @@ import {
   EMBED,
   FINAL_NORM,
   layerPrefix,
+  linearGroups,
   linearShape,
   readBlockExtras,
+  readNorm,
   readHead,
   type LinearName,
   type PreparedBlock,
@@ -47,9 +49,10 @@ export async function loadModel(
   try {
     const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
     const blocks: PreparedBlock[] = [];
+    const groups = linearGroups(cfg);
     for (let i = 0; i < cfg.numLayers; i++) {
       const p = layerPrefix(i);
-      const kernels = (names: LinearName[]): Promise<LinearKernel[]> =>
+      const kernels = (names: readonly LinearName[]): Promise<LinearKernel[]> =>
         makeKernels(
           st,
           names.map((n) => `${p}${n}.weight`),
@@ -57,13 +60,13 @@ export async function loadModel(
         );
       blocks.push({
         ...readBlockExtras(st, cfg, i),
-        qkv: await kernels(['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']),
-        o: (await kernels(['self_attn.o_proj']))[0]!,
-        gateUp: await kernels(['mlp.gate_proj', 'mlp.up_proj']),
-        down: (await kernels(['mlp.down_proj']))[0]!,
+        qkv: await kernels(groups[0]!),
+        o: (await kernels(groups[1]!))[0]!,
+        gateUp: await kernels(groups[2]!),
+        down: (await kernels(groups[3]!))[0]!,
       });
     }
-    const finalNorm = st.readFloat(FINAL_NORM, [cfg.hiddenSize]);
+    const finalNorm = readNorm(st, cfg, FINAL_NORM, cfg.hiddenSize);
     const model = new Decoder(cfg, backend, embed, blocks, finalNorm, readHead(st, cfg, embed));
     await model.prepareHead();
     return { model, tokenizer: loadTokenizer(dir) };

@@ -8,5 +8,9 @@ import { llamaLayout } from './llama.js';
 export const olmo2: Family = {
   modelTypes: ['olmo2'],
   honours: 'the Llama fields (attention_bias, no mlp_bias), q/k norms over the projection, norms after attention and MLP',
-  parseConfig: (c) => ({ ...llamaLayout(c, { defaultEps: 1e-5 }), qkNorm: 'full', normAfter: true }),
+  parseConfig: (c) => ({
+    ...llamaLayout(c, { defaultEps: 1e-5 }),
+    qkNorm: 'full',
+    norms: { attnOut: 'post_attention_layernorm', mlpOut: 'post_feedforward_layernorm' },
+  }),
 };

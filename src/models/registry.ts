@@ -3,10 +3,12 @@ import { join } from 'node:path';
 import { fail } from '../io/errors.js';
 import { readConfigJson } from '../io/config.js';
 import { ConfigReader, type ModelConfig } from './config.js';
+import { gemma, gemma2, gemma3Text } from './gemma.js';
 import { granite } from './granite.js';
 import { llama } from './llama.js';
 import { mistral } from './mistral.js';
 import { olmo2 } from './olmo2.js';
+import { phi3 } from './phi3.js';
 import { qwen2, qwen3 } from './qwen.js';
 
 /** A model family: how its config.json maps onto the decoder (one file per family under models/). */
@@ -18,7 +20,7 @@ export interface Family {
   parseConfig(c: ConfigReader): ModelConfig;
 }
 
-export const FAMILIES: readonly Family[] = [llama, mistral, qwen2, qwen3, granite, olmo2];
+export const FAMILIES: readonly Family[] = [llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3Text, granite, olmo2];
 
 export const SUPPORTED_MODEL_TYPES = FAMILIES.flatMap((f) => f.modelTypes);
 

@@ -52,12 +52,23 @@ const KEYS: Record<RopeConfig['type'], string[]> = {
  * RoPE settings from either layout: transformers 5's `rope_parameters` (rope_theta inside) or the older
  * `rope_theta` + `rope_scaling`; `type` and `rope_type` both name the type.
  */
-export function readRope(c: ConfigReader, headDim: number, maxPositions: number, defaultTheta = 10000): RopeConfig {
-  const params = (c.value('rope_parameters') ?? c.value('rope_scaling') ?? {}) as Record<string, unknown>;
+export function readRope(
+  c: ConfigReader,
+  headDim: number,
+  maxPositions: number,
+  o: {
+    defaultTheta?: number;
+    aliases?: Record<string, RopeConfig['type']>;
+    /** parameters the family has already picked out (Gemma 3's per-layer-type RoPE) */
+    params?: Record<string, unknown>;
+  } = {},
+): RopeConfig {
+  const params = (o.params ?? c.value('rope_parameters') ?? c.value('rope_scaling') ?? {}) as Record<string, unknown>;
   if (typeof params !== 'object' || Array.isArray(params))
     fail(`${c.where}: rope_parameters must be an object, got ${JSON.stringify(params)}`);
-  const topTheta = c.value('rope_theta');
-  const type = (params['rope_type'] ?? params['type'] ?? 'default') as RopeConfig['type'];
+  const topTheta = o.params ? undefined : c.value('rope_theta');
+  const named = (params['rope_type'] ?? params['type'] ?? 'default') as string;
+  const type = (o.aliases?.[named] ?? named) as RopeConfig['type'];
   if (!TYPES.includes(type)) fail(`${c.where}: rope type ${JSON.stringify(type)} is not supported (supported: ${TYPES.join(', ')})`);
   const known = new Set(['rope_type', 'type', 'rope_theta', 'partial_rotary_factor', ...KEYS[type]]);
   for (const k of Object.keys(params))
@@ -73,8 +84,16 @@ export function readRope(c: ConfigReader, headDim: number, maxPositions: number,
     if (!Array.isArray(v) || v.some((x) => typeof x !== 'number')) fail(`${c.where}: rope ${type} needs a list of numbers ${key}`);
     return v as number[];
   };
-  const theta = num('rope_theta', (topTheta as number | undefined) ?? defaultTheta);
-  const partial = (params['partial_rotary_factor'] ?? c.value('partial_rotary_factor') ?? 1) as number;
+  const theta = num('rope_theta', (topTheta as number | undefined) ?? o.defaultTheta ?? 10000);
+  const topPartial = c.value('partial_rotary_factor');
+  if (topPartial != null && params['partial_rotary_factor'] != null && topPartial !== params['partial_rotary_factor']) {
+    fail(
+      `${c.where}: partial_rotary_factor ${JSON.stringify(topPartial)} disagrees with rope_parameters' ${JSON.stringify(params['partial_rotary_factor'])}`,
+    );
+  }
+  const partial = (params['partial_rotary_factor'] ?? topPartial ?? 1) as number;
+  if (typeof partial !== 'number' || !(partial > 0 && partial <= 1))
+    fail(`${c.where}: partial_rotary_factor must be in (0, 1], got ${JSON.stringify(partial)}`);
   const dim = Math.trunc(headDim * partial);
   if (dim % 2 !== 0 || dim <= 0)
     fail(`${c.where}: partial_rotary_factor ${partial} gives ${dim} rotated dimensions, not a positive even number`);

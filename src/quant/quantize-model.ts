@@ -1,16 +1,6 @@
 import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
-import {
-  Decoder,
-  EMBED,
-  layerPrefix,
-  LINEAR_GROUPS,
-  linearShape,
-  readBlock,
-  readModelConfig,
-  type LinearName,
-  type ModelConfig,
-} from '../models/index.js';
+import { Decoder, EMBED, layerPrefix, linearGroups, linearShape, readBlock, readModelConfig, type ModelConfig } from '../models/index.js';
 import type { Backend } from '../tensor/index.js';
 import { gptq, GPTQ_REFERENCE, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
 import { calibrateBlock, type Stream } from './block-stages.js';
@@ -63,7 +53,7 @@ export function validateOptions(cfg: ModelConfig, opts: QuantizeOptions, calib?:
   if (!SUPPORTED_BITS.includes(opts.bits)) fail(`--bits ${opts.bits} is not supported (choose from ${SUPPORTED_BITS.join(', ')})`);
   if (opts.groupSize !== -1) {
     if (!Number.isInteger(opts.groupSize) || opts.groupSize <= 0) fail(`--group-size ${opts.groupSize} must be a positive integer or -1`);
-    for (const group of LINEAR_GROUPS) {
+    for (const group of linearGroups(cfg)) {
       for (const name of group) {
         const cols = linearShape(cfg, name)[1];
         // as in the reference, a last group may be partial (g128 on 288 columns: 128 + 128 + 32)
@@ -128,7 +118,8 @@ export async function quantizeModel(
   const binaryLayers = new Map<string, BinaryCodedLayer>();
   const reports: LayerReport[] = [];
   const timings = { forward: 0, hessian: 0, sweep: 0, total: 0 };
-  const total = cfg.numLayers * LINEAR_GROUPS.flat().length;
+  const groups = linearGroups(cfg);
+  const total = cfg.numLayers * groups.flat().length;
   try {
     const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
     const model = new Decoder(cfg, backend, embed, [], new Float32Array(0), new Float32Array(0));
@@ -146,15 +137,15 @@ export async function quantizeModel(
         if (hessian) {
           const tp = performance.now();
           const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
-          const label = `${layerPrefix(l)}[${LINEAR_GROUPS[g]!.join(', ')}]`;
+          const label = `${layerPrefix(l)}[${groups[g]!.join(', ')}]`;
           prepared = await prepareHessian(hessian.h, hessian.cols, opts, (m) => warn(`${label}: ${m}`), asym, matmul64);
           timings.sweep += (performance.now() - tp) / 1000;
         }
-        for (const name of LINEAR_GROUPS[g]!) {
+        for (const name of groups[g]!) {
           const ts = performance.now();
           const [rows_, cols] = linearShape(cfg, name);
           const full = `${layerPrefix(l)}${name}.weight`;
-          const w = block.linear[name as LinearName];
+          const w = block.linear[name]!;
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
           if (opts.method === 'gptqt') {
             const r = await gptqt(
@@ -167,7 +158,7 @@ export async function quantizeModel(
             );
             report.loss = r.loss;
             report.percdamp = r.percdamp;
-            block.linear[name as LinearName] = dequantizeBinary(r.layer);
+            block.linear[name] = dequantizeBinary(r.layer);
             binaryLayers.set(full, r.layer);
           } else {
             let q: QuantizedLayer;
@@ -180,7 +171,7 @@ export async function quantizeModel(
               q = rtn(w, rows_, cols, opts);
             }
             inspect?.(full, w, hessian?.h, q);
-            block.linear[name as LinearName] = dequantize(q);
+            block.linear[name] = dequantize(q);
             layers.set(full, q);
           }
           report.seconds = (performance.now() - ts) / 1000;
@@ -207,7 +198,7 @@ export async function quantizeModel(
         });
         timings.forward += (performance.now() - tb) / 1000 - (timings.hessian + timings.sweep - before);
       } else {
-        for (let g = 0; g < LINEAR_GROUPS.length; g++) await quantizeGroup(g);
+        for (let g = 0; g < groups.length; g++) await quantizeGroup(g);
       }
     }
   } finally {

@@ -10,6 +10,7 @@ export function attentionJs(q: Float32Array, k: Float32Array, v: Float32Array, s
   const { batch, seq, ctx, heads, kvHeads, headDim: hd } = s;
   const out = new Float32Array(batch * seq * heads * hd);
   const scale = 1 / Math.sqrt(hd);
+  const cap = s.softcap;
   const group = heads / kvHeads;
   const kvStride = kvHeads * hd;
   const scores = new Float64Array(ctx);
@@ -37,7 +38,8 @@ export function attentionJs(q: Float32Array, k: Float32Array, v: Float32Array, s
             s3 += q[qo + d + 3]! * k[ko + d + 3]!;
           }
           for (; d < hd; d++) s0 += q[qo + d]! * k[ko + d]!;
-          const sc = (s0 + s1 + s2 + s3) * scale;
+          const raw = (s0 + s1 + s2 + s3) * scale;
+          const sc = cap ? cap * Math.tanh(raw / cap) : raw;
           scores[j] = sc;
           if (sc > max) max = sc;
         }

@@ -15,6 +15,8 @@ export interface AttentionShape {
   headDim: number;
   /** sliding window: a query sees at most this many positions, its own included (default: all before it) */
   window?: number;
+  /** Gemma 2: scores become cap·tanh(score/cap) before the softmax */
+  softcap?: number;
 }
 
 /** The gated MLP's activation: act(gate·x) ⊙ up·x. gelu is erf's; gelu_tanh its tanh approximation. */

@@ -112,7 +112,7 @@ export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: 
           const ko = ((b * ctx + j) * kvHeads + kh) * headDim;
           let dot = 0;
           for (let d = 0; d < headDim; d++) dot += q[qo + d]! * k[ko + d]!;
-          scores[j] = dot * scale;
+          scores[j] = s.softcap ? s.softcap * Math.tanh((dot * scale) / s.softcap) : dot * scale;
           if (scores[j]! > max) max = scores[j]!;
         }
         let sum = 0;
@@ -156,11 +156,14 @@ export function headStats(
   targets: Int32Array,
   ref?: { h: Float32Array; w: Float32Array },
 ): HeadStats {
-  const logits = matmulNT(h, w, m, vocab, d);
-  const refLogits = ref ? matmulNT(ref.h, ref.w, m, vocab, d) : undefined;
+  return logitStats(matmulNT(h, w, m, vocab, d), m, vocab, targets, ref && matmulNT(ref.h, ref.w, m, vocab, d));
+}
+
+/** headStats from logits already formed [m, vocab] (and a reference's): NLL of the targets, KL, top-1 agreement. */
+export function logitStats(logits: Float32Array, m: number, vocab: number, targets: Int32Array, refLogits?: Float32Array): HeadStats {
   const nll = new Float32Array(m);
-  const kl = ref ? new Float32Array(m) : undefined;
-  const agree = ref ? new Uint8Array(m) : undefined;
+  const kl = refLogits ? new Float32Array(m) : undefined;
+  const agree = refLogits ? new Uint8Array(m) : undefined;
   const lp = new Float64Array(vocab);
   const lr = new Float64Array(vocab);
   for (let i = 0; i < m; i++) {
