@@ -57,7 +57,7 @@ test('fixtures of families not implemented yet are refused by name', async () =>
   }
 });
 
-test('every family quantizes (GPTQ, w4 g32), exports as GPTQ v1 and v2, and reloads to the same logits on packed kernels', async () => {
+test('every family quantizes with each method (GPTQ, act-order GPTQv2, RTN), exports as GPTQ v1/v2, and reloads to the same logits on packed kernels', async () => {
   const backend = await getBackend();
   const { quantizeModel, QUANTIZE_REFERENCE } = await import('../src/quant/quantize-model.js');
   const { writeGptqCheckpoint } = await import('../src/formats/gptq.js');
@@ -67,6 +67,11 @@ test('every family quantizes (GPTQ, w4 g32), exports as GPTQ v1 and v2, and relo
   const { seededRandom } = await import('../src/calib/windows.js');
   // loadModel also loads a tokenizer; these fixtures have none, and the ids below do not need one
   const tokenizerJson = join(await pullStories15m(), 'tokenizer.json');
+  const methods = [
+    { method: 'gptq', sym: true, actOrder: false },
+    { method: 'gptqv2', sym: false, actOrder: true },
+    { method: 'rtn', sym: false, actOrder: false },
+  ] as const;
   const seen = new Set<string>();
   for (const name of FIXTURES) {
     const dir = join(ROOT, name);
@@ -76,27 +81,28 @@ test('every family quantizes (GPTQ, w4 g32), exports as GPTQ v1 and v2, and relo
     const rand = seededRandom(7);
     const seqlen = 24;
     const windows = Int32Array.from({ length: 8 * seqlen }, () => Math.floor(rand() * golden.logits_shape[2]));
-    const opts = { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 32, sym: true };
-    const { layers } = await quantizeModel(dir, backend, opts, { windows, seqlen });
-    const out = mkdtempSync(join(tmpdir(), `fam-${name}-`));
-    await writeFakeQuant(dir, join(out, 'fake'), layers, {});
-    for (const format of ['gptq', 'gptq_v2'] as const) {
-      await writeGptqCheckpoint(dir, join(out, format), layers, { format, floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
-    }
     const [batch, seq] = golden.logits_shape;
     const logitsOf = async (d: string): Promise<Float32Array> => {
       copyFileSync(tokenizerJson, join(d, 'tokenizer.json'));
       const { model } = await loadModel(d);
       return model.logits(await model.hidden(golden.input_ids.flat(), batch, seq), batch * seq);
     };
-    const fake = await logitsOf(join(out, 'fake'));
     const float = new Float32Array(readFileSync(join(dir, 'logits.f32')).buffer.slice(0));
-    const moved = fake.reduce((m, v, i) => Math.max(m, Math.abs(v - float[i]!)), 0);
-    assert.ok(moved > 1e-3, `${name}: quantization changed the logits (${moved})`);
-    for (const format of ['gptq', 'gptq_v2']) {
-      const packed = await logitsOf(join(out, format));
-      const worst = packed.reduce((m, v, i) => Math.max(m, Math.abs(v - fake[i]!)), 0);
-      assert.ok(worst < 1e-3, `${name} ${format}: packed vs dequantized max |Δlogit| ${worst}`);
+    for (const m of methods) {
+      const opts = { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 32, ...m };
+      const { layers } = await quantizeModel(dir, backend, opts, m.method === 'rtn' ? undefined : { windows, seqlen });
+      const out = mkdtempSync(join(tmpdir(), `fam-${name}-`));
+      await writeFakeQuant(dir, join(out, 'fake'), layers, {});
+      const fake = await logitsOf(join(out, 'fake'));
+      const moved = fake.reduce((acc, v, i) => Math.max(acc, Math.abs(v - float[i]!)), 0);
+      assert.ok(moved > 1e-3, `${name} ${m.method}: quantization changed the logits (${moved})`);
+      // v1 holds symmetric grids only
+      for (const format of m.sym ? (['gptq', 'gptq_v2'] as const) : (['gptq_v2'] as const)) {
+        await writeGptqCheckpoint(dir, join(out, format), layers, { format, floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
+        const packed = await logitsOf(join(out, format));
+        const worst = packed.reduce((acc, v, i) => Math.max(acc, Math.abs(v - fake[i]!)), 0);
+        assert.ok(worst < 1e-3, `${name} ${m.method} ${format}: packed vs dequantized max |Δlogit| ${worst}`);
+      }
     }
   }
   assert.deepEqual([...seen].sort(), [...SUPPORTED_MODEL_TYPES].sort());
