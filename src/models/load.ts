@@ -1,7 +1,6 @@
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { fail } from '../io/errors.js';
-import { LlamaTokenizer } from '../io/tokenizer.js';
+import { loadTokenizerDir, type LlamaTokenizer } from '../io/tokenizer.js';
 import { getBackend, type ActivationPrecision, type Backend, type LinearKernel } from '../tensor/index.js';
 import { readConfigJson } from '../io/config.js';
 import { SafetensorsModel } from '../io/safetensors.js';
@@ -75,10 +74,13 @@ export async function loadModel(
   }
 }
 
+/**
+ * The model's tokenizer: tokenizer.json (or GPT-2-style vocab.json + merges.txt) with the BOS/EOS/PAD and
+ * add-BOS settings of tokenizer_config.json / generation_config.json; anything unsupported is refused by name.
+ */
 export function loadTokenizer(dir: string): LlamaTokenizer {
-  const path = join(dir, 'tokenizer.json');
-  if (!existsSync(path)) fail(`${path}: not found (the model directory needs a tokenizer.json)`);
-  return LlamaTokenizer.fromTokenizerJson(path);
+  if (!existsSync(dir)) fail(`${dir}: model directory not found`);
+  return loadTokenizerDir(dir);
 }
 
 /** Kernels for layers sharing an input: one stacked kernel when possible, else one per layer. */
