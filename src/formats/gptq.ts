@@ -161,6 +161,12 @@ export function readGptqTensors(st: SafetensorsModel, weightName: string, rows: 
   const qweight = get('qweight', 'I32', [(cols * bits) / 32, rows]) as Int32Array;
   const qzeros = get('qzeros', 'I32', [G, (rows * bits) / 32]) as Int32Array;
   const scales = get('scales', 'F16', [G, rows]) as Uint16Array;
+  // fp16 with all exponent bits set is Inf or NaN
+  const bad = scales.findIndex((h) => (h & 0x7c00) === 0x7c00);
+  if (bad >= 0) fail(`${st.info(`${p}.scales`).file}: ${p}.scales has NaN/Inf at element ${bad}`);
+  // without g_idx, groups are contiguous columns: only what desc_act false promises
+  if (!st.has(`${p}.g_idx`) && qc.descAct)
+    fail(`${st.info(`${p}.qweight`).file}: ${p}.g_idx is missing but desc_act is true (the column order is unknown)`);
   const gIdx = st.has(`${p}.g_idx`)
     ? (get('g_idx', 'I32', [cols]) as Int32Array)
     : Int32Array.from({ length: cols }, (_, c) => (qc.groupSize > 0 ? Math.floor(c / qc.groupSize) : 0));
@@ -168,6 +174,12 @@ export function readGptqTensors(st: SafetensorsModel, weightName: string, rows: 
     if (gIdx[c]! < 0 || gIdx[c]! >= G) fail(`${st.info(`${p}.qweight`).file}: ${p}.g_idx[${c}] = ${gIdx[c]} is outside 0..${G - 1}`);
   }
   return { qweight, qzeros, scales, gIdx };
+}
+
+/** The tensors a GPTQ checkpoint stores for the linear layer `weightName` (g_idx may be absent without act-order). */
+export function gptqTensorNames(weightName: string): { required: string[]; optional: string[] } {
+  const p = linearPrefix(weightName);
+  return { required: [`${p}.qweight`, `${p}.qzeros`, `${p}.scales`], optional: [`${p}.g_idx`] };
 }
 
 /** One quantized linear layer of a GPTQ checkpoint, unpacked to codes. */

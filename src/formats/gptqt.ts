@@ -52,6 +52,12 @@ export async function writeGptqtCheckpoint(
   await writeModelDir(srcDir, outDir, { json: { 'config.json': config, 'quantize_summary.json': meta.summary }, tensors });
 }
 
+/** The tensors a GPTQT checkpoint stores for the linear layer `weightName`. */
+export function gptqtTensorNames(weightName: string): { required: string[] } {
+  const p = weightName.replace(/\.weight$/, '');
+  return { required: [`${p}.bcq_qweight`, `${p}.bcq_alpha`, `${p}.bcq_beta`] };
+}
+
 export function readGptqtLinear(st: SafetensorsModel, weightName: string, rows: number, cols: number, bits: number): BinaryCodedLayer {
   const p = weightName.replace(/\.weight$/, '');
   const get = (suffix: string, dtype: string, shape: number[]): Int32Array | Float32Array => {

@@ -48,21 +48,35 @@ export class SafetensorsFile {
     }
     const headerBuf = Buffer.alloc(headerLen);
     readSync(this.fd, headerBuf, 0, headerLen, 8);
-    let header: Record<string, unknown>;
+    let header: unknown;
     try {
-      header = JSON.parse(headerBuf.toString('utf8')) as Record<string, unknown>;
+      header = JSON.parse(headerBuf.toString('utf8'));
     } catch {
       fail(`${path}: safetensors header is not valid JSON`);
     }
+    if (typeof header !== 'object' || header === null || Array.isArray(header)) fail(`${path}: safetensors header is not a JSON object`);
     const dataStart = 8 + headerLen;
+    const spans: [begin: number, end: number, name: string][] = [];
     for (const [name, entry] of Object.entries(header)) {
       if (name === '__metadata__') {
+        if (
+          typeof entry !== 'object' ||
+          entry === null ||
+          Array.isArray(entry) ||
+          Object.values(entry).some((v) => typeof v !== 'string')
+        ) {
+          fail(`${path}: __metadata__ must map strings to strings`);
+        }
         Object.assign(this.metadata, entry);
         continue;
       }
-      const e = entry as { dtype?: string; shape?: unknown; data_offsets?: unknown };
+      if (typeof entry !== 'object' || entry === null || Array.isArray(entry))
+        fail(`${path}: tensor ${name} has no dtype/shape/data_offsets entry`);
+      const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
       const dtype = e.dtype as DType;
-      if (!(dtype in DTYPE_BYTES)) fail(`${path}: tensor ${name} has unsupported dtype ${String(e.dtype)}`);
+      // own keys only: "toString" or "__proto__" are not dtypes
+      if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, dtype))
+        fail(`${path}: tensor ${name} has unsupported dtype ${JSON.stringify(e.dtype)}`);
       const shape = e.shape;
       const offsets = e.data_offsets;
       if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
@@ -81,6 +95,26 @@ export class SafetensorsFile {
         fail(`${path}: tensor ${name} extends past the end of the file (truncated? needs ${dataStart + end} bytes, file has ${size})`);
       }
       this.tensors.set(name, { name, dtype, shape: shape as number[], offset: dataStart + begin, byteLength, file: path });
+      spans.push([begin, end, name]);
+    }
+    // as the format (and the safetensors library's validation) requires: the tensors tile the data region
+    // exactly, in offset order, with no gap and no overlap, so no tensor reads another's bytes or stray ones
+    spans.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    let covered = 0;
+    for (const [begin, end, name] of spans) {
+      if (begin !== covered) {
+        fail(
+          begin < covered
+            ? `${path}: tensor ${name} data_offsets [${begin}, ${end}] overlap the previous tensor's bytes (which end at ${covered})`
+            : `${path}: tensor ${name} starts at byte ${begin} but the previous tensor ends at ${covered}: a gap in the data region`,
+        );
+      }
+      covered = end;
+    }
+    if (covered !== size - dataStart) {
+      fail(
+        `${path}: the tensors cover ${covered} bytes of data but the file holds ${size - dataStart} after the header (wrong header length, or extra bytes)`,
+      );
     }
   }
 

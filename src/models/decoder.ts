@@ -184,10 +184,57 @@ export function readBlock(st: SafetensorsModel, cfg: ModelConfig, i: number): Bl
   return { ...readBlockExtras(st, cfg, i), linear };
 }
 
-/** The LM head: lm_head.weight, or the embedding when tied. A checkpoint that is untied but has no head is refused. */
+/**
+ * The LM head: lm_head.weight, or the embedding when tied. An untied checkpoint without a head is refused; a tied
+ * one that also stores a head must store the embedding itself there.
+ */
 export function readHead(st: SafetensorsModel, cfg: ModelConfig, embed: Float32Array): Float32Array {
-  if (cfg.tieWordEmbeddings) return embed;
-  return st.readFloat(HEAD, [cfg.vocabSize, cfg.hiddenSize]);
+  if (!cfg.tieWordEmbeddings) return st.readFloat(HEAD, [cfg.vocabSize, cfg.hiddenSize]);
+  if (st.has(HEAD)) {
+    const head = st.readFloat(HEAD, [cfg.vocabSize, cfg.hiddenSize]);
+    const i = head.findIndex((v, j) => v !== embed[j]);
+    if (i >= 0) fail(`${st.dir}: tie_word_embeddings is true but ${HEAD} differs from ${EMBED} (element ${i}): which one is meant?`);
+  }
+  return embed;
+}
+
+/** Buffers some checkpoints carry that the forward pass recomputes (old Llama exports' RoPE frequencies). */
+const IGNORABLE = /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/;
+
+/**
+ * Every tensor of the checkpoint must be one this config reads, and every one it reads must be there: a layer
+ * beyond num_hidden_layers, a stray or duplicated weight, a missing head are refused up front, by name.
+ * `linear` names the tensors a linear layer is stored as (a float weight, or a quantized format's tensors).
+ */
+export function checkTensorNames(
+  st: SafetensorsModel,
+  cfg: ModelConfig,
+  linear: (weightName: string) => { required: string[]; optional?: string[] },
+): void {
+  const required = new Set<string>([EMBED, FINAL_NORM]);
+  const optional = new Set<string>();
+  if (cfg.tieWordEmbeddings) optional.add(HEAD);
+  else required.add(HEAD);
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = layerPrefix(i);
+    for (const [name] of normShapes(cfg)) required.add(`${p}${name}.weight`);
+    for (const group of linearGroups(cfg)) {
+      for (const name of group) {
+        const t = linear(`${p}${name}.weight`);
+        t.required.forEach((n) => required.add(n));
+        t.optional?.forEach((n) => optional.add(n));
+        if (cfg.biases.has(name)) required.add(`${p}${name}.bias`);
+      }
+    }
+  }
+  const present = st.names();
+  const extra = present.filter((n) => !required.has(n) && !optional.has(n) && !IGNORABLE.test(n));
+  const missing = [...required].filter((n) => !st.has(n));
+  const list = (names: string[]): string => names.slice(0, 3).join(', ') + (names.length > 3 ? ` and ${names.length - 3} more` : '');
+  if (missing.length > 0) fail(`${st.dir}: missing tensor ${list(missing)} (a ${cfg.numLayers}-layer ${cfg.modelType} checkpoint)`);
+  if (extra.length > 0) {
+    fail(`${st.dir}: tensor ${list(extra)} is not part of a ${cfg.numLayers}-layer ${cfg.modelType} model as config.json describes it`);
+  }
 }
 
 /** Keys and values of past positions for incremental decoding, per layer [batch, ctx, kvHeads*headDim]. */
@@ -234,6 +281,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     const cfg = readModelConfig(dir);
     const st = new SafetensorsModel(dir);
     try {
+      checkTensorNames(st, cfg, (w) => ({ required: [w] }));
       const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
       const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i));
       const finalNorm = readNorm(st, cfg, FINAL_NORM, cfg.hiddenSize);

@@ -1,5 +1,6 @@
 /** The model families and the decoder they share; everything outside models/ comes through here. */
 export {
+  checkTensorNames,
   Decoder,
   KvCache,
   LINEAR_GROUPS,

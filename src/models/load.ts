@@ -4,11 +4,12 @@ import { loadTokenizerDir, type LlamaTokenizer } from '../io/tokenizer.js';
 import { getBackend, type ActivationPrecision, type Backend, type LinearKernel } from '../tensor/index.js';
 import { readConfigJson } from '../io/config.js';
 import { SafetensorsModel } from '../io/safetensors.js';
-import { readGptqPacked, readQuantConfig } from '../formats/gptq.js';
+import { gptqTensorNames, readGptqPacked, readQuantConfig } from '../formats/gptq.js';
 import { stackPackedRows } from '../formats/gptq-pack.js';
 import { dequantizeBinary } from '../quant/gptqt.js';
-import { readGptqtLinear } from '../formats/gptqt.js';
+import { gptqtTensorNames, readGptqtLinear } from '../formats/gptqt.js';
 import {
+  checkTensorNames,
   Decoder,
   EMBED,
   FINAL_NORM,
@@ -43,16 +44,17 @@ export async function loadModel(
   const backend = await getBackend();
   const config = readConfigJson(dir);
   const cfg = readModelConfig(dir);
-  const makeKernels = kernelMaker(dir, config, backend, opts.activations ?? 'fp32');
+  const linear = kernelMaker(dir, config, backend, opts.activations ?? 'fp32');
   const st = new SafetensorsModel(dir);
   try {
+    checkTensorNames(st, cfg, linear.tensors);
     const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
     const blocks: PreparedBlock[] = [];
     const groups = linearGroups(cfg);
     for (let i = 0; i < cfg.numLayers; i++) {
       const p = layerPrefix(i);
       const kernels = (names: readonly LinearName[]): Promise<LinearKernel[]> =>
-        makeKernels(
+        linear.make(
           st,
           names.map((n) => `${p}${n}.weight`),
           names.map((n) => linearShape(cfg, n)),
@@ -86,7 +88,13 @@ export function loadTokenizer(dir: string): LlamaTokenizer {
 /** Kernels for layers sharing an input: one stacked kernel when possible, else one per layer. */
 type KernelMaker = (st: SafetensorsModel, names: string[], shapes: [number, number][]) => Promise<LinearKernel[]>;
 
-function kernelMaker(dir: string, config: Record<string, unknown>, backend: Backend, activations: ActivationPrecision): KernelMaker {
+/** How the checkpoint stores its linear layers: the tensors of one, and kernels made from them. */
+interface LinearFormat {
+  tensors: (weightName: string) => { required: string[]; optional?: string[] };
+  make: KernelMaker;
+}
+
+function kernelMaker(dir: string, config: Record<string, unknown>, backend: Backend, activations: ActivationPrecision): LinearFormat {
   const floats = (ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> => {
     const rows = shapes.reduce((s, [r]) => s + r, 0);
     let stacked = ws[0]!;
@@ -104,22 +112,32 @@ function kernelMaker(dir: string, config: Record<string, unknown>, backend: Back
   if (bcq?.quant_method === 'gptqt') {
     const bits = bcq.bits;
     if (bits !== 2 && bits !== 3) fail(`${dir}/config.json: gptqt bits ${JSON.stringify(bits)} is not 2 or 3`);
-    return (st, names, shapes) =>
-      floats(
-        names.map((n, i) => dequantizeBinary(readGptqtLinear(st, n, shapes[i]![0], shapes[i]![1], bits))),
-        shapes,
-      );
+    return {
+      tensors: gptqtTensorNames,
+      make: (st, names, shapes) =>
+        floats(
+          names.map((n, i) => dequantizeBinary(readGptqtLinear(st, n, shapes[i]![0], shapes[i]![1], bits))),
+          shapes,
+        ),
+    };
   }
   const qc = readQuantConfig(dir, config);
-  if (!qc)
-    return (st, names, shapes) =>
-      floats(
-        names.map((n, i) => st.readFloat(n, shapes[i]!)),
-        shapes,
-      );
-  return async (st, names, shapes) => {
-    const parts = names.map((n, i) => readGptqPacked(st, n, shapes[i]![0], shapes[i]![1], qc));
-    const stacked = parts.length > 1 ? stackPackedRows(parts) : undefined;
-    return Promise.all((stacked ? [stacked] : parts).map((p) => backend.packedLinear(p, activations)));
+  if (!qc) {
+    return {
+      tensors: (w) => ({ required: [w] }),
+      make: (st, names, shapes) =>
+        floats(
+          names.map((n, i) => st.readFloat(n, shapes[i]!)),
+          shapes,
+        ),
+    };
+  }
+  return {
+    tensors: gptqTensorNames,
+    make: async (st, names, shapes) => {
+      const parts = names.map((n, i) => readGptqPacked(st, n, shapes[i]![0], shapes[i]![1], qc));
+      const stacked = parts.length > 1 ? stackPackedRows(parts) : undefined;
+      return Promise.all((stacked ? [stacked] : parts).map((p) => backend.packedLinear(p, activations)));
+    },
   };
 }

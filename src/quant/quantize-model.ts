@@ -1,6 +1,16 @@
 import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
-import { Decoder, EMBED, layerPrefix, linearGroups, linearShape, readBlock, readModelConfig, type ModelConfig } from '../models/index.js';
+import {
+  checkTensorNames,
+  Decoder,
+  EMBED,
+  layerPrefix,
+  linearGroups,
+  linearShape,
+  readBlock,
+  readModelConfig,
+  type ModelConfig,
+} from '../models/index.js';
 import type { Backend } from '../tensor/index.js';
 import { gptq, GPTQ_REFERENCE, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
 import { calibrateBlock, type Stream } from './block-stages.js';
@@ -121,6 +131,8 @@ export async function quantizeModel(
   const groups = linearGroups(cfg);
   const total = cfg.numLayers * groups.flat().length;
   try {
+    // a float checkpoint exactly as config.json describes it, checked before hours of work
+    checkTensorNames(st, cfg, (w) => ({ required: [w] }));
     const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
     const model = new Decoder(cfg, backend, embed, [], new Float32Array(0), new Float32Array(0));
     const nseq = calib ? calib.windows.length / calib.seqlen : 0;
