@@ -294,3 +294,23 @@ test('a text mostly outside the vocabulary warns; ordinary text does not', () =>
   const gpt2 = load('gpt2');
   assert.equal(tokenizationWarning(gpt2, gpt2.encode(odd), 'odd.txt'), undefined);
 });
+
+test('gptq eval warns on such text; gptq generate --chat needs a chat template', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { pullStories15m } = await import('../src/io/stories.js');
+  await pullStories15m();
+  const cli = (...args: string[]) =>
+    spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', ...args], {
+      encoding: 'utf8',
+      cwd: join(import.meta.dirname, '..'),
+    });
+  const file = join(mkdtempSync(join(tmpdir(), 'tok-eval-')), 'emoji.txt');
+  writeFileSync(file, '\u{1F999}\u{1F40D}\u{1F980} '.repeat(400));
+  const r = cli('eval', 'stories15m', '--data', file, '--windows', '2', '--seqlen', '32');
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /warning: .*emoji\.txt: 9\d% of its \d+ tokens are unknown \(0%\) or byte-fallback \(9\d%\) ids/);
+  const g = cli('generate', 'stories15m', 'Hi', '--chat');
+  assert.notEqual(g.status, 0);
+  assert.match(g.stderr, /stories15M\/tokenizer\.json: the tokenizer has no chat_template/);
+  assert.match(cli('generate', 'stories15m', 'Hi', '--system', 'x').stderr, /--system needs --chat/);
+});

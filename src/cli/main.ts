@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { loadText } from '../calib/datasets.js';
 import { evaluate, referenceStates, type EvalResult } from '../eval/perplexity.js';
 import { UserError } from '../io/errors.js';
+import { renderChat, tokenizationWarning, type ChatMessage } from '../io/tokenizer.js';
 import { convertLlama2c } from '../io/llama2c.js';
 import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
 import { checkPrompt, generate, type StopReason } from '../infer/generate.js';
@@ -60,6 +61,8 @@ async function runEval(
 ): Promise<EvalResult> {
   const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
   const tokens = tokenizer.encode(await loadText(data), { dummyPrefix: opts.dummyPrefix });
+  const warning = tokenizationWarning(tokenizer, tokens, data);
+  if (warning) log(`warning: ${warning}`);
   const plan = { windows: opts.windows, source: data, ...(opts.seqlen ? { seqlen: opts.seqlen } : {}) };
   const ref = opts.ref ? await referenceStates((await loadModel(await resolveModel(opts.ref))).model, tokens, plan) : undefined;
   const bar = progressBar(`eval ${data}`);
@@ -83,18 +86,29 @@ function formatEval(data: string, r: EvalResult): string {
 async function runGenerate(
   modelArg: string,
   prompt: string,
-  opts: { maxTokens: number; activations: ActivationPrecision; quiet?: boolean } & SamplingOptions,
+  opts: { maxTokens: number; activations: ActivationPrecision; quiet?: boolean; chat?: boolean; system?: string } & SamplingOptions,
 ): Promise<{ text: string; tokensPerSecond: number; tokens: number; promptTokens: number; stopReason: StopReason }> {
   validateSampling(opts);
+  if (opts.system !== undefined && !opts.chat) throw new UserError('--system needs --chat');
   const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
-  const ids = tokenizer.encode(prompt);
+  // --chat: the prompt is the user's message in the model's chat template, which writes its own special tokens;
+  // only the reply is printed, and every EOS the tokenizer names (e.g. <|im_end|>, <end_of_turn>) ends it
+  const messages: ChatMessage[] = [
+    ...(opts.system !== undefined ? [{ role: 'system', content: opts.system }] : []),
+    { role: 'user', content: prompt },
+  ];
+  const ids = opts.chat ? tokenizer.encode(renderChat(tokenizer, messages), { specialTokens: false }) : tokenizer.encode(prompt);
   checkPrompt(model, ids);
-  let printed = prompt;
+  let printed = opts.chat ? '' : prompt;
   const write = (t: string): void => void (opts.quiet || process.stdout.write(t));
-  write(prompt);
-  const all = [...ids];
+  write(printed);
+  const all = opts.chat ? [] : [...ids];
+  const stop = [
+    ...new Set([...model.cfg.eosTokenIds, ...tokenizer.eosIds, ...(model.cfg.bosTokenId !== undefined ? [model.cfg.bosTokenId] : [])]),
+  ];
   const r = await generate(model, ids, {
     ...opts,
+    ...(opts.chat ? { stop } : {}),
     onToken: (id) => {
       all.push(id);
       // decode the whole text so multi-byte characters split across byte tokens come out whole
@@ -196,12 +210,14 @@ export function buildCli(): Command {
     .option('--seed <n>', 'sampling seed', integer, 0)
     .option('--activations <a>', ACTIVATIONS_HELP, activations, 'int8' as ActivationPrecision)
     .option('--json', 'print only a JSON summary (text, token counts, tokens/s) instead of streaming')
+    .option('--chat', "the prompt is a user message: format it with the model's chat template (tokenizer_config.json) and print the reply")
+    .option('--system <text>', 'with --chat: a system message before the user message')
     .description('text generation (greedy by default), streamed; stops at EOS')
     .action(
       async (
         modelArg: string,
         prompt: string,
-        opts: { maxTokens: number; activations: ActivationPrecision; json?: boolean } & SamplingOptions,
+        opts: { maxTokens: number; activations: ActivationPrecision; json?: boolean; chat?: boolean; system?: string } & SamplingOptions,
       ) => {
         if (prompt.length === 0) throw new UserError('empty prompt');
         const r = await runGenerate(modelArg, prompt, { ...opts, quiet: Boolean(opts.json) });

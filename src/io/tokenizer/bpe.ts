@@ -30,6 +30,11 @@ export class Bpe {
   /** otherwise, pairs of adjacent code points that some piece contains (lazily built): a long word may be cut between two single-character pieces no piece joins */
   private joined: Set<number> | undefined;
   private cache = new Map<string, number[]>();
+  // scratch space of the merge loop, reused from word to word
+  private sym = new Int32Array(64);
+  private prev = new Int32Array(64);
+  private next = new Int32Array(64);
+  private heap = new PairHeap();
   /** id of each single-UTF-16-unit piece, −1 when that character is no piece */
   private charIds = new Int32Array(0x10000).fill(-1);
 
@@ -83,13 +88,13 @@ export class Bpe {
       return;
     }
     let start = 0;
-    for (let i = 1; i <= word.length; i++) {
-      if (i === word.length || (word.charCodeAt(i) === 0x2581 && word.charCodeAt(i - 1) !== 0x2581)) {
-        if (start === 0 && i === word.length) this.encodeUncached(word, out);
-        else this.encodeWord(word.slice(start, i), out);
-        start = i;
-      }
+    for (let i = word.indexOf('\u2581', 1); i > 0; i = word.indexOf('\u2581', i + 1)) {
+      if (word.charCodeAt(i - 1) === 0x2581) continue;
+      this.encodeWord(word.slice(start, i), out);
+      start = i;
     }
+    if (start === 0) this.encodeUncached(word, out);
+    else this.encodeWord(word.slice(start), out);
   }
 
   /**
@@ -172,23 +177,27 @@ export class Bpe {
       for (const id of ids) out.push(id);
       return;
     }
-    const sym = Int32Array.from(ids);
-    const prev = new Int32Array(n);
-    const next = new Int32Array(n);
+    if (n > this.sym.length) {
+      const cap = Math.max(n, 2 * this.sym.length);
+      this.sym = new Int32Array(cap);
+      this.prev = new Int32Array(cap);
+      this.next = new Int32Array(cap);
+    }
+    const { sym, prev, next, mergeTable } = this;
     for (let i = 0; i < n; i++) {
+      sym[i] = ids[i]!;
       prev[i] = i - 1;
       next[i] = i + 1 < n ? i + 1 : -1;
     }
-    const heap = new PairHeap();
-    const pushPair = (l: number, r: number): void => {
-      if (l < 0 || r < 0) return;
-      const m = this.mergeTable.get(sym[l]! * V + sym[r]!);
-      if (m === undefined) return;
-      heap.push(Math.floor(m / V), l, r, sym[l]!, sym[r]!, m % V);
-    };
-    for (let i = 0; i + 1 < n; i++) pushPair(i, i + 1);
+    const heap = this.heap;
+    heap.size = 0;
+    for (let i = 0; i + 1 < n; i++) {
+      const m = mergeTable.get(sym[i]! * V + sym[i + 1]!);
+      if (m !== undefined) heap.push(Math.floor(m / V), i, i + 1, sym[i]!, sym[i + 1]!, m % V);
+    }
     while (heap.size > 0) {
-      const e = heap.pop();
+      heap.pop();
+      const e = heap.top;
       // stale entries: a side was merged away or changed since this pair was queued
       if (sym[e.left] !== e.leftId || sym[e.right] !== e.rightId || next[e.left] !== e.right) continue;
       sym[e.left] = e.result;
@@ -196,8 +205,15 @@ export class Bpe {
       const after = next[e.right]!;
       next[e.left] = after;
       if (after >= 0) prev[after] = e.left;
-      pushPair(prev[e.left]!, e.left);
-      pushPair(e.left, after);
+      const before = prev[e.left]!;
+      if (before >= 0) {
+        const m = mergeTable.get(sym[before]! * V + sym[e.left]!);
+        if (m !== undefined) heap.push(Math.floor(m / V), before, e.left, sym[before]!, sym[e.left]!, m % V);
+      }
+      if (after >= 0) {
+        const m = mergeTable.get(sym[e.left]! * V + sym[after]!);
+        if (m !== undefined) heap.push(Math.floor(m / V), e.left, after, sym[e.left]!, sym[after]!, m % V);
+      }
     }
     for (let i = 0; i >= 0; i = next[i]!) out.push(sym[i]!);
   }
@@ -228,8 +244,16 @@ class PairHeap {
     this.set(i, rank, left, right, leftId, rightId, result);
   }
 
-  pop(): { left: number; right: number; leftId: number; rightId: number; result: number } {
-    const top = { left: this.left[0]!, right: this.right[0]!, leftId: this.leftId[0]!, rightId: this.rightId[0]!, result: this.result[0]! };
+  /** the entry the last pop() removed */
+  readonly top = { left: 0, right: 0, leftId: 0, rightId: 0, result: 0 };
+
+  pop(): void {
+    const top = this.top;
+    top.left = this.left[0]!;
+    top.right = this.right[0]!;
+    top.leftId = this.leftId[0]!;
+    top.rightId = this.rightId[0]!;
+    top.result = this.result[0]!;
     const n = --this.size;
     if (n > 0) {
       const r = this.rank[n]!,
@@ -249,7 +273,6 @@ class PairHeap {
       }
       this.set(i, r, l, rt, li, ri, res);
     }
-    return top;
   }
 
   private less(r1: number, l1: number, r2: number, l2: number): boolean {

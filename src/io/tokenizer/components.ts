@@ -15,8 +15,10 @@ export interface Ctx {
 }
 
 export type Normalizer = (s: string, ctx: Ctx) => string;
-/** pieces[0] starts the input iff ctx.atStart */
-export type PreTokenizer = (pieces: string[], ctx: Ctx) => string[];
+/** receives each piece a pre-tokenizer cuts, and whether it starts the input */
+export type Emit = (piece: string, atStart: boolean) => void;
+/** cuts one piece (atStart: it starts the input) into pieces, in order */
+export type PreTokenizer = (piece: string, atStart: boolean, dummyPrefix: boolean, emit: Emit) => void;
 
 const str = (j: Json, k: string, refuse: Refuse, where: string): string => {
   const v = j[k];
@@ -107,15 +109,29 @@ export function compileNormalizer(j: Json | null | undefined, refuse: Refuse, wh
 export type Behavior = 'Removed' | 'Isolated' | 'MergedWithPrevious' | 'MergedWithNext' | 'Contiguous';
 const BEHAVIORS: Behavior[] = ['Removed', 'Isolated', 'MergedWithPrevious', 'MergedWithNext', 'Contiguous'];
 
-/**
- * Split s by the matches of re (global): `out` gets the non-empty pieces. Returns whether the first piece pushed
- * begins at offset 0 of s.
- */
-export function splitInto(s: string, re: RegExp, behavior: Behavior, invert: boolean, out: string[]): boolean {
+/** Split s by the matches of re (global) with one of the library's behaviours; non-empty pieces go to emit. */
+export function splitInto(s: string, re: RegExp, behavior: Behavior, invert: boolean, atStart: boolean, emit: Emit): void {
+  re.lastIndex = 0;
+  if (!invert && (behavior === 'Isolated' || behavior === 'Removed')) {
+    // the common cases, streamed: gaps and matches in order
+    let prev = 0;
+    for (let m = re.exec(s); m !== null; m = re.exec(s)) {
+      const start = m.index;
+      const end = start + m[0].length;
+      if (end === start) {
+        re.lastIndex = start + (s.codePointAt(start)! > 0xffff ? 2 : 1);
+        continue;
+      }
+      if (start > prev) emit(s.slice(prev, start), atStart && prev === 0);
+      if (behavior === 'Isolated') emit(start === 0 && end === s.length ? s : s.slice(start, end), atStart && start === 0);
+      prev = end;
+    }
+    if (prev < s.length) emit(prev === 0 ? s : s.slice(prev), atStart && prev === 0);
+    return;
+  }
   // [start, end, isMatch] covering s
   const spans: number[] = [];
   let prev = 0;
-  re.lastIndex = 0;
   for (let m = re.exec(s); m !== null; m = re.exec(s)) {
     const start = m.index;
     const end = start + m[0].length;
@@ -128,10 +144,6 @@ export function splitInto(s: string, re: RegExp, behavior: Behavior, invert: boo
     prev = end;
   }
   if (prev < s.length) spans.push(prev, s.length, invert ? 1 : 0);
-  if (behavior === 'Isolated' && !invert && spans.length === 3) {
-    if (s.length) out.push(s);
-    return true;
-  }
   // merge spans per behaviour into [start, end] pairs
   const res: number[] = [];
   let prevMatch = false;
@@ -170,29 +182,13 @@ export function splitInto(s: string, re: RegExp, behavior: Behavior, invert: boo
       prevMatch = isMatch;
     }
   }
-  let first: boolean | undefined;
   for (let k = 0; k < res.length; k += 2) {
-    if (res[k + 1]! > res[k]!) {
-      if (first === undefined) first = res[k] === 0;
-      out.push(s.slice(res[k], res[k + 1]));
-    }
+    if (res[k + 1]! > res[k]!) emit(s.slice(res[k], res[k + 1]), atStart && res[k] === 0);
   }
-  return first ?? false;
 }
 
 function splitter(re: RegExp, behavior: Behavior, invert: boolean): PreTokenizer {
-  return (pieces, ctx) => {
-    const out: string[] = [];
-    let atStart = ctx.atStart;
-    for (let i = 0; i < pieces.length; i++) {
-      const before = out.length;
-      const first = splitInto(pieces[i]!, re, behavior, invert, out);
-      if (i === 0 && out.length > before) atStart = ctx.atStart && first;
-      else if (i === 0) atStart = false;
-    }
-    ctx.atStart = atStart;
-    return out;
-  };
+  return (piece, atStart, _dummyPrefix, emit) => splitInto(piece, re, behavior, invert, atStart, emit);
 }
 
 // GPT-2's pattern, as the ByteLevel pre-tokenizer uses it
@@ -256,12 +252,19 @@ export function compilePreTokenizer(
       const list = (j['pretokenizers'] as Json[]) ?? [];
       const steps = list.map((p, i) => compilePreTokenizer(p, refuse, `${where}.pretokenizers[${i}]`, last && i === list.length - 1)!);
       if (steps.length === 0) return undefined;
+      const n = steps.length;
       return {
-        run: (pieces, ctx) => {
-          for (const s of steps) pieces = s.run(pieces, ctx);
-          return pieces;
+        run: (piece, atStart, dummyPrefix, emit) => {
+          // the chain of emitters, built once per call (a call is one piece of text between added tokens)
+          let e = emit;
+          for (let k = n - 1; k > 0; k--) {
+            const step = steps[k]!.run;
+            const next = e;
+            e = (w, a) => step(w, a, dummyPrefix, next);
+          }
+          steps[0]!.run(piece, atStart, dummyPrefix, e);
         },
-        byteLevelLast: steps[steps.length - 1]!.byteLevelLast,
+        byteLevelLast: steps[n - 1]!.byteLevelLast,
       };
     }
     case 'Split': {
@@ -273,12 +276,11 @@ export function compilePreTokenizer(
       const re = j['use_regex'] !== false ? onigRegExp(GPT2_REGEX) : undefined;
       const split = re ? splitter(re, 'Isolated', false) : undefined;
       return {
-        run: (pieces, ctx) => {
-          if (prefix) {
-            pieces = pieces.map((p, i) => (p.startsWith(' ') || (i === 0 && ctx.atStart && !ctx.dummyPrefix) ? p : ' ' + p));
-          }
-          if (split) pieces = split(pieces, ctx);
-          return last ? pieces : pieces.map(byteLevelMap);
+        run: (piece, atStart, dummyPrefix, emit) => {
+          if (prefix && !piece.startsWith(' ') && !(atStart && !dummyPrefix)) piece = ' ' + piece;
+          const out: Emit = last ? emit : (w, a) => emit(byteLevelMap(w), a);
+          if (split) split(piece, atStart, dummyPrefix, out);
+          else out(piece, atStart);
         },
         byteLevelLast: last,
       };
@@ -292,14 +294,12 @@ export function compilePreTokenizer(
       const re = new RegExp(escapeRegExp(rep), 'gu');
       const split = doSplit ? splitter(re, 'MergedWithNext', false) : undefined;
       return {
-        run: (pieces, ctx) => {
-          pieces = pieces.map((p, i) => {
-            p = p.replaceAll(' ', rep);
-            const start = i === 0 && ctx.atStart;
-            const want = scheme === 'always' || (scheme === 'first' && start);
-            return want && !(start && !ctx.dummyPrefix) && !p.startsWith(rep) ? rep + p : p;
-          });
-          return split ? split(pieces, ctx) : pieces;
+        run: (piece, atStart, dummyPrefix, emit) => {
+          piece = piece.replaceAll(' ', rep);
+          const want = scheme === 'always' || (scheme === 'first' && atStart);
+          if (want && !(atStart && !dummyPrefix) && !piece.startsWith(rep)) piece = rep + piece;
+          if (split) split(piece, atStart, dummyPrefix, emit);
+          else emit(piece, atStart);
         },
         byteLevelLast: false,
       };

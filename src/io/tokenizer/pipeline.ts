@@ -76,6 +76,7 @@ export class HfTokenizer {
   private readonly merges: { left: string; right: string; rank: number }[];
   private readonly normalizer: Normalizer | undefined;
   private readonly preTokenizer: CompiledPreTokenizer | undefined;
+  private readonly byteLevelLast: boolean;
   private readonly decoder: Decoder | undefined;
   private readonly wrap: Wrap;
   private readonly rawAdded: AddedTokenMatcher;
@@ -172,6 +173,7 @@ export class HfTokenizer {
 
     this.normalizer = compileNormalizer(json['normalizer'] as Json, refuse);
     this.preTokenizer = compilePreTokenizer(json['pre_tokenizer'] as Json, refuse);
+    this.byteLevelLast = this.preTokenizer?.byteLevelLast ?? false;
     this.decoder = compileDecoder(json['decoder'] as Json, refuse);
     const wrap = compilePostProcessor(json['post_processor'] as Json, refuse);
     this.rawAdded = new AddedTokenMatcher(added.filter((t) => !t.normalized));
@@ -287,22 +289,27 @@ export class HfTokenizer {
       if (text.length) this.bpe.encodeWord(text, out);
       return;
     }
-    const words = this.preTokenizer.run([text], ctx);
-    const bytes = this.preTokenizer.byteLevelLast;
-    const cache = this.wordCache;
-    for (const w of words) {
-      let ids = cache.get(w);
-      if (ids === undefined) {
-        ids = [];
-        this.bpe.encodeWord(bytes ? byteLevelMap(w) : w, ids);
-        if (w.length <= 256) {
-          if (cache.size > 200_000) cache.clear();
-          cache.set(w, ids);
-        }
-      }
-      for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
-    }
+    this.out = out;
+    this.preTokenizer.run(text, ctx.atStart, ctx.dummyPrefix, this.emitWord);
   }
+
+  /** where emitWord appends */
+  private out: number[] = [];
+
+  /** a pre-tokenized word's ids, appended to this.out (cached by the word before any byte-level mapping) */
+  private readonly emitWord = (w: string): void => {
+    const out = this.out;
+    let ids = this.wordCache.get(w);
+    if (ids === undefined) {
+      ids = [];
+      this.bpe.encodeWord(this.byteLevelLast ? byteLevelMap(w) : w, ids);
+      if (w.length <= 256) {
+        if (this.wordCache.size > 200_000) this.wordCache.clear();
+        this.wordCache.set(w, ids);
+      }
+    }
+    for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
+  };
 
   decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {
     const skip = opts.skipSpecialTokens ?? true;
