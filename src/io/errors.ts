@@ -9,3 +9,8 @@ export class UserError extends Error {
 export function fail(message: string): never {
   throw new UserError(message);
 }
+
+/** A value as an error message shows it: JSON, or "(missing)" where there is none. */
+export function shown(value: unknown): string {
+  return value === undefined ? '(missing)' : (JSON.stringify(value) ?? String(value));
+}

@@ -1,6 +1,6 @@
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { fail } from './errors.js';
+import { fail, shown } from './errors.js';
 import { bf16ArrayToFloat, halfArrayToFloat } from './fp16.js';
 import { writeAtomically, yieldToSignals } from './atomic.js';
 
@@ -76,11 +76,11 @@ export class SafetensorsFile {
       const dtype = e.dtype as DType;
       // own keys only: "toString" or "__proto__" are not dtypes
       if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, dtype))
-        fail(`${path}: tensor ${name} has unsupported dtype ${JSON.stringify(e.dtype)}`);
+        fail(`${path}: tensor ${name} has unsupported dtype ${shown(e.dtype)}`);
       const shape = e.shape;
       const offsets = e.data_offsets;
       if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
-        fail(`${path}: tensor ${name} has an invalid shape ${JSON.stringify(shape)}`);
+        fail(`${path}: tensor ${name} has an invalid shape ${shown(shape)}`);
       }
       if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isInteger(o) && o >= 0)) {
         fail(`${path}: tensor ${name} has invalid data_offsets`);
@@ -89,7 +89,7 @@ export class SafetensorsFile {
       const numel = (shape as number[]).reduce((a, b) => a * b, 1);
       const byteLength = numel * DTYPE_BYTES[dtype];
       if (end - begin !== byteLength) {
-        fail(`${path}: tensor ${name} header says ${end - begin} bytes but ${dtype}${JSON.stringify(shape)} needs ${byteLength}`);
+        fail(`${path}: tensor ${name} header says ${end - begin} bytes but ${dtype}${shown(shape)} needs ${byteLength}`);
       }
       if (dataStart + end > size) {
         fail(`${path}: tensor ${name} extends past the end of the file (truncated? needs ${dataStart + end} bytes, file has ${size})`);

@@ -1,4 +1,4 @@
-import { fail } from '../io/errors.js';
+import { fail, shown } from '../io/errors.js';
 import type { Activation } from '../tensor/index.js';
 import type { RopeConfig } from './rope.js';
 
@@ -168,27 +168,25 @@ export class ConfigReader {
 
   int(key: string, dflt?: number): number {
     const v = this.value(key) ?? dflt;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
-      fail(`${this.where}: ${key} must be a positive integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) fail(`${this.where}: ${key} must be a positive integer, got ${shown(v)}`);
     return v;
   }
 
   num(key: string, dflt?: number): number {
     const v = this.value(key) ?? dflt;
-    if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v))
-      fail(`${this.where}: ${key} must be a positive number, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) fail(`${this.where}: ${key} must be a positive number, got ${shown(v)}`);
     return v;
   }
 
   bool(key: string, dflt: boolean): boolean {
     const v = this.value(key) ?? dflt;
-    if (typeof v !== 'boolean') fail(`${this.where}: ${key} must be true or false, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'boolean') fail(`${this.where}: ${key} must be true or false, got ${shown(v)}`);
     return v;
   }
 
   str(key: string, dflt: string): string {
     const v = this.value(key) ?? dflt;
-    if (typeof v !== 'string') fail(`${this.where}: ${key} must be a string, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'string') fail(`${this.where}: ${key} must be a string, got ${shown(v)}`);
     return v;
   }
 
@@ -196,7 +194,7 @@ export class ConfigReader {
   only(key: string, allowed: unknown[], why: string): void {
     const v = this.value(key);
     if (v !== undefined && !allowed.some((a) => JSON.stringify(a) === JSON.stringify(v))) {
-      fail(`${this.where}: ${key} ${JSON.stringify(v)} is not supported (${why})`);
+      fail(`${this.where}: ${key} ${shown(v)} is not supported (${why})`);
     }
   }
 
@@ -206,7 +204,7 @@ export class ConfigReader {
     if (v === undefined || v === null) return [];
     const list = Array.isArray(v) ? v : [v];
     for (const id of list)
-      if (!Number.isInteger(id) || id < 0) fail(`${this.where}: ${key} must be a token id or a list of them, got ${JSON.stringify(v)}`);
+      if (!Number.isInteger(id) || id < 0) fail(`${this.where}: ${key} must be a token id or a list of them, got ${shown(v)}`);
     return list as number[];
   }
 
@@ -215,9 +213,9 @@ export class ConfigReader {
     // a null value is transformers' "not set": the default, which is what we run
     const unknown = Object.keys(this.raw).filter((k) => !this.read.has(k) && !INERT_KEYS.has(k) && this.raw[k] !== null);
     if (unknown.length > 0) {
-      const shown = unknown.map((k) => `${k}=${JSON.stringify(this.raw[k])}`).join(', ');
+      const fields = unknown.map((k) => `${k}=${shown(this.raw[k])}`).join(', ');
       fail(
-        `${this.where}: ${shown}: not implemented for model_type ${JSON.stringify(this.raw['model_type'])}, refusing rather than running a different model`,
+        `${this.where}: ${fields}: not implemented for model_type ${shown(this.raw['model_type'])}, refusing rather than running a different model`,
       );
     }
   }

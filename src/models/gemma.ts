@@ -1,4 +1,4 @@
-import { fail } from '../io/errors.js';
+import { fail, shown } from '../io/errors.js';
 import { ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
 import { llamaLayout, slidingWindows } from './llama.js';
 import { readRope } from './rope.js';
@@ -16,7 +16,7 @@ function gemmaBase(
   // transformers reads Gemma 1's legacy "gelu" as the tanh approximation it always meant
   const named = c.str(activationKey, 'gelu_pytorch_tanh');
   const act = activationKey === 'hidden_act' && named === 'gelu' ? 'gelu_tanh' : ACTIVATIONS[named];
-  if (!act) fail(`${c.where}: ${activationKey} ${JSON.stringify(named)} is not supported`);
+  if (!act) fail(`${c.where}: ${activationKey} ${shown(named)} is not supported`);
   if (activationKey === 'hidden_activation')
     c.only('hidden_act', [undefined, null, 'gelu_pytorch_tanh'], 'Gemma 2/3 use hidden_activation');
   c.only('use_bidirectional_attention', [null, false], 'causal decoding only');

@@ -1,6 +1,6 @@
 import type { ConfigReader, ModelConfig } from './config.js';
 import { ACTIVATIONS } from './config.js';
-import { fail } from '../io/errors.js';
+import { fail, shown } from '../io/errors.js';
 import { readRope, type RopeConfig } from './rope.js';
 import type { Family } from './registry.js';
 
@@ -35,8 +35,7 @@ export function llamaLayout(
   const maxPositions = c.int('max_position_embeddings', 2048);
   const act = c.str('hidden_act', 'silu');
   const activation = ACTIVATIONS[act];
-  if (!activation)
-    fail(`${c.where}: hidden_act ${JSON.stringify(act)} is not supported (supported: ${Object.keys(ACTIVATIONS).join(', ')})`);
+  if (!activation) fail(`${c.where}: hidden_act ${shown(act)} is not supported (supported: ${Object.keys(ACTIVATIONS).join(', ')})`);
   const biases = new Set<string>();
   if (o.biasFlags !== false) {
     if (c.bool('attention_bias', false)) ATTENTION.forEach((n) => biases.add(n));

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fail } from '../io/errors.js';
+import { fail, shown } from '../io/errors.js';
 import { readConfigJson } from '../io/config.js';
 import { ConfigReader, type ModelConfig } from './config.js';
 import { gemma, gemma2, gemma3Text } from './gemma.js';
@@ -26,7 +26,7 @@ export const SUPPORTED_MODEL_TYPES = FAMILIES.flatMap((f) => f.modelTypes);
 
 export function familyOf(modelType: unknown, where: string): Family {
   const f = FAMILIES.find((fam) => fam.modelTypes.includes(modelType as string));
-  if (!f) fail(`${where}: unsupported model_type ${JSON.stringify(modelType)} (supported: ${SUPPORTED_MODEL_TYPES.join(', ')})`);
+  if (!f) fail(`${where}: unsupported model_type ${shown(modelType)} (supported: ${SUPPORTED_MODEL_TYPES.join(', ')})`);
   return f;
 }
 

@@ -1,4 +1,4 @@
-import { fail } from '../io/errors.js';
+import { fail, shown } from '../io/errors.js';
 import type { ConfigReader } from './config.js';
 
 /**
@@ -64,18 +64,17 @@ export function readRope(
   } = {},
 ): RopeConfig {
   const params = (o.params ?? c.value('rope_parameters') ?? c.value('rope_scaling') ?? {}) as Record<string, unknown>;
-  if (typeof params !== 'object' || Array.isArray(params))
-    fail(`${c.where}: rope_parameters must be an object, got ${JSON.stringify(params)}`);
+  if (typeof params !== 'object' || Array.isArray(params)) fail(`${c.where}: rope_parameters must be an object, got ${shown(params)}`);
   const topTheta = o.params ? undefined : c.value('rope_theta');
   const named = (params['rope_type'] ?? params['type'] ?? 'default') as string;
   const type = (o.aliases?.[named] ?? named) as RopeConfig['type'];
-  if (!TYPES.includes(type)) fail(`${c.where}: rope type ${JSON.stringify(type)} is not supported (supported: ${TYPES.join(', ')})`);
+  if (!TYPES.includes(type)) fail(`${c.where}: rope type ${shown(type)} is not supported (supported: ${TYPES.join(', ')})`);
   const known = new Set(['rope_type', 'type', 'rope_theta', 'partial_rotary_factor', ...KEYS[type]]);
   for (const k of Object.keys(params))
-    if (!known.has(k) && params[k] !== null) fail(`${c.where}: rope ${type} parameter ${k}=${JSON.stringify(params[k])} is not supported`);
+    if (!known.has(k) && params[k] !== null) fail(`${c.where}: rope ${type} parameter ${k}=${shown(params[k])} is not supported`);
   const num = (key: string, dflt?: number): number => {
     const v = params[key] ?? dflt;
-    if (typeof v !== 'number' || !Number.isFinite(v)) fail(`${c.where}: rope ${type} needs a number ${key}, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v)) fail(`${c.where}: rope ${type} needs a number ${key}, got ${shown(v)}`);
     return v;
   };
   const opt = (key: string): number | undefined => (params[key] == null ? undefined : num(key));
@@ -88,12 +87,12 @@ export function readRope(
   const topPartial = c.value('partial_rotary_factor');
   if (topPartial != null && params['partial_rotary_factor'] != null && topPartial !== params['partial_rotary_factor']) {
     fail(
-      `${c.where}: partial_rotary_factor ${JSON.stringify(topPartial)} disagrees with rope_parameters' ${JSON.stringify(params['partial_rotary_factor'])}`,
+      `${c.where}: partial_rotary_factor ${shown(topPartial)} disagrees with rope_parameters' ${shown(params['partial_rotary_factor'])}`,
     );
   }
   const partial = (params['partial_rotary_factor'] ?? topPartial ?? 1) as number;
   if (typeof partial !== 'number' || !(partial > 0 && partial <= 1))
-    fail(`${c.where}: partial_rotary_factor must be in (0, 1], got ${JSON.stringify(partial)}`);
+    fail(`${c.where}: partial_rotary_factor must be in (0, 1], got ${shown(partial)}`);
   const dim = Math.trunc(headDim * partial);
   if (dim % 2 !== 0 || dim <= 0)
     fail(`${c.where}: partial_rotary_factor ${partial} gives ${dim} rotated dimensions, not a positive even number`);
