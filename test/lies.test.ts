@@ -171,6 +171,15 @@ const GPTQ_LIES: Lie[] = [
     /qzeros has shape \[\d+,\d+\] but the config \(bits 4, group_size 16\) implies/,
   ],
   [
+    'sym true on a file whose zero points are not symmetric',
+    (d) =>
+      rewriteTensors(st(d), (all) => {
+        const z = all.get('model.layers.1.mlp.down_proj.qzeros')!;
+        (z.data as Int32Array)[0] = 0x77777776;
+      }),
+    /model\.layers\.1\.mlp\.down_proj\.qzeros group 0 row 0 has zero point 7, but quantization_config says sym \(zero 8\)/,
+  ],
+  [
     'no quantization_config for a GPTQ checkpoint',
     (d) => {
       editConfig(d, (c) => delete c['quantization_config']);

@@ -8,6 +8,7 @@ import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
 import { writeModelDir } from './model-dir.js';
 import { packedWeights, packLayer, unpackLayer, type CheckpointFormat, type GptqTensors } from './gptq-pack.js';
 import type { PackedLinearWeights } from '../tensor/backend.js';
+import { streamValue } from '../tensor/bit-stream.js';
 
 /**
  * GPTQ checkpoints as transformers / vLLM / GPTQModel / TGI load them: per quantized linear `<name>.qweight`,
@@ -190,5 +191,21 @@ export function readGptqLinear(st: SafetensorsModel, weightName: string, rows: n
 
 /** One quantized linear layer of a GPTQ checkpoint as the packed kernels take it (still packed). */
 export function readGptqPacked(st: SafetensorsModel, weightName: string, rows: number, cols: number, qc: QuantConfig): PackedLinearWeights {
-  return packedWeights(readGptqTensors(st, weightName, rows, cols, qc), { rows, cols, bits: qc.bits }, qc.format);
+  const p = packedWeights(readGptqTensors(st, weightName, rows, cols, qc), { rows, cols, bits: qc.bits }, qc.format);
+  if (qc.sym) {
+    // a symmetric grid's zero point is 2^(bits-1) everywhere; anything else means the config misdescribes the file
+    const wordsPerGroup = (rows * qc.bits) / 32;
+    const mid = 1 << (qc.bits - 1);
+    for (let g = 0; g < p.scales.length / rows; g++) {
+      for (let r = 0; r < rows; r++) {
+        const z = streamValue((w) => p.qzeros[g * wordsPerGroup + w]!, r, qc.bits);
+        if (z !== mid) {
+          fail(
+            `${st.info(`${linearPrefix(weightName)}.qzeros`).file}: ${linearPrefix(weightName)}.qzeros group ${g} row ${r} has zero point ${z}, but quantization_config says sym (zero ${mid})`,
+          );
+        }
+      }
+    }
+  }
+  return p;
 }
