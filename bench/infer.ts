@@ -11,7 +11,7 @@ import { generate } from '../src/infer/generate.js';
 import { parseModelConfig, readModelConfig } from '../src/models/index.js';
 import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { linearShape, LINEAR_GROUPS } from '../src/models/index.js';
+import { linearGroups, linearShape } from '../src/models/index.js';
 import { loadModel, loadTokenizer, type LoadOptions } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend, type ActivationPrecision, type LinearKernel, type PackedLinearWeights } from '../src/tensor/index.js';
@@ -169,7 +169,7 @@ async function randomModel(
   for (let l = 0; l < shape.layers; l++) {
     ones(`model.layers.${l}.input_layernorm.weight`);
     ones(`model.layers.${l}.post_attention_layernorm.weight`);
-    for (const n of LINEAR_GROUPS.flat()) dense(`model.layers.${l}.${n}.weight`, ...linearShape(cfg, n));
+    for (const n of linearGroups(cfg).flat()) dense(`model.layers.${l}.${n}.weight`, ...linearShape(cfg, n));
   }
   ones('model.norm.weight');
   await writeSafetensors(join(dir, 'model.safetensors'), tensors);

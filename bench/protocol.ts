@@ -40,7 +40,7 @@ export async function protocol() {
         Float32Array
       >,
     }));
-    return new Decoder(fp.cfg, backend, fp.embed, blocks, fp.finalNorm, fp.head);
+    return new Decoder(fp.cfg, backend, fp.outer, blocks);
   };
 
   /** ppl and KL on each text, as table cells */

@@ -1,6 +1,6 @@
 /** gptq-ts library API. */
 export { loadModel, loadTokenizer, type LoadOptions } from './models/load.js';
-export { Decoder, KvCache, LINEAR_GROUPS, type BlockWeights, type PreparedBlock, type LinearName } from './models/index.js';
+export { Decoder, KvCache, linearGroups, type BlockWeights, type PreparedBlock, type LinearName } from './models/index.js';
 export { LlamaTokenizer } from './io/tokenizer.js';
 export { readConfigJson } from './io/config.js';
 export { FAMILIES, SUPPORTED_MODEL_TYPES, parseModelConfig, readModelConfig, type Family, type ModelConfig } from './models/index.js';

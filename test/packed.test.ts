@@ -184,7 +184,7 @@ test('library: a packed stories15M checkpoint loads onto packed kernels and gene
       Float32Array
     >,
   }));
-  const dequantized = new Decoder(fp.cfg, fp.backend, fp.embed, blocks, fp.finalNorm, fp.head);
+  const dequantized = new Decoder(fp.cfg, fp.backend, fp.outer, blocks);
   const prompt = tokenizer.encode('Once upon a time');
   const want = (await lib.generate(dequantized, prompt, { maxTokens: 32 })).tokens;
   assert.deepEqual((await lib.generate(packed, prompt, { maxTokens: 32 })).tokens, want);

@@ -56,7 +56,7 @@ function windowTokens(tokens: ArrayLike<number>, first: number, count: number, s
 
 export async function referenceStates(model: Decoder, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<ReferenceStates> {
   const { seqlen, windows, batch } = windowPlan(model, tokens, opts);
-  const D = model.cfg.hiddenSize;
+  const D = model.cfg.embedDim;
   const hidden = new Float32Array(windows * seqlen * D);
   for (let w0 = 0; w0 < windows; w0 += batch) {
     const b = Math.min(batch, windows - w0);
@@ -70,7 +70,7 @@ export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: 
   const ref = opts.ref;
   if (ref && (ref.windows < windows || ref.seqlen !== seqlen)) throw new RangeError('reference states cover different windows');
   const t0 = performance.now();
-  const { vocabSize: V, hiddenSize: D } = model.cfg;
+  const { vocabSize: V, embedDim: D } = model.cfg;
   let nllSum = 0;
   let klSum = 0;
   let agreeSum = 0;

@@ -126,7 +126,7 @@ export function ggufIncompatibility(o: {
 export function ggufModelIncompatibility(cfg: ModelConfig): string | undefined {
   if (cfg.modelType !== 'llama' && cfg.modelType !== 'mistral')
     return `model_type ${cfg.modelType} is not written to GGUF yet (llama and mistral are)`;
-  if (cfg.rope.type !== 'default') return `rope type ${cfg.rope.type} is not written to GGUF yet`;
+  if (cfg.rope?.type !== 'default') return `rope type ${cfg.rope?.type} is not written to GGUF yet`;
   if (cfg.rope.dim !== cfg.headDim) return 'partial rotary embeddings are not written to GGUF yet';
   if (cfg.headDim * cfg.numHeads !== cfg.hiddenSize) return `head_dim ${cfg.headDim} differs from hidden_size / num_attention_heads`;
   if (cfg.biases.size > 0) return 'linear biases are not written to GGUF yet';
@@ -272,7 +272,7 @@ export async function writeGguf(
     'llama.attention.head_count': { t: ValueType.UINT32, v: cfg.numHeads },
     'llama.attention.head_count_kv': { t: ValueType.UINT32, v: cfg.numKvHeads },
     'llama.attention.layer_norm_rms_epsilon': { t: ValueType.FLOAT32, v: cfg.rmsNormEps },
-    'llama.rope.freq_base': { t: ValueType.FLOAT32, v: cfg.rope.theta },
+    'llama.rope.freq_base': { t: ValueType.FLOAT32, v: cfg.rope!.theta },
     'llama.vocab_size': { t: ValueType.UINT32, v: cfg.vocabSize },
     ...tokenizerMetadata(tokenizer),
   };

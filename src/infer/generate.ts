@@ -41,7 +41,7 @@ export async function generate(model: Decoder, prompt: number[], opts: GenerateO
   const cache = new KvCache(model.cfg, ctx);
   const t0 = performance.now();
   let h = await model.hidden(prompt, 1, prompt.length, cache);
-  const D = model.cfg.hiddenSize;
+  const D = model.cfg.embedDim;
   const out: number[] = [];
   let stopReason: StopReason = maxTokens < requested ? 'context' : 'max-tokens';
   while (out.length < maxTokens) {

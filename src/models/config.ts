@@ -19,7 +19,8 @@ export interface ModelConfig {
   /** the context the model is run at: positions 0..maxPositions-1 */
   maxPositions: number;
   rmsNormEps: number;
-  rope: RopeConfig;
+  /** rotary embeddings; undefined where positions are learned (OPT) */
+  rope: RopeConfig | undefined;
   tieWordEmbeddings: boolean;
   bosTokenId: number | undefined;
   /** generation ends at any of these */
@@ -28,6 +29,15 @@ export interface ModelConfig {
   activation: Activation;
   /** q/k/v and gate/up stored as one fused layer each (Phi-3) */
   fused: boolean;
+  tensors: TensorLayout;
+  linear: LinearRoles;
+  /** act(gate·x) ⊙ up·x, or plain act(up·x) (OPT's fc1) */
+  mlp: 'gated' | 'plain';
+  normKind: 'rms' | 'layer';
+  /** learned positions: position p reads row p + offset of the position table (OPT's 2) */
+  positionOffset: number | undefined;
+  /** the embedding's width (OPT-350m's word_embed_proj_dim; else hidden_size) */
+  embedDim: number;
   /** linear layers (names as in LinearName) that carry a bias */
   biases: ReadonlySet<string>;
   /** RMSNorm of q and k before RoPE: per head over head_dim (Qwen3, Gemma 3), or over the whole projection (OLMo2) */
@@ -56,6 +66,34 @@ export interface BlockNorms {
   attnOut?: string;
   mlpIn?: string;
   mlpOut?: string;
+  /** OPT's post-norm: the residual stream itself is normed after attention's / the MLP's add */
+  attnResidual?: string;
+  mlpResidual?: string;
+}
+
+/** A block's linear layers by role: tensor names after the layer prefix (qkv/gateUp where stored fused). */
+export interface LinearRoles {
+  q: string;
+  k: string;
+  v: string;
+  o: string;
+  gate?: string;
+  up: string;
+  down: string;
+  qkv?: string;
+  gateUp?: string;
+}
+
+/** Tensor names outside the blocks, and the blocks' prefix (followed by the layer number and a dot). */
+export interface TensorLayout {
+  embed: string;
+  /** learned position embeddings (OPT) */
+  positions?: string;
+  projectIn?: string;
+  projectOut?: string;
+  finalNorm?: string;
+  head: string;
+  layers: string;
 }
 
 export const ACTIVATIONS: Record<string, Activation> = {
@@ -102,6 +140,10 @@ const INERT_KEYS = new Set([
   'finetuning_task',
   'prefix',
   'attention_dropout',
+  'dropout',
+  'activation_dropout',
+  'layerdrop',
+  'init_std',
   'hidden_dropout',
   'embd_pdrop',
   'resid_pdrop',

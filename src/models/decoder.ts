@@ -1,53 +1,65 @@
 import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import type { AttentionShape, Backend, LinearKernel } from '../tensor/index.js';
-import { gatedActivation } from '../tensor/ref.js';
-import type { ModelConfig } from './config.js';
+import { activate, gatedActivation, layerNorm } from '../tensor/ref.js';
+import type { LinearRoles, ModelConfig, TensorLayout } from './config.js';
 import { Rope } from './rope.js';
 import { readModelConfig } from './registry.js';
 
 /**
- * The Llama-layout decoder that the Llama-like families share (Llama 2/3, Mistral, Qwen2/3, Granite, OLMo2): a
- * stack of blocks, each attention then a gated MLP, with the options a family's config selects (biases, q/k norms,
- * norms after instead of before, sliding windows, RoPE variants, Granite's multipliers).
+ * The decoder the families share: a stack of blocks, each attention then an MLP, with what a family's config
+ * selects: tensor names, fused or split projections, gated or plain MLP, RMSNorm or LayerNorm before and/or after
+ * each part (or on the residual stream, OPT's post-norm), biases, q/k norms, RoPE variants or learned positions,
+ * sliding windows, soft-capping and Granite's multipliers.
  */
 
 const ATTENTION_CHUNK = 16;
 
-/** Linear layers of one decoder block, in true-sequential groups: each group's inputs depend on the one before. */
-export const LINEAR_GROUPS = [
-  ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'],
-  ['self_attn.o_proj'],
-  ['mlp.gate_proj', 'mlp.up_proj'],
-  ['mlp.down_proj'],
-] as const;
+/** A linear layer's tensor name within a block (after the layer prefix), e.g. self_attn.q_proj. */
+export type LinearName = string;
 
-/** The same groups where q/k/v and gate/up are stored fused (Phi-3): quantized and exported as stored. */
-export const FUSED_GROUPS = [['self_attn.qkv_proj'], ['self_attn.o_proj'], ['mlp.gate_up_proj'], ['mlp.down_proj']] as const;
+/** The Llama layout's names: the default of every Llama-like family. */
+export const LLAMA_LINEAR: LinearRoles = {
+  q: 'self_attn.q_proj',
+  k: 'self_attn.k_proj',
+  v: 'self_attn.v_proj',
+  o: 'self_attn.o_proj',
+  gate: 'mlp.gate_proj',
+  up: 'mlp.up_proj',
+  down: 'mlp.down_proj',
+  qkv: 'self_attn.qkv_proj',
+  gateUp: 'mlp.gate_up_proj',
+};
 
-export type LinearName = (typeof LINEAR_GROUPS)[number][number] | (typeof FUSED_GROUPS)[number][number];
-
-/** The block's linear layers in true-sequential order: [q,k,v] (or qkv) → [o] → [gate,up] (or gate_up) → [down]. */
-export function linearGroups(cfg: ModelConfig): readonly (readonly LinearName[])[] {
-  return cfg.fused ? FUSED_GROUPS : LINEAR_GROUPS;
+/**
+ * The block's linear layers in true-sequential groups, each group's inputs depending on the one before:
+ * [q,k,v] (or qkv) → [o] → [gate,up] (or gate_up; or the plain MLP's up) → [down].
+ */
+export function linearGroups(cfg: ModelConfig): string[][] {
+  const L = cfg.linear;
+  if (cfg.fused) return [[L.qkv!], [L.o], [L.gateUp!], [L.down]];
+  return [[L.q, L.k, L.v], [L.o], cfg.mlp === 'gated' ? [L.gate!, L.up] : [L.up], [L.down]];
 }
 
 /** The block's norm weights by tensor name (after `model.layers.N.`), with their lengths. */
 export function normShapes(cfg: ModelConfig): [string, number][] {
   const D = cfg.hiddenSize;
-  const { attnIn, attnOut, mlpIn, mlpOut } = cfg.norms;
-  const norms = [attnIn, attnOut, mlpIn, mlpOut].filter((n): n is string => n !== undefined).map((n): [string, number] => [n, D]);
+  const { attnIn, attnOut, mlpIn, mlpOut, attnResidual, mlpResidual } = cfg.norms;
+  const norms = [attnIn, attnOut, mlpIn, mlpOut, attnResidual, mlpResidual]
+    .filter((n): n is string => n !== undefined)
+    .map((n): [string, number] => [n, D]);
   if (cfg.qkNorm === 'head') norms.push(['self_attn.q_norm', cfg.headDim], ['self_attn.k_norm', cfg.headDim]);
   if (cfg.qkNorm === 'full')
     norms.push(['self_attn.q_norm', cfg.numHeads * cfg.headDim], ['self_attn.k_norm', cfg.numKvHeads * cfg.headDim]);
   return norms;
 }
 
-/** Tensor names outside the blocks. */
+/** The Llama layout's tensor names outside the blocks (and llama.cpp's, below). */
 export const EMBED = 'model.embed_tokens.weight';
 export const FINAL_NORM = 'model.norm.weight';
 export const HEAD = 'lm_head.weight';
-export const layerPrefix = (i: number): string => `model.layers.${i}.`;
+export const LLAMA_TENSORS: TensorLayout = { embed: EMBED, finalNorm: FINAL_NORM, head: HEAD, layers: 'model.layers.' };
+export const layerPrefix = (cfg: ModelConfig, i: number): string => `${cfg.tensors.layers}${i}.`;
 
 /** llama.cpp's names for the Llama layout's tensors (its "llama" architecture table). */
 const GGUF_NAMES: Record<string, string> = {
@@ -79,6 +91,8 @@ export function ropeRotated(hf: string): { isQ: boolean; isK: boolean } {
 
 interface BlockCommon {
   norms: Record<string, Float32Array>;
+  /** LayerNorm biases, by the same names */
+  normBias: Record<string, Float32Array>;
   /** biases of the linear layers that have one */
   bias: Partial<Record<LinearName, Float32Array>>;
 }
@@ -136,36 +150,42 @@ export function linearShape(cfg: ModelConfig, name: LinearName): [number, number
   const D = cfg.hiddenSize;
   const q = cfg.numHeads * cfg.headDim;
   const kv = cfg.numKvHeads * cfg.headDim;
+  const L = cfg.linear;
   switch (name) {
-    case 'self_attn.q_proj':
+    case L.q:
       return [q, D];
-    case 'self_attn.k_proj':
-    case 'self_attn.v_proj':
+    case L.k:
+    case L.v:
       return [kv, D];
-    case 'self_attn.o_proj':
+    case L.o:
       return [D, q];
-    case 'mlp.gate_proj':
-    case 'mlp.up_proj':
+    case L.gate:
+    case L.up:
       return [cfg.intermediateSize, D];
-    case 'mlp.down_proj':
+    case L.down:
       return [D, cfg.intermediateSize];
-    case 'self_attn.qkv_proj':
+    case L.qkv:
       return [q + 2 * kv, D];
-    case 'mlp.gate_up_proj':
+    case L.gateUp:
       return [2 * cfg.intermediateSize, D];
   }
+  throw new Error(`${name} is not a linear layer of ${cfg.modelType}`);
 }
 
 /** The norms and biases of block i (what is not a linear layer's weight). */
 export function readBlockExtras(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockCommon {
-  const p = layerPrefix(i);
+  const p = layerPrefix(cfg, i);
   const norms: Record<string, Float32Array> = {};
-  for (const [name, n] of normShapes(cfg)) norms[name] = readNorm(st, cfg, `${p}${name}.weight`, n);
+  const normBias: Record<string, Float32Array> = {};
+  for (const [name, n] of normShapes(cfg)) {
+    norms[name] = readNorm(st, cfg, `${p}${name}.weight`, n);
+    if (cfg.normKind === 'layer') normBias[name] = st.readFloat(`${p}${name}.bias`, [n]);
+  }
   const bias: BlockCommon['bias'] = {};
   for (const group of linearGroups(cfg)) {
     for (const name of group) if (cfg.biases.has(name)) bias[name] = st.readFloat(`${p}${name}.bias`, [linearShape(cfg, name)[0]]);
   }
-  return { norms, bias };
+  return { norms, normBias, bias };
 }
 
 /** An RMSNorm weight as the decoder multiplies by it: Gemma's (1 + w) is formed here, in float32 as transformers does. */
@@ -177,25 +197,52 @@ export function readNorm(st: SafetensorsModel, cfg: ModelConfig, name: string, n
 
 /** One block's float weights (the quantizer's input; inference loads prepared kernels, see load.ts). */
 export function readBlock(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockWeights {
-  const p = layerPrefix(i);
+  const p = layerPrefix(cfg, i);
   const linear: BlockWeights['linear'] = {};
   for (const group of linearGroups(cfg))
     for (const name of group) linear[name] = st.readFloat(`${p}${name}.weight`, linearShape(cfg, name));
   return { ...readBlockExtras(st, cfg, i), linear };
 }
 
+/** What a decoder holds outside its blocks. */
+export interface OuterWeights {
+  /** [vocab, embedDim] */
+  embed: Float32Array;
+  /** learned position embeddings [positions + offset, hidden] (OPT), when the family has them */
+  positions?: Float32Array;
+  /** OPT-350m's projections between the embedding width and the hidden width */
+  projectIn?: Float32Array;
+  projectOut?: Float32Array;
+  finalNorm?: Float32Array;
+  finalNormBias?: Float32Array;
+  /** [vocab, embedDim]: lm_head, or the embedding when tied */
+  head: Float32Array;
+}
+
 /**
- * The LM head: lm_head.weight, or the embedding when tied. An untied checkpoint without a head is refused; a tied
- * one that also stores a head must store the embedding itself there.
+ * The weights outside the blocks. The head is lm_head, or the embedding when tied: an untied checkpoint without
+ * a head is refused, and a tied one that also stores a head must store the embedding itself there.
  */
-export function readHead(st: SafetensorsModel, cfg: ModelConfig, embed: Float32Array): Float32Array {
-  if (!cfg.tieWordEmbeddings) return st.readFloat(HEAD, [cfg.vocabSize, cfg.hiddenSize]);
-  if (st.has(HEAD)) {
-    const head = st.readFloat(HEAD, [cfg.vocabSize, cfg.hiddenSize]);
-    const i = head.findIndex((v, j) => v !== embed[j]);
-    if (i >= 0) fail(`${st.dir}: tie_word_embeddings is true but ${HEAD} differs from ${EMBED} (element ${i}): which one is meant?`);
+export function readOuter(st: SafetensorsModel, cfg: ModelConfig): OuterWeights {
+  const T = cfg.tensors;
+  const E = cfg.embedDim;
+  const D = cfg.hiddenSize;
+  const embed = st.readFloat(T.embed, [cfg.vocabSize, E]);
+  const outer: OuterWeights = { embed, head: embed };
+  if (T.positions) outer.positions = st.readFloat(T.positions, [cfg.maxPositions + (cfg.positionOffset ?? 0), D]);
+  if (T.projectIn) outer.projectIn = st.readFloat(T.projectIn, [D, E]);
+  if (T.projectOut) outer.projectOut = st.readFloat(T.projectOut, [E, D]);
+  if (T.finalNorm) {
+    outer.finalNorm = readNorm(st, cfg, T.finalNorm, D);
+    if (cfg.normKind === 'layer') outer.finalNormBias = st.readFloat(T.finalNorm.replace(/weight$/, 'bias'), [D]);
   }
-  return embed;
+  if (!cfg.tieWordEmbeddings) outer.head = st.readFloat(T.head, [cfg.vocabSize, E]);
+  else if (st.has(T.head)) {
+    const head = st.readFloat(T.head, [cfg.vocabSize, E]);
+    const i = head.findIndex((v, j) => v !== embed[j]);
+    if (i >= 0) fail(`${st.dir}: tie_word_embeddings is true but ${T.head} differs from ${T.embed} (element ${i}): which one is meant?`);
+  }
+  return outer;
 }
 
 /** Buffers some checkpoints carry that the forward pass recomputes (old Llama exports' RoPE frequencies). */
@@ -211,13 +258,19 @@ export function checkTensorNames(
   cfg: ModelConfig,
   linear: (weightName: string) => { required: string[]; optional?: string[] },
 ): void {
-  const required = new Set<string>([EMBED, FINAL_NORM]);
+  const T = cfg.tensors;
+  const required = new Set<string>([T.embed]);
+  for (const name of [T.positions, T.projectIn, T.projectOut, T.finalNorm]) if (name) required.add(name);
+  if (T.finalNorm && cfg.normKind === 'layer') required.add(T.finalNorm.replace(/weight$/, 'bias'));
   const optional = new Set<string>();
-  if (cfg.tieWordEmbeddings) optional.add(HEAD);
-  else required.add(HEAD);
+  if (cfg.tieWordEmbeddings) optional.add(T.head);
+  else required.add(T.head);
   for (let i = 0; i < cfg.numLayers; i++) {
-    const p = layerPrefix(i);
-    for (const [name] of normShapes(cfg)) required.add(`${p}${name}.weight`);
+    const p = layerPrefix(cfg, i);
+    for (const [name] of normShapes(cfg)) {
+      required.add(`${p}${name}.weight`);
+      if (cfg.normKind === 'layer') required.add(`${p}${name}.bias`);
+    }
     for (const group of linearGroups(cfg)) {
       for (const name of group) {
         const t = linear(`${p}${name}.weight`);
@@ -258,21 +311,24 @@ export class KvCache {
  * kernels (loadModel, for eval and generation; packed for GPTQ checkpoints).
  */
 export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | PreparedBlock> {
-  readonly rope: Rope;
+  readonly rope: Rope | undefined;
   /** Gemma 3's sliding-window layers rotate with their own RoPE */
   readonly localRope: Rope | undefined;
   readonly headDim: number;
 
+  readonly embed: Float32Array;
+  readonly head: Float32Array;
+
   constructor(
     readonly cfg: ModelConfig,
     readonly backend: Backend,
-    readonly embed: Float32Array,
+    readonly outer: OuterWeights,
     readonly blocks: B[],
-    readonly finalNorm: Float32Array,
-    readonly head: Float32Array,
   ) {
+    this.embed = outer.embed;
+    this.head = outer.head;
     this.headDim = cfg.headDim;
-    this.rope = new Rope(cfg.rope);
+    this.rope = cfg.rope && new Rope(cfg.rope);
     this.localRope = cfg.localRope && new Rope(cfg.localRope);
   }
 
@@ -282,25 +338,42 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     const st = new SafetensorsModel(dir);
     try {
       checkTensorNames(st, cfg, (w) => ({ required: [w] }));
-      const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
-      const blocks = Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i));
-      const finalNorm = readNorm(st, cfg, FINAL_NORM, cfg.hiddenSize);
-      return new Decoder(cfg, backend, embed, blocks, finalNorm, readHead(st, cfg, embed));
+      const outer = readOuter(st, cfg);
+      return new Decoder(
+        cfg,
+        backend,
+        outer,
+        Array.from({ length: cfg.numLayers }, (_, i) => readBlock(st, cfg, i)),
+      );
     } finally {
       st.close();
     }
   }
 
-  embedTokens(tokens: ArrayLike<number>): Float32Array {
-    const D = this.cfg.hiddenSize;
-    const scale = this.cfg.embeddingScale;
-    const x = new Float32Array(tokens.length * D);
+  /**
+   * The residual stream's input for windows of `seq` tokens whose first sits at position `start`: embeddings
+   * (scaled, projected up where the family does), plus learned position embeddings where it has them.
+   */
+  async embedTokens(tokens: ArrayLike<number>, seq = tokens.length, start = 0): Promise<Float32Array> {
+    const { cfg, outer } = this;
+    const E = cfg.embedDim;
+    const D = cfg.hiddenSize;
+    const scale = cfg.embeddingScale;
+    let x: Float32Array = new Float32Array(tokens.length * E);
     for (let i = 0; i < tokens.length; i++) {
       const t = tokens[i]!;
-      if (!(t >= 0 && t < this.cfg.vocabSize)) throw new RangeError(`token id ${t} outside the vocabulary (0..${this.cfg.vocabSize - 1})`);
-      x.set(this.embed.subarray(t * D, (t + 1) * D), i * D);
+      if (!(t >= 0 && t < cfg.vocabSize)) throw new RangeError(`token id ${t} outside the vocabulary (0..${cfg.vocabSize - 1})`);
+      x.set(this.embed.subarray(t * E, (t + 1) * E), i * E);
     }
     if (scale !== 1) for (let i = 0; i < x.length; i++) x[i]! *= scale;
+    if (outer.projectIn) x = await this.backend.matmulNT(x, outer.projectIn, tokens.length, D, E);
+    if (outer.positions) {
+      const off = cfg.positionOffset ?? 0;
+      for (let i = 0; i < tokens.length; i++) {
+        const pos = start + (i % seq) + off;
+        for (let d = 0; d < D; d++) x[i * D + d]! += outer.positions[pos * D + d]!;
+      }
+    }
     return x;
   }
 
@@ -312,13 +385,19 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   async block(w: BlockWeights | PreparedBlock, layer: number, x: Float32Array, batch: number, seq: number, cache?: KvCache): Promise<void> {
     const rows = batch * seq;
     const att = await this.attention(w, layer, await this.attentionInput(w, x, rows), batch, seq, cache);
-    await this.addProjection(w, 'self_attn.o_proj', x, att, rows);
+    await this.addProjection(w, 'o', x, att, rows);
     const act = await this.mlpActivation(w, await this.mlpInput(w, x, rows), rows);
-    await this.addProjection(w, 'mlp.down_proj', x, act, rows);
+    await this.addProjection(w, 'down', x, act, rows);
   }
 
   private norm(w: BlockCommon, name: string, x: Float32Array, rows: number): Promise<Float32Array> {
-    return this.backend.rmsNorm(x, w.norms[name]!, rows, this.cfg.rmsNormEps);
+    return this.normWith(w.norms[name]!, w.normBias[name], x, rows);
+  }
+
+  /** RMSNorm, or LayerNorm (with its bias) where the family uses it */
+  private normWith(weight: Float32Array, bias: Float32Array | undefined, x: Float32Array, rows: number): Promise<Float32Array> {
+    if (this.cfg.normKind === 'layer') return Promise.resolve(layerNorm(x, weight, bias, rows, this.cfg.rmsNormEps));
+    return this.backend.rmsNorm(x, weight, rows, this.cfg.rmsNormEps);
   }
 
   /** The input of q/k/v: RMSNorm(x), or x itself where there is no norm before attention (OLMo2). */
@@ -350,9 +429,10 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     const kvWidth = KVH * hd;
     const start = cache?.length ?? 0;
     let [q, k, v] = (await this.project(w, 0, 'qkv', h, rows, [H * hd, kvWidth, kvWidth])) as [Float32Array, Float32Array, Float32Array];
-    q = addBias(q, w.bias['self_attn.q_proj']);
-    k = addBias(k, w.bias['self_attn.k_proj']);
-    v = addBias(v, w.bias['self_attn.v_proj']);
+    const L = cfg.linear;
+    q = addBias(q, w.bias[L.q]);
+    k = addBias(k, w.bias[L.k]);
+    v = addBias(v, w.bias[L.v]);
     if (cfg.qkNorm !== 'none') {
       // per head: each head's hd values are one row; full: the whole projection is one row
       const perHead = cfg.qkNorm === 'head';
@@ -361,8 +441,8 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     }
     const window = cfg.slidingWindow(layer);
     const rope = (window && this.localRope) || this.rope;
-    rope.apply(q, batch, seq, H, hd, start);
-    rope.apply(k, batch, seq, KVH, hd, start);
+    rope?.apply(q, batch, seq, H, hd, start);
+    rope?.apply(k, batch, seq, KVH, hd, start);
     // the backend scales scores by 1/sqrt(hd); a family's own scale is folded into q
     const qScale = cfg.attentionScale * Math.sqrt(hd);
     if (qScale !== 1) for (let i = 0; i < q.length; i++) q[i]! *= qScale;
@@ -392,30 +472,40 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   /** down_proj's input: act(gate·h2) ⊙ up·h2. */
   async mlpActivation(w: BlockWeights | PreparedBlock, h2: Float32Array, rows: number): Promise<Float32Array> {
     const { cfg } = this;
-    const [hidden] = linearShape(cfg, 'mlp.gate_proj');
-    const plain = cfg.activation === 'silu' && !cfg.fused && !w.bias['mlp.gate_proj'] && !w.bias['mlp.up_proj'];
-    if (!('gateUp' in w) && plain)
-      return this.backend.swiglu(h2, w.linear['mlp.gate_proj']!, w.linear['mlp.up_proj']!, rows, hidden, cfg.hiddenSize);
+    const L = cfg.linear;
+    const hidden = cfg.intermediateSize;
+    if (cfg.mlp === 'plain') {
+      const [up] = await this.project(w, 2, 'gateUp', h2, rows, [hidden]);
+      return activate(cfg.activation, addBias(up!, w.bias[L.up]));
+    }
+    const swiglu = cfg.activation === 'silu' && !cfg.fused && !w.bias[L.gate!] && !w.bias[L.up];
+    if (!('gateUp' in w) && swiglu) return this.backend.swiglu(h2, w.linear[L.gate!]!, w.linear[L.up]!, rows, hidden, cfg.hiddenSize);
     const [gate, up] = (await this.project(w, 2, 'gateUp', h2, rows, [hidden, hidden])) as [Float32Array, Float32Array];
-    return gatedActivation(cfg.activation, addBias(gate, w.bias['mlp.gate_proj']), addBias(up, w.bias['mlp.up_proj']));
+    return gatedActivation(cfg.activation, addBias(gate, w.bias[L.gate!]), addBias(up, w.bias[L.up]));
   }
 
-  /** The residual update x += W·input (+ bias) of o_proj or down_proj, its output normed first where the family norms it. */
+  /**
+   * The residual update x += W·input (+ bias) of o_proj or down_proj, its output normed first where the family
+   * norms it, and the stream normed after the add where the family norms the residual (OPT's post-norm).
+   */
   async addProjection(
     w: BlockWeights | PreparedBlock,
-    name: 'self_attn.o_proj' | 'mlp.down_proj',
+    role: 'o' | 'down',
     x: Float32Array,
     input: Float32Array,
     rows: number,
   ): Promise<void> {
-    let y =
-      'qkv' in w ? await (name === 'self_attn.o_proj' ? w.o : w.down).apply(input, rows) : await this.floatLinear(w, name, input, rows);
+    const { cfg } = this;
+    const name = cfg.linear[role];
+    let y = 'qkv' in w ? await w[role].apply(input, rows) : await this.floatLinear(w, name, input, rows);
     y = addBias(y, w.bias[name]);
-    const out = name === 'self_attn.o_proj' ? this.cfg.norms.attnOut : this.cfg.norms.mlpOut;
+    const out = role === 'o' ? cfg.norms.attnOut : cfg.norms.mlpOut;
     if (out) y = await this.norm(w, out, y, rows);
-    const s = this.cfg.residualScale;
+    const s = cfg.residualScale;
     if (s === 1) for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
     else for (let i = 0; i < x.length; i++) x[i]! += s * y[i]!;
+    const post = role === 'o' ? cfg.norms.attnResidual : cfg.norms.mlpResidual;
+    if (post) x.set(await this.norm(w, post, x, rows));
   }
 
   private floatLinear(w: BlockWeights, name: LinearName, input: Float32Array, rows: number): Promise<Float32Array> {
@@ -452,17 +542,19 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   }
 
   /**
-   * Final hidden states (after the last norm) for token windows [batch, seq]; a family's logit divisor is folded in,
-   * so head · h is the logits.
+   * Final hidden states (after the last norm, and OPT-350m's projection down) for token windows [batch, seq],
+   * [batch*seq, embedDim]; a family's logit divisor is folded in, so head · h is the logits.
    */
   async hidden(tokens: ArrayLike<number>, batch: number, seq: number, cache?: KvCache): Promise<Float32Array> {
     if (cache && cache.length + seq > cache.capacity) {
       throw new RangeError(`context full: ${cache.length + seq} positions exceed ${cache.capacity}`);
     }
-    const x = this.embedTokens(tokens);
+    const x = await this.embedTokens(tokens, seq, cache?.length ?? 0);
     for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache);
     if (cache) cache.length += seq;
-    const h = await this.backend.rmsNorm(x, this.finalNorm, batch * seq, this.cfg.rmsNormEps);
+    const { finalNorm, finalNormBias, projectOut } = this.outer;
+    let h = finalNorm ? await this.normWith(finalNorm, finalNormBias, x, batch * seq) : x;
+    if (projectOut) h = await this.backend.matmulNT(h, projectOut, batch * seq, this.cfg.embedDim, this.cfg.hiddenSize);
     const d = this.cfg.logitsDivisor;
     if (d !== 1) for (let i = 0; i < h.length; i++) h[i]! /= d;
     return h;
@@ -472,7 +564,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
 
   /** Prepare the head kernel now (a load step) rather than on the first call to logits(). */
   prepareHead(): Promise<LinearKernel> {
-    return (this.headKernel ??= this.backend.floatLinear(this.head, this.cfg.vocabSize, this.cfg.hiddenSize));
+    return (this.headKernel ??= this.backend.floatLinear(this.head, this.cfg.vocabSize, this.cfg.embedDim));
   }
 
   /** Logits [rows, vocab] for final hidden states (the head is prepared as a kernel on first use), soft-capped where the family caps them. */

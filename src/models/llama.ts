@@ -2,6 +2,7 @@ import type { ConfigReader, ModelConfig } from './config.js';
 import { ACTIVATIONS } from './config.js';
 import { fail, shown } from '../io/errors.js';
 import { readRope, type RopeConfig } from './rope.js';
+import { LLAMA_LINEAR, LLAMA_TENSORS } from './decoder.js';
 import type { Family } from './registry.js';
 
 const ATTENTION = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj'];
@@ -67,6 +68,12 @@ export function llamaLayout(
     eosTokenIds: c.ids('eos_token_id'),
     activation,
     fused: false,
+    tensors: LLAMA_TENSORS,
+    linear: LLAMA_LINEAR,
+    mlp: 'gated',
+    normKind: 'rms',
+    positionOffset: undefined,
+    embedDim: hiddenSize,
     biases,
     qkNorm: 'none',
     norms: { attnIn: 'input_layernorm', mlpIn: 'post_attention_layernorm' },

@@ -11,14 +11,11 @@ import { gptqtTensorNames, readGptqtLinear } from '../formats/gptqt.js';
 import {
   checkTensorNames,
   Decoder,
-  EMBED,
-  FINAL_NORM,
   layerPrefix,
   linearGroups,
   linearShape,
   readBlockExtras,
-  readNorm,
-  readHead,
+  readOuter,
   type LinearName,
   type PreparedBlock,
 } from './decoder.js';
@@ -48,11 +45,11 @@ export async function loadModel(
   const st = new SafetensorsModel(dir);
   try {
     checkTensorNames(st, cfg, linear.tensors);
-    const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
+    const outer = readOuter(st, cfg);
     const blocks: PreparedBlock[] = [];
     const groups = linearGroups(cfg);
     for (let i = 0; i < cfg.numLayers; i++) {
-      const p = layerPrefix(i);
+      const p = layerPrefix(cfg, i);
       const kernels = (names: readonly LinearName[]): Promise<LinearKernel[]> =>
         linear.make(
           st,
@@ -67,8 +64,7 @@ export async function loadModel(
         down: (await kernels(groups[3]!))[0]!,
       });
     }
-    const finalNorm = readNorm(st, cfg, FINAL_NORM, cfg.hiddenSize);
-    const model = new Decoder(cfg, backend, embed, blocks, finalNorm, readHead(st, cfg, embed));
+    const model = new Decoder(cfg, backend, outer, blocks);
     await model.prepareHead();
     return { model, tokenizer: loadTokenizer(dir) };
   } finally {

@@ -8,6 +8,7 @@ import { granite } from './granite.js';
 import { llama } from './llama.js';
 import { mistral } from './mistral.js';
 import { olmo2 } from './olmo2.js';
+import { opt } from './opt.js';
 import { phi3 } from './phi3.js';
 import { qwen2, qwen3 } from './qwen.js';
 
@@ -20,7 +21,7 @@ export interface Family {
   parseConfig(c: ConfigReader): ModelConfig;
 }
 
-export const FAMILIES: readonly Family[] = [llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3Text, granite, olmo2];
+export const FAMILIES: readonly Family[] = [llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3Text, granite, olmo2, opt];
 
 export const SUPPORTED_MODEL_TYPES = FAMILIES.flatMap((f) => f.modelTypes);
 

@@ -62,7 +62,7 @@ export async function calibrateBlock(
     return att;
   });
   await stage(2, async (s, i, x, first, count) => {
-    await model.addProjection(s.weights, 'self_attn.o_proj', x, rowsOf(attention[i]!, first, count), count * seqlen);
+    await model.addProjection(s.weights, 'o', x, rowsOf(attention[i]!, first, count), count * seqlen);
     return model.mlpInput(s.weights, x, count * seqlen);
   });
   const activation = (s: Stream, x: Float32Array, rows: number): Promise<Float32Array> =>
@@ -72,7 +72,7 @@ export async function calibrateBlock(
   await eachChunk(async (first, count) => {
     for (const s of streams) {
       const x = rowsOf(s.x, first, count);
-      await model.addProjection(s.weights, 'mlp.down_proj', x, await activation(s, x, count * seqlen), count * seqlen);
+      await model.addProjection(s.weights, 'down', x, await activation(s, x, count * seqlen), count * seqlen);
     }
   });
 }

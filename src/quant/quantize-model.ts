@@ -3,11 +3,11 @@ import { SafetensorsModel } from '../io/safetensors.js';
 import {
   checkTensorNames,
   Decoder,
-  EMBED,
   layerPrefix,
   linearGroups,
   linearShape,
   readBlock,
+  readOuter,
   readModelConfig,
   type ModelConfig,
 } from '../models/index.js';
@@ -133,10 +133,9 @@ export async function quantizeModel(
   try {
     // a float checkpoint exactly as config.json describes it, checked before hours of work
     checkTensorNames(st, cfg, (w) => ({ required: [w] }));
-    const embed = st.readFloat(EMBED, [cfg.vocabSize, cfg.hiddenSize]);
-    const model = new Decoder(cfg, backend, embed, [], new Float32Array(0), new Float32Array(0));
+    const model = new Decoder(cfg, backend, readOuter(st, cfg), []);
     const nseq = calib ? calib.windows.length / calib.seqlen : 0;
-    const x = calib ? model.embedTokens(calib.windows) : undefined;
+    const x = calib ? await model.embedTokens(calib.windows, calib.seqlen) : undefined;
     // GPTQv2 follows the full-precision model's hidden states alongside the quantized path's
     const xfp = asymmetric ? x!.slice() : undefined;
     for (let l = 0; l < cfg.numLayers; l++) {
@@ -149,14 +148,14 @@ export async function quantizeModel(
         if (hessian) {
           const tp = performance.now();
           const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
-          const label = `${layerPrefix(l)}[${groups[g]!.join(', ')}]`;
+          const label = `${layerPrefix(cfg, l)}[${groups[g]!.join(', ')}]`;
           prepared = await prepareHessian(hessian.h, hessian.cols, opts, (m) => warn(`${label}: ${m}`), asym, matmul64);
           timings.sweep += (performance.now() - tp) / 1000;
         }
         for (const name of groups[g]!) {
           const ts = performance.now();
           const [rows_, cols] = linearShape(cfg, name);
-          const full = `${layerPrefix(l)}${name}.weight`;
+          const full = `${layerPrefix(cfg, l)}${name}.weight`;
           const w = block.linear[name]!;
           const report: LayerReport = { name: full, rows: rows_, cols, seconds: 0 };
           if (opts.method === 'gptqt') {

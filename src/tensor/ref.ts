@@ -69,6 +69,30 @@ const ACTIVATION_FNS: Record<Activation, (x: number) => number> = {
   relu: (x) => (x > 0 ? x : 0),
 };
 
+/** act(x) in place: the plain MLP's activation (OPT's fc1) */
+export function activate(act: Activation, x: Float32Array): Float32Array {
+  const f = ACTIVATION_FNS[act];
+  for (let i = 0; i < x.length; i++) x[i] = f(x[i]!);
+  return x;
+}
+
+/** LayerNorm of each row, (x − mean)/sqrt(var + eps)·w + b, statistics in float64 */
+export function layerNorm(x: Float32Array, w: Float32Array, b: Float32Array | undefined, rows: number, eps: number): Float32Array {
+  const n = w.length;
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++) {
+    const o = r * n;
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += x[o + i]!;
+    mean /= n;
+    let v = 0;
+    for (let i = 0; i < n; i++) v += (x[o + i]! - mean) ** 2;
+    const inv = 1 / Math.sqrt(v / n + eps);
+    for (let i = 0; i < n; i++) out[o + i] = (x[o + i]! - mean) * inv * w[i]! + (b ? b[i]! : 0);
+  }
+  return out;
+}
+
 /** act(g) ⊙ u, in place in g: the gated MLP of the Llama-layout families */
 export function gatedActivation(act: Activation, g: Float32Array, u: Float32Array): Float32Array {
   if (act === 'silu') return siluMul(g, u);
