@@ -27,8 +27,15 @@ export interface ModelConfig {
   eosTokenIds: number[];
   /** the gated MLP's activation: act(gate·x) ⊙ up·x */
   activation: Activation;
-  /** q/k/v and gate/up stored as one fused layer each (Phi-3) */
-  fused: boolean;
+  /**
+   * q/k/v stored as one layer (quantized and exported as stored): its output columns are q | k | v (Phi-3), or
+   * per head q_h | k_h | v_h (BLOOM)
+   */
+  fusedQkv: 'none' | 'concat' | 'per-head';
+  /** gate/up stored as one layer, gate | up (Phi-3) */
+  fusedGateUp: boolean;
+  /** ALiBi: each head adds slope·(key position) to its scores, instead of rotating q and k (BLOOM) */
+  alibi: boolean;
   tensors: TensorLayout;
   linear: LinearRoles;
   /** act(gate·x) ⊙ up·x, or plain act(up·x) (OPT's fc1) */
@@ -89,6 +96,8 @@ export interface TensorLayout {
   embed: string;
   /** learned position embeddings (OPT) */
   positions?: string;
+  /** a LayerNorm of the embeddings (BLOOM) */
+  embedNorm?: string;
   projectIn?: string;
   projectOut?: string;
   finalNorm?: string;

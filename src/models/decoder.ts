@@ -37,8 +37,9 @@ export const LLAMA_LINEAR: LinearRoles = {
  */
 export function linearGroups(cfg: ModelConfig): string[][] {
   const L = cfg.linear;
-  if (cfg.fused) return [[L.qkv!], [L.o], [L.gateUp!], [L.down]];
-  return [[L.q, L.k, L.v], [L.o], cfg.mlp === 'gated' ? [L.gate!, L.up] : [L.up], [L.down]];
+  const attention = cfg.fusedQkv !== 'none' ? [L.qkv!] : [L.q, L.k, L.v];
+  const mlp = cfg.fusedGateUp ? [L.gateUp!] : cfg.mlp === 'gated' ? [L.gate!, L.up] : [L.up];
+  return [attention, [L.o], mlp, [L.down]];
 }
 
 /** The block's norm weights by tensor name (after `model.layers.N.`), with their lengths. */
@@ -113,11 +114,6 @@ export interface PreparedBlock extends BlockCommon {
   down: LinearKernel;
 }
 
-/** Outputs of kernels sharing input x [rows, ·], one array per part of `widths` (a stacked kernel's output split by column). */
-async function applyShared(kernels: LinearKernel[], x: Float32Array, rows: number, widths: number[]): Promise<Float32Array[]> {
-  return splitParts(await Promise.all(kernels.map((k) => k.apply(x, rows))), rows, widths);
-}
-
 /** One output per part of `widths`: the outputs as they are, or a single stacked or fused output split by column. */
 function splitParts(outputs: Float32Array[], rows: number, widths: number[]): Float32Array[] {
   if (outputs.length === widths.length) return outputs;
@@ -132,11 +128,39 @@ function splitParts(outputs: Float32Array[], rows: number, widths: number[]): Fl
   });
 }
 
+/** q, k, v from a fused output whose columns run per head: q_h | k_h | v_h for each head h (BLOOM). */
+function splitPerHead(y: Float32Array, rows: number, heads: number, hd: number): Float32Array[] {
+  const parts = [0, 1, 2].map(() => new Float32Array(rows * heads * hd));
+  for (let r = 0; r < rows; r++) {
+    for (let h = 0; h < heads; h++) {
+      const src = (r * heads + h) * 3 * hd;
+      parts.forEach((p, i) => p.set(y.subarray(src + i * hd, src + (i + 1) * hd), (r * heads + h) * hd));
+    }
+  }
+  return parts;
+}
+
 function addBias(y: Float32Array, bias: Float32Array | undefined): Float32Array {
   if (!bias) return y;
   const n = bias.length;
   for (let i = 0; i < y.length; i++) y[i]! += bias[i % n]!;
   return y;
+}
+
+/**
+ * ALiBi's slopes as BLOOM computes them (float32): a geometric series over the nearest power of two of heads,
+ * the remaining heads interleaved from the next power's series.
+ */
+export function alibiSlopes(heads: number): Float32Array {
+  const closest = 2 ** Math.floor(Math.log2(heads));
+  const base = Math.fround(2 ** -(2 ** -(Math.log2(closest) - 3)));
+  const slopes = Array.from({ length: closest }, (_, i) => base ** (i + 1));
+  if (closest !== heads) {
+    const extra = Math.fround(2 ** -(2 ** -(Math.log2(2 * closest) - 3)));
+    const remaining = Math.min(closest, heads - closest);
+    for (let i = 0; i < remaining; i++) slopes.push(extra ** (2 * i + 1));
+  }
+  return Float32Array.from(slopes);
 }
 
 /** cap·tanh(x/cap) in place (Gemma 2's soft-capping); no cap, no change */
@@ -151,6 +175,8 @@ export function linearShape(cfg: ModelConfig, name: LinearName): [number, number
   const q = cfg.numHeads * cfg.headDim;
   const kv = cfg.numKvHeads * cfg.headDim;
   const L = cfg.linear;
+  if (cfg.fusedQkv !== 'none' && name === L.qkv) return [q + 2 * kv, D];
+  if (cfg.fusedGateUp && name === L.gateUp) return [2 * cfg.intermediateSize, D];
   switch (name) {
     case L.q:
       return [q, D];
@@ -164,10 +190,6 @@ export function linearShape(cfg: ModelConfig, name: LinearName): [number, number
       return [cfg.intermediateSize, D];
     case L.down:
       return [D, cfg.intermediateSize];
-    case L.qkv:
-      return [q + 2 * kv, D];
-    case L.gateUp:
-      return [2 * cfg.intermediateSize, D];
   }
   throw new Error(`${name} is not a linear layer of ${cfg.modelType}`);
 }
@@ -210,6 +232,9 @@ export interface OuterWeights {
   embed: Float32Array;
   /** learned position embeddings [positions + offset, hidden] (OPT), when the family has them */
   positions?: Float32Array;
+  /** BLOOM's LayerNorm of the embeddings */
+  embedNorm?: Float32Array;
+  embedNormBias?: Float32Array;
   /** OPT-350m's projections between the embedding width and the hidden width */
   projectIn?: Float32Array;
   projectOut?: Float32Array;
@@ -230,6 +255,10 @@ export function readOuter(st: SafetensorsModel, cfg: ModelConfig): OuterWeights 
   const embed = st.readFloat(T.embed, [cfg.vocabSize, E]);
   const outer: OuterWeights = { embed, head: embed };
   if (T.positions) outer.positions = st.readFloat(T.positions, [cfg.maxPositions + (cfg.positionOffset ?? 0), D]);
+  if (T.embedNorm) {
+    outer.embedNorm = st.readFloat(T.embedNorm, [E]);
+    outer.embedNormBias = st.readFloat(T.embedNorm.replace(/weight$/, 'bias'), [E]);
+  }
   if (T.projectIn) outer.projectIn = st.readFloat(T.projectIn, [D, E]);
   if (T.projectOut) outer.projectOut = st.readFloat(T.projectOut, [E, D]);
   if (T.finalNorm) {
@@ -260,8 +289,9 @@ export function checkTensorNames(
 ): void {
   const T = cfg.tensors;
   const required = new Set<string>([T.embed]);
-  for (const name of [T.positions, T.projectIn, T.projectOut, T.finalNorm]) if (name) required.add(name);
+  for (const name of [T.positions, T.projectIn, T.projectOut, T.finalNorm, T.embedNorm]) if (name) required.add(name);
   if (T.finalNorm && cfg.normKind === 'layer') required.add(T.finalNorm.replace(/weight$/, 'bias'));
+  if (T.embedNorm) required.add(T.embedNorm.replace(/weight$/, 'bias'));
   const optional = new Set<string>();
   if (cfg.tieWordEmbeddings) optional.add(T.head);
   else required.add(T.head);
@@ -315,6 +345,8 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   /** Gemma 3's sliding-window layers rotate with their own RoPE */
   readonly localRope: Rope | undefined;
   readonly headDim: number;
+  /** BLOOM's per-head ALiBi slopes */
+  readonly alibi: Float32Array | undefined;
 
   readonly embed: Float32Array;
   readonly head: Float32Array;
@@ -330,6 +362,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     this.headDim = cfg.headDim;
     this.rope = cfg.rope && new Rope(cfg.rope);
     this.localRope = cfg.localRope && new Rope(cfg.localRope);
+    this.alibi = cfg.alibi ? alibiSlopes(cfg.numHeads) : undefined;
   }
 
   /** A float checkpoint with its weights as plain arrays (for the quantizer's studies and tests that swap layers). */
@@ -366,6 +399,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       x.set(this.embed.subarray(t * E, (t + 1) * E), i * E);
     }
     if (scale !== 1) for (let i = 0; i < x.length; i++) x[i]! *= scale;
+    if (outer.embedNorm) x = layerNorm(x, outer.embedNorm, outer.embedNormBias, tokens.length, cfg.rmsNormEps);
     if (outer.projectIn) x = await this.backend.matmulNT(x, outer.projectIn, tokens.length, D, E);
     if (outer.positions) {
       const off = cfg.positionOffset ?? 0;
@@ -429,10 +463,13 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     const kvWidth = KVH * hd;
     const start = cache?.length ?? 0;
     let [q, k, v] = (await this.project(w, 0, 'qkv', h, rows, [H * hd, kvWidth, kvWidth])) as [Float32Array, Float32Array, Float32Array];
-    const L = cfg.linear;
-    q = addBias(q, w.bias[L.q]);
-    k = addBias(k, w.bias[L.k]);
-    v = addBias(v, w.bias[L.v]);
+    if (cfg.fusedQkv === 'none') {
+      // (a fused layer's bias went in before the split)
+      const L = cfg.linear;
+      q = addBias(q, w.bias[L.q]);
+      k = addBias(k, w.bias[L.k]);
+      v = addBias(v, w.bias[L.v]);
+    }
     if (cfg.qkNorm !== 'none') {
       // per head: each head's hd values are one row; full: the whole projection is one row
       const perHead = cfg.qkNorm === 'head';
@@ -466,6 +503,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       headDim: hd,
       ...(window ? { window } : {}),
       ...(cfg.attnSoftcap ? { softcap: cfg.attnSoftcap } : {}),
+      ...(this.alibi ? { alibi: this.alibi } : {}),
     });
   }
 
@@ -478,7 +516,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       const [up] = await this.project(w, 2, 'gateUp', h2, rows, [hidden]);
       return activate(cfg.activation, addBias(up!, w.bias[L.up]));
     }
-    const swiglu = cfg.activation === 'silu' && !cfg.fused && !w.bias[L.gate!] && !w.bias[L.up];
+    const swiglu = cfg.activation === 'silu' && !cfg.fusedGateUp && !w.bias[L.gate!] && !w.bias[L.up];
     if (!('gateUp' in w) && swiglu) return this.backend.swiglu(h2, w.linear[L.gate!]!, w.linear[L.up]!, rows, hidden, cfg.hiddenSize);
     const [gate, up] = (await this.project(w, 2, 'gateUp', h2, rows, [hidden, hidden])) as [Float32Array, Float32Array];
     return gatedActivation(cfg.activation, addBias(gate, w.bias[L.gate!]), addBias(up, w.bias[L.up]));
@@ -522,9 +560,17 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     rows: number,
     widths: number[],
   ): Promise<Float32Array[]> {
-    if ('qkv' in w) return applyShared(w[prepared], h, rows, widths);
     const names = linearGroups(this.cfg)[g]!;
-    return splitParts(await Promise.all(names.map((name) => this.floatLinear(w, name, h, rows))), rows, widths);
+    const outputs =
+      'qkv' in w
+        ? await Promise.all(w[prepared].map((k) => k.apply(h, rows)))
+        : await Promise.all(names.map((name) => this.floatLinear(w, name, h, rows)));
+    if (names.length === 1 && widths.length > 1) {
+      // one fused layer: its bias, then its columns apart
+      addBias(outputs[0]!, w.bias[names[0]!]);
+      if (g === 0 && this.cfg.fusedQkv === 'per-head') return splitPerHead(outputs[0]!, rows, this.cfg.numHeads, this.headDim);
+    }
+    return splitParts(outputs, rows, widths);
   }
 
   /** Attention over at most ATTENTION_CHUNK sequences at a time, bounding the [batch, heads, seq, ctx] scores. */

@@ -41,7 +41,9 @@ function parseOpt(c: ConfigReader): ModelConfig {
     bosTokenId: bos[0],
     eosTokenIds: c.ids('eos_token_id'),
     activation,
-    fused: false,
+    fusedQkv: 'none',
+    fusedGateUp: false,
+    alibi: false,
     tensors: {
       embed: 'model.decoder.embed_tokens.weight',
       positions: 'model.decoder.embed_positions.weight',

@@ -16,6 +16,6 @@ export const phi3: Family = {
       partialRotary: true,
       ropeAliases: { su: 'longrope', yarn: 'longrope' },
     });
-    return { ...cfg, fused: true, slidingWindow: slidingWindows(c, cfg.numLayers, { qwen: false }) };
+    return { ...cfg, fusedQkv: 'concat', fusedGateUp: true, slidingWindow: slidingWindows(c, cfg.numLayers, { qwen: false }) };
   },
 };

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { fail, shown } from '../io/errors.js';
 import { readConfigJson } from '../io/config.js';
 import { ConfigReader, type ModelConfig } from './config.js';
+import { bloom } from './bloom.js';
 import { gemma, gemma2, gemma3Text } from './gemma.js';
 import { granite } from './granite.js';
 import { llama } from './llama.js';
@@ -21,7 +22,7 @@ export interface Family {
   parseConfig(c: ConfigReader): ModelConfig;
 }
 
-export const FAMILIES: readonly Family[] = [llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3Text, granite, olmo2, opt];
+export const FAMILIES: readonly Family[] = [llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3Text, granite, olmo2, opt, bloom];
 
 export const SUPPORTED_MODEL_TYPES = FAMILIES.flatMap((f) => f.modelTypes);
 

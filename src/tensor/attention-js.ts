@@ -11,6 +11,7 @@ export function attentionJs(q: Float32Array, k: Float32Array, v: Float32Array, s
   const out = new Float32Array(batch * seq * heads * hd);
   const scale = 1 / Math.sqrt(hd);
   const cap = s.softcap;
+  const alibi = s.alibi;
   const group = heads / kvHeads;
   const kvStride = kvHeads * hd;
   const scores = new Float64Array(ctx);
@@ -39,7 +40,7 @@ export function attentionJs(q: Float32Array, k: Float32Array, v: Float32Array, s
           }
           for (; d < hd; d++) s0 += q[qo + d]! * k[ko + d]!;
           const raw = (s0 + s1 + s2 + s3) * scale;
-          const sc = cap ? cap * Math.tanh(raw / cap) : raw;
+          const sc = (cap ? cap * Math.tanh(raw / cap) : raw) + (alibi ? alibi[h]! * j : 0);
           scores[j] = sc;
           if (sc > max) max = sc;
         }

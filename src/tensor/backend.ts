@@ -17,6 +17,8 @@ export interface AttentionShape {
   window?: number;
   /** Gemma 2: scores become cap·tanh(score/cap) before the softmax */
   softcap?: number;
+  /** ALiBi (BLOOM): head h adds alibi[h]·j to its score for key position j */
+  alibi?: Float32Array;
 }
 
 /** The gated MLP's activation: act(gate·x) ⊙ up·x. gelu is erf's; gelu_tanh its tanh approximation. */

@@ -347,8 +347,8 @@ export const ortBackend: Backend = {
 
   async attention(q, k, v, sh: AttentionShape) {
     const { batch, seq, ctx, heads, kvHeads, headDim } = sh;
-    // the graph has no soft-capping: Gemma 2's capped scores take the TS kernel
-    if (sh.softcap || batch * seq * ctx * heads * headDim <= SMALL_ATTENTION) return attentionJs(q, k, v, sh);
+    // the graph has no soft-capping or per-head biases: Gemma 2's and BLOOM's scores take the TS kernel
+    if (sh.softcap || sh.alibi || batch * seq * ctx * heads * headDim <= SMALL_ATTENTION) return attentionJs(q, k, v, sh);
     const group = heads / kvHeads;
     const s = await sessions.attention();
     const r = await s.run({

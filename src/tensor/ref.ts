@@ -136,7 +136,7 @@ export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: 
           const ko = ((b * ctx + j) * kvHeads + kh) * headDim;
           let dot = 0;
           for (let d = 0; d < headDim; d++) dot += q[qo + d]! * k[ko + d]!;
-          scores[j] = s.softcap ? s.softcap * Math.tanh((dot * scale) / s.softcap) : dot * scale;
+          scores[j] = (s.softcap ? s.softcap * Math.tanh((dot * scale) / s.softcap) : dot * scale) + (s.alibi ? s.alibi[h]! * j : 0);
           if (scores[j]! > max) max = scores[j]!;
         }
         let sum = 0;
