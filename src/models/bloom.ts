@@ -47,6 +47,7 @@ function parseBloom(c: ConfigReader): ModelConfig {
     activation: 'gelu_tanh',
     fusedQkv: 'per-head',
     fusedGateUp: false,
+    parallel: false,
     alibi: true,
     tensors: {
       embed: 'transformer.word_embeddings.weight',

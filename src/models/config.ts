@@ -34,6 +34,8 @@ export interface ModelConfig {
   fusedQkv: 'none' | 'concat' | 'per-head';
   /** gate/up stored as one layer, gate | up (Phi-3) */
   fusedGateUp: boolean;
+  /** attention and the MLP both read the block's input; their outputs are added together (GPT-NeoX, Falcon) */
+  parallel: boolean;
   /** ALiBi: each head adds slope·(key position) to its scores, instead of rotating q and k (BLOOM) */
   alibi: boolean;
   tensors: TensorLayout;
@@ -153,6 +155,7 @@ const INERT_KEYS = new Set([
   'activation_dropout',
   'layerdrop',
   'init_std',
+  'classifier_dropout',
   'hidden_dropout',
   'embd_pdrop',
   'resid_pdrop',

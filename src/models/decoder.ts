@@ -419,6 +419,13 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   async block(w: BlockWeights | PreparedBlock, layer: number, x: Float32Array, batch: number, seq: number, cache?: KvCache): Promise<void> {
     const rows = batch * seq;
     const att = await this.attention(w, layer, await this.attentionInput(w, x, rows), batch, seq, cache);
+    if (this.cfg.parallel) {
+      // GPT-NeoX, Falcon: the MLP reads the block's input too; both outputs join the stream at the end
+      const act = await this.mlpActivation(w, await this.mlpInput(w, x, rows), rows);
+      await this.addProjection(w, 'o', x, att, rows);
+      await this.addProjection(w, 'down', x, act, rows);
+      return;
+    }
     await this.addProjection(w, 'o', x, att, rows);
     const act = await this.mlpActivation(w, await this.mlpInput(w, x, rows), rows);
     await this.addProjection(w, 'down', x, act, rows);

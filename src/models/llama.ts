@@ -69,6 +69,7 @@ export function llamaLayout(
     activation,
     fusedQkv: 'none',
     fusedGateUp: false,
+    parallel: false,
     alibi: false,
     tensors: LLAMA_TENSORS,
     linear: LLAMA_LINEAR,

@@ -43,6 +43,7 @@ function parseOpt(c: ConfigReader): ModelConfig {
     activation,
     fusedQkv: 'none',
     fusedGateUp: false,
+    parallel: false,
     alibi: false,
     tensors: {
       embed: 'model.decoder.embed_tokens.weight',

@@ -6,6 +6,7 @@ import { ConfigReader, type ModelConfig } from './config.js';
 import { bloom } from './bloom.js';
 import { gemma, gemma2, gemma3Text } from './gemma.js';
 import { granite } from './granite.js';
+import { gptNeox } from './gpt-neox.js';
 import { llama } from './llama.js';
 import { mistral } from './mistral.js';
 import { olmo2 } from './olmo2.js';
@@ -22,7 +23,21 @@ export interface Family {
   parseConfig(c: ConfigReader): ModelConfig;
 }
 
-export const FAMILIES: readonly Family[] = [llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3Text, granite, olmo2, opt, bloom];
+export const FAMILIES: readonly Family[] = [
+  llama,
+  mistral,
+  qwen2,
+  qwen3,
+  phi3,
+  gemma,
+  gemma2,
+  gemma3Text,
+  granite,
+  olmo2,
+  opt,
+  bloom,
+  gptNeox,
+];
 
 export const SUPPORTED_MODEL_TYPES = FAMILIES.flatMap((f) => f.modelTypes);
 

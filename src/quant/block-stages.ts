@@ -61,8 +61,11 @@ export async function calibrateBlock(
     rowsOf(attention[i]!, first, count).set(att);
     return att;
   });
+  // a parallel block (GPT-NeoX, Falcon) feeds the MLP from the block's input: attention's output joins the
+  // residual stream only at the end, with the MLP's
+  const parallel = model.cfg.parallel;
   await stage(2, async (s, i, x, first, count) => {
-    await model.addProjection(s.weights, 'o', x, rowsOf(attention[i]!, first, count), count * seqlen);
+    if (!parallel) await model.addProjection(s.weights, 'o', x, rowsOf(attention[i]!, first, count), count * seqlen);
     return model.mlpInput(s.weights, x, count * seqlen);
   });
   const activation = (s: Stream, x: Float32Array, rows: number): Promise<Float32Array> =>
@@ -70,9 +73,11 @@ export async function calibrateBlock(
   await stage(3, (s, _, x, __, count) => activation(s, x, count * seqlen));
   // the block's output with all four groups quantized: the next block's calibration input
   await eachChunk(async (first, count) => {
-    for (const s of streams) {
+    for (const [i, s] of streams.entries()) {
       const x = rowsOf(s.x, first, count);
-      await model.addProjection(s.weights, 'down', x, await activation(s, x, count * seqlen), count * seqlen);
+      const act = await activation(s, x, count * seqlen);
+      if (parallel) await model.addProjection(s.weights, 'o', x, rowsOf(attention[i]!, first, count), count * seqlen);
+      await model.addProjection(s.weights, 'down', x, act, count * seqlen);
     }
   });
 }
