@@ -102,7 +102,7 @@ export class LlamaTokenizer extends HfTokenizer {
       scores.push(score);
     }
     const merges = mergesFromScores(pieces, scores);
-    return new LlamaTokenizer(what, llama2TokenizerJson(pieces, merges), { bos: 1, eos: [2] }, merges);
+    return new LlamaTokenizer(what, llama2TokenizerJson(pieces, merges), { bos: 1, eos: [2] }, merges, true);
   }
 }
 

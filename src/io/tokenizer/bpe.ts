@@ -29,7 +29,8 @@ export class Bpe {
   private chunkable: boolean;
   /** otherwise, pairs of adjacent code points that some piece contains (lazily built): a long word may be cut between two single-character pieces no piece joins */
   private joined: Set<number> | undefined;
-  private cache = new Map<string, number[]>();
+  /** word -> its ids (a single id as a number) */
+  private cache = new Map<string, number | number[]>();
   // scratch space of the merge loop, reused from word to word
   private sym = new Int32Array(64);
   private prev = new Int32Array(64);
@@ -70,15 +71,27 @@ export class Bpe {
   encodeWord(word: string, out: number[]): void {
     if (word.length <= CACHE_WORD_CHARS) {
       let ids = this.cache.get(word);
-      if (!ids) {
-        ids = [];
-        this.encodeUncached(word, ids);
+      if (ids === undefined) {
+        const fresh: number[] = [];
+        this.encodeUncached(word, fresh);
+        ids = fresh.length === 1 ? fresh[0]! : fresh;
         if (this.cache.size > WORD_CACHE_MAX) this.cache.clear();
         this.cache.set(word, ids);
       }
-      for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
+      if (typeof ids === 'number') out.push(ids);
+      else for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
       return;
     }
+    this.encodeLong(word, out);
+  }
+
+  /** Append the ids of one word without consulting or filling the cache (for callers that cache words themselves). */
+  encodeWordUncached(word: string, out: number[]): void {
+    if (word.length <= CACHE_WORD_CHARS) this.encodeUncached(word, out);
+    else this.encodeLong(word, out);
+  }
+
+  private encodeLong(word: string, out: number[]): void {
     if (this.o.ignoreMerges && this.vocab.has(word)) {
       this.encodeUncached(word, out);
       return;

@@ -82,16 +82,20 @@ export class HfTokenizer {
   private readonly rawAdded: AddedTokenMatcher;
   private readonly normAdded: AddedTokenMatcher;
   private readonly specialIds = new Set<number>();
-  private readonly wordCache = new Map<string, number[]>();
+  private readonly json: Json | undefined;
+  private readonly wordCache = new Map<string, number | number[]>();
 
   constructor(
     /** the file it came from, for messages */
     readonly source: string,
-    private readonly json: Json,
+    json: Json,
     special: SpecialIds,
     /** merges with explicit ranks (ties allowed), instead of the file's list order */
     rankedMerges?: { left: string; right: string; rank: number }[],
+    /** keep the parsed tokenizer.json for toTokenizerJson() (it can be large; only converters need it) */
+    keepJson = false,
   ) {
+    this.json = keepJson ? json : undefined;
     const refuse: Refuse = (what) => fail(`${source}: ${what}`);
     for (const k of Object.keys(json)) {
       if (
@@ -236,8 +240,9 @@ export class HfTokenizer {
     return { merges: this.merges };
   }
 
-  /** The tokenizer.json this tokenizer runs. */
+  /** The tokenizer.json this tokenizer runs (kept only by tokenizers built to be written out, e.g. from llama2.c). */
   toTokenizerJson(): object {
+    if (!this.json) fail(`${this.source}: this tokenizer was not built to be written out`);
     return this.json;
   }
 
@@ -301,14 +306,16 @@ export class HfTokenizer {
     const out = this.out;
     let ids = this.wordCache.get(w);
     if (ids === undefined) {
-      ids = [];
-      this.bpe.encodeWord(this.byteLevelLast ? byteLevelMap(w) : w, ids);
+      const fresh: number[] = [];
+      this.bpe.encodeWordUncached(this.byteLevelLast ? byteLevelMap(w) : w, fresh);
+      ids = fresh.length === 1 ? fresh[0]! : fresh;
       if (w.length <= 256) {
         if (this.wordCache.size > 200_000) this.wordCache.clear();
         this.wordCache.set(w, ids);
       }
     }
-    for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
+    if (typeof ids === 'number') out.push(ids);
+    else for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
   };
 
   decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {
