@@ -1,6 +1,7 @@
 import { readConfigJson } from '../io/config.js';
 import { SafetensorsModel, type TensorToWrite } from '../io/safetensors.js';
 import { dequantize, type QuantizedLayer } from '../quant/quantized-layer.js';
+import { readModelConfig, storedLinear } from '../models/index.js';
 import { writeModelDir } from './model-dir.js';
 
 /**
@@ -8,12 +9,13 @@ import { writeModelDir } from './model-dir.js';
  * float32 weights. Any fp loader (ours, transformers) evaluates exactly what the quantizer produced.
  */
 export async function writeFakeQuant(srcDir: string, outDir: string, layers: Map<string, QuantizedLayer>, summary: object): Promise<void> {
+  const cfg = readModelConfig(srcDir);
   const st = new SafetensorsModel(srcDir);
   try {
     const tensors = new Map<string, TensorToWrite>();
     for (const name of st.names()) {
       const q = layers.get(name);
-      if (q) tensors.set(name, { dtype: 'F32', shape: [q.rows, q.cols], data: dequantize(q) });
+      if (q) tensors.set(name, { dtype: 'F32', ...storedLinear(cfg, dequantize(q), q.rows, q.cols) });
       else tensors.set(name, st.read(name));
     }
     await writeModelDir(srcDir, outDir, { json: { 'config.json': readConfigJson(srcDir), 'quantize_summary.json': summary }, tensors });

@@ -48,6 +48,7 @@ function parseBloom(c: ConfigReader): ModelConfig {
     fusedQkv: 'per-head',
     fusedGateUp: false,
     parallel: false,
+    transposedLinears: false,
     alibi: true,
     tensors: {
       embed: 'transformer.word_embeddings.weight',

@@ -34,6 +34,8 @@ export interface ModelConfig {
   fusedQkv: 'none' | 'concat' | 'per-head';
   /** gate/up stored as one layer, gate | up (Phi-3) */
   fusedGateUp: boolean;
+  /** linear weights stored [in, out] (GPT-2's Conv1D); the decoder and the quantizer use them [out, in] */
+  transposedLinears: boolean;
   /** attention and the MLP both read the block's input; their outputs are added together (GPT-NeoX, Falcon) */
   parallel: boolean;
   /** ALiBi: each head adds slope·(key position) to its scores, instead of rotating q and k (BLOOM) */
@@ -156,6 +158,7 @@ const INERT_KEYS = new Set([
   'layerdrop',
   'init_std',
   'classifier_dropout',
+  'attn_pdrop',
   'hidden_dropout',
   'embd_pdrop',
   'resid_pdrop',

@@ -1,7 +1,7 @@
 import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import type { AttentionShape, Backend, LinearKernel } from '../tensor/index.js';
-import { activate, gatedActivation, layerNorm } from '../tensor/ref.js';
+import { activate, gatedActivation, layerNorm, transpose } from '../tensor/ref.js';
 import type { LinearRoles, ModelConfig, TensorLayout } from './config.js';
 import { Rope } from './rope.js';
 import { readModelConfig } from './registry.js';
@@ -217,12 +217,22 @@ export function readNorm(st: SafetensorsModel, cfg: ModelConfig, name: string, n
   return w;
 }
 
+/** A float linear weight as [out, in], whichever way the checkpoint stores it. */
+export function readLinear(st: SafetensorsModel, cfg: ModelConfig, tensor: string, [rows, cols]: [number, number]): Float32Array {
+  return cfg.transposedLinears ? transpose(st.readFloat(tensor, [cols, rows]), cols, rows) : st.readFloat(tensor, [rows, cols]);
+}
+
+/** A linear weight [rows=out, cols=in] as the checkpoint stores it (GPT-2's Conv1D: [in, out]). */
+export function storedLinear(cfg: ModelConfig, w: Float32Array, rows: number, cols: number): { shape: number[]; data: Float32Array } {
+  return cfg.transposedLinears ? { shape: [cols, rows], data: transpose(w, rows, cols) } : { shape: [rows, cols], data: w };
+}
+
 /** One block's float weights (the quantizer's input; inference loads prepared kernels, see load.ts). */
 export function readBlock(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockWeights {
   const p = layerPrefix(cfg, i);
   const linear: BlockWeights['linear'] = {};
   for (const group of linearGroups(cfg))
-    for (const name of group) linear[name] = st.readFloat(`${p}${name}.weight`, linearShape(cfg, name));
+    for (const name of group) linear[name] = readLinear(st, cfg, `${p}${name}.weight`, linearShape(cfg, name));
   return { ...readBlockExtras(st, cfg, i), linear };
 }
 

@@ -59,6 +59,7 @@ function parseNeox(c: ConfigReader): ModelConfig {
     fusedQkv: 'per-head',
     fusedGateUp: false,
     parallel: c.bool('use_parallel_residual', true),
+    transposedLinears: false,
     alibi: false,
     tensors: {
       embed: 'gpt_neox.embed_in.weight',

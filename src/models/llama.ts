@@ -70,6 +70,7 @@ export function llamaLayout(
     fusedQkv: 'none',
     fusedGateUp: false,
     parallel: false,
+    transposedLinears: false,
     alibi: false,
     tensors: LLAMA_TENSORS,
     linear: LLAMA_LINEAR,

@@ -15,11 +15,13 @@ import {
   linearGroups,
   linearShape,
   readBlockExtras,
+  readLinear,
   readOuter,
   type LinearName,
   type PreparedBlock,
 } from './decoder.js';
 import { readModelConfig } from './registry.js';
+import type { ModelConfig } from './config.js';
 
 export interface LoadOptions {
   /**
@@ -41,7 +43,7 @@ export async function loadModel(
   const backend = await getBackend();
   const config = readConfigJson(dir);
   const cfg = readModelConfig(dir);
-  const linear = kernelMaker(dir, config, backend, opts.activations ?? 'fp32');
+  const linear = kernelMaker(dir, config, cfg, backend, opts.activations ?? 'fp32');
   const st = new SafetensorsModel(dir);
   try {
     checkTensorNames(st, cfg, linear.tensors);
@@ -90,7 +92,13 @@ interface LinearFormat {
   make: KernelMaker;
 }
 
-function kernelMaker(dir: string, config: Record<string, unknown>, backend: Backend, activations: ActivationPrecision): LinearFormat {
+function kernelMaker(
+  dir: string,
+  config: Record<string, unknown>,
+  cfg: ModelConfig,
+  backend: Backend,
+  activations: ActivationPrecision,
+): LinearFormat {
   const floats = (ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> => {
     const rows = shapes.reduce((s, [r]) => s + r, 0);
     let stacked = ws[0]!;
@@ -123,7 +131,7 @@ function kernelMaker(dir: string, config: Record<string, unknown>, backend: Back
       tensors: (w) => ({ required: [w] }),
       make: (st, names, shapes) =>
         floats(
-          names.map((n, i) => st.readFloat(n, shapes[i]!)),
+          names.map((n, i) => readLinear(st, cfg, n, shapes[i]!)),
           shapes,
         ),
     };

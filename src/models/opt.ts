@@ -44,6 +44,7 @@ function parseOpt(c: ConfigReader): ModelConfig {
     fusedQkv: 'none',
     fusedGateUp: false,
     parallel: false,
+    transposedLinears: false,
     alibi: false,
     tensors: {
       embed: 'model.decoder.embed_tokens.weight',

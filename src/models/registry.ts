@@ -7,6 +7,7 @@ import { bloom } from './bloom.js';
 import { gemma, gemma2, gemma3Text } from './gemma.js';
 import { granite } from './granite.js';
 import { gptNeox } from './gpt-neox.js';
+import { gpt2 } from './gpt2.js';
 import { llama } from './llama.js';
 import { mistral } from './mistral.js';
 import { olmo2 } from './olmo2.js';
@@ -36,6 +37,7 @@ export const FAMILIES: readonly Family[] = [
   olmo2,
   opt,
   bloom,
+  gpt2,
   gptNeox,
 ];
 
