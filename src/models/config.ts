@@ -28,10 +28,10 @@ export interface ModelConfig {
   /** the gated MLP's activation: act(gate·x) ⊙ up·x */
   activation: Activation;
   /**
-   * q/k/v stored as one layer (quantized and exported as stored): its output columns are q | k | v (Phi-3), or
-   * per head q_h | k_h | v_h (BLOOM)
+   * q/k/v stored as one layer (quantized and exported as stored): its output columns are q | k | v (Phi-3), per
+   * head q_h | k_h | v_h (BLOOM, GPT-NeoX), or per kv head its query heads then k, v (Falcon's new architecture)
    */
-  fusedQkv: 'none' | 'concat' | 'per-head';
+  fusedQkv: 'none' | 'concat' | 'per-head' | 'grouped';
   /** gate/up stored as one layer, gate | up (Phi-3) */
   fusedGateUp: boolean;
   /** linear weights stored [in, out] (GPT-2's Conv1D); the decoder and the quantizer use them [out, in] */

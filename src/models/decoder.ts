@@ -46,7 +46,8 @@ export function linearGroups(cfg: ModelConfig): string[][] {
 export function normShapes(cfg: ModelConfig): [string, number][] {
   const D = cfg.hiddenSize;
   const { attnIn, attnOut, mlpIn, mlpOut, attnResidual, mlpResidual } = cfg.norms;
-  const norms = [attnIn, attnOut, mlpIn, mlpOut, attnResidual, mlpResidual]
+  // one norm may serve both attention and the MLP (Falcon-7B's parallel block)
+  const norms = [...new Set([attnIn, attnOut, mlpIn, mlpOut, attnResidual, mlpResidual])]
     .filter((n): n is string => n !== undefined)
     .map((n): [string, number] => [n, D]);
   if (cfg.qkNorm === 'head') norms.push(['self_attn.q_norm', cfg.headDim], ['self_attn.k_norm', cfg.headDim]);
@@ -128,16 +129,25 @@ function splitParts(outputs: Float32Array[], rows: number, widths: number[]): Fl
   });
 }
 
-/** q, k, v from a fused output whose columns run per head: q_h | k_h | v_h for each head h (BLOOM). */
-function splitPerHead(y: Float32Array, rows: number, heads: number, hd: number): Float32Array[] {
-  const parts = [0, 1, 2].map(() => new Float32Array(rows * heads * hd));
+/**
+ * q, k, v from a fused output whose columns run per kv head: its `group` query heads, then its k and v head
+ * (Falcon's new architecture; with group 1 this is BLOOM's and GPT-NeoX's q_h | k_h | v_h per head).
+ */
+function splitGrouped(y: Float32Array, rows: number, heads: number, kvHeads: number, hd: number): Float32Array[] {
+  const group = heads / kvHeads;
+  const q = new Float32Array(rows * heads * hd);
+  const k = new Float32Array(rows * kvHeads * hd);
+  const v = new Float32Array(rows * kvHeads * hd);
+  const width = (heads + 2 * kvHeads) * hd;
   for (let r = 0; r < rows; r++) {
-    for (let h = 0; h < heads; h++) {
-      const src = (r * heads + h) * 3 * hd;
-      parts.forEach((p, i) => p.set(y.subarray(src + i * hd, src + (i + 1) * hd), (r * heads + h) * hd));
+    for (let j = 0; j < kvHeads; j++) {
+      const src = r * width + j * (group + 2) * hd;
+      q.set(y.subarray(src, src + group * hd), (r * heads + j * group) * hd);
+      k.set(y.subarray(src + group * hd, src + (group + 1) * hd), (r * kvHeads + j) * hd);
+      v.set(y.subarray(src + (group + 1) * hd, src + (group + 2) * hd), (r * kvHeads + j) * hd);
     }
   }
-  return parts;
+  return [q, k, v];
 }
 
 function addBias(y: Float32Array, bias: Float32Array | undefined): Float32Array {
@@ -585,7 +595,9 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     if (names.length === 1 && widths.length > 1) {
       // one fused layer: its bias, then its columns apart
       addBias(outputs[0]!, w.bias[names[0]!]);
-      if (g === 0 && this.cfg.fusedQkv === 'per-head') return splitPerHead(outputs[0]!, rows, this.cfg.numHeads, this.headDim);
+      const { fusedQkv, numHeads, numKvHeads } = this.cfg;
+      if (g === 0 && fusedQkv === 'per-head') return splitGrouped(outputs[0]!, rows, numHeads, numHeads, this.headDim);
+      if (g === 0 && fusedQkv === 'grouped') return splitGrouped(outputs[0]!, rows, numHeads, numKvHeads, this.headDim);
     }
     return splitParts(outputs, rows, widths);
   }

@@ -4,6 +4,7 @@ import { fail, shown } from '../io/errors.js';
 import { readConfigJson } from '../io/config.js';
 import { ConfigReader, type ModelConfig } from './config.js';
 import { bloom } from './bloom.js';
+import { falcon } from './falcon.js';
 import { gemma, gemma2, gemma3Text } from './gemma.js';
 import { granite } from './granite.js';
 import { gptNeox } from './gpt-neox.js';
@@ -39,6 +40,7 @@ export const FAMILIES: readonly Family[] = [
   bloom,
   gpt2,
   gptNeox,
+  falcon,
 ];
 
 export const SUPPORTED_MODEL_TYPES = FAMILIES.flatMap((f) => f.modelTypes);
