@@ -185,7 +185,7 @@ const GPTQ_LIES: Lie[] = [
       editConfig(d, (c) => delete c['quantization_config']);
       rmSync(join(d, 'quantize_config.json'));
     },
-    /missing tensor model\.layers\.0\.self_attn\.q_proj\.weight/,
+    /holds GPTQ tensors \(model\.layers\.0\.self_attn\.q_proj\.qweight\) but no quantization_config says how to read them/,
   ],
 ];
 

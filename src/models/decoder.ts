@@ -334,6 +334,10 @@ export function checkTensorNames(
   const extra = present.filter((n) => !required.has(n) && !optional.has(n) && !IGNORABLE.test(n));
   const missing = [...required].filter((n) => !st.has(n));
   const list = (names: string[]): string => names.slice(0, 3).join(', ') + (names.length > 3 ? ` and ${names.length - 3} more` : '');
+  const gptqInstead = missing.find((n) => n.endsWith('.weight') && st.has(n.replace(/weight$/, 'qweight')));
+  if (gptqInstead) {
+    fail(`${st.dir}: holds GPTQ tensors (${gptqInstead.replace(/weight$/, 'qweight')}) but no quantization_config says how to read them`);
+  }
   if (missing.length > 0) fail(`${st.dir}: missing tensor ${list(missing)} (a ${cfg.numLayers}-layer ${cfg.modelType} checkpoint)`);
   if (extra.length > 0) {
     fail(`${st.dir}: tensor ${list(extra)} is not part of a ${cfg.numLayers}-layer ${cfg.modelType} model as config.json describes it`);
