@@ -52,10 +52,10 @@ test('bad input gets one clear line and a non-zero exit', () => {
   assertOneLineError(cli('pull', 'gpt5'), /unknown model "gpt5"/);
   assertOneLineError(cli('generate', model, ''), /empty prompt/);
 
-  const opt = join(dir, 'opt');
-  cpSync(model, opt, { recursive: true });
-  writeFileSync(join(opt, 'config.json'), readFileSync(join(model, 'config.json'), 'utf8').replace('"llama"', '"opt"'));
-  assertOneLineError(cli('eval', opt), /config\.json: unsupported model_type "opt"/);
+  const mixtral = join(dir, 'mixtral');
+  cpSync(model, mixtral, { recursive: true });
+  writeFileSync(join(mixtral, 'config.json'), readFileSync(join(model, 'config.json'), 'utf8').replace('"llama"', '"mixtral"'));
+  assertOneLineError(cli('eval', mixtral), /config\.json: unsupported model_type "mixtral"/);
 
   const wrongShape = join(dir, 'shape');
   cpSync(model, wrongShape, { recursive: true });
