@@ -26,7 +26,7 @@ export class Bpe {
   private byteIds = new Int32Array(256).fill(-1);
   private allBytes: boolean;
   /** a long word may be cut before each "▁" that follows another character: no piece spans such a cut */
-  private chunkable: boolean;
+  readonly chunkable: boolean;
   /** otherwise, pairs of adjacent code points that some piece contains (lazily built): a long word may be cut between two single-character pieces no piece joins */
   private joined: Set<number> | undefined;
   /** word -> its ids (a single id as a number) */

@@ -77,6 +77,8 @@ export class HfTokenizer {
   private readonly normalizer: Normalizer | undefined;
   private readonly preTokenizer: CompiledPreTokenizer | undefined;
   private readonly byteLevelLast: boolean;
+  /** the normalizer is Llama 2's [Prepend("▁"),] Replace(" ", "▁") alone, with nothing that needs the whole normalized text */
+  private readonly spaceToMeta: 'prepend' | 'replace' | undefined;
   private readonly decoder: Decoder | undefined;
   private readonly wrap: Wrap;
   private readonly rawAdded: AddedTokenMatcher;
@@ -177,6 +179,8 @@ export class HfTokenizer {
 
     this.normalizer = compileNormalizer(json['normalizer'] as Json, refuse);
     this.preTokenizer = compilePreTokenizer(json['pre_tokenizer'] as Json, refuse);
+    this.spaceToMeta =
+      !json['pre_tokenizer'] && this.bpe.chunkable && !added.some((t) => t.normalized) ? spaceToMeta(json['normalizer']) : undefined;
     this.byteLevelLast = this.preTokenizer?.byteLevelLast ?? false;
     this.decoder = compileDecoder(json['decoder'] as Json, refuse);
     const wrap = compilePostProcessor(json['post_processor'] as Json, refuse);
@@ -279,6 +283,10 @@ export class HfTokenizer {
         continue;
       }
       const ctx: Ctx = { atStart: seg.start === 0, dummyPrefix };
+      if (this.spaceToMeta) {
+        this.encodeSentencePiece(seg.text, this.spaceToMeta === 'prepend' && seg.text.length > 0 && !(ctx.atStart && !dummyPrefix), out);
+        continue;
+      }
       const norm = this.normalizer ? this.normalizer(seg.text, ctx) : seg.text;
       for (const part of this.normAdded.split(norm)) {
         if (part.id >= 0) out.push(part.id);
@@ -287,6 +295,43 @@ export class HfTokenizer {
     }
     if (special) for (const id of this.wrap.suffix) out.push(id);
     return out;
+  }
+
+  /**
+   * Llama 2's layout without building the normalized text: "▁" (if prefix) + text with spaces as "▁", cut before
+   * each "▁" that follows another character, which no piece spans (Bpe.chunkable); here, before each space that
+   * follows a character other than a space or a literal "▁". Each part is normalized and cached on its own.
+   */
+  private encodeSentencePiece(text: string, prefix: boolean, out: number[]): void {
+    this.out = out;
+    let start = 0;
+    for (let i = text.indexOf(' ', 1); i > 0; i = text.indexOf(' ', i + 1)) {
+      const c = text.charCodeAt(i - 1);
+      if (c === 0x20 || c === 0x2581) continue;
+      this.emitSpaced(text.slice(start, i), start === 0 && prefix);
+      start = i;
+    }
+    this.emitSpaced(start === 0 ? text : text.slice(start), start === 0 && prefix);
+  }
+
+  private emitSpaced(raw: string, prefix: boolean): void {
+    if (prefix) {
+      this.bpe.encodeWord('\u2581' + raw.replaceAll(' ', '\u2581'), this.out);
+      return;
+    }
+    const out = this.out;
+    let ids = this.wordCache.get(raw);
+    if (ids === undefined) {
+      const fresh: number[] = [];
+      this.bpe.encodeWordUncached(raw.replaceAll(' ', '\u2581'), fresh);
+      ids = fresh.length === 1 ? fresh[0]! : fresh;
+      if (raw.length <= 256) {
+        if (this.wordCache.size > 200_000) this.wordCache.clear();
+        this.wordCache.set(raw, ids);
+      }
+    }
+    if (typeof ids === 'number') out.push(ids);
+    else for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
   }
 
   private encodePiece(text: string, ctx: Ctx, out: number[]): void {
@@ -330,4 +375,16 @@ export class HfTokenizer {
     if (!this.decoder) return tokens.join(' ');
     return this.decoder(tokens).join('');
   }
+}
+
+/** 'prepend' for [Prepend("▁"), Replace(" " -> "▁")], 'replace' for Replace(" " -> "▁") alone, else undefined. */
+function spaceToMeta(n: unknown): 'prepend' | 'replace' | undefined {
+  const j = n as Json | null;
+  if (!j) return undefined;
+  const list = j['type'] === 'Sequence' ? ((j['normalizers'] as Json[]) ?? []) : [j];
+  const isReplace = (x: Json | undefined): boolean =>
+    x?.['type'] === 'Replace' && (x['pattern'] as Json | undefined)?.['String'] === ' ' && x['content'] === '\u2581';
+  if (list.length === 1 && isReplace(list[0])) return 'replace';
+  if (list.length === 2 && list[0]!['type'] === 'Prepend' && list[0]!['prepend'] === '\u2581' && isReplace(list[1])) return 'prepend';
+  return undefined;
 }
