@@ -100,9 +100,15 @@ export function translateRegex(src: string): string {
     }
     if (inClass) {
       if (c === '[') {
+        // a nested class inside a class is a union in Oniguruma: its members join the outer class
         if (src[i + 1] === ':') bad('a POSIX bracket expression');
+        if (src[i + 1] === '^') bad('a negated nested character class');
         inClass++;
-        bad('a nested character class');
+        continue;
+      }
+      if (c === ']' && inClass > 1) {
+        inClass--;
+        continue;
       }
       if (c === ']') inClass--;
       if (c === '&' && src[i + 1] === '&') bad('a character-class intersection');
