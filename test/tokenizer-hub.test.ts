@@ -220,6 +220,11 @@ test('unsupported components are refused by name, with the file', () => {
       /regex feature not supported: the group \(\?>/,
     ],
     [
+      'negated nested class',
+      { pre_tokenizer: { type: 'Split', pattern: { Regex: '[a[^b]]' }, behavior: 'Isolated' } },
+      /regex feature not supported: a negated nested character class/,
+    ],
+    [
       '\\G anchor',
       { pre_tokenizer: { type: 'Split', pattern: { Regex: '\\Ga' }, behavior: 'Isolated' } },
       /regex feature not supported: \\G/,
