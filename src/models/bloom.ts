@@ -1,5 +1,5 @@
 import { fail } from '../io/errors.js';
-import type { ConfigReader, ModelConfig } from './config.js';
+import { decoderConfig, type ConfigReader, type ModelConfig } from './config.js';
 import type { Family } from './registry.js';
 
 /**
@@ -29,7 +29,7 @@ function parseBloom(c: ConfigReader): ModelConfig {
     down: 'mlp.dense_4h_to_h',
   };
   const headDim = hiddenSize / numHeads;
-  return {
+  return decoderConfig({
     modelType: 'bloom',
     hiddenSize,
     intermediateSize: 4 * hiddenSize,
@@ -40,15 +40,11 @@ function parseBloom(c: ConfigReader): ModelConfig {
     vocabSize: c.int('vocab_size'),
     maxPositions: c.int('seq_length', 2048),
     rmsNormEps: c.num('layer_norm_epsilon', 1e-5),
-    rope: undefined,
     tieWordEmbeddings: c.bool('tie_word_embeddings', true),
     bosTokenId: bos[0],
     eosTokenIds: c.ids('eos_token_id'),
     activation: 'gelu_tanh',
     fusedQkv: 'per-head',
-    fusedGateUp: false,
-    parallel: false,
-    transposedLinears: false,
     alibi: true,
     tensors: {
       embed: 'transformer.word_embeddings.weight',
@@ -60,21 +56,9 @@ function parseBloom(c: ConfigReader): ModelConfig {
     linear,
     mlp: 'plain',
     normKind: 'layer',
-    positionOffset: undefined,
-    embedDim: hiddenSize,
     biases: new Set([linear.qkv, linear.o, linear.up, linear.down]),
-    qkNorm: 'none',
     norms: { attnIn: 'input_layernorm', mlpIn: 'post_attention_layernorm' },
-    normOffset: false,
-    attnSoftcap: undefined,
-    finalSoftcap: undefined,
-    localRope: undefined,
-    slidingWindow: () => undefined,
-    embeddingScale: 1,
-    residualScale: 1,
-    attentionScale: 1 / Math.sqrt(headDim),
-    logitsDivisor: 1,
-  };
+  });
 }
 
 export const bloom: Family = {

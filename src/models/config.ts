@@ -72,6 +72,58 @@ export interface ModelConfig {
   logitsDivisor: number;
 }
 
+/** What every family states; the rest of ModelConfig has a default (see decoderConfig). */
+type Required_ =
+  | 'modelType'
+  | 'hiddenSize'
+  | 'intermediateSize'
+  | 'numLayers'
+  | 'numHeads'
+  | 'numKvHeads'
+  | 'headDim'
+  | 'vocabSize'
+  | 'maxPositions'
+  | 'rmsNormEps'
+  | 'tieWordEmbeddings'
+  | 'bosTokenId'
+  | 'eosTokenIds'
+  | 'activation'
+  | 'tensors'
+  | 'linear'
+  | 'norms';
+
+/**
+ * A family's config with the plain decoder's choices for everything it does not state: no RoPE, no fused layers,
+ * a gated MLP and RMSNorm, sequential blocks, no biases, no extra norms, caps, windows or multipliers, and
+ * attention scaled by 1/sqrt(head_dim).
+ */
+export function decoderConfig(c: Pick<ModelConfig, Required_> & Partial<ModelConfig>): ModelConfig {
+  return {
+    rope: undefined,
+    fusedQkv: 'none',
+    fusedGateUp: false,
+    parallel: false,
+    transposedLinears: false,
+    alibi: false,
+    mlp: 'gated',
+    normKind: 'rms',
+    positionOffset: undefined,
+    embedDim: c.hiddenSize,
+    biases: new Set(),
+    qkNorm: 'none',
+    normOffset: false,
+    attnSoftcap: undefined,
+    finalSoftcap: undefined,
+    localRope: undefined,
+    slidingWindow: () => undefined,
+    embeddingScale: 1,
+    residualScale: 1,
+    attentionScale: 1 / Math.sqrt(c.headDim),
+    logitsDivisor: 1,
+    ...c,
+  };
+}
+
 export interface BlockNorms {
   attnIn?: string;
   attnOut?: string;

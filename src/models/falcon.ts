@@ -1,5 +1,5 @@
 import { fail } from '../io/errors.js';
-import { ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
+import { decoderConfig, ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
 import { readRope } from './rope.js';
 import type { Family } from './registry.js';
 
@@ -38,7 +38,7 @@ function parseFalcon(c: ConfigReader): ModelConfig {
     : newArch && lnCount === 2
       ? { attnIn: 'ln_attn', mlpIn: 'ln_mlp' }
       : { attnIn: 'input_layernorm', mlpIn: 'input_layernorm' };
-  return {
+  return decoderConfig({
     modelType: 'falcon',
     hiddenSize,
     intermediateSize: c.int('ffn_hidden_size', 4 * hiddenSize),
@@ -55,10 +55,7 @@ function parseFalcon(c: ConfigReader): ModelConfig {
     eosTokenIds: c.ids('eos_token_id'),
     activation,
     fusedQkv: newArch ? 'grouped' : multiQuery ? 'concat' : 'per-head',
-    fusedGateUp: false,
     parallel: parallel || newArch,
-    transposedLinears: false,
-    alibi: false,
     tensors: {
       embed: 'transformer.word_embeddings.weight',
       finalNorm: 'transformer.ln_f.weight',
@@ -68,21 +65,9 @@ function parseFalcon(c: ConfigReader): ModelConfig {
     linear,
     mlp: 'plain',
     normKind: 'layer',
-    positionOffset: undefined,
-    embedDim: hiddenSize,
     biases: new Set(bias ? [qkv, linear.o, linear.up, linear.down] : []),
-    qkNorm: 'none',
     norms,
-    normOffset: false,
-    attnSoftcap: undefined,
-    finalSoftcap: undefined,
-    localRope: undefined,
-    slidingWindow: () => undefined,
-    embeddingScale: 1,
-    residualScale: 1,
-    attentionScale: 1 / Math.sqrt(headDim),
-    logitsDivisor: 1,
-  };
+  });
 }
 
 export const falcon: Family = {

@@ -1,5 +1,5 @@
 import { fail } from '../io/errors.js';
-import { ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
+import { decoderConfig, ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
 import { readRope } from './rope.js';
 import type { Family } from './registry.js';
 
@@ -40,7 +40,7 @@ function parseNeox(c: ConfigReader): ModelConfig {
     up: 'mlp.dense_h_to_4h',
     down: 'mlp.dense_4h_to_h',
   };
-  return {
+  return decoderConfig({
     modelType: 'gpt_neox',
     hiddenSize,
     intermediateSize: c.int('intermediate_size'),
@@ -57,10 +57,7 @@ function parseNeox(c: ConfigReader): ModelConfig {
     eosTokenIds: c.ids('eos_token_id'),
     activation,
     fusedQkv: 'per-head',
-    fusedGateUp: false,
     parallel: c.bool('use_parallel_residual', true),
-    transposedLinears: false,
-    alibi: false,
     tensors: {
       embed: 'gpt_neox.embed_in.weight',
       finalNorm: 'gpt_neox.final_layer_norm.weight',
@@ -70,21 +67,9 @@ function parseNeox(c: ConfigReader): ModelConfig {
     linear,
     mlp: 'plain',
     normKind: 'layer',
-    positionOffset: undefined,
-    embedDim: hiddenSize,
     biases: new Set([...(bias ? [linear.qkv, linear.o] : []), linear.up, linear.down]),
-    qkNorm: 'none',
     norms: { attnIn: 'input_layernorm', mlpIn: 'post_attention_layernorm' },
-    normOffset: false,
-    attnSoftcap: undefined,
-    finalSoftcap: undefined,
-    localRope: undefined,
-    slidingWindow: () => undefined,
-    embeddingScale: 1,
-    residualScale: 1,
-    attentionScale: 1 / Math.sqrt(headDim),
-    logitsDivisor: 1,
-  };
+  });
 }
 
 export const gptNeox: Family = {

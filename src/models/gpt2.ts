@@ -1,5 +1,5 @@
 import { fail } from '../io/errors.js';
-import { ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
+import { decoderConfig, ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
 import type { Family } from './registry.js';
 
 /**
@@ -32,7 +32,7 @@ function parseGpt2(c: ConfigReader): ModelConfig {
     up: 'mlp.c_fc',
     down: 'mlp.c_proj',
   };
-  return {
+  return decoderConfig({
     modelType: 'gpt2',
     hiddenSize,
     intermediateSize: c.int('n_inner', 4 * hiddenSize),
@@ -43,16 +43,12 @@ function parseGpt2(c: ConfigReader): ModelConfig {
     vocabSize: c.int('vocab_size'),
     maxPositions: c.int('n_positions', 1024),
     rmsNormEps: c.num('layer_norm_epsilon', 1e-5),
-    rope: undefined,
     tieWordEmbeddings: c.bool('tie_word_embeddings', true),
     bosTokenId: bos[0],
     eosTokenIds: c.ids('eos_token_id'),
     activation,
     fusedQkv: 'concat',
-    fusedGateUp: false,
-    parallel: false,
     transposedLinears: true,
-    alibi: false,
     tensors: {
       embed: 'transformer.wte.weight',
       positions: 'transformer.wpe.weight',
@@ -64,20 +60,9 @@ function parseGpt2(c: ConfigReader): ModelConfig {
     mlp: 'plain',
     normKind: 'layer',
     positionOffset: 0,
-    embedDim: hiddenSize,
     biases: new Set([linear.qkv, linear.o, linear.up, linear.down]),
-    qkNorm: 'none',
     norms: { attnIn: 'ln_1', mlpIn: 'ln_2' },
-    normOffset: false,
-    attnSoftcap: undefined,
-    finalSoftcap: undefined,
-    localRope: undefined,
-    slidingWindow: () => undefined,
-    embeddingScale: 1,
-    residualScale: 1,
-    attentionScale: 1 / Math.sqrt(headDim),
-    logitsDivisor: 1,
-  };
+  });
 }
 
 export const gpt2: Family = {

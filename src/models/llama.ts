@@ -1,5 +1,4 @@
-import type { ConfigReader, ModelConfig } from './config.js';
-import { ACTIVATIONS } from './config.js';
+import { ACTIVATIONS, decoderConfig, type ConfigReader, type ModelConfig } from './config.js';
 import { fail, shown } from '../io/errors.js';
 import { readRope, type RopeConfig } from './rope.js';
 import { LLAMA_LINEAR, LLAMA_TENSORS } from './decoder.js';
@@ -50,7 +49,7 @@ export function llamaLayout(
   if (rope.dim !== headDim && !o.partialRotary)
     fail(`${c.where}: a partial_rotary_factor (${rope.dim} of ${headDim} dimensions rotated) is not supported for this layout`);
   const bos = c.ids('bos_token_id');
-  return {
+  return decoderConfig({
     modelType: c.str('model_type', ''),
     hiddenSize,
     intermediateSize: c.int('intermediate_size'),
@@ -67,30 +66,11 @@ export function llamaLayout(
     bosTokenId: bos[0],
     eosTokenIds: c.ids('eos_token_id'),
     activation,
-    fusedQkv: 'none',
-    fusedGateUp: false,
-    parallel: false,
-    transposedLinears: false,
-    alibi: false,
     tensors: LLAMA_TENSORS,
     linear: LLAMA_LINEAR,
-    mlp: 'gated',
-    normKind: 'rms',
-    positionOffset: undefined,
-    embedDim: hiddenSize,
     biases,
-    qkNorm: 'none',
     norms: { attnIn: 'input_layernorm', mlpIn: 'post_attention_layernorm' },
-    normOffset: false,
-    attnSoftcap: undefined,
-    finalSoftcap: undefined,
-    localRope: undefined,
-    slidingWindow: () => undefined,
-    embeddingScale: 1,
-    residualScale: 1,
-    attentionScale: 1 / Math.sqrt(headDim),
-    logitsDivisor: 1,
-  };
+  });
 }
 
 /**

@@ -1,5 +1,5 @@
 import { fail } from '../io/errors.js';
-import { ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
+import { decoderConfig, ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
 import type { Family } from './registry.js';
 
 /**
@@ -24,7 +24,7 @@ function parseOpt(c: ConfigReader): ModelConfig {
   c.only('layer_norm_elementwise_affine', [true], 'LayerNorms with weights and biases');
   const bos = c.ids('bos_token_id');
   const linear = { q: 'self_attn.q_proj', k: 'self_attn.k_proj', v: 'self_attn.v_proj', o: 'self_attn.out_proj', up: 'fc1', down: 'fc2' };
-  return {
+  return decoderConfig({
     modelType: 'opt',
     hiddenSize,
     intermediateSize: c.int('ffn_dim'),
@@ -36,16 +36,10 @@ function parseOpt(c: ConfigReader): ModelConfig {
     maxPositions,
     // torch.nn.LayerNorm's default
     rmsNormEps: 1e-5,
-    rope: undefined,
     tieWordEmbeddings: c.bool('tie_word_embeddings', true),
     bosTokenId: bos[0],
     eosTokenIds: c.ids('eos_token_id'),
     activation,
-    fusedQkv: 'none',
-    fusedGateUp: false,
-    parallel: false,
-    transposedLinears: false,
-    alibi: false,
     tensors: {
       embed: 'model.decoder.embed_tokens.weight',
       positions: 'model.decoder.embed_positions.weight',
@@ -60,20 +54,11 @@ function parseOpt(c: ConfigReader): ModelConfig {
     positionOffset: 2,
     embedDim,
     biases: new Set(Object.values(linear)),
-    qkNorm: 'none',
     norms: preNorm
       ? { attnIn: 'self_attn_layer_norm', mlpIn: 'final_layer_norm' }
       : { attnResidual: 'self_attn_layer_norm', mlpResidual: 'final_layer_norm' },
-    normOffset: false,
-    attnSoftcap: undefined,
-    finalSoftcap: undefined,
-    localRope: undefined,
-    slidingWindow: () => undefined,
-    embeddingScale: 1,
-    residualScale: 1,
     attentionScale: 1 / Math.sqrt(hiddenSize / numHeads),
-    logitsDivisor: 1,
-  };
+  });
 }
 
 export const opt: Family = {
