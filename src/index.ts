@@ -1,7 +1,15 @@
 /** gptq-ts library API. */
 export { loadModel, loadTokenizer, type LoadOptions } from './models/load.js';
 export { Decoder, KvCache, linearGroups, type BlockWeights, type PreparedBlock, type LinearName } from './models/index.js';
-export { LlamaTokenizer } from './io/tokenizer.js';
+export {
+  LlamaTokenizer,
+  HfTokenizer,
+  renderChat,
+  tokenizationWarning,
+  type Tokenizer,
+  type ChatMessage,
+  type TokenizerKind,
+} from './io/tokenizer.js';
 export { readConfigJson } from './io/config.js';
 export { FAMILIES, SUPPORTED_MODEL_TYPES, parseModelConfig, readModelConfig, type Family, type ModelConfig } from './models/index.js';
 export { SafetensorsFile, SafetensorsModel, writeSafetensors } from './io/safetensors.js';
@@ -14,7 +22,7 @@ export { quantizeModel, QUANTIZE_REFERENCE, type QuantizeOptions, type QuantizeR
 export { gptq, GPTQ_REFERENCE, type GptqOptions } from './quant/gptq.js';
 export { rtn } from './quant/rtn.js';
 export { dequantize, type QuantizedLayer } from './quant/quantized-layer.js';
-export { generate, type GenerateOptions, type GenerateResult } from './infer/generate.js';
+export { generate, type GenerateOptions, type GenerateResult, type StopReason } from './infer/generate.js';
 export { getBackend, type Backend, type LinearKernel, type PackedLinearWeights, type ActivationPrecision } from './tensor/index.js';
 export { packedWeights, packLayer, unpackLayer } from './formats/gptq-pack.js';
 export { readGptqPacked, readGptqLinear } from './formats/gptq.js';

@@ -125,6 +125,10 @@ export async function quantize(
   let calib: { windows: Int32Array; seqlen: number } | undefined;
   let calibration: PipelineSummary['calibration'];
   const tokenizer = opts.method !== 'rtn' || opts.format === 'gguf' ? loadTokenizer(modelDir) : undefined;
+  // the GGUF writer holds a SentencePiece vocabulary (llama.cpp's "llama" tokenizer): refuse others before any work
+  if (opts.format === 'gguf' && tokenizer!.kind !== 'sentencepiece-bpe') {
+    fail(`--format gguf: ${modelDir} has a ${tokenizer!.kind} tokenizer; GGUF export writes SentencePiece vocabularies only so far`);
+  }
   if (opts.method !== 'rtn') {
     const text = await loadText(opts.data);
     hooks.log?.(`tokenizing calibration text ${opts.data}`);

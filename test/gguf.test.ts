@@ -71,3 +71,39 @@ test('GGUF export refuses settings it cannot hold exactly, before any work', () 
   assert.equal(existsSync(out), false);
   assert.deepEqual(readdirSync(parent), []);
 });
+
+test('GGUF export refuses a byte-level BPE tokenizer before any work (it writes SentencePiece vocabularies)', async () => {
+  const { cpSync, writeFileSync: write, readFileSync: read } = await import('node:fs');
+  const { gunzipSync } = await import('node:zlib');
+  const parent = mkdtempSync(join(tmpdir(), 'ggufbpe-'));
+  const model = join(parent, 'model');
+  cpSync(await pullStories15m(), model, { recursive: true });
+  write(join(model, 'tokenizer.json'), gunzipSync(read(join(import.meta.dirname, 'fixtures/tokenizers/gpt2/tokenizer.json.gz'))));
+  for (const f of ['tokenizer_config.json', 'special_tokens_map.json'])
+    cpSync(join(import.meta.dirname, 'fixtures/tokenizers/gpt2/tokenizer_config.json'), join(model, f));
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      'src/cli/entry.ts',
+      'quantize',
+      model,
+      '--bits',
+      '4',
+      '--group-size',
+      '32',
+      '--format',
+      'gguf',
+      '--out',
+      join(parent, 'x.gguf'),
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.notEqual(r.status, 0);
+  assert.match(
+    r.stderr.trim(),
+    /^gptq: error: --format gguf: .* has a byte-level-bpe tokenizer; GGUF export writes SentencePiece vocabularies only so far$/,
+  );
+  assert.equal(existsSync(join(parent, 'x.gguf')), false);
+});

@@ -205,14 +205,14 @@ function tokenizerMetadata(tok: LlamaTokenizer): Record<string, MetaValue> {
     'tokenizer.ggml.bos_token_id': { t: ValueType.UINT32, v: tok.bos },
     'tokenizer.ggml.eos_token_id': { t: ValueType.UINT32, v: tok.eos },
     'tokenizer.ggml.unknown_token_id': { t: ValueType.UINT32, v: tok.unk },
-    'tokenizer.ggml.add_bos_token': { t: ValueType.BOOL, v: true },
+    'tokenizer.ggml.add_bos_token': { t: ValueType.BOOL, v: tok.addsBos },
     'tokenizer.ggml.add_eos_token': { t: ValueType.BOOL, v: false },
   };
 }
 
 /**
- * Write `out` (a new .gguf file; the caller makes it appear atomically) from the source model directory and its quantized layers. Non-quantized tensors
- * stay float32, so llama.cpp runs exactly the weights our engine runs.
+ * Write `out` (a new .gguf file; the caller makes it appear atomically) from the source model directory and its
+ * quantized layers. Non-quantized tensors stay float32, so llama.cpp runs exactly the weights our engine runs.
  */
 export async function writeGguf(
   srcDir: string,
