@@ -103,12 +103,13 @@ async function runGenerate(
   const write = (t: string): void => void (opts.quiet || process.stdout.write(t));
   write(printed);
   const all = opts.chat ? [] : [...ids];
+  // the end-of-sequence ids of the config, generation_config and tokenizer, and BOS (a new document): chat or not
   const stop = [
     ...new Set([...model.cfg.eosTokenIds, ...tokenizer.eosIds, ...(model.cfg.bosTokenId !== undefined ? [model.cfg.bosTokenId] : [])]),
   ];
   const r = await generate(model, ids, {
     ...opts,
-    ...(opts.chat ? { stop } : {}),
+    stop,
     onToken: (id) => {
       all.push(id);
       // decode the whole text so multi-byte characters split across byte tokens come out whole
