@@ -110,7 +110,8 @@ export class LlamaTokenizer extends HfTokenizer {
 function llama2TokenizerJson(pieces: string[], merges: { left: string; right: string }[]): Record<string, unknown> {
   const vocab: Record<string, number> = {};
   pieces.forEach((p, i) => {
-    if (!(p in vocab)) vocab[p] = i;
+    // own keys only: pieces named "constructor" or "toString" are tokens like any other
+    if (!Object.hasOwn(vocab, p)) vocab[p] = i;
   });
   const special = (id: number): object => ({
     id,

@@ -3,6 +3,7 @@
  * post-processors, decoders), compiled to plain functions. Every type and option that is not implemented is
  * refused by name through `refuse`, never skipped.
  */
+import { shown } from '../errors.js';
 import { escapeRegExp, onigRegExp, RegexUnsupported } from './regex.js';
 
 type Json = Record<string, unknown>;
@@ -98,7 +99,7 @@ export function compileNormalizer(j: Json | null | undefined, refuse: Refuse, wh
       return (s) => s.replace(/\p{M}/gu, '');
     default:
       return refuse(
-        `${where} type ${JSON.stringify(type)} is not supported (supported: Sequence, NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace, Strip, StripAccents)`,
+        `${where} type ${shown(type)} is not supported (supported: Sequence, NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace, Strip, StripAccents)`,
       );
   }
 }
@@ -323,7 +324,7 @@ export function compilePreTokenizer(
       return { run: splitter(new RegExp(WHITESPACE.source, 'gu'), 'Removed', false), byteLevelLast: false };
     default:
       return refuse(
-        `${where} type ${JSON.stringify(type)} is not supported (supported: Sequence, Split, ByteLevel, Metaspace, Digits, Punctuation, Whitespace, WhitespaceSplit)`,
+        `${where} type ${shown(type)} is not supported (supported: Sequence, Split, ByteLevel, Metaspace, Digits, Punctuation, Whitespace, WhitespaceSplit)`,
       );
   }
 }
@@ -382,7 +383,7 @@ export function compilePostProcessor(j: Json | null | undefined, refuse: Refuse,
     }
     default:
       return refuse(
-        `${where} type ${JSON.stringify(type)} is not supported (supported: Sequence, ByteLevel, TemplateProcessing, RobertaProcessing, BertProcessing)`,
+        `${where} type ${shown(type)} is not supported (supported: Sequence, ByteLevel, TemplateProcessing, RobertaProcessing, BertProcessing)`,
       );
   }
 }
@@ -492,7 +493,7 @@ export function compileDecoder(j: Json | null | undefined, refuse: Refuse, where
     }
     default:
       return refuse(
-        `${where} type ${JSON.stringify(type)} is not supported (supported: Sequence, ByteLevel, Metaspace, ByteFallback, Fuse, Strip, Replace)`,
+        `${where} type ${shown(type)} is not supported (supported: Sequence, ByteLevel, Metaspace, ByteFallback, Fuse, Strip, Replace)`,
       );
   }
 }

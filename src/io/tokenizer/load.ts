@@ -130,6 +130,14 @@ function chatTemplate(v: unknown): string | undefined {
 
 /** A tokenizer from a parsed tokenizer.json and its configuration files. */
 export function tokenizerFromJson(json: Json, configs: TokenizerConfigs, source: string): HfTokenizer {
+  const added = json['added_tokens'];
+  if (
+    added !== undefined &&
+    added !== null &&
+    (!Array.isArray(added) || added.some((t) => typeof t !== 'object' || t === null || Array.isArray(t)))
+  ) {
+    fail(`${source}: added_tokens must be a list of token objects`);
+  }
   return new HfTokenizer(source, json, specialIds(json, configs, source));
 }
 
@@ -158,7 +166,7 @@ export function gpt2TokenizerJson(dir: string, configs: TokenizerConfigs): Json 
   }
   for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token']) {
     const text = tokenText(tc[key] ?? sm[key]);
-    const id = text ? (vocab[text] as number | undefined) : undefined;
+    const id = text && Object.hasOwn(vocab, text) ? (vocab[text] as number) : undefined;
     if (text && id !== undefined && !added.has(id))
       added.set(id, { id, content: text, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
   }

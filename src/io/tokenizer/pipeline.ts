@@ -4,7 +4,7 @@
  * pre-tokenized and encoded by the model, and the post-processor adds its special tokens. Decoding maps ids to
  * tokens and runs the decoder chain.
  */
-import { fail } from '../errors.js';
+import { fail, shown } from '../errors.js';
 import { AddedTokenMatcher, type AddedToken } from './added.js';
 import { Bpe } from './bpe.js';
 import {
@@ -111,7 +111,7 @@ export class HfTokenizer {
     // truncation/padding are per-call batching settings; transformers resets them on every call, and so do we
     const model = (json['model'] ?? {}) as Json;
     const mtype = model['type'] ?? (model['merges'] ? 'BPE' : undefined);
-    if (mtype !== 'BPE') refuse(`model type ${JSON.stringify(mtype)} is not supported (supported: BPE)`);
+    if (mtype !== 'BPE') refuse(`model type ${shown(mtype)} is not supported (supported: BPE)`);
     if (model['dropout'] !== null && model['dropout'] !== undefined && model['dropout'] !== 0) {
       refuse(`model BPE dropout ${JSON.stringify(model['dropout'])} is not supported`);
     }
@@ -125,10 +125,15 @@ export class HfTokenizer {
     if (!Array.isArray(rawMerges)) refuse('model BPE has no merges list');
 
     const pieces: string[] = [];
-    for (const [p, id] of Object.entries(vocabJson as Record<string, number>)) {
+    for (const [p, id] of Object.entries(vocabJson as Record<string, unknown>)) {
+      // ids index the embedding: each a distinct non-negative integer
+      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0)
+        refuse(`vocab token ${JSON.stringify(p)} has id ${JSON.stringify(id)}, not a non-negative integer`);
+      if (pieces[id] !== undefined) refuse(`vocab tokens ${JSON.stringify(pieces[id])} and ${JSON.stringify(p)} share id ${id}`);
       this.vocab.set(p, id);
       pieces[id] = p;
     }
+    if (this.vocab.size === 0) refuse('model BPE has an empty vocab');
     const added: AddedToken[] = ((json['added_tokens'] as Json[]) ?? []).map((t) => ({
       id: t['id'] as number,
       content: t['content'] as string,
@@ -140,7 +145,12 @@ export class HfTokenizer {
     }));
     const addedIds = new Map<string, number>();
     for (const t of added) {
-      if (typeof t.id !== 'number' || typeof t.content !== 'string') refuse(`added token ${JSON.stringify(t)} has no id or content`);
+      if (typeof t.id !== 'number' || !Number.isInteger(t.id) || t.id < 0 || typeof t.content !== 'string') {
+        refuse(`added token ${JSON.stringify(t)} has no id or content`);
+      }
+      const inVocab = this.vocab.get(t.content);
+      if (inVocab !== undefined && inVocab !== t.id)
+        refuse(`added token ${JSON.stringify(t.content)} has id ${t.id} but the vocab gives it ${inVocab}`);
       pieces[t.id] = t.content;
       addedIds.set(t.content, t.id);
       if (t.special) this.specialIds.add(t.id);
@@ -159,6 +169,10 @@ export class HfTokenizer {
         } else if (Array.isArray(m) && m.length === 2 && typeof m[0] === 'string' && typeof m[1] === 'string') {
           pair = [m[0], m[1]];
         } else return refuse(`merge ${JSON.stringify(m)} is neither "left right" nor [left, right]`);
+        // as the tokenizers library's BPE builder requires: both parts and their merge are vocabulary tokens
+        for (const t of [pair[0], pair[1], pair[0] + pair[1]]) {
+          if (!this.vocab.has(t)) refuse(`merge ${JSON.stringify(m)} names ${JSON.stringify(t)}, which is not in the vocab`);
+        }
         return { left: pair[0], right: pair[1], rank };
       });
     const unkToken = model['unk_token'];
