@@ -308,6 +308,14 @@ export function checkTensorNames(
   linear: (weightName: string) => { required: string[]; optional?: string[] },
 ): void {
   const T = cfg.tensors;
+  const present = st.names();
+  // a config claiming more layers than are stored is refused before listing what every claimed layer would hold
+  const stored = new Set(present.filter((n) => n.startsWith(T.layers)).map((n) => n.slice(T.layers.length).split('.')[0]));
+  if (cfg.numLayers > stored.size) {
+    fail(
+      `${st.dir}: missing tensors ${T.layers}${stored.size}.* (config.json says ${cfg.numLayers} layers; the checkpoint holds ${stored.size})`,
+    );
+  }
   const required = new Set<string>([T.embed]);
   for (const name of [T.positions, T.projectIn, T.projectOut, T.finalNorm, T.embedNorm]) if (name) required.add(name);
   if (T.finalNorm && cfg.normKind === 'layer') required.add(T.finalNorm.replace(/weight$/, 'bias'));
@@ -330,7 +338,6 @@ export function checkTensorNames(
       }
     }
   }
-  const present = st.names();
   const extra = present.filter((n) => !required.has(n) && !optional.has(n) && !IGNORABLE.test(n));
   const missing = [...required].filter((n) => !st.has(n));
   const list = (names: string[]): string => names.slice(0, 3).join(', ') + (names.length > 3 ? ` and ${names.length - 3} more` : '');

@@ -68,7 +68,12 @@ export async function loadModel(
     }
     const model = new Decoder(cfg, backend, outer, blocks);
     await model.prepareHead();
-    return { model, tokenizer: loadTokenizer(dir) };
+    const tokenizer = loadTokenizer(dir);
+    // every id the tokenizer can produce must index the embedding (a model's vocab_size may be padded beyond it)
+    if (tokenizer.vocabSize > cfg.vocabSize) {
+      fail(`${dir}: the tokenizer has ${tokenizer.vocabSize} ids but config.json's vocab_size is ${cfg.vocabSize}`);
+    }
+    return { model, tokenizer };
   } finally {
     st.close();
   }

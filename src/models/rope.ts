@@ -120,6 +120,25 @@ export function readRope(
   if (type === 'longrope' && (rope.shortFactor.length !== dim / 2 || rope.longFactor.length !== dim / 2)) {
     fail(`${c.where}: longrope short_factor and long_factor need ${dim / 2} entries each`);
   }
+  // every one of these divides or takes a logarithm somewhere: zero or negative values make NaN frequencies
+  const positive: [string, number | undefined][] = [
+    ['rope_theta', rope.theta],
+    ['factor', rope.factor],
+    ['original_max_position_embeddings', rope.originalMaxPositions],
+    ['low_freq_factor', rope.lowFreqFactor],
+    ['high_freq_factor', rope.highFreqFactor],
+    ['beta_fast', rope.betaFast],
+    ['beta_slow', rope.betaSlow],
+    ['attention_factor', rope.attentionFactor],
+    ['mscale', rope.mscale],
+    ['mscale_all_dim', rope.mscaleAllDim],
+    ...rope.shortFactor.map((f): [string, number] => ['short_factor', f]),
+    ...rope.longFactor.map((f): [string, number] => ['long_factor', f]),
+  ];
+  for (const [key, v] of positive) if (v !== undefined && !(v > 0)) fail(`${c.where}: rope ${key} must be positive, got ${v}`);
+  if (type === 'llama3' && rope.highFreqFactor <= rope.lowFreqFactor) {
+    fail(`${c.where}: rope high_freq_factor ${rope.highFreqFactor} must exceed low_freq_factor ${rope.lowFreqFactor}`);
+  }
   return rope;
 }
 
