@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { evaluate } from '../src/eval/perplexity.js';
+import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
 import { Decoder, SUPPORTED_MODEL_TYPES } from '../src/models/index.js';
 import { getBackend } from '../src/tensor/index.js';
 
@@ -58,10 +59,7 @@ test('every family quantizes with each method (GPTQ, act-order GPTQv2, RTN), exp
   const { writeGptqCheckpoint } = await import('../src/formats/gptq.js');
   const { writeFakeQuant } = await import('../src/formats/fake-quant.js');
   const { loadModel } = await import('../src/models/load.js');
-  const { pullStories15m } = await import('../src/io/stories.js');
   const { seededRandom } = await import('../src/calib/windows.js');
-  // loadModel also loads a tokenizer; these fixtures have none, and the ids below do not need one
-  const tokenizerJson = join(await pullStories15m(), 'tokenizer.json');
   const methods = [
     { method: 'gptq', sym: true, actOrder: false },
     { method: 'gptqv2', sym: false, actOrder: true },
@@ -78,7 +76,8 @@ test('every family quantizes with each method (GPTQ, act-order GPTQv2, RTN), exp
     const windows = Int32Array.from({ length: 8 * seqlen }, () => Math.floor(rand() * golden.logits_shape[2]));
     const [batch, seq] = golden.logits_shape;
     const logitsOf = async (d: string): Promise<Float32Array> => {
-      copyFileSync(tokenizerJson, join(d, 'tokenizer.json'));
+      // loadModel also loads a tokenizer; these fixtures have none, and the ids below need none
+      writeByteTokenizer(d);
       const { model } = await loadModel(d);
       return model.logits(await model.hidden(golden.input_ids.flat(), batch, seq), batch * seq);
     };

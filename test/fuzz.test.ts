@@ -1,16 +1,16 @@
 import assert from 'node:assert/strict';
-import { copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { seededRandom } from '../src/calib/windows.js';
 import { evaluate } from '../src/eval/perplexity.js';
-import { pullStories15m } from '../src/io/stories.js';
+import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
 import { loadModel } from '../src/models/load.js';
 
 /**
- * Seeded fuzzing of the files a model directory is read from (config.json values and the safetensors header of
- * a real, tiny checkpoint): whatever the mutation, the load either fails with a UserError (one line, no JavaScript
+ * Seeded fuzzing of the files a model directory is read from (config.json values, the safetensors header and the
+ * tokenizer.json of a real, tiny checkpoint): whatever the mutation, the load either fails with a UserError (one line, no JavaScript
  * internals) or succeeds with a model whose perplexity is a finite number.
  */
 const FIXTURE = join(import.meta.dirname, 'fixtures/families/llama');
@@ -30,23 +30,25 @@ function mutateJson(value: unknown, rand: () => number): unknown {
   return pick(VALUES);
 }
 
-test('fuzzed config.json and safetensors headers: a one-line UserError or a finite perplexity, never a crash', async () => {
-  const tokenizerJson = join(await pullStories15m(), 'tokenizer.json');
+test('fuzzed config.json, safetensors headers and tokenizer.json: a one-line UserError or a finite perplexity, never a crash', async () => {
   const base = join(mkdtempSync(join(tmpdir(), 'fuzz-')), 'm');
   cpSync(FIXTURE, base, { recursive: true });
-  copyFileSync(tokenizerJson, join(base, 'tokenizer.json'));
+  writeByteTokenizer(base);
   const config = JSON.parse(readFileSync(join(base, 'config.json'), 'utf8')) as Record<string, unknown>;
   const weights = readFileSync(join(base, 'model.safetensors'));
   const headerLen = Number(weights.readBigUInt64LE(0));
   const header = JSON.parse(weights.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, unknown>;
+  const tokenizer = JSON.parse(readFileSync(join(base, 'tokenizer.json'), 'utf8')) as Record<string, unknown>;
   const ids = Array.from({ length: 64 }, (_, i) => (i * 37) % 256);
   const rand = seededRandom(2026);
   const outcomes = { refused: 0, loaded: 0 };
-  for (let i = 0; i < 160; i++) {
+  for (let i = 0; i < 200; i++) {
     const dir = `${base}-${i}`;
     cpSync(base, dir, { recursive: true });
-    if (i % 2 === 0) {
+    if (i % 4 === 0) {
       writeFileSync(join(dir, 'config.json'), JSON.stringify(mutateJson(config, rand)));
+    } else if (i % 4 === 3) {
+      writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(mutateJson(tokenizer, rand)));
     } else if (i % 4 === 1) {
       const json = Buffer.from(JSON.stringify(mutateJson(header, rand)));
       const len = Buffer.alloc(8);
@@ -60,7 +62,8 @@ test('fuzzed config.json and safetensors headers: a one-line UserError or a fini
     }
     try {
       const { model } = await loadModel(dir);
-      const r = await evaluate(model, ids, { windows: 2, seqlen: 32 });
+      // a legal but short context (max_position_embeddings) takes shorter windows
+      const r = await evaluate(model, ids, { windows: 2, seqlen: Math.min(32, model.cfg.maxPositions) });
       assert.ok(Number.isFinite(r.ppl), `mutation ${i}: perplexity ${r.ppl}`);
       outcomes.loaded++;
     } catch (e) {
@@ -73,5 +76,5 @@ test('fuzzed config.json and safetensors headers: a one-line UserError or a fini
       rmSync(dir, { recursive: true, force: true });
     }
   }
-  assert.ok(outcomes.refused > 100, JSON.stringify(outcomes));
+  assert.ok(outcomes.refused > 120, JSON.stringify(outcomes));
 });

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
-import { pullStories15m } from '../src/io/stories.js';
+import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
 import { loadModel } from '../src/models/load.js';
 import { Decoder } from '../src/models/index.js';
 import { QUANTIZE_REFERENCE, quantizeModel } from '../src/quant/quantize-model.js';
@@ -17,10 +17,8 @@ import { getBackend } from '../src/tensor/index.js';
  */
 const FIXTURE = join(import.meta.dirname, 'fixtures/families/llama');
 
-let tokenizerJson: string;
 let gptqDir: string;
 before(async () => {
-  tokenizerJson = join(await pullStories15m(), 'tokenizer.json');
   const opts = { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 32, sym: true, actOrder: true, method: 'rtn' as const };
   // RTN has no column order: act-order is only in what the config claims below
   const { layers } = await quantizeModel(FIXTURE, await getBackend(), { ...opts, actOrder: false }, undefined);
@@ -32,7 +30,7 @@ before(async () => {
 async function variant(src: string, edit: (dir: string) => void | Promise<void>): Promise<string> {
   const dir = join(mkdtempSync(join(tmpdir(), 'lie-')), 'm');
   cpSync(src, dir, { recursive: true });
-  copyFileSync(tokenizerJson, join(dir, 'tokenizer.json'));
+  writeByteTokenizer(dir);
   await edit(dir);
   return dir;
 }
@@ -116,7 +114,7 @@ const FLOAT_LIES: Lie[] = [
   [
     'num_hidden_layers larger than the layers present',
     (d) => editConfig(d, (c) => (c['num_hidden_layers'] = 3)),
-    /missing tensor model\.layers\.2\..* \(a 3-layer llama checkpoint\)/,
+    /missing tensors model\.layers\.2\.\* \(config\.json says 3 layers; the checkpoint holds 2\)/,
   ],
   [
     'a header entry removed but its bytes left',
@@ -189,13 +187,62 @@ const GPTQ_LIES: Lie[] = [
   ],
 ];
 
+interface TokenizerJson {
+  model: { vocab: unknown; merges: unknown; unk_token?: unknown };
+  added_tokens: object[];
+}
+const editTokenizer = (dir: string, f: (t: TokenizerJson) => unknown): void => {
+  const t = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as TokenizerJson;
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(f(t) ?? t));
+};
+const vocabOf = (t: TokenizerJson): Record<string, unknown> => t.model.vocab as Record<string, unknown>;
+const firstToken = (t: TokenizerJson): string => Object.keys(vocabOf(t))[0]!;
+
+const TOKENIZER_LIES: Lie[] = [
+  ['tokenizer.json is null', (d) => writeFileSync(join(d, 'tokenizer.json'), 'null'), /tokenizer\.json: not a JSON object/],
+  ['an empty vocab', (d) => editTokenizer(d, (t) => void (t.model.vocab = {})), /model BPE has an empty vocab/],
+  [
+    'a vocab given as a list',
+    (d) => editTokenizer(d, (t) => void (t.model.vocab = Object.keys(vocabOf(t)))),
+    /model BPE has no vocab object/,
+  ],
+  [
+    'a string id',
+    (d) => editTokenizer(d, (t) => void (vocabOf(t)[firstToken(t)] = 'x')),
+    /vocab token ".+" has id "x", not a non-negative integer/,
+  ],
+  ['a negative id', (d) => editTokenizer(d, (t) => void (vocabOf(t)[firstToken(t)] = -5)), /has id -5, not a non-negative integer/],
+  ['two tokens sharing an id', (d) => editTokenizer(d, (t) => void (vocabOf(t)[firstToken(t)] = 7)), /vocab tokens .+ share id 7/],
+  [
+    'a merge naming unknown tokens',
+    (d) => editTokenizer(d, (t) => void (t.model.merges = ['zz qq'])),
+    /merge "zz qq" names "zz", which is not in the vocab/,
+  ],
+  [
+    'an added token whose id disagrees with the vocab',
+    (d) => editTokenizer(d, (t) => void t.added_tokens.push({ id: 7, content: firstToken(t), special: true })),
+    /added token ".+" has id 7 but the vocab gives it \d+/,
+  ],
+  [
+    'an unk_token not in the vocab',
+    (d) => editTokenizer(d, (t) => void (t.model.unk_token = '<nope>')),
+    /unk_token "<nope>" is not in the vocabulary/,
+  ],
+  [
+    'more token ids than the model has embeddings',
+    (d) => editTokenizer(d, (t) => void t.added_tokens.push({ id: 300, content: '<extra>', special: true })),
+    /the tokenizer has 301 ids but config\.json's vocab_size is 256/,
+  ],
+];
+
 for (const [kind, lies] of [
   ['float', FLOAT_LIES],
   ['GPTQ', GPTQ_LIES],
+  ['tokenizer of a', TOKENIZER_LIES],
 ] as const) {
   for (const [what, lie, refusal] of lies) {
     test(`${kind} checkpoint refused: ${what}`, async () => {
-      const dir = await variant(kind === 'float' ? FIXTURE : gptqDir, lie);
+      const dir = await variant(kind === 'GPTQ' ? gptqDir : FIXTURE, lie);
       await assert.rejects(loadModel(dir), (e: Error) => {
         assert.equal(e.name, 'UserError', `${e.name}: ${e.message}`);
         assert.match(e.message, refusal);

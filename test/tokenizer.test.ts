@@ -72,3 +72,19 @@ test('tokenizer.json written from tokenizer.bin reads back to the same tokenizer
   const text = (await loadText('moby')).slice(0, 20_000);
   assert.deepEqual(back.encode(text), bin.encode(text));
 });
+
+test('pieces named like JavaScript object members (constructor, toString, valueOf) survive conversion and encode', async () => {
+  const bin = await fromBin();
+  const json = bin.toTokenizerJson() as { model: { vocab: Record<string, number> } };
+  for (const p of ['constructor', 'toString', 'valueOf']) {
+    assert.ok(Object.hasOwn(json.model.vocab, p), p);
+    assert.equal(json.model.vocab[p], bin.pieces.indexOf(p));
+  }
+  const { writeFileSync, mkdtempSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const path = join(mkdtempSync(join(tmpdir(), 'tok-')), 'tokenizer.json');
+  writeFileSync(path, JSON.stringify(json));
+  const text = 'the constructor calls toString and valueOf';
+  assert.deepEqual(LlamaTokenizer.fromTokenizerJson(path).encode(text), bin.encode(text));
+});
