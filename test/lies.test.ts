@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
@@ -106,6 +106,16 @@ const FLOAT_LIES: Lie[] = [
     /__metadata__ must map strings to strings/,
   ],
   ['config.json is null', (d) => writeFileSync(join(d, 'config.json'), 'null'), /config\.json: not a JSON object/],
+  [
+    'generation_config.json is null',
+    (d) => writeFileSync(join(d, 'generation_config.json'), 'null'),
+    /generation_config\.json: not a JSON object/,
+  ],
+  [
+    'generation_config.json with a non-id eos_token_id',
+    (d) => writeFileSync(join(d, 'generation_config.json'), JSON.stringify({ eos_token_id: ['2'] })),
+    /generation_config\.json: eos_token_id must be a token id or a list of them/,
+  ],
   [
     'num_hidden_layers smaller than the layers present',
     (d) => editConfig(d, (c) => (c['num_hidden_layers'] = 1)),
@@ -256,4 +266,48 @@ for (const [kind, lies] of [
 test('the unedited copies load: the lies above are what is refused', async () => {
   for (const src of [FIXTURE, gptqDir]) await loadModel(await variant(src, () => {}));
   await Decoder.load(FIXTURE, await getBackend());
+});
+
+test('llama2.c checkpoints that contradict their header are refused by convert, one line each', async () => {
+  const { stories15mLlama2cFiles } = await import('../src/io/stories.js');
+  const { convertLlama2c } = await import('../src/io/llama2c.js');
+  const { checkpoint } = await stories15mLlama2cFiles();
+  const dir = mkdtempSync(join(tmpdir(), 'l2c-'));
+  const withHeader = (i: number, v: number): Buffer => {
+    const b = Buffer.from(checkpoint);
+    b.writeInt32LE(v, 4 * i);
+    return b;
+  };
+  const nan = Buffer.from(checkpoint);
+  nan.writeFloatLE(NaN, 28 + 4 * 1000);
+  const cases: [string, Buffer, RegExp][] = [
+    ['a zero dimension', withHeader(0, 0), /not a llama2\.c checkpoint \(header 0, /],
+    ['heads not dividing dim', withHeader(3, 7), /not a llama2\.c checkpoint/],
+    ['kv heads not dividing heads', withHeader(4, 4), /not a llama2\.c checkpoint/],
+    [
+      'truncated',
+      checkpoint.subarray(0, checkpoint.length - 4),
+      /truncated llama2\.c checkpoint \(60816024 bytes, header implies 60816028\)/,
+    ],
+    ['the shared-classifier sign flipped (an unshared header on a shared file)', withHeader(5, -32000), /truncated llama2\.c checkpoint/],
+    [
+      'extra bytes after the weights',
+      Buffer.concat([checkpoint, Buffer.alloc(8)]),
+      /60816036 bytes but the header \(288, 768, 6, 6, 6, 32000, 256\) implies 60816028/,
+    ],
+    ['NaN in a weight', nan, /NaN\/Inf at float 1000 of the weights/],
+  ];
+  for (const [what, bytes, refusal] of cases) {
+    const bin = join(dir, `${cases.findIndex((c) => c[0] === what)}.bin`);
+    writeFileSync(bin, bytes);
+    await assert.rejects(convertLlama2c(bin, undefined, join(dir, 'out')), (e: Error) => {
+      assert.equal(e.name, 'UserError', `${what}: ${e.message}`);
+      assert.match(e.message, refusal, what);
+      return true;
+    });
+  }
+  assert.deepEqual(
+    readdirSync(dir).filter((n) => !n.endsWith('.bin')),
+    [],
+  );
 });

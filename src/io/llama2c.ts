@@ -54,7 +54,14 @@ export function readLlama2c(bytes: Uint8Array, what: string): Llama2cCheckpoint 
   };
   const needed = 28 + 4 * Object.values(sizes).reduce((a, b) => a + b, 0);
   if (bytes.byteLength < needed) fail(`${what}: truncated llama2.c checkpoint (${bytes.byteLength} bytes, header implies ${needed})`);
+  if (bytes.byteLength > needed) {
+    // llama2.c writes exactly this much: more means a wrong header (e.g. the vocab size's sign, which says whether
+    // the classifier is shared) and tensors read from the wrong offsets
+    fail(`${what}: ${bytes.byteLength} bytes but the header (${Array.from(hdr).join(', ')}) implies ${needed}`);
+  }
   const floats = new Float32Array(bytes.buffer.slice(bytes.byteOffset + 28, bytes.byteOffset + needed));
+  const bad = floats.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) fail(`${what}: NaN/Inf at float ${bad} of the weights`);
   let off = 0;
   const take = (n: number): Float32Array => floats.subarray(off, (off += n));
   const embed = take(sizes.embed);

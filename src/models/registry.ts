@@ -71,7 +71,8 @@ export function readModelConfig(dir: string): ModelConfig {
     } catch {
       fail(`${genPath}: not valid JSON`);
     }
-    const eos = (gen as Record<string, unknown> | null)?.['eos_token_id'];
+    if (typeof gen !== 'object' || gen === null || Array.isArray(gen)) fail(`${genPath}: not a JSON object`);
+    const eos = (gen as Record<string, unknown>)['eos_token_id'];
     const ids = eos === undefined || eos === null ? [] : Array.isArray(eos) ? eos : [eos];
     if (!ids.every((id) => Number.isInteger(id) && id >= 0)) fail(`${genPath}: eos_token_id must be a token id or a list of them`);
     cfg.eosTokenIds = [...new Set([...cfg.eosTokenIds, ...(ids as number[])])];
