@@ -7,6 +7,9 @@ import { seededRandom } from '../src/calib/windows.js';
 import { evaluate } from '../src/eval/perplexity.js';
 import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
 import { loadModel } from '../src/models/load.js';
+import { writeGptqCheckpoint } from '../src/formats/gptq.js';
+import { QUANTIZE_REFERENCE, quantizeModel } from '../src/quant/quantize-model.js';
+import { getBackend } from '../src/tensor/index.js';
 
 /**
  * Seeded fuzzing of the files a model directory is read from (config.json values, the safetensors header and the
@@ -30,23 +33,23 @@ function mutateJson(value: unknown, rand: () => number): unknown {
   return pick(VALUES);
 }
 
-test('fuzzed config.json, safetensors headers and tokenizer.json: a one-line UserError or a finite perplexity, never a crash', async () => {
-  const base = join(mkdtempSync(join(tmpdir(), 'fuzz-')), 'm');
-  cpSync(FIXTURE, base, { recursive: true });
-  writeByteTokenizer(base);
+async function fuzz(base: string, count: number, seed: number): Promise<{ refused: number; loaded: number }> {
   const config = JSON.parse(readFileSync(join(base, 'config.json'), 'utf8')) as Record<string, unknown>;
   const weights = readFileSync(join(base, 'model.safetensors'));
   const headerLen = Number(weights.readBigUInt64LE(0));
   const header = JSON.parse(weights.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, unknown>;
   const tokenizer = JSON.parse(readFileSync(join(base, 'tokenizer.json'), 'utf8')) as Record<string, unknown>;
   const ids = Array.from({ length: 64 }, (_, i) => (i * 37) % 256);
-  const rand = seededRandom(2026);
+  const rand = seededRandom(seed);
   const outcomes = { refused: 0, loaded: 0 };
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < count; i++) {
     const dir = `${base}-${i}`;
     cpSync(base, dir, { recursive: true });
     if (i % 4 === 0) {
-      writeFileSync(join(dir, 'config.json'), JSON.stringify(mutateJson(config, rand)));
+      // a GPTQ checkpoint's quantization_config gets half of the config mutations
+      const qc = config['quantization_config'];
+      const mutated = qc && rand() < 0.5 ? { ...config, quantization_config: mutateJson(qc, rand) } : mutateJson(config, rand);
+      writeFileSync(join(dir, 'config.json'), JSON.stringify(mutated));
     } else if (i % 4 === 3) {
       writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(mutateJson(tokenizer, rand)));
     } else if (i % 4 === 1) {
@@ -76,5 +79,23 @@ test('fuzzed config.json, safetensors headers and tokenizer.json: a one-line Use
       rmSync(dir, { recursive: true, force: true });
     }
   }
-  assert.ok(outcomes.refused > 120, JSON.stringify(outcomes));
+  return outcomes;
+}
+
+test('fuzzed config.json, safetensors headers and tokenizer.json of a float and a GPTQ checkpoint: a one-line UserError or a finite perplexity, never a crash', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'fuzz-'));
+  const float = join(root, 'float');
+  cpSync(FIXTURE, float, { recursive: true });
+  writeByteTokenizer(float);
+  const gptqDir = join(root, 'gptq');
+  const opts = { ...QUANTIZE_REFERENCE, method: 'rtn' as const, bits: 4, groupSize: 32, sym: true };
+  const { layers } = await quantizeModel(FIXTURE, await getBackend(), opts, undefined);
+  await writeGptqCheckpoint(FIXTURE, gptqDir, layers, { format: 'gptq', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
+  // config.json's quantization_config is the one read: no second copy to mask its mutations
+  rmSync(join(gptqDir, 'quantize_config.json'));
+  writeByteTokenizer(gptqDir);
+  const a = await fuzz(float, 200, 2026);
+  const b = await fuzz(gptqDir, 120, 7);
+  assert.ok(a.refused > 120 && b.refused > 70, JSON.stringify({ float: a, gptq: b }));
+  assert.ok(a.loaded > 0 && b.loaded > 0, 'some mutations are harmless and load');
 });
