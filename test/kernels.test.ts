@@ -110,6 +110,35 @@ test('attention equals the definition, causal, with caches and grouped kv heads'
   }
 });
 
+test('sliding windows, soft-capping and ALiBi: onnxruntime (window mask) and the TS kernel equal the definition', async () => {
+  const r = rng(5);
+  const slopes = Float32Array.from([0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625]);
+  for (const base of ATTENTION_SHAPES) {
+    for (const extra of [{ window: 5 }, { softcap: 2 }, { alibi: slopes.subarray(0, base.heads) }, { window: 3, softcap: 1.5 }]) {
+      const s = { ...base, ...extra };
+      const q = rand(s.batch * s.seq * s.heads * s.headDim, r);
+      const k = rand(s.batch * s.ctx * s.kvHeads * s.headDim, r);
+      const v = rand(s.batch * s.ctx * s.kvHeads * s.headDim, r);
+      const want = ref.attention(q, k, v, s);
+      assertClose(
+        await ortBackend.attention(q, k, v, s),
+        want,
+        1e-5,
+        `attention ${JSON.stringify({ ...base, ...extra, alibi: undefined })}`,
+      );
+      assertClose(attentionJs(q, k, v, s), want, 1e-5, `TS attention ${JSON.stringify({ ...base, ...extra, alibi: undefined })}`);
+    }
+  }
+  // a window shorter than the context really masks: the result differs from full attention
+  const s = { batch: 1, seq: 8, ctx: 8, heads: 2, kvHeads: 2, headDim: 4 };
+  const q = rand(64, r);
+  const k = rand(64, r);
+  const v = rand(64, r);
+  const full = ref.attention(q, k, v, s);
+  const windowed = ref.attention(q, k, v, { ...s, window: 2 });
+  assert.ok(full.some((x, i) => Math.abs(x - windowed[i]!) > 1e-3));
+});
+
 test('attention is causal: future keys do not change earlier outputs', () => {
   const r = rng(3);
   const s = { batch: 1, seq: 4, ctx: 4, heads: 2, kvHeads: 2, headDim: 4 };
