@@ -1,0 +1,331 @@
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { seededRandom } from '../src/calib/windows.js';
+import { loadText } from '../src/calib/datasets.js';
+import { evaluate } from '../src/eval/perplexity.js';
+import { generate } from '../src/infer/generate.js';
+import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
+import { pullStories15m } from '../src/io/stories.js';
+import { linearGroups, linearShape, parseModelConfig, type ModelConfig } from '../src/models/index.js';
+import { loadModel } from '../src/models/load.js';
+import { quantize } from '../src/pipeline.js';
+import { getBackend } from '../src/tensor/index.js';
+import { printTable } from './table.js';
+
+/**
+ * Quantize, evaluate and generate with random-weight bf16 checkpoints of real shapes (TinyLlama-1.1B; Llama-2-7B
+ * and Llama-3-8B with 2 of their 32 layers), each step in its own child process so its peak RSS is its own. Prints
+ * per-layer forward / Hessian / sweep seconds beside their flop floors at the sgemm rate measured in the same run,
+ * the extrapolation to the whole model at 128 x 2048 calibration tokens, and eval / generate speed and memory
+ * (against llama.cpp via node-llama-cpp on a Q4_0 GGUF of the same weights, where it loads).
+ *
+ *   npm run bench:scale -- [--nsamples 4] [--seqlen 512] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
+ *                          [--eval-windows 4] [--gen-tokens 32] [--no-llama-cpp] [--dir DIR]
+ */
+
+interface Shape {
+  dim: number;
+  hidden: number;
+  layers: number;
+  fullLayers: number;
+  heads: number;
+  kvHeads: number;
+  vocab: number;
+  ctx: number;
+  ropeTheta: number;
+}
+
+const SHAPES: Record<string, Shape> = {
+  tinyllama: { dim: 2048, hidden: 5632, layers: 22, fullLayers: 22, heads: 32, kvHeads: 4, vocab: 32000, ctx: 2048, ropeTheta: 10000 },
+  'llama2-7b': { dim: 4096, hidden: 11008, layers: 2, fullLayers: 32, heads: 32, kvHeads: 32, vocab: 32000, ctx: 4096, ropeTheta: 10000 },
+  'llama3-8b': { dim: 4096, hidden: 14336, layers: 2, fullLayers: 32, heads: 32, kvHeads: 8, vocab: 128256, ctx: 8192, ropeTheta: 500000 },
+};
+
+/** The paper's calibration set, what the extrapolation is for. */
+const FULL_TOKENS = { nsamples: 128, seqlen: 2048 };
+const PROMPT = 'Once upon a time';
+
+const KB = 1024;
+const GB = 2 ** 30;
+
+function configJson(s: Shape, layers: number): Record<string, unknown> {
+  return {
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    hidden_size: s.dim,
+    intermediate_size: s.hidden,
+    num_hidden_layers: layers,
+    num_attention_heads: s.heads,
+    num_key_value_heads: s.kvHeads,
+    vocab_size: s.vocab,
+    max_position_embeddings: s.ctx,
+    rms_norm_eps: 1e-5,
+    rope_theta: s.ropeTheta,
+    tie_word_embeddings: false,
+    hidden_act: 'silu',
+    bos_token_id: 1,
+    eos_token_id: 2,
+    torch_dtype: 'bfloat16',
+  };
+}
+
+/** A random bf16 Llama checkpoint (weights uniform with the std of a 1/√fan-in init), tokenizer from stories15M. */
+async function makeCheckpoint(dir: string, s: Shape, layers: number): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const config = configJson(s, layers);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  const cfg = parseModelConfig(config, dir);
+  const rnd = seededRandom(16);
+  const f32 = new Float32Array(1);
+  const u32 = new Uint32Array(f32.buffer);
+  const tensors = new Map<string, TensorToWrite>();
+  const bf16 = (v: number): number => {
+    f32[0] = v;
+    return (u32[0]! + 0x7fff + ((u32[0]! >>> 16) & 1)) >>> 16;
+  };
+  const dense = (name: string, r: number, c: number): void => {
+    const a = Math.sqrt(3 / c);
+    const data = new Uint16Array(r * c);
+    for (let i = 0; i < data.length; i++) data[i] = bf16(a * (2 * rnd() - 1));
+    tensors.set(name, { dtype: 'BF16', shape: [r, c], data });
+  };
+  const ones = (name: string): void => void tensors.set(name, { dtype: 'BF16', shape: [s.dim], data: new Uint16Array(s.dim).fill(0x3f80) });
+  dense('model.embed_tokens.weight', s.vocab, s.dim);
+  for (let l = 0; l < layers; l++) {
+    ones(`model.layers.${l}.input_layernorm.weight`);
+    ones(`model.layers.${l}.post_attention_layernorm.weight`);
+    for (const n of linearGroups(cfg).flat()) dense(`model.layers.${l}.${n}.weight`, ...linearShape(cfg, n));
+  }
+  ones('model.norm.weight');
+  dense('lm_head.weight', s.vocab, s.dim);
+  await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+  const src = await pullStories15m();
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(src, f))) copyFileSync(join(src, f), join(dir, f));
+}
+
+/** Flop counts per block: forward over n tokens in windows of seq, the Hessians' XᵀX (one triangle), the sweeps. */
+function floors(cfg: ModelConfig, nsamples: number, seqlen: number): { forward: number; hessian: number; sweep: number } {
+  const n = nsamples * seqlen;
+  let params = 0;
+  let sweep = 0;
+  let hessian = 0;
+  for (const group of linearGroups(cfg)) {
+    const cols = linearShape(cfg, group[0]!)[1];
+    hessian += cols * cols * n;
+    // factorization: Cholesky, triangular inverse and Cholesky of the inverse, n³/3 each
+    sweep += cols ** 3;
+    for (const name of group) {
+      const [rows] = linearShape(cfg, name);
+      params += rows * cols;
+      // each column's error spread over the columns after it: rows·cols²/2 multiply-adds
+      sweep += rows * cols * cols;
+    }
+  }
+  // causal attention: q·kᵀ and p·v over half the seq x seq square, per head
+  const attention = 2 * seqlen * seqlen * cfg.numHeads * cfg.headDim * nsamples;
+  return { forward: 2 * params * n + attention, hessian, sweep };
+}
+
+async function sgemmFlops(): Promise<number> {
+  const backend = await getBackend();
+  const n = 2048;
+  const rnd = seededRandom(1);
+  const a = Float32Array.from({ length: n * n }, () => rnd() - 0.5);
+  const b = Float32Array.from({ length: n * n }, () => rnd() - 0.5);
+  let best = Infinity;
+  for (let i = 0; i < 4; i++) {
+    const t = performance.now();
+    await backend.matmulNT(a, b, n, n, n);
+    best = Math.min(best, performance.now() - t);
+  }
+  return (2 * n ** 3) / (best / 1000);
+}
+
+// ---- child steps: one per process, so each peak RSS is that step's own ----
+
+type Report = Record<string, unknown>;
+
+async function child(step: string, args: Record<string, string>): Promise<Report> {
+  const maxRssGB = (): number => (process.resourceUsage().maxRSS * KB) / GB;
+  switch (step) {
+    case 'make': {
+      const s = SHAPES[args.case!]!;
+      await makeCheckpoint(args.dir!, s, Number(args.layers));
+      return {};
+    }
+    case 'quantize': {
+      const gguf = args.format === 'gguf';
+      const { summary } = await quantize(
+        args.dir!,
+        gguf
+          ? { method: 'rtn', bits: 4, groupSize: 32, sym: true, format: 'gguf' }
+          : { nsamples: Number(args.nsamples), seqlen: Number(args.seqlen) },
+        args.out!,
+        { warn: (m) => process.stderr.write(`warning: ${m}\n`) },
+      );
+      return { timings: summary.timings, rssGB: maxRssGB() };
+    }
+    case 'eval': {
+      const { model, tokenizer } = await loadModel(args.model!);
+      const loadGB = maxRssGB();
+      const tokens = tokenizer.encode(await loadText('sotu-test'));
+      const r = await evaluate(model, tokens, { windows: Number(args.windows), seqlen: Number(args.seqlen), batch: 1 });
+      return { tokensPerSecond: r.tokens / r.seconds, ppl: r.ppl, loadGB, rssGB: maxRssGB() };
+    }
+    case 'generate': {
+      const { model, tokenizer } = await loadModel(args.model!, { activations: 'int8' });
+      const prompt = tokenizer.encode(PROMPT);
+      await generate(model, prompt, { maxTokens: 4, stop: [] });
+      const r = await generate(model, prompt, { maxTokens: Number(args.tokens), stop: [] });
+      return { tokensPerSecond: r.tokensPerSecond, rssGB: maxRssGB() };
+    }
+    case 'llama-cpp': {
+      const { getLlama } = await import('node-llama-cpp');
+      const llama = await getLlama({ gpu: false, build: 'never' });
+      const lm = await llama.loadModel({ modelPath: args.model! });
+      const prompt = lm.tokenize(PROMPT);
+      const ctx = await lm.createContext({ contextSize: 512, threads: availableParallelism() });
+      const seq = ctx.getSequence();
+      let n = 0;
+      // timed as generate() times itself: the prompt's prefill included
+      const t0 = performance.now();
+      for await (const t of seq.evaluate(prompt, { temperature: 0 })) {
+        void t;
+        if (++n === Number(args.tokens)) break;
+      }
+      const tps = n / ((performance.now() - t0) / 1000);
+      await ctx.dispose();
+      await lm.dispose();
+      return { tokensPerSecond: tps, rssGB: maxRssGB() };
+    }
+  }
+  throw new Error(`unknown step ${step}`);
+}
+
+if (process.argv[2] === '--child') {
+  const report = await child(process.argv[3]!, JSON.parse(process.argv[4]!) as Record<string, string>);
+  console.log(JSON.stringify(report));
+  process.exit(0);
+}
+
+function runChild(step: string, args: Record<string, string | number>): Report | string {
+  const strArgs = Object.fromEntries(Object.entries(args).map(([k, v]) => [k, String(v)]));
+  const r = spawnSync(process.execPath, [...process.execArgv, 'bench/scale.ts', '--child', step, JSON.stringify(strArgs)], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 64 * 2 ** 20,
+  });
+  if (r.status !== 0) return `failed (${r.signal ?? `exit ${r.status}`})`;
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as Report;
+}
+
+// ---- the run ----
+
+const { values: flags } = parseArgs({
+  options: {
+    nsamples: { type: 'string', default: process.env['SCALE_NSAMPLES'] ?? '4' },
+    seqlen: { type: 'string', default: process.env['SCALE_SEQLEN'] ?? '512' },
+    cases: { type: 'string', default: Object.keys(SHAPES).join(',') },
+    layers: { type: 'string' },
+    'eval-windows': { type: 'string', default: '4' },
+    'gen-tokens': { type: 'string', default: '32' },
+    'no-llama-cpp': { type: 'boolean', default: false },
+    dir: { type: 'string' },
+  },
+});
+const nsamples = Number(flags.nsamples);
+const seqlen = Number(flags.seqlen);
+const work = flags.dir ?? mkdtempSync(join(tmpdir(), 'gptq-ts-scale-'));
+const rate = await sgemmFlops();
+console.log(
+  `sgemm 2048³ on this machine: ${(rate / 1e9).toFixed(0)} GFLOP/s; ${nsamples} x ${seqlen} calibration tokens; work dir ${work}`,
+);
+
+const quantRows: (string | number)[][] = [];
+const fullRows: (string | number)[][] = [];
+const inferRows: (string | number)[][] = [];
+const f = (x: number, d = 1): string => x.toFixed(d);
+try {
+  for (const name of flags.cases.split(',')) {
+    const shape = SHAPES[name];
+    if (!shape) throw new Error(`unknown case ${name} (${Object.keys(SHAPES).join(', ')})`);
+    const layers = Math.min(shape.layers, Number(flags.layers ?? shape.layers));
+    const dir = join(work, name);
+    const out = join(work, `${name}-w4g128`);
+    if (!existsSync(join(dir, 'model.safetensors'))) runChild('make', { case: name, dir, layers });
+    const cfg = parseModelConfig(configJson(shape, layers), dir);
+    rmSync(out, { recursive: true, force: true });
+    const q = runChild('quantize', { dir, out, nsamples, seqlen });
+    if (typeof q === 'string') {
+      quantRows.push([name, q]);
+      continue;
+    }
+    const t = q.timings as { forward: number; hessian: number; sweep: number; total: number };
+    const fl = floors(cfg, nsamples, seqlen);
+    const per = { forward: t.forward / layers, hessian: t.hessian / layers, sweep: t.sweep / layers };
+    quantRows.push([
+      `${name} (${layers} layers)`,
+      `${f(per.forward)} / ${f(fl.forward / rate)}`,
+      `${f(per.hessian)} / ${f(fl.hessian / rate)}`,
+      `${f(per.sweep)} / ${f(fl.sweep / rate)}`,
+      f(t.total),
+      f(q.rssGB as number, 2),
+    ]);
+    // forward by its flop count (attention grows with seqlen²), Hessians by tokens; sweeps do not depend on tokens
+    const full = floors(cfg, FULL_TOKENS.nsamples, FULL_TOKENS.seqlen);
+    const estimate = {
+      forward: per.forward * (full.forward / fl.forward),
+      hessian: per.hessian * (full.hessian / fl.hessian),
+      sweep: per.sweep,
+    };
+    const perLayer = estimate.forward + estimate.hessian + estimate.sweep;
+    const floor = (full.forward + full.hessian + full.sweep) / rate;
+    fullRows.push([
+      name,
+      shape.fullLayers,
+      f(estimate.forward),
+      f(estimate.hessian),
+      f(estimate.sweep),
+      f((perLayer * shape.fullLayers) / 3600, 2),
+      f((floor * shape.fullLayers) / 3600, 2),
+      f(perLayer / floor, 2),
+    ]);
+
+    const evalSeq = Math.min(seqlen, shape.ctx);
+    const ev = runChild('eval', { model: out, windows: flags['eval-windows'], seqlen: evalSeq });
+    const gen = runChild('generate', { model: out, tokens: flags['gen-tokens'] });
+    const row = (what: string, r: Report | string): (string | number)[] =>
+      typeof r === 'string' ? [name, what, r, ''] : [name, what, f(r.tokensPerSecond as number), f(r.rssGB as number, 2)];
+    inferRows.push(row(`eval w4 g128, ${flags['eval-windows']} x ${evalSeq}`, ev), row('generate w4 g128, int8 act', gen));
+    if (!flags['no-llama-cpp']) {
+      const gguf = join(work, `${name}-q4_0.gguf`);
+      rmSync(gguf, { force: true });
+      const made = runChild('quantize', { dir, out: gguf, format: 'gguf' });
+      const cpp = typeof made === 'string' ? made : runChild('llama-cpp', { model: gguf, tokens: flags['gen-tokens'] });
+      inferRows.push(row('llama.cpp Q4_0 generate (RTN, same weights)', cpp));
+      rmSync(gguf, { force: true });
+    }
+    rmSync(out, { recursive: true, force: true });
+  }
+} finally {
+  if (!flags.dir) rmSync(work, { recursive: true, force: true });
+}
+
+printTable(
+  `Quantize w4 g128 on ${nsamples} x ${seqlen} tokens: seconds per layer, measured / flop floor at ${(rate / 1e9).toFixed(0)} GFLOP/s (forward: 2·params·tokens + causal attention; Hessian: one triangle of XᵀX per group; sweep: rows·cols² + cols³ per group)`,
+  ['model', 'forward s', 'Hessian s', 'sweep s', 'total s', 'peak RSS GB'],
+  quantRows,
+);
+printTable(
+  `Extrapolated to the whole model at ${FULL_TOKENS.nsamples} x ${FULL_TOKENS.seqlen} tokens (per-layer seconds; forward scaled by its flop count, Hessian by tokens)`,
+  ['model', 'layers', 'forward s', 'Hessian s', 'sweep s', 'total h', 'floor h', 'x floor'],
+  fullRows,
+);
+printTable(
+  'Eval and generation (tokens/s; generate: after the prompt, greedy) and peak RSS of the process',
+  ['model', 'run', 'tokens/s', 'peak RSS GB'],
+  inferRows,
+);
