@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { calibrationWindows } from './calib/windows.js';
 import { loadText } from './calib/datasets.js';
 import { writeFakeQuant } from './formats/fake-quant.js';
@@ -8,8 +9,9 @@ import { ggufIncompatibility, ggufModelIncompatibility, writeGguf } from './form
 import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { fail } from './io/errors.js';
 import { loadTokenizer } from './models/load.js';
-import { readModelConfig } from './models/index.js';
-import { checkOutputPath, writeAtomically, type OutputPolicy } from './io/atomic.js';
+import type { LlamaTokenizer } from './io/tokenizer.js';
+import { readModelConfig, type ModelConfig } from './models/index.js';
+import { checkOutputPath, onExit, writeAtomically, type OutputPolicy } from './io/atomic.js';
 import {
   QUANTIZE_REFERENCE,
   quantizeModel,
@@ -73,6 +75,13 @@ export interface QuantizeRun {
   log?: (msg: string) => void;
   /** replace an existing `out` once the new output is complete (never the input, nor a folder holding it) */
   force?: boolean;
+  /**
+   * keep each finished block beside `out` (`.OUT.partial`) and continue from there when an earlier run with the
+   * same model, settings and calibration was stopped; removed once `out` is written
+   */
+  resume?: boolean;
+  /** called once block l is finished and on disk (tests stop a run here) */
+  onBlock?: (l: number) => void;
 }
 
 export interface PipelineSummary {
@@ -138,37 +147,83 @@ export async function quantize(
     calib = { windows: calibrationWindows(tokens, opts.nsamples, opts.seqlen, opts.seed), seqlen: opts.seqlen };
     calibration = { windows: opts.nsamples, seqlen: opts.seqlen, tokens: tokens.length, data: opts.data, seed: opts.seed };
   }
-  const result = await quantizeModel(modelDir, await getBackend(), opts, calib, hooks.onProgress, hooks.warn);
-  const summary: PipelineSummary = { model: modelDir, settings: opts, layers: result.reports, timings: result.timings };
-  if (calibration) summary.calibration = calibration;
-  if (out) {
-    summary.out = out;
-    await writeAtomically(
-      out,
-      async (tmp) => {
-        if (opts.format === 'fake') {
-          await writeFakeQuant(modelDir, tmp, result.layers, summary);
-        } else if (opts.format === 'gptqt') {
-          await writeGptqtCheckpoint(modelDir, tmp, result.binaryLayers, {
-            bits: opts.bits,
-            highBits: highBitsOf(opts),
-            summary,
-          });
-        } else if (opts.format === 'gguf') {
-          await writeGguf(modelDir, cfg, tokenizer!, result.layers, tmp);
-        } else {
-          await writeGptqCheckpoint(modelDir, tmp, result.layers, {
-            format: opts.format,
-            floatDtype: opts.floatDtype,
-            maxShardBytes: opts.maxShardBytes,
-            quant: opts,
-            summary,
-            ...(hooks.warn ? { warn: hooks.warn } : {}),
-          });
-        }
-      },
-      outputPolicy,
-    );
+  const state = stateDir(out, hooks);
+  try {
+    const run = {
+      ...(state ? { dir: state.dir } : {}),
+      resume: Boolean(hooks.resume),
+      ...(hooks.onBlock ? { onBlock: hooks.onBlock } : {}),
+    };
+    const result = await quantizeModel(modelDir, await getBackend(), opts, calib, hooks.onProgress, hooks.warn, undefined, run);
+    const summary: PipelineSummary = { model: modelDir, settings: opts, layers: result.reports, timings: result.timings };
+    if (calibration) summary.calibration = calibration;
+    if (out) await writeOutput(modelDir, cfg, opts, result, summary, out, outputPolicy, tokenizer, hooks);
+    // the output is complete: a resumable run's blocks are no longer needed
+    if (state) rmSync(state.dir, { recursive: true, force: true });
+    return { result, summary };
+  } finally {
+    if (state && !hooks.resume) rmSync(state.dir, { recursive: true, force: true });
+    state?.unregister();
   }
-  return { result, summary };
+}
+
+/**
+ * Where the run keeps its calibration hidden states and finished blocks: beside the output, on the disk the user
+ * chose for it. A resumable run's directory (`.OUT.partial`) outlives the process, and no later run's stale-temp
+ * tidying touches it; any other run's is a temporary named like the atomic writer's (`.OUT.tmp-PID-TIME`),
+ * removed at exit, or by a later run once this process is gone.
+ */
+function stateDir(out: string | undefined, hooks: QuantizeRun): { dir: string; unregister: () => void } | undefined {
+  if (!out) {
+    if (hooks.resume) fail('--resume needs --out: the run keeps its finished blocks beside the output');
+    return undefined;
+  }
+  const parent = dirname(resolve(out));
+  const partial = join(parent, `.${basename(out)}.partial`);
+  if (hooks.resume) return { dir: partial, unregister: () => {} };
+  if (existsSync(partial)) hooks.warn?.(`${partial} holds an interrupted run's finished blocks: kept (pass --resume to continue it)`);
+  // a millisecond before now: the atomic writer's own temporary, named later in this process, cannot collide with it
+  const dir = join(parent, `.${basename(out)}.tmp-${process.pid}-${Date.now() - 1}`);
+  mkdirSync(dir, { recursive: true });
+  return { dir, unregister: onExit(() => rmSync(dir, { recursive: true, force: true })) };
+}
+
+async function writeOutput(
+  modelDir: string,
+  cfg: ModelConfig,
+  opts: PipelineOptions,
+  result: QuantizeResult,
+  summary: PipelineSummary,
+  out: string,
+  outputPolicy: OutputPolicy,
+  tokenizer: LlamaTokenizer | undefined,
+  hooks: QuantizeRun,
+): Promise<void> {
+  summary.out = out;
+  await writeAtomically(
+    out,
+    async (tmp) => {
+      if (opts.format === 'fake') {
+        await writeFakeQuant(modelDir, tmp, result.layers, summary);
+      } else if (opts.format === 'gptqt') {
+        await writeGptqtCheckpoint(modelDir, tmp, result.binaryLayers, {
+          bits: opts.bits,
+          highBits: highBitsOf(opts),
+          summary,
+        });
+      } else if (opts.format === 'gguf') {
+        await writeGguf(modelDir, cfg, tokenizer!, result.layers, tmp);
+      } else {
+        await writeGptqCheckpoint(modelDir, tmp, result.layers, {
+          format: opts.format,
+          floatDtype: opts.floatDtype,
+          maxShardBytes: opts.maxShardBytes,
+          quant: opts,
+          summary,
+          ...(hooks.warn ? { warn: hooks.warn } : {}),
+        });
+      }
+    },
+    outputPolicy,
+  );
 }

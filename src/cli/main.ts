@@ -268,6 +268,10 @@ export function buildCli(): Command {
     .option('--out <dir>', 'output model directory (or .gguf file), written atomically; must not exist unless --force')
     .option('--force', 'replace an existing --out once the new output is complete (never the input model, the current or home directory)')
     .option(
+      '--resume',
+      'keep finished blocks beside --out (.OUT.partial) and, if an interrupted run with the same model and settings left some, continue from them',
+    )
+    .option(
       '--format <f>',
       'gptq (v1: AutoGPTQ, transformers, vLLM, GPTQModel), gptq_v2 (GPTQModel), gguf (llama.cpp Q4_0/Q8_0; --out is the .gguf file), gptqt (binary-coded, for --method gptqt), or fake (dequantized float weights) (default: "gptq"; "gptq_v2" with --asym, "gptqt" with --method gptqt)',
     )
@@ -312,7 +316,13 @@ export function buildCli(): Command {
             maxShardBytes: (o['maxShardMb'] as number) * 2 ** 20,
           },
           o['out'] as string | undefined,
-          { onProgress: bar.update, warn: (m) => log(`warning: ${m}`), log, force: Boolean(o['force']) },
+          {
+            onProgress: (done, total, _layer, eta) => bar.update(done, total, eta),
+            warn: (m) => log(`warning: ${m}`),
+            log,
+            force: Boolean(o['force']),
+            resume: Boolean(o['resume']),
+          },
         );
         bar.stop();
         if (o['json']) console.log(JSON.stringify(summary));

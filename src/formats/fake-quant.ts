@@ -8,7 +8,12 @@ import { writeModelDir } from './model-dir.js';
  * A "fake-quant" checkpoint: the source model with every quantized linear replaced by its dequantized
  * float32 weights. Any fp loader (ours, transformers) evaluates exactly what the quantizer produced.
  */
-export async function writeFakeQuant(srcDir: string, outDir: string, layers: Map<string, QuantizedLayer>, summary: object): Promise<void> {
+export async function writeFakeQuant(
+  srcDir: string,
+  outDir: string,
+  layers: ReadonlyMap<string, QuantizedLayer>,
+  summary: object,
+): Promise<void> {
   const cfg = readModelConfig(srcDir);
   const st = new SafetensorsModel(srcDir);
   try {

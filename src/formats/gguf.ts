@@ -218,7 +218,7 @@ export async function writeGguf(
   srcDir: string,
   cfg: ModelConfig,
   tokenizer: LlamaTokenizer,
-  layers: Map<string, QuantizedLayer>,
+  layers: ReadonlyMap<string, QuantizedLayer>,
   out: string,
   name = 'gptq-ts',
 ): Promise<void> {

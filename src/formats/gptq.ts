@@ -90,7 +90,7 @@ export function loaderCompatibility(
 export async function writeGptqCheckpoint(
   srcDir: string,
   outDir: string,
-  layers: Map<string, QuantizedLayer>,
+  layers: ReadonlyMap<string, QuantizedLayer>,
   o: GptqExportOptions,
 ): Promise<void> {
   const st = new SafetensorsModel(srcDir);

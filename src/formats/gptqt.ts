@@ -18,7 +18,7 @@ import { packStream, unpackStream } from './gptq-pack.js';
 export async function writeGptqtCheckpoint(
   srcDir: string,
   outDir: string,
-  layers: Map<string, BinaryCodedLayer>,
+  layers: ReadonlyMap<string, BinaryCodedLayer>,
   meta: { bits: number; highBits: number; summary?: object },
 ): Promise<void> {
   const st = new SafetensorsModel(srcDir);

@@ -266,9 +266,10 @@ export interface OuterWeights {
 
 /**
  * The weights outside the blocks. The head is lm_head, or the embedding when tied: an untied checkpoint without
- * a head is refused, and a tied one that also stores a head must store the embedding itself there.
+ * a head is refused, and a tied one that also stores a head must store the embedding itself there. Without
+ * `withHead` (the quantizer only embeds) an untied head is not read and `head` is empty.
  */
-export function readOuter(st: SafetensorsModel, cfg: ModelConfig): OuterWeights {
+export function readOuter(st: SafetensorsModel, cfg: ModelConfig, withHead = true): OuterWeights {
   const T = cfg.tensors;
   const E = cfg.embedDim;
   const D = cfg.hiddenSize;
@@ -285,8 +286,8 @@ export function readOuter(st: SafetensorsModel, cfg: ModelConfig): OuterWeights 
     outer.finalNorm = readNorm(st, cfg, T.finalNorm, D);
     if (cfg.normKind === 'layer') outer.finalNormBias = st.readFloat(T.finalNorm.replace(/weight$/, 'bias'), [D]);
   }
-  if (!cfg.tieWordEmbeddings) outer.head = st.readFloat(T.head, [cfg.vocabSize, E]);
-  else if (st.has(T.head)) {
+  if (!cfg.tieWordEmbeddings) outer.head = withHead ? st.readFloat(T.head, [cfg.vocabSize, E]) : new Float32Array(0);
+  else if (withHead && st.has(T.head)) {
     const head = st.readFloat(T.head, [cfg.vocabSize, E]);
     const i = head.findIndex((v, j) => v !== embed[j]);
     if (i >= 0) fail(`${st.dir}: tie_word_embeddings is true but ${T.head} differs from ${T.embed} (element ${i}): which one is meant?`);

@@ -1,4 +1,5 @@
 import type { BlockWeights, Decoder } from '../models/index.js';
+import type { RowFile } from './run-state.js';
 
 /**
  * One decoder block's true-sequential calibration ([q,k,v] → [o] → [gate,up] → [down]), run over the
@@ -8,16 +9,22 @@ import type { BlockWeights, Decoder } from '../models/index.js';
  *
  * Each group's stage is one pass over the chunks: it computes the group's inputs with every earlier group
  * already quantized and hands them to `observe`; then `quantize` replaces the group's weights. What the next
- * stage needs is kept across chunks (the residual stream x, updated in place, and o_proj's inputs), so the
+ * stage needs is kept across chunks (the residual stream after attention, and o_proj's inputs), so the
  * block costs one forward plus one extra gate/up product, not one forward per group as in the reference.
  *
- * With a second stream (GPTQv2's full-precision model, its own weights and hidden states) both advance in
- * lockstep, so each chunk's quantized-path and full-precision inputs meet in `observe`.
+ * The hidden states live in files (RowFile), read and written one chunk at a time: memory holds one chunk's
+ * activations whatever the calibration set's size. With a second stream (GPTQv2's full-precision model, its own
+ * weights and hidden states) both advance in lockstep, so each chunk's quantized-path and full-precision inputs
+ * meet in `observe`.
  */
 export interface Stream {
   weights: BlockWeights;
-  /** hidden states [windows*seqlen, D], advanced through the block in place */
-  x: Float32Array;
+  /** the block's input hidden states [windows*seqlen, D]: read only, so a killed run can redo the block */
+  input: RowFile;
+  /** the block's output, written as it forms: the next block's input */
+  output: RowFile;
+  /** o_proj's inputs [windows*seqlen, heads*headDim], from the attention stage to the one after it */
+  attention: RowFile;
 }
 
 export interface StageCallbacks {
@@ -35,49 +42,46 @@ export async function calibrateBlock(
   chunkWindows: number,
   cb: StageCallbacks,
 ): Promise<void> {
-  const D = model.cfg.hiddenSize;
-  const attention = streams.map((s) => new Float32Array(s.x.length));
-  const rowsOf = (a: Float32Array, first: number, count: number): Float32Array =>
-    a.subarray(first * seqlen * D, (first + count) * seqlen * D);
-
   const eachChunk = async (fn: (first: number, count: number) => Promise<void>): Promise<void> => {
     for (let first = 0; first < windows; first += chunkWindows) await fn(first, Math.min(chunkWindows, windows - first));
   };
-  const stage = async (
-    g: number,
-    compute: (s: Stream, i: number, x: Float32Array, first: number, count: number) => Promise<Float32Array>,
-  ): Promise<void> => {
+  const stage = async (g: number, compute: (s: Stream, row: number, rows: number) => Promise<Float32Array>): Promise<void> => {
     await eachChunk(async (first, count) => {
       const inputs: Float32Array[] = [];
-      for (const [i, s] of streams.entries()) inputs.push(await compute(s, i, rowsOf(s.x, first, count), first, count));
+      for (const s of streams) inputs.push(await compute(s, first * seqlen, count * seqlen));
       await cb.observe(g, inputs, count * seqlen, count);
     });
     await cb.quantize(g);
   };
 
-  await stage(0, (s, _, x, __, count) => model.attentionInput(s.weights, x, count * seqlen));
-  await stage(1, async (s, i, x, first, count) => {
-    const att = await model.attention(s.weights, layer, await model.attentionInput(s.weights, x, count * seqlen), count, seqlen);
-    rowsOf(attention[i]!, first, count).set(att);
+  await stage(0, (s, row, rows) => model.attentionInput(s.weights, s.input.read(row, rows), rows));
+  await stage(1, async (s, row, rows) => {
+    const h = await model.attentionInput(s.weights, s.input.read(row, rows), rows);
+    const att = await model.attention(s.weights, layer, h, rows / seqlen, seqlen);
+    s.attention.write(row, att);
     return att;
   });
   // a parallel block (GPT-NeoX, Falcon) feeds the MLP from the block's input: attention's output joins the
   // residual stream only at the end, with the MLP's
   const parallel = model.cfg.parallel;
-  await stage(2, async (s, i, x, first, count) => {
-    if (!parallel) await model.addProjection(s.weights, 'o', x, rowsOf(attention[i]!, first, count), count * seqlen);
-    return model.mlpInput(s.weights, x, count * seqlen);
+  await stage(2, async (s, row, rows) => {
+    const x = s.input.read(row, rows);
+    if (!parallel) await model.addProjection(s.weights, 'o', x, s.attention.read(row, rows), rows);
+    s.output.write(row, x);
+    return model.mlpInput(s.weights, x, rows);
   });
   const activation = (s: Stream, x: Float32Array, rows: number): Promise<Float32Array> =>
     model.mlpInput(s.weights, x, rows).then((h) => model.mlpActivation(s.weights, h, rows));
-  await stage(3, (s, _, x, __, count) => activation(s, x, count * seqlen));
+  await stage(3, (s, row, rows) => activation(s, s.output.read(row, rows), rows));
   // the block's output with all four groups quantized: the next block's calibration input
   await eachChunk(async (first, count) => {
-    for (const [i, s] of streams.entries()) {
-      const x = rowsOf(s.x, first, count);
-      const act = await activation(s, x, count * seqlen);
-      if (parallel) await model.addProjection(s.weights, 'o', x, rowsOf(attention[i]!, first, count), count * seqlen);
-      await model.addProjection(s.weights, 'down', x, act, count * seqlen);
+    const [row, rows] = [first * seqlen, count * seqlen];
+    for (const s of streams) {
+      const x = s.output.read(row, rows);
+      const act = await activation(s, x, rows);
+      if (parallel) await model.addProjection(s.weights, 'o', x, s.attention.read(row, rows), rows);
+      await model.addProjection(s.weights, 'down', x, act, rows);
+      s.output.write(row, x);
     }
   });
 }

@@ -140,16 +140,24 @@ export interface SweepExtras {
   levels?: RowLevels;
   /** the Hessian already prepared (shared by a true-sequential group); `asym` and `warn` then go unused */
   prepared?: PreparedHessian;
-  /**
-   * Runs the lazy batch update's matrix product (float32, C = A·Bᵀ) on a fast backend; without it the update
-   * is the float64 loop below, the definition the tests hold it to.
-   */
+  /** @deprecated every product of the sweep is A·B now (matmulNN); accepted until callers stop passing it */
   matmulNT?: (a: Float32Array, b: Float32Array, m: number, n: number, k: number) => Promise<Float32Array>;
-  /** With it (and matmulNT) the fast path runs the updates left-looking when the groups allow (see gptq()). */
+  /**
+   * Runs the updates' matrix products (float32, C = A·B) on a fast backend, and with it the sweep batches
+   * updates inside each block too (see gptq()); without it every update is the float64 loop of
+   * subtractUpdates, the definition the tests hold the fast path to.
+   */
   matmulNN?: (a: Float32Array, b: Float32Array, m: number, n: number, k: number) => Promise<Float32Array>;
   /** Float64 gemm for the blocked factorization of H; without it the plain float64 routines run. */
   matmul64?: Gemm64;
 }
+
+/**
+ * Columns per inner batch of the fast path: inside a block, updates are immediate only within runs of this
+ * many columns, and the rest of the block gets each run's updates as one product (the same lazy batching one
+ * level down), so the scalar loop does 1/8 of the block's update work instead of all of it.
+ */
+const INNER_BLOCK = 16;
 
 export async function gptq(
   weight: Float32Array,
@@ -159,23 +167,27 @@ export async function gptq(
   opts: GptqOptions,
   extras: SweepExtras = {},
 ): Promise<GptqResult> {
-  const { asym, levels } = extras;
+  const { asym, levels, matmulNN: fast } = extras;
   const warn = extras.warn ?? ((): void => {});
   if (levels && opts.groupSize > 0) throw new Error('a per-row level grid has no groups');
   const { bits, groupSize: gs, blocksize } = opts;
   const maxq = 2 ** bits - 1;
-  const W = Float64Array.from(weight);
 
   // the reference fits the per-row grid before zeroing dead columns
-  const channelGrid = gs > 0 ? undefined : fitGrid(W, rows, cols, 0, cols, opts);
+  const channelGrid = gs > 0 ? undefined : fitGrid(weight, rows, cols, 0, cols, opts);
 
   const { dead, perm, U, P, percdamp } = extras.prepared ?? (await prepareHessian(hessian, cols, opts, warn, asym, extras.matmul64));
-  for (let i = 0; i < cols; i++) if (dead[i]) for (let r = 0; r < rows; r++) W[r * cols + i] = 0;
+  const W = sweepMatrix(weight, rows, cols, perm, dead);
+  const position = perm ? new Int32Array(cols) : undefined;
+  perm?.forEach((orig, col) => (position![orig] = col));
 
   const staticGrids: RowGrid[] = [];
-  if (opts.staticGroups && gs > 0)
-    for (let c = 0; c < cols; c += gs) staticGrids.push(fitGrid(W, rows, cols, c, Math.min(gs, cols - c), opts));
-  if (perm) permuteColumns(W, rows, cols, perm);
+  if (opts.staticGroups && gs > 0) {
+    for (let c = 0; c < cols; c += gs) {
+      const members = Array.from({ length: Math.min(gs, cols - c) }, (_, k) => (position ? position[c + k]! : c + k));
+      staticGrids.push(fitColumns(W, rows, members, opts));
+    }
+  }
 
   const G = gs > 0 ? Math.ceil(cols / gs) : 1;
   const codes = new Uint8Array(rows * cols);
@@ -193,26 +205,29 @@ export async function gptq(
 
   let loss = 0;
   let grid = channelGrid;
-  const W1 = new Float64Array(rows * blocksize);
-  const Err1 = new Float64Array(rows * blocksize);
-  const Q1 = new Float64Array(rows * blocksize);
+  // the block's scaled errors and (GPTQv2) quantized values, [column, row] like W
+  const Err1 = new Float64Array(blocksize * rows);
+  const Q1 = P && new Float64Array(blocksize * rows);
+  const codes1 = new Uint8Array(blocksize * rows);
   /*
-   * The fast path may run the same updates left-looking: instead of W[:, i2:] −= Err1·U[i1:i2, i2:] after each
-   * block (an output as large as the rest of the matrix, every block), a block gathers everything owed to it
-   * when it starts, W[:, i1:i2] −= E[:, :i1]·U[:i1, i1:i2]. Each block starts from the same W either way; only
-   * the order of float32 sums differs. It needs every group grid to be fitted inside its own block (a grid
-   * read past i2 would miss updates not yet gathered), so groups must nest in blocks.
+   * The fast path keeps every column's errors in float32 for the backend's products, and runs the lazy batch
+   * left-looking when the groups allow: instead of W[i2:] −= U[i1:i2, i2:]ᵀ·Err1 after each block (an output
+   * as large as the rest of the matrix, every block), a block gathers everything owed to it when it starts,
+   * W[i1:i2] −= U[:i1, i1:i2]ᵀ·E[:i1]. Each block starts from the same W either way; only the order of float32
+   * sums differs. It needs every group grid to be fitted inside its own block (a grid read past i2 would miss
+   * updates not yet gathered), so groups must nest in blocks.
    */
-  const leftLooking = extras.matmulNT && extras.matmulNN && !(gs > 0 && !opts.staticGroups && blocksize % gs !== 0);
-  const owed = leftLooking ? new LeftLookingUpdates(rows, cols, U, P, extras.matmulNN!) : undefined;
+  const E = fast && new Float32Array(cols * rows);
+  const Q = fast && P && new Float32Array(cols * rows);
+  const leftLooking = fast && !(gs > 0 && !opts.staticGroups && blocksize % gs !== 0);
+  const inner = fast ? INNER_BLOCK : blocksize;
   for (let i1 = 0; i1 < cols; i1 += blocksize) {
     const i2 = Math.min(i1 + blocksize, cols);
     const count = i2 - i1;
-    await owed?.gather(W, i1, i2);
-    for (let r = 0; r < rows; r++) for (let i = 0; i < count; i++) W1[r * count + i] = W[r * cols + i1 + i]!;
-    // The grid of each column of the block. As in the reference, a group's grid is fitted on W, which holds
-    // every update made before this block but none of its in-block updates (those go to W1), so all of the
-    // block's grids can be fitted before its sweep.
+    if (leftLooking && i1 > 0)
+      await subtractProducts(fast, W, rows, cols, [i1, i2], U, E!.subarray(0, i1 * rows), 0, P, Q && Q.subarray(0, i1 * rows));
+    // The grid of each column of the block. As in the reference, a group's grid is fitted on W holding every
+    // update made before this block but none of its in-block updates, so all of them are fitted up front.
     const gridOf: (RowGrid | undefined)[] = [];
     for (let i = 0; i < count; i++) {
       const col = i1 + i;
@@ -223,7 +238,12 @@ export async function gptq(
           gIdx[orig] = Math.floor(orig / gs);
         } else {
           if (col % gs === 0) {
-            grid = fitGrid(W, rows, cols, col, Math.min(gs, cols - col), opts);
+            grid = fitColumns(
+              W,
+              rows,
+              Array.from({ length: Math.min(gs, cols - col) }, (_, k) => col + k),
+              opts,
+            );
             setGroup(col / gs, grid);
           }
           gIdx[orig] = Math.floor(col / gs);
@@ -231,155 +251,171 @@ export async function gptq(
       }
       gridOf.push(grid);
     }
-    // The sweep itself, row by row: rows are independent within a block (each sees only its own W1 row and
-    // the shared U), and a row's 128 values stay in cache while its columns are quantized in order.
-    for (let r = 0; r < rows; r++) {
-      const wr = r * count;
-      for (let i = 0; i < count; i++) {
+    for (let j1 = 0; j1 < count; j1 += inner) {
+      const j2 = Math.min(j1 + inner, count);
+      for (let i = j1; i < j2; i++) {
         const col = i1 + i;
-        const orig = perm ? perm[col]! : col;
-        const w = W1[wr + i]!;
-        let q: number;
-        let qv: number;
-        if (levels) {
-          const k = nearestLevel(levels.values, r * levels.levelsPerRow, levels.levelsPerRow, w);
-          q = levels.codes[k]!;
-          qv = levels.values[k]!;
-        } else {
-          const g = gridOf[i]!;
-          const sc = g.scale[r]!;
-          const z = g.zero[r]!;
-          q = quantizeValue(w, sc, z, maxq);
-          qv = sc * (q - z);
-        }
-        codes[r * cols + orig] = q;
-        const err = (w - qv) / U[col * cols + col]!;
-        loss += (err * err) / 2;
-        Err1[wr + i] = err;
-        Q1[wr + i] = qv;
-        // immediate update of the rest of this block's row
-        const ur = col * cols + i1;
-        for (let j = i + 1; j < count; j++) W1[wr + j]! -= err * U[ur + j]!;
-        // GPTQv2: also steer towards the full-precision model's output, with the unquantized value
-        if (P) for (let j = i + 1; j < count; j++) W1[wr + j]! += w * P[ur + j]!;
+        const w = W.subarray(col * rows, (col + 1) * rows);
+        const err = Err1.subarray(i * rows, (i + 1) * rows);
+        const at = [i * rows, (i + 1) * rows] as const;
+        loss += quantizeColumn(w, U[col * cols + col]!, gridOf[i], levels, maxq, codes1.subarray(...at), err, Q1?.subarray(...at));
+        // immediate update of the rest of the inner batch (GPTQv2: steered with the unquantized column)
+        subtractUpdates(W, rows, cols, [col + 1, i1 + j2], U, err, col, P, w);
+        if (E) E.set(err, col * rows);
+        if (Q) Q.set(Q1!.subarray(i * rows, (i + 1) * rows), col * rows);
+      }
+      // the inner batch's updates to the rest of the block, as one product
+      if (fast && j2 < count) {
+        const b = [(i1 + j1) * rows, (i1 + j2) * rows] as const;
+        await subtractProducts(
+          fast,
+          W,
+          rows,
+          cols,
+          [i1 + j2, i2],
+          U,
+          E!.subarray(...b),
+          i1 + j1,
+          P,
+          P && Float32Array.from(W.subarray(...b)),
+        );
       }
     }
-    // lazy batch update of everything after the block: W[:, i2:] -= Err1 · U[i1:i2, i2:]
-    // (GPTQv2: − Q1 · P[i1:i2, i2:], Q1 being what the reference's W1 holds once its block is done)
-    if (owed) owed.record(i1, i2, Err1, Q1);
-    else if (i2 < cols) {
-      if (extras.matmulNT) await lazyUpdateFast(extras.matmulNT, W, rows, cols, i1, i2, Err1, U, P ? { Q1, P } : undefined);
-      else lazyUpdate(W, rows, cols, i1, i2, Err1, U, P ? { Q1, P } : undefined);
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < count; i++) codes[r * cols + (perm ? perm[i1 + i]! : i1 + i)] = codes1[i * rows + r]!;
+    // lazy batch update of everything after the block: W[i2:] −= U[i1:i2, i2:]ᵀ·Err1
+    // (GPTQv2: − P[i1:i2, i2:]ᵀ·Q1, Q1 being what the reference's W1 holds once its block is done)
+    if (i2 < cols && !leftLooking) {
+      const b = [i1 * rows, i2 * rows] as const;
+      if (fast) await subtractProducts(fast, W, rows, cols, [i2, cols], U, E!.subarray(...b), i1, P, Q && Q.subarray(...b));
+      else subtractUpdates(W, rows, cols, [i2, cols], U, Err1.subarray(0, count * rows), i1, P, Q1);
     }
   }
   return { layer: { rows, cols, bits, groupSize: gs, sym: opts.sym, codes, scales, zeros, gIdx }, loss, percdamp };
 }
 
-function permuteColumns(W: Float64Array, rows: number, cols: number, perm: Int32Array): void {
-  const row = new Float64Array(cols);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) row[c] = W[r * cols + perm[c]!]!;
-    W.set(row, r * cols);
+/**
+ * Rounds a column x (one weight per row) to each row's grid, or to its levels: writes the codes, the errors
+ * scaled by 1/d (d = U_ii) and the rounded values (when asked); returns the column's part of the loss.
+ */
+function quantizeColumn(
+  x: Float64Array,
+  d: number,
+  grid: RowGrid | undefined,
+  levels: RowLevels | undefined,
+  maxq: number,
+  codes: Uint8Array,
+  err: Float64Array,
+  rounded: Float64Array | undefined,
+): number {
+  let loss = 0;
+  for (let r = 0; r < x.length; r++) {
+    let q: number;
+    let qv: number;
+    if (levels) {
+      const k = nearestLevel(levels.values, r * levels.levelsPerRow, levels.levelsPerRow, x[r]!);
+      q = levels.codes[k]!;
+      qv = levels.values[k]!;
+    } else {
+      q = quantizeValue(x[r]!, grid!.scale[r]!, grid!.zero[r]!, maxq);
+      qv = grid!.scale[r]! * (q - grid!.zero[r]!);
+    }
+    codes[r] = q;
+    const e = (x[r]! - qv) / d;
+    loss += (e * e) / 2;
+    err[r] = e;
+    if (rounded) rounded[r] = qv;
   }
+  return loss;
 }
 
-function lazyUpdate(
-  W: Float64Array,
-  rows: number,
-  cols: number,
-  i1: number,
-  i2: number,
-  Err1: Float64Array,
-  U: Float64Array,
-  v2?: { Q1: Float64Array; P: Float64Array },
-): void {
-  const count = i2 - i1;
-  for (let r = 0; r < rows; r++) {
-    const wr = r * cols;
-    for (let k = 0; k < count; k++) {
-      const e = Err1[r * count + k]!;
-      const ur = (i1 + k) * cols;
-      if (e !== 0) for (let c = i2; c < cols; c++) W[wr + c]! -= e * U[ur + c]!;
-      const qv = v2 ? v2.Q1[r * count + k]! : 0;
-      if (qv !== 0) for (let c = i2; c < cols; c++) W[wr + c]! += qv * v2!.P[ur + c]!;
-    }
-  }
-}
-
-/** The same update as one float32 product [Err1 | −Q1] · [U; P] on the backend. */
-async function lazyUpdateFast(
-  matmulNT: NonNullable<SweepExtras['matmulNT']>,
-  W: Float64Array,
-  rows: number,
-  cols: number,
-  i1: number,
-  i2: number,
-  Err1: Float64Array,
-  U: Float64Array,
-  v2?: { Q1: Float64Array; P: Float64Array },
-): Promise<void> {
-  const count = i2 - i1;
-  const k = v2 ? 2 * count : count;
-  const n = cols - i2;
-  const a = new Float32Array(rows * k);
-  for (let r = 0; r < rows; r++) {
-    for (let j = 0; j < count; j++) {
-      a[r * k + j] = Err1[r * count + j]!;
-      if (v2) a[r * k + count + j] = -v2.Q1[r * count + j]!;
-    }
-  }
-  const b = new Float32Array(n * k);
-  for (let j = 0; j < count; j++) {
-    const ur = (i1 + j) * cols + i2;
-    for (let c = 0; c < n; c++) {
-      b[c * k + j] = U[ur + c]!;
-      if (v2) b[c * k + count + j] = v2.P[ur + c]!;
-    }
-  }
-  const prod = await matmulNT(a, b, rows, n, k);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < n; c++) W[r * cols + i2 + c]! -= prod[r * n + c]!;
-}
-
-/** The errors of finished blocks, kept transposed ([column, row]) so that those of columns 0..i1 are one contiguous matrix. */
-class LeftLookingUpdates {
-  private readonly errT: Float32Array;
-  private readonly qT?: Float32Array;
-
-  constructor(
-    private readonly rows: number,
-    private readonly cols: number,
-    private readonly U: Float64Array,
-    private readonly P: Float64Array | undefined,
-    private readonly matmulNN: NonNullable<SweepExtras['matmulNN']>,
-  ) {
-    this.errT = new Float32Array(cols * rows);
-    if (P) this.qT = new Float32Array(cols * rows);
-  }
-
-  /** W[:, i1:i2] −= E[:, :i1]·U[:i1, i1:i2] (GPTQv2: + Q[:, :i1]·P[:i1, i1:i2]). */
-  async gather(W: Float64Array, i1: number, i2: number): Promise<void> {
-    if (i1 === 0) return;
-    const { rows, cols } = this;
-    const count = i2 - i1;
-    const apply = async (M: Float64Array, T: Float32Array, sign: number): Promise<void> => {
-      const a = new Float32Array(count * i1);
-      for (let j = 0; j < count; j++) for (let c = 0; c < i1; c++) a[j * i1 + c] = M[c * cols + i1 + j]!;
-      const prod = await this.matmulNN(a, T.subarray(0, i1 * rows), count, rows, i1);
-      for (let j = 0; j < count; j++) for (let r = 0; r < rows; r++) W[r * cols + i1 + j]! -= sign * prod[j * rows + r]!;
-    };
-    await apply(this.U, this.errT, 1);
-    if (this.P) await apply(this.P, this.qT!, -1);
-  }
-
-  record(i1: number, i2: number, Err1: Float64Array, Q1: Float64Array): void {
-    const count = i2 - i1;
-    for (let i = 0; i < count; i++) {
-      for (let r = 0; r < this.rows; r++) {
-        this.errT[(i1 + i) * this.rows + r] = Err1[r * count + i]!;
-        if (this.qT) this.qT[(i1 + i) * this.rows + r] = Q1[r * count + i]!;
+/**
+ * The weights transposed to [column, row] in sweep order, dead columns zero: a column's update is then one
+ * contiguous run and any span of columns a matrix the backend multiplies in place. Tiles of columns keep
+ * both the rows read and the columns written in cache.
+ */
+function sweepMatrix(weight: Float32Array, rows: number, cols: number, perm: Int32Array | undefined, dead: Uint8Array): Float64Array {
+  const W = new Float64Array(cols * rows);
+  const TILE = 16;
+  for (let c0 = 0; c0 < cols; c0 += TILE) {
+    const c1 = Math.min(c0 + TILE, cols);
+    for (let r = 0; r < rows; r++) {
+      for (let c = c0; c < c1; c++) {
+        const orig = perm ? perm[c]! : c;
+        if (!dead[orig]) W[c * rows + r] = weight[r * cols + orig]!;
       }
     }
   }
+  return W;
+}
+
+/** fitGrid over the given columns of W [column, row], as it fits the same columns of a row-major matrix. */
+function fitColumns(W: Float64Array, rows: number, columns: number[], opts: GridOptions): RowGrid {
+  const width = columns.length;
+  const slice = new Float64Array(rows * width);
+  columns.forEach((c, k) => {
+    for (let r = 0; r < rows; r++) slice[r * width + k] = W[c * rows + r]!;
+  });
+  return fitGrid(slice, rows, width, 0, width, opts);
+}
+
+/**
+ * Every update of the sweep, in float64: W[c] −= Σ_k (E[k]·U[k, c] − V[k]·P[k, c]) for the columns c of
+ * [c0, c1) and the rows k of U from k0 on, one per row of E ([k, row], as W). One column's immediate update
+ * is the case of one k; the reference's lazy batch that of a block. Each weight takes its terms in order of k.
+ */
+function subtractUpdates(
+  W: Float64Array,
+  rows: number,
+  cols: number,
+  [c0, c1]: readonly [number, number],
+  U: Float64Array,
+  E: Float64Array,
+  k0: number,
+  P?: Float64Array,
+  V?: Float64Array,
+): void {
+  const k1 = k0 + E.length / rows;
+  for (let c = c0; c < c1; c++) {
+    const w = c * rows;
+    for (let k = k0; k < k1; k++) {
+      const e = (k - k0) * rows;
+      const u = U[k * cols + c]!;
+      for (let r = 0; r < rows; r++) W[w + r]! -= E[e + r]! * u;
+      if (!P) continue;
+      const p = P[k * cols + c]!;
+      for (let r = 0; r < rows; r++) W[w + r]! += V![e + r]! * p;
+    }
+  }
+}
+
+/** subtractUpdates as float32 products on the backend: W[c0:c1] −= U[k0:k1, c0:c1]ᵀ·E − P[k0:k1, c0:c1]ᵀ·V. */
+async function subtractProducts(
+  matmulNN: NonNullable<SweepExtras['matmulNN']>,
+  W: Float64Array,
+  rows: number,
+  cols: number,
+  [c0, c1]: readonly [number, number],
+  U: Float64Array,
+  E: Float32Array,
+  k0: number,
+  P?: Float64Array,
+  V?: Float32Array,
+): Promise<void> {
+  const m = c1 - c0;
+  const k = E.length / rows;
+  const apply = async (M: Float64Array, B: Float32Array, sign: number): Promise<void> => {
+    const a = new Float32Array(m * k);
+    for (let j = 0; j < k; j++) {
+      const row = (k0 + j) * cols + c0;
+      for (let c = 0; c < m; c++) a[c * k + j] = M[row + c]!;
+    }
+    const prod = await matmulNN(a, B, m, rows, k);
+    const w = W.subarray(c0 * rows, c1 * rows);
+    for (let i = 0; i < prod.length; i++) w[i]! -= sign * prod[i]!;
+  };
+  await apply(U, E, 1);
+  if (P) await apply(P, V!, -1);
 }
 
 /** Index (into values) of the level nearest to x among values[start .. start+n), which are sorted. */

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import {
@@ -19,6 +22,7 @@ import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
 import { rtn } from './rtn.js';
 import { dequantizeBinary, gptqt, highBitsOf, type BinaryCodedLayer } from './gptqt.js';
+import { digest, LayerStore, modelFingerprint, RowFile, RunState } from './run-state.js';
 
 export type Method = 'gptq' | 'gptqv2' | 'gptqt' | 'rtn';
 export const METHODS: Method[] = ['gptq', 'gptqv2', 'gptqt', 'rtn'];
@@ -44,15 +48,16 @@ export interface LayerReport {
 export interface QuantizeResult {
   config: ModelConfig;
   /** full tensor name (…q_proj.weight) → quantized layer */
-  layers: Map<string, QuantizedLayer>;
+  layers: ReadonlyMap<string, QuantizedLayer>;
   /** GPTQT's binary-coded layers, by the same names */
-  binaryLayers: Map<string, BinaryCodedLayer>;
+  binaryLayers: ReadonlyMap<string, BinaryCodedLayer>;
   reports: LayerReport[];
   timings: { forward: number; hessian: number; sweep: number; total: number };
 }
 
 export interface QuantizeProgress {
-  (done: number, total: number, layer: string): void;
+  /** `eta`: seconds left for the whole model, from this run's finished blocks (none before the first) */
+  (done: number, total: number, layer: string, eta?: number): void;
 }
 
 /** Sees each layer's original weight, its Hessian (GPTQ only) and result: for analysis and tests. */
@@ -99,12 +104,28 @@ export function validateOptions(cfg: ModelConfig, opts: QuantizeOptions, calib?:
   }
 }
 
+/** Where a run keeps its hidden states and finished blocks, and whether it continues an earlier run's. */
+export interface RunStateOptions {
+  /**
+   * the state directory: finished blocks' layers are written there and read back when asked for. Without one, a
+   * temporary directory holds the hidden states (removed at the end) and the layers stay in memory.
+   */
+  dir?: string;
+  /** continue the run whose state `dir` holds: same model, settings and calibration windows, or refused */
+  resume?: boolean;
+  /** what else the result depends on (the pipeline's output settings), checked on resume */
+  identity?: Record<string, unknown>;
+  /** called once block l is finished and recorded (tests stop a run here) */
+  onBlock?: (l: number) => void;
+}
+
 /**
  * Quantize every linear layer of a model, block by block, streaming the weights from disk. GPTQ runs
  * each block once over the calibration windows; at each true-sequential group ([q,k,v] → [o] → [gate,up] →
  * [down]) the forward pauses, the group's Hessian is built from its inputs, its layers are quantized and
  * replaced by their quantized weights, and the forward continues. So every group is calibrated on the
- * outputs of everything quantized before it, and no activation is computed twice.
+ * outputs of everything quantized before it, and no activation is computed twice. The calibration hidden
+ * states go through files in the state directory (see RunState), a chunk at a time.
  */
 export async function quantizeModel(
   dir: string,
@@ -114,6 +135,7 @@ export async function quantizeModel(
   onProgress: QuantizeProgress = () => {},
   warn: (msg: string) => void = () => {},
   inspect?: LayerInspector,
+  run: RunStateOptions = {},
 ): Promise<QuantizeResult> {
   const t0 = performance.now();
   const cfg = readModelConfig(dir);
@@ -124,23 +146,53 @@ export async function quantizeModel(
   const matmulNN = backend.matmulNN.bind(backend);
   const matmul64 = backend.matmul64.bind(backend);
   const st = new SafetensorsModel(dir);
-  const layers = new Map<string, QuantizedLayer>();
-  const binaryLayers = new Map<string, BinaryCodedLayer>();
+  const layers = new LayerStore<QuantizedLayer>();
+  const binaryLayers = new LayerStore<BinaryCodedLayer>();
+  const store = opts.method === 'gptqt' ? binaryLayers : layers;
   const reports: LayerReport[] = [];
   const timings = { forward: 0, hessian: 0, sweep: 0, total: 0 };
   const groups = linearGroups(cfg);
   const total = cfg.numLayers * groups.flat().length;
+  const blockNames = (l: number): string[] => groups.flat().map((n) => `${layerPrefix(cfg, l)}${n}.weight`);
+  const stateDir = run.dir ?? mkdtempSync(join(tmpdir(), 'gptq-ts-run-'));
+  let state: RunState<LayerReport> | undefined;
   try {
     // a float checkpoint exactly as config.json describes it, checked before hours of work
     checkTensorNames(st, cfg, (w) => ({ required: [w] }));
-    const model = new Decoder(cfg, backend, readOuter(st, cfg), []);
+    const identity = {
+      model: modelFingerprint(dir, st),
+      options: opts,
+      calibration: calib ? { seqlen: calib.seqlen, windows: calib.windows.length / calib.seqlen, sha256: digest(calib.windows) } : null,
+      ...run.identity,
+    };
+    state = new RunState<LayerReport>(stateDir, identity, run.resume ?? false);
+    const finished = state.finished.length;
+    for (const [l, b] of state.finished.entries()) {
+      reports.push(...b.reports);
+      for (const k of ['forward', 'hessian', 'sweep'] as const) timings[k] += b.seconds[k];
+      store.adopt(state.layersPath(l), blockNames(l));
+    }
+    if (finished > 0) onProgress(reports.length, total, reports.at(-1)!.name);
+    // the stages read nothing outside the blocks: no embedding or head held while they run
+    const model = new Decoder(cfg, backend, { embed: new Float32Array(0), head: new Float32Array(0) }, []);
     const nseq = calib ? calib.windows.length / calib.seqlen : 0;
-    const x = calib ? await model.embedTokens(calib.windows, calib.seqlen) : undefined;
+    const chunk = calib ? Math.max(1, Math.floor(CALIBRATION_CHUNK_TOKENS / calib.seqlen)) : 0;
     // GPTQv2 follows the full-precision model's hidden states alongside the quantized path's
-    const xfp = asymmetric ? x!.slice() : undefined;
-    for (let l = 0; l < cfg.numLayers; l++) {
+    const nstreams = asymmetric ? 2 : 1;
+    const D = cfg.hiddenSize;
+    if (calib && finished === 0) await embedCalibration(st, cfg, backend, calib, chunk, state, nstreams);
+    const runStart = performance.now();
+    for (let l = finished; l < cfg.numLayers; l++) {
+      const blockStart = performance.now();
+      const before = { ...timings };
+      const eta = (): number | undefined => {
+        const done = l - finished;
+        if (done === 0) return undefined;
+        const perBlock = (blockStart - runStart) / 1000 / done;
+        return Math.max(0, perBlock * (cfg.numLayers - l) - (performance.now() - blockStart) / 1000);
+      };
       const block = readBlock(st, cfg, l);
-      const hessians: HessianAccumulator[] = [];
+      const hessians: (HessianAccumulator | undefined)[] = [];
       const quantizeGroup = async (g: number): Promise<void> => {
         const hessian = hessians[g];
         // the group's layers share one Hessian: factor it once for all of them
@@ -188,35 +240,83 @@ export async function quantizeModel(
           report.seconds = (performance.now() - ts) / 1000;
           timings.sweep += report.seconds;
           reports.push(report);
-          onProgress(reports.length, total, full);
+          onProgress(reports.length, total, full, eta());
         }
+        // the largest of a block's buffers (down_proj's inputs are the MLP's width): gone once its layers are done
+        hessians[g] = undefined;
       };
-      if (x && calib) {
+      if (calib) {
         const tb = performance.now();
-        const before = timings.hessian + timings.sweep;
-        const streams: Stream[] = [{ weights: block, x }];
-        // quantization replaces whole arrays in block.linear, so a copy of the record keeps the originals
-        if (xfp) streams.push({ weights: { ...block, linear: { ...block.linear } }, x: xfp });
-        const chunk = Math.max(1, Math.floor(CALIBRATION_CHUNK_TOKENS / calib.seqlen));
-        await calibrateBlock(model, l, streams, nseq, calib.seqlen, chunk, {
-          observe: async (g, [input, fpInput], rows, count) => {
-            const th = performance.now();
-            hessians[g] ??= new HessianAccumulator(input!.length / rows, backend, asymmetric);
-            await hessians[g].add(input!, rows, count, fpInput);
-            timings.hessian += (performance.now() - th) / 1000;
-          },
-          quantize: quantizeGroup,
-        });
-        timings.forward += (performance.now() - tb) / 1000 - (timings.hessian + timings.sweep - before);
+        const streams: Stream[] = [];
+        for (let s = 0; s < nstreams; s++) {
+          streams.push({
+            // GPTQv2's second stream keeps the original weights: quantization replaces whole arrays in block.linear
+            weights: s === 0 ? block : { ...block, linear: { ...block.linear } },
+            input: new RowFile(state.hiddenPath(l, s), D, 'open'),
+            output: new RowFile(state.hiddenPath(l + 1, s), D, 'create'),
+            attention: new RowFile(state.attentionPath(s), linearShape(cfg, cfg.linear.o)[1], 'create'),
+          });
+        }
+        try {
+          await calibrateBlock(model, l, streams, nseq, calib.seqlen, chunk, {
+            observe: async (g, [input, fpInput], rows, count) => {
+              const th = performance.now();
+              hessians[g] ??= new HessianAccumulator(input!.length / rows, backend, asymmetric);
+              await hessians[g].add(input!, rows, count, fpInput);
+              timings.hessian += (performance.now() - th) / 1000;
+            },
+            quantize: quantizeGroup,
+          });
+          for (const s of streams) s.output.sync();
+        } finally {
+          for (const s of streams) for (const f of [s.input, s.output, s.attention]) f.close();
+        }
+        timings.forward += (performance.now() - tb) / 1000 - (timings.hessian + timings.sweep - before.hessian - before.sweep);
       } else {
         for (let g = 0; g < groups.length; g++) await quantizeGroup(g);
       }
+      if (run.dir) await store.spill(state.layersPath(l), blockNames(l));
+      const seconds = {
+        forward: timings.forward - before.forward,
+        hessian: timings.hessian - before.hessian,
+        sweep: timings.sweep - before.sweep,
+        total: (performance.now() - blockStart) / 1000,
+      };
+      state.finish(l, { reports: reports.slice(-blockNames(l).length), seconds });
+      run.onBlock?.(l);
     }
+    for (let s = 0; s < nstreams; s++) rmSync(state.hiddenPath(cfg.numLayers, s), { force: true });
+    timings.total = state.finished.slice(0, finished).reduce((a, b) => a + b.seconds.total, 0) + (performance.now() - t0) / 1000;
   } finally {
     st.close();
+    state?.release();
+    if (!run.dir) rmSync(stateDir, { recursive: true, force: true });
   }
-  timings.total = (performance.now() - t0) / 1000;
   return { config: cfg, layers, binaryLayers, reports, timings };
+}
+
+/** The calibration windows' embeddings, a chunk at a time, as every stream's input to block 0. */
+async function embedCalibration(
+  st: SafetensorsModel,
+  cfg: ModelConfig,
+  backend: Backend,
+  calib: { windows: Int32Array; seqlen: number },
+  chunk: number,
+  state: RunState<LayerReport>,
+  nstreams: number,
+): Promise<void> {
+  const embedder = new Decoder(cfg, backend, readOuter(st, cfg, false), []);
+  const files = Array.from({ length: nstreams }, (_, s) => new RowFile(state.hiddenPath(0, s), cfg.hiddenSize, 'create'));
+  try {
+    const step = chunk * calib.seqlen;
+    for (let row = 0; row < calib.windows.length; row += step) {
+      const x = await embedder.embedTokens(calib.windows.subarray(row, row + step), calib.seqlen);
+      for (const f of files) f.write(row, x);
+    }
+    for (const f of files) f.sync();
+  } finally {
+    for (const f of files) f.close();
+  }
 }
 
 /**

@@ -1,0 +1,80 @@
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { checkOutputPath } from '../src/io/atomic.js';
+import { pullStories15m } from '../src/io/stories.js';
+import { quantize, type PipelineOptions } from '../src/pipeline.js';
+
+/**
+ * A resumable run stopped after a block continues from its state and writes exactly the bytes an uninterrupted
+ * run writes; the state survives other runs' tidying, and a different setting does not resume it.
+ */
+let model: string;
+let parent: string;
+const settings: Partial<PipelineOptions> = { nsamples: 8, bits: 4, groupSize: 64 };
+
+before(async () => {
+  model = await pullStories15m();
+  parent = mkdtempSync(join(tmpdir(), 'resume-'));
+});
+after(() => rmSync(parent, { recursive: true, force: true }));
+
+/** The output's files; the summary without the times, which differ between any two runs. */
+function contents(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const f of readdirSync(dir).sort()) {
+    let text = readFileSync(join(dir, f)).toString('base64');
+    if (f === 'quantize_summary.json') {
+      const s = JSON.parse(readFileSync(join(dir, f), 'utf8')) as { timings: unknown; layers: { seconds?: number }[]; out: string };
+      text = JSON.stringify({ ...s, timings: undefined, out: undefined, layers: s.layers.map((l) => ({ ...l, seconds: undefined })) });
+    }
+    out.set(f, text);
+  }
+  return out;
+}
+
+class Stop extends Error {}
+
+test('a run stopped after block 2 resumes to the same bytes as an uninterrupted run', async () => {
+  const whole = join(parent, 'whole');
+  await quantize(model, settings, whole);
+
+  const resumed = join(parent, 'resumed');
+  const partial = join(parent, '.resumed.partial');
+  const stopAfter2 = (l: number): void => {
+    if (l === 2) throw new Stop();
+  };
+  await assert.rejects(quantize(model, settings, resumed, { resume: true, onBlock: stopAfter2 }), Stop);
+  assert.ok(!existsSync(resumed), 'no output appears before the run is complete');
+  const progress = JSON.parse(readFileSync(join(partial, 'progress.json'), 'utf8')) as unknown[];
+  assert.equal(progress.length, 3);
+
+  // a later run's tidying of stale temporaries keeps the state; a different setting is refused, not resumed
+  checkOutputPath(resumed);
+  assert.ok(existsSync(partial));
+  await assert.rejects(quantize(model, { ...settings, bits: 3 }, resumed, { resume: true }), /had options .*"bits":4/);
+
+  const blocks: number[] = [];
+  await quantize(model, settings, resumed, { resume: true, onBlock: (l) => blocks.push(l) });
+  assert.deepEqual(blocks, [3, 4, 5], 'only the unfinished blocks run again');
+  assert.ok(!existsSync(partial), 'the state goes once the output is written');
+  assert.deepEqual(contents(resumed), contents(whole));
+});
+
+test('a run without --resume leaves no state behind, and warns about an interrupted one it keeps', async () => {
+  const out = join(parent, 'plain');
+  const stopAt0 = (): void => {
+    throw new Stop();
+  };
+  await assert.rejects(quantize(model, settings, out, { resume: true, onBlock: stopAt0 }), Stop);
+  const warnings: string[] = [];
+  await assert.rejects(quantize(model, settings, out, { onBlock: stopAt0, warn: (m) => warnings.push(m) }), Stop);
+  assert.match(warnings.join('\n'), /\.plain\.partial holds an interrupted run's finished blocks: kept/);
+  assert.deepEqual(
+    readdirSync(parent).filter((f) => f.startsWith('.plain')),
+    ['.plain.partial'],
+  );
+  await assert.rejects(quantize(model, settings, undefined, { resume: true }), /--resume needs --out/);
+});
