@@ -13,8 +13,8 @@ import { refBackend } from '../src/tensor/ref.js';
 
 /*
  * The blocked (gemm-bound) factorizations against the plain float64 definitions, on sizes below, at and
- * across the 128-column block, with both backends' float64 gemm. Tolerance 1e-9 relative to the largest
- * entry: both are float64 and only the summation order differs.
+ * across the 128-column block and (700) where the triangular products recurse, with both backends' float64
+ * gemm. Tolerance 1e-9 relative to the largest entry: both are float64 and only the summation order differs.
  */
 
 /** A Hessian-like SPD matrix: XᵀX/n of correlated columns plus a little damping. */
@@ -42,7 +42,7 @@ function assertNear(got: Float64Array, want: Float64Array, what: string): void {
 for (const backend of [refBackend, ortBackend]) {
   test(`blocked Cholesky with its inverse, and U = chol(H⁻¹) equal the plain routines (${backend.name} gemm)`, async () => {
     const gemm = backend.matmul64.bind(backend);
-    for (const n of backend === refBackend ? [1, 7, 129, 300] : [1, 7, 128, 129, 300, 517]) {
+    for (const n of backend === refBackend ? [1, 7, 129, 300] : [1, 7, 128, 129, 300, 517, 700]) {
       const h = spd(n, n);
       const l = cholesky(h, n)!;
       assertNear((await blockedCholeskyInverse(h, n, gemm))!, invertLower(l, n), `inverse of the Cholesky factor n=${n}`);
