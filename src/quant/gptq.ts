@@ -93,8 +93,8 @@ export async function prepareHessian(
   asym?: AsymmetricCalibration,
   gemm64?: Gemm64,
 ): Promise<PreparedHessian> {
-  const H = Float64Array.from(hessian);
-  const dXXt = asym && Float64Array.from(asym.dXXt);
+  const H = hessian.slice();
+  const dXXt = asym && asym.dXXt.slice();
   const dead = new Uint8Array(cols);
   // inputs that are always zero: nothing to learn about them; make H invertible (the sweep zeroes their weights)
   for (let i = 0; i < cols; i++) {
@@ -118,7 +118,7 @@ export async function prepareHessian(
   let percdamp = opts.percdamp;
   let U: Float64Array | undefined;
   for (let attempt = 0; ; attempt++) {
-    const Hd = Float64Array.from(H);
+    const Hd = H.slice();
     for (let i = 0; i < cols; i++) Hd[i * cols + i]! += percdamp * meanDiag;
     U = gemm64 ? await upperCholeskyOfInverseBlocked(Hd, cols, gemm64) : upperCholeskyOfInverse(Hd, cols);
     if (U) break;
@@ -153,11 +153,11 @@ export interface SweepExtras {
 }
 
 /**
- * Columns per inner batch of the fast path: inside a block, updates are immediate only within runs of this
- * many columns, and the rest of the block gets each run's updates as one product (the same lazy batching one
- * level down), so the scalar loop does 1/8 of the block's update work instead of all of it.
+ * Columns per run of the fast path: inside a block, updates are immediate only within runs of this many
+ * columns, and each run gathers what the block's earlier runs owe it as one product when it starts (the lazy
+ * batch one level down, left-looking), so the scalar loop does a fraction of the block's update work.
  */
-const INNER_BLOCK = 16;
+const RUN = 16;
 
 export async function gptq(
   weight: Float32Array,
@@ -220,7 +220,7 @@ export async function gptq(
   const E = fast && new Float32Array(cols * rows);
   const Q = fast && P && new Float32Array(cols * rows);
   const leftLooking = fast && !(gs > 0 && !opts.staticGroups && blocksize % gs !== 0);
-  const inner = fast ? INNER_BLOCK : blocksize;
+  const inner = fast ? RUN : blocksize;
   for (let i1 = 0; i1 < cols; i1 += blocksize) {
     const i2 = Math.min(i1 + blocksize, cols);
     const count = i2 - i1;
@@ -253,32 +253,32 @@ export async function gptq(
     }
     for (let j1 = 0; j1 < count; j1 += inner) {
       const j2 = Math.min(j1 + inner, count);
+      // what the block's earlier runs owe this one, gathered as one product (GPTQv2: with their unquantized values)
+      if (fast && j1 > 0) {
+        const done = [i1 * rows, (i1 + j1) * rows] as const;
+        await subtractProducts(
+          fast,
+          W,
+          rows,
+          cols,
+          [i1 + j1, i1 + j2],
+          U,
+          E!.subarray(...done),
+          i1,
+          P,
+          P && new Float32Array(W.subarray(...done)),
+        );
+      }
       for (let i = j1; i < j2; i++) {
         const col = i1 + i;
         const w = W.subarray(col * rows, (col + 1) * rows);
         const err = Err1.subarray(i * rows, (i + 1) * rows);
         const at = [i * rows, (i + 1) * rows] as const;
         loss += quantizeColumn(w, U[col * cols + col]!, gridOf[i], levels, maxq, codes1.subarray(...at), err, Q1?.subarray(...at));
-        // immediate update of the rest of the inner batch (GPTQv2: steered with the unquantized column)
+        // immediate update of the rest of the run (GPTQv2: steered with the unquantized column)
         subtractUpdates(W, rows, cols, [col + 1, i1 + j2], U, err, col, P, w);
         if (E) E.set(err, col * rows);
-        if (Q) Q.set(Q1!.subarray(i * rows, (i + 1) * rows), col * rows);
-      }
-      // the inner batch's updates to the rest of the block, as one product
-      if (fast && j2 < count) {
-        const b = [(i1 + j1) * rows, (i1 + j2) * rows] as const;
-        await subtractProducts(
-          fast,
-          W,
-          rows,
-          cols,
-          [i1 + j2, i2],
-          U,
-          E!.subarray(...b),
-          i1 + j1,
-          P,
-          P && Float32Array.from(W.subarray(...b)),
-        );
+        if (Q) Q.set(Q1!.subarray(...at), col * rows);
       }
     }
     for (let r = 0; r < rows; r++)
@@ -331,18 +331,19 @@ function quantizeColumn(
 
 /**
  * The weights transposed to [column, row] in sweep order, dead columns zero: a column's update is then one
- * contiguous run and any span of columns a matrix the backend multiplies in place. Tiles of columns keep
- * both the rows read and the columns written in cache.
+ * contiguous run and any span of columns a matrix the backend multiplies in place. Square tiles keep the rows
+ * read and the columns written in cache.
  */
 function sweepMatrix(weight: Float32Array, rows: number, cols: number, perm: Int32Array | undefined, dead: Uint8Array): Float64Array {
   const W = new Float64Array(cols * rows);
-  const TILE = 16;
-  for (let c0 = 0; c0 < cols; c0 += TILE) {
-    const c1 = Math.min(c0 + TILE, cols);
-    for (let r = 0; r < rows; r++) {
-      for (let c = c0; c < c1; c++) {
+  const TILE = 64;
+  for (let r0 = 0; r0 < rows; r0 += TILE) {
+    const r1 = Math.min(r0 + TILE, rows);
+    for (let c0 = 0; c0 < cols; c0 += TILE) {
+      for (let c = c0; c < Math.min(c0 + TILE, cols); c++) {
         const orig = perm ? perm[c]! : c;
-        if (!dead[orig]) W[c * rows + r] = weight[r * cols + orig]!;
+        if (dead[orig]) continue;
+        for (let r = r0; r < r1; r++) W[c * rows + r] = weight[r * cols + orig]!;
       }
     }
   }
@@ -468,6 +469,6 @@ async function asymmetricCorrectionGemm(
 }
 
 function permuteBoth(H: Float64Array, n: number, perm: Int32Array): void {
-  const src = Float64Array.from(H);
+  const src = H.slice();
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) H[i * n + j] = src[perm[i]! * n + perm[j]!]!;
 }
