@@ -1,0 +1,159 @@
+import { execSync } from 'node:child_process';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { seededRandom } from '../src/calib/windows.js';
+import * as gptqNow from '../src/quant/gptq.js';
+import * as hessianNow from '../src/quant/hessian.js';
+import * as ortNow from '../src/tensor/ort.js';
+import { printTable } from './table.js';
+
+/**
+ * GPTQ's per-layer costs at real shapes on random data, beside the backend's sgemm and dgemm rates measured in
+ * the same run: Hessian accumulation (one calibration chunk of 4096 positions), the Hessian's preparation
+ * (damping, blocked float64 Cholesky of H⁻¹), and the sweep (4-bit, groups of 128, symmetric, blocks of 128).
+ *
+ *   npm run bench:sweep [-- --baseline REV] [--large]
+ *
+ * `--baseline REV` runs the same measurements on the source tree of git revision REV in the same process,
+ * alternating with this tree's, for a before/after table. `--large` adds the 4096 x 14336 layer (a 14336-column
+ * Hessian: about 8 GB at its peak). Times are the best of `REPS` runs (one for --large), as the machine is shared.
+ */
+const REPS = 3;
+const args = process.argv.slice(2);
+const large = args.includes('--large');
+const baselineRev = args.includes('--baseline') ? args[args.indexOf('--baseline') + 1] : undefined;
+
+interface Tree {
+  label: string;
+  gptq: typeof gptqNow;
+  hessian: typeof hessianNow;
+  backend: typeof ortNow.ortBackend;
+}
+const trees: Tree[] = [{ label: 'this tree', gptq: gptqNow, hessian: hessianNow, backend: ortNow.ortBackend }];
+let scratch: string | undefined;
+if (baselineRev) {
+  // the revision's src/ beside ours, resolving packages through our node_modules
+  const root = resolve(import.meta.dirname, '..');
+  scratch = mkdtempSync(join(tmpdir(), 'gptq-baseline-'));
+  execSync(`git -C ${root} archive ${baselineRev} src | tar -x -C ${scratch}`);
+  symlinkSync(join(root, 'node_modules'), join(scratch, 'node_modules'));
+  const load = async <T>(path: string): Promise<T> => (await import(join(scratch!, path))) as T;
+  trees.unshift({
+    label: baselineRev,
+    gptq: await load('src/quant/gptq.ts'),
+    hessian: await load('src/quant/hessian.ts'),
+    backend: (await load<typeof ortNow>('src/tensor/ort.ts')).ortBackend,
+  });
+}
+
+const rand = seededRandom(1);
+const random = (n: number): Float32Array => Float32Array.from({ length: n }, () => rand() - 0.5);
+
+/** Best wall time in ms of fn over reps runs of each tree, the trees alternating. */
+async function best(reps: number, fn: (t: Tree) => Promise<unknown>, among = trees): Promise<number[]> {
+  const ms = among.map(() => Infinity);
+  for (let i = 0; i < reps; i++) {
+    for (const [k, t] of among.entries()) {
+      const t0 = performance.now();
+      await fn(t);
+      ms[k] = Math.min(ms[k]!, performance.now() - t0);
+    }
+  }
+  return ms;
+}
+
+const { ortBackend } = ortNow;
+const gflops = (flop: number, ms: number): number => flop / ms / 1e6;
+const bestOf = async (fn: () => Promise<unknown>): Promise<number> => (await best(REPS, fn, [trees[0]!]))[0]!;
+const SG = { m: 4096, n: 4096, k: 4096 };
+const sgemmA = random(SG.m * SG.k);
+const sgemmB = random(SG.n * SG.k);
+/** the backend's best sgemm rate: measured before and after the rest, as the machine's load drifts */
+const sgemmRate = async (): Promise<number> =>
+  gflops(2 * SG.m * SG.n * SG.k, await bestOf(() => ortBackend.matmulNT(sgemmA, sgemmB, SG.m, SG.n, SG.k)));
+let sgemm = await sgemmRate();
+const DG = 2048;
+const dgemmA = Float64Array.from(sgemmA.subarray(0, DG * DG));
+const dgemm = gflops(2 * DG ** 3, await bestOf(() => ortBackend.matmul64(dgemmA, dgemmA, DG, DG, DG, true)));
+
+const rows: (string | number)[][] = [];
+const cell = (values: number[], digits: number): string[] => values.map((v) => v.toFixed(digits));
+const ratio = (values: number[]): string[] => (values.length === 2 ? [`${(values[0]! / values[1]!).toFixed(2)}x`] : []);
+
+/** A Hessian 2/n·XᵀX from n random positions, as HessianAccumulator builds it. */
+async function randomHessian(cols: number, n: number): Promise<Float64Array> {
+  const acc = new hessianNow.HessianAccumulator(cols, ortBackend);
+  const x = random(n * cols);
+  // a shared component so that H is not diagonally dominant
+  for (let i = 0; i < x.length; i += 7) x[i]! += 0.3;
+  await acc.add(x, n, 1);
+  return acc.h;
+}
+
+const hessianRates: number[] = [];
+const opts = { ...gptqNow.GPTQ_REFERENCE, bits: 4, groupSize: 128, sym: true };
+const CHUNK = 4096;
+{
+  const cols = 4096;
+  const x = random(CHUNK * cols);
+  const t = await best(REPS, async (tree) => {
+    const acc = new tree.hessian.HessianAccumulator(cols, tree.backend);
+    await acc.add(x, CHUNK, 1);
+  });
+  const rates = t.map((v) => gflops(2 * CHUNK * cols * cols, v));
+  rows.push([`Hessian accumulation ${CHUNK} x ${cols}, GFLOP/s`, ...cell(rates, 0), ...ratio(t)]);
+  hessianRates.push(...rates);
+}
+
+for (const [out, cols, reps] of [[4096, 4096, REPS], [14336, 4096, REPS], ...(large ? [[4096, 14336, 1]] : [])] as const) {
+  const h = await randomHessian(cols, Math.min(cols, 4096));
+  const w = random(out * cols);
+  const prep = await best(reps, (tree) => tree.gptq.prepareHessian(h, cols, opts, undefined, undefined, tree.backend.matmul64));
+  rows.push([
+    `factorization d=${cols}, s`,
+    ...cell(
+      prep.map((v) => v / 1000),
+      2,
+    ),
+    ...ratio(prep),
+  ]);
+  const prepared = await Promise.all(
+    trees.map((tree) => tree.gptq.prepareHessian(h, cols, opts, undefined, undefined, tree.backend.matmul64)),
+  );
+  const sweep = await best(reps, (tree) => {
+    const { matmulNT, matmulNN } = tree.backend;
+    return tree.gptq.gptq(w, h, out, cols, opts, { prepared: prepared[trees.indexOf(tree)]!, matmulNT, matmulNN });
+  });
+  rows.push([
+    `sweep ${out} x ${cols}, s`,
+    ...cell(
+      sweep.map((v) => v / 1000),
+      2,
+    ),
+    ...ratio(sweep),
+  ]);
+  const total = sweep.map((v, i) => v + prep[i]!);
+  rows.push([
+    `  with its factorization, s`,
+    ...cell(
+      total.map((v) => v / 1000),
+      2,
+    ),
+    ...ratio(total),
+  ]);
+}
+if (scratch) rmSync(scratch, { recursive: true, force: true });
+sgemm = Math.max(sgemm, await sgemmRate());
+const blank = trees.length === 2 ? ['', ''] : [];
+rows.unshift(
+  [`sgemm ${SG.m}x${SG.n}x${SG.k} (onnxruntime), GFLOP/s`, sgemm.toFixed(0), ...blank],
+  [`dgemm ${DG}^3 (onnxruntime), GFLOP/s`, dgemm.toFixed(0), ...blank],
+);
+rows.splice(3, 0, [`  Hessian rate as % of sgemm`, ...hessianRates.map((r) => `${((100 * r) / sgemm).toFixed(0)}%`), ...blank.slice(1)]);
+
+printTable(
+  `GPTQ layer costs, w4 g128 sym, blocks of 128 (best of ${REPS}; ${trees.length === 2 ? 'before/after ratio = speed-up' : 'pass --baseline REV for before/after'})`,
+  ['', ...trees.map((t) => t.label), ...(trees.length === 2 ? ['speed-up'] : [])],
+  rows,
+);
