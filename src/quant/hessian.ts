@@ -24,13 +24,12 @@ export class HessianAccumulator {
 
   /** x: [rows, cols] activations belonging to `sequences` sequences; xfp: the full-precision model's (asymmetric only) */
   async add(x: Float32Array, rows: number, sequences: number, xfp?: Float32Array): Promise<void> {
-    for (let i = 0; i < x.length; i++) {
-      if (!Number.isFinite(x[i]!)) throw new Error(`calibration activations contain NaN/Inf (row ${Math.floor(i / this.cols)})`);
-    }
     const n = this.sequences + sequences;
     const keep = this.sequences / n;
     const add = 2 / n;
     const g = await this.backend.gram(x, rows, this.cols);
+    // a NaN or infinite input makes its column's Σx² on the diagonal one too: only then look for its row
+    for (let i = 0; i < this.cols; i++) if (!Number.isFinite(g[i * this.cols + i]!)) throwAtNonFinite(x, this.cols);
     for (let i = 0; i < this.h.length; i++) this.h[i] = this.h[i]! * keep + add * g[i]!;
     if (this.dXXt) {
       if (!xfp) throw new Error('asymmetric calibration needs the full-precision inputs');
@@ -39,5 +38,11 @@ export class HessianAccumulator {
       for (let i = 0; i < this.dXXt.length; i++) this.dXXt[i] = this.dXXt[i]! * keep + add * d[i]!;
     }
     this.sequences = n;
+  }
+}
+
+function throwAtNonFinite(x: Float32Array, cols: number): void {
+  for (let i = 0; i < x.length; i++) {
+    if (!Number.isFinite(x[i]!)) throw new Error(`calibration activations contain NaN/Inf (row ${Math.floor(i / cols)})`);
   }
 }
