@@ -1,4 +1,5 @@
 import { fail } from '../io/errors.js';
+import { halfArrayToFloat } from '../io/fp16.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import type { AttentionShape, Backend, LinearKernel } from '../tensor/index.js';
 import { activate, gatedActivation, layerNorm, transpose } from '../tensor/ref.js';
@@ -246,10 +247,45 @@ export function readBlock(st: SafetensorsModel, cfg: ModelConfig, i: number): Bl
   return { ...readBlockExtras(st, cfg, i), linear };
 }
 
+/**
+ * A token embedding table [vocab, width]: float32, or 16-bit as the checkpoint stores it, widened a row at a time
+ * as tokens are looked up (half the memory of a float32 copy: 1 GB of Llama 3's 2.1).
+ */
+export interface Embedding {
+  dtype: 'F32' | 'F16' | 'BF16';
+  data: Float32Array | Uint16Array;
+}
+
+export const floatEmbedding = (data: Float32Array): Embedding => ({ dtype: 'F32', data });
+
+/** An untied embedding as stored when it is 16-bit (checked for shape and NaN/Inf as readFloat checks), else float32. */
+function readEmbedding(st: SafetensorsModel, name: string, shape: [number, number]): Embedding {
+  const info = st.info(name);
+  if (info.dtype !== 'F16' && info.dtype !== 'BF16') return floatEmbedding(st.readFloat(name, shape));
+  if (info.shape.length !== 2 || info.shape[0] !== shape[0] || info.shape[1] !== shape[1]) st.readFloat(name, shape);
+  const data = st.read(name).data as Uint16Array;
+  // all exponent bits set: Inf or NaN
+  const exponent = info.dtype === 'BF16' ? 0x7f80 : 0x7c00;
+  const bad = data.findIndex((h) => (h & exponent) === exponent);
+  if (bad >= 0) fail(`${info.file}: tensor ${name} contains NaN/Inf at element ${bad}`);
+  return { dtype: info.dtype, data };
+}
+
+/** Row t of an embedding, widened to float32 into out[at..at+width). */
+function embeddingRow(e: Embedding, t: number, width: number, out: Float32Array, at: number): void {
+  const row = e.data.subarray(t * width, (t + 1) * width);
+  if (e.dtype === 'F32') out.set(row, at);
+  else if (e.dtype === 'F16') out.set(halfArrayToFloat(row as Uint16Array), at);
+  else {
+    const bits = new Uint32Array(out.buffer, out.byteOffset + at * 4, width);
+    for (let i = 0; i < width; i++) bits[i] = row[i]! << 16;
+  }
+}
+
 /** What a decoder holds outside its blocks. */
 export interface OuterWeights {
   /** [vocab, embedDim] */
-  embed: Float32Array;
+  embed: Embedding;
   /** learned position embeddings [positions + offset, hidden] (OPT), when the family has them */
   positions?: Float32Array;
   /** BLOOM's LayerNorm of the embeddings */
@@ -273,8 +309,11 @@ export function readOuter(st: SafetensorsModel, cfg: ModelConfig, withHead = tru
   const T = cfg.tensors;
   const E = cfg.embedDim;
   const D = cfg.hiddenSize;
-  const embed = st.readFloat(T.embed, [cfg.vocabSize, E]);
-  const outer: OuterWeights = { embed, head: embed };
+  // a tied embedding is the head too, which the logits need in float32
+  const embed = cfg.tieWordEmbeddings
+    ? floatEmbedding(st.readFloat(T.embed, [cfg.vocabSize, E]))
+    : readEmbedding(st, T.embed, [cfg.vocabSize, E]);
+  const outer: OuterWeights = { embed, head: embed.data as Float32Array };
   if (T.positions) outer.positions = st.readFloat(T.positions, [cfg.maxPositions + (cfg.positionOffset ?? 0), D]);
   if (T.embedNorm) {
     outer.embedNorm = st.readFloat(T.embedNorm, [E]);
@@ -289,7 +328,7 @@ export function readOuter(st: SafetensorsModel, cfg: ModelConfig, withHead = tru
   if (!cfg.tieWordEmbeddings) outer.head = withHead ? st.readFloat(T.head, [cfg.vocabSize, E]) : new Float32Array(0);
   else if (withHead && st.has(T.head)) {
     const head = st.readFloat(T.head, [cfg.vocabSize, E]);
-    const i = head.findIndex((v, j) => v !== embed[j]);
+    const i = head.findIndex((v, j) => v !== embed.data[j]);
     if (i >= 0) fail(`${st.dir}: tie_word_embeddings is true but ${T.head} differs from ${T.embed} (element ${i}): which one is meant?`);
   }
   return outer;
@@ -352,18 +391,37 @@ export function checkTensorNames(
   }
 }
 
-/** Keys and values of past positions for incremental decoding, per layer [batch, ctx, kvHeads*headDim]. */
+/**
+ * Keys and values of past positions for incremental decoding, per layer [batch, ctx, kvHeads*headDim]. Storage
+ * grows with the sequence (doubling, so each position is copied about once), up to `capacity` positions: a
+ * short generation in a long-context model holds what it uses, not the whole context.
+ */
 export class KvCache {
   length = 0;
   readonly k: Float32Array[];
   readonly v: Float32Array[];
+  private readonly width: number;
   constructor(
     readonly cfg: ModelConfig,
     readonly capacity: number,
   ) {
-    const width = cfg.headDim * cfg.numKvHeads;
-    this.k = Array.from({ length: cfg.numLayers }, () => new Float32Array(capacity * width));
-    this.v = Array.from({ length: cfg.numLayers }, () => new Float32Array(capacity * width));
+    this.width = cfg.headDim * cfg.numKvHeads;
+    this.k = Array.from({ length: cfg.numLayers }, () => new Float32Array(0));
+    this.v = Array.from({ length: cfg.numLayers }, () => new Float32Array(0));
+  }
+
+  /** Room for `positions` positions in every layer. */
+  reserve(positions: number): void {
+    const held = this.k[0]!.length / this.width;
+    if (positions <= held) return;
+    const rows = Math.min(this.capacity, Math.max(positions, 2 * held, 64));
+    for (const kv of [this.k, this.v]) {
+      for (let l = 0; l < kv.length; l++) {
+        const grown = new Float32Array(rows * this.width);
+        grown.set(kv[l]!.subarray(0, this.length * this.width));
+        kv[l] = grown;
+      }
+    }
   }
 }
 
@@ -380,7 +438,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   /** BLOOM's per-head ALiBi slopes */
   readonly alibi: Float32Array | undefined;
 
-  readonly embed: Float32Array;
+  readonly embed: Embedding;
   readonly head: Float32Array;
 
   constructor(
@@ -428,7 +486,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     for (let i = 0; i < tokens.length; i++) {
       const t = tokens[i]!;
       if (!(t >= 0 && t < cfg.vocabSize)) throw new RangeError(`token id ${t} outside the vocabulary (0..${cfg.vocabSize - 1})`);
-      x.set(this.embed.subarray(t * E, (t + 1) * E), i * E);
+      embeddingRow(this.embed, t, E, x, i * E);
     }
     if (scale !== 1) for (let i = 0; i < x.length; i++) x[i]! *= scale;
     if (outer.embedNorm) x = layerNorm(x, outer.embedNorm, outer.embedNormBias, tokens.length, cfg.rmsNormEps);
@@ -636,6 +694,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     if (cache && cache.length + seq > cache.capacity) {
       throw new RangeError(`context full: ${cache.length + seq} positions exceed ${cache.capacity}`);
     }
+    cache?.reserve(cache.length + seq);
     const x = await this.embedTokens(tokens, seq, cache?.length ?? 0);
     for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache);
     if (cache) cache.length += seq;

@@ -15,10 +15,11 @@ export {
   layerPrefix,
   EMBED,
   FINAL_NORM,
+  floatEmbedding,
   ggufTensorName,
   ropeRotated,
   softcap,
 } from './decoder.js';
-export type { BlockWeights, PreparedBlock, LinearName } from './decoder.js';
+export type { BlockWeights, Embedding, PreparedBlock, LinearName } from './decoder.js';
 export type { ModelConfig } from './config.js';
 export { FAMILIES, SUPPORTED_MODEL_TYPES, familyOf, parseModelConfig, readModelConfig, type Family } from './registry.js';

@@ -6,6 +6,7 @@ import { SafetensorsModel } from '../io/safetensors.js';
 import {
   checkTensorNames,
   Decoder,
+  floatEmbedding,
   layerPrefix,
   linearGroups,
   linearShape,
@@ -174,7 +175,7 @@ export async function quantizeModel(
     }
     if (finished > 0) onProgress(reports.length, total, reports.at(-1)!.name);
     // the stages read nothing outside the blocks: no embedding or head held while they run
-    const model = new Decoder(cfg, backend, { embed: new Float32Array(0), head: new Float32Array(0) }, []);
+    const model = new Decoder(cfg, backend, { embed: floatEmbedding(new Float32Array(0)), head: new Float32Array(0) }, []);
     const nseq = calib ? calib.windows.length / calib.seqlen : 0;
     const chunk = calib ? Math.max(1, Math.floor(CALIBRATION_CHUNK_TOKENS / calib.seqlen)) : 0;
     // GPTQv2 follows the full-precision model's hidden states alongside the quantized path's
