@@ -78,51 +78,70 @@ function putBlock(a: Float64Array, n: number, b: Float64Array, r0: number, c0: n
 const half = (n: number): number => Math.ceil(n / 2 / BLOCK) * BLOCK;
 
 /*
- * Products with a lower-triangular or symmetric operand, recursively by halves so that the gemms skip the
- * zero (or mirrored) half: about 2/3 of a plain gemm's flops. Below 2·BLOCK the plain gemm is cheaper.
+ * Products with a lower-triangular or symmetric operand, recursively by halves: each splits into two products
+ * of the same kind on the diagonal halves and one plain gemm on the off-diagonal block, so the zero (or
+ * mirrored) half is never multiplied. Below 2·BLOCK a plain gemm is cheaper than more calls.
  */
 
-/** A·Xᵀ, A [m, n], X [n, n] lower triangular: [A[:, :q]·X11ᵀ | A·X[q:, :]ᵀ] */
+/** A·Xᵀ, A [m, n], X [n, n] lower triangular: [A1·X11ᵀ | A1·X21ᵀ + A2·X22ᵀ] */
 async function timesLowerT(a: Float64Array, x: Float64Array, m: number, n: number, gemm: Gemm64): Promise<Float64Array> {
   if (n <= 2 * BLOCK) return gemm(a, x, m, n, n, true);
   const q = half(n);
-  const left = await timesLowerT(block(a, n, 0, m, 0, q), block(x, n, 0, q, 0, q), m, q, gemm);
-  const right = await gemm(a, x.subarray(q * n), m, n - q, n, true);
-  const out = new Float64Array(m * n);
-  putBlock(out, n, left, 0, 0, q);
-  putBlock(out, n, right, 0, q, n - q);
-  return out;
+  const a1 = block(a, n, 0, m, 0, q);
+  const left = await timesLowerT(a1, block(x, n, 0, q, 0, q), m, q, gemm);
+  const right = addTo(
+    await timesLowerT(block(a, n, 0, m, q, n), block(x, n, q, n, q, n), m, n - q, gemm),
+    await gemm(a1, block(x, n, q, n, 0, q), m, n - q, q, true),
+  );
+  return columns(left, right, m, q, n - q);
 }
 
-/** A·X, A [m, n], X [n, n] lower triangular: [A·X[:, :q] | A[:, q:]·X22] */
+/** A·X, A [m, n], X [n, n] lower triangular: [A1·X11 + A2·X21 | A2·X22] */
 async function timesLower(a: Float64Array, x: Float64Array, m: number, n: number, gemm: Gemm64): Promise<Float64Array> {
   if (n <= 2 * BLOCK) return gemm(a, x, m, n, n, false);
   const q = half(n);
-  const left = await gemm(a, block(x, n, 0, n, 0, q), m, q, n, false);
-  const right = await timesLower(block(a, n, 0, m, q, n), block(x, n, q, n, q, n), m, n - q, gemm);
-  const out = new Float64Array(m * n);
-  putBlock(out, n, left, 0, 0, q);
-  putBlock(out, n, right, 0, q, n - q);
-  return out;
+  const a2 = block(a, n, 0, m, q, n);
+  const left = addTo(
+    await timesLower(block(a, n, 0, m, 0, q), block(x, n, 0, q, 0, q), m, q, gemm),
+    await gemm(a2, block(x, n, q, n, 0, q), m, q, n - q, false),
+  );
+  return columns(left, await timesLower(a2, block(x, n, q, n, q, n), m, n - q, gemm), m, q, n - q);
 }
 
-/** X·B, X [m, m] lower triangular, B [m, k]: [X11·B[:q]; X[q:, :]·B] */
+/** X·B, X [m, m] lower triangular, B [m, k]: [X11·B1; X21·B1 + X22·B2] */
 async function lowerTimes(x: Float64Array, b: Float64Array, m: number, k: number, gemm: Gemm64): Promise<Float64Array> {
   if (m <= 2 * BLOCK) return gemm(x, b, m, k, m, false);
   const q = half(m);
+  const b1 = b.subarray(0, q * k);
   const out = new Float64Array(m * k);
-  out.set(await lowerTimes(block(x, m, 0, q, 0, q), b.subarray(0, q * k), q, k, gemm));
-  out.set(await gemm(x.subarray(q * m), b, m - q, k, m, false), q * k);
+  out.set(await lowerTimes(block(x, m, 0, q, 0, q), b1, q, k, gemm));
+  const bottom = await lowerTimes(block(x, m, q, m, q, m), b.subarray(q * k), m - q, k, gemm);
+  out.set(addTo(bottom, await gemm(block(x, m, q, m, 0, q), b1, m - q, k, q, false)), q * k);
   return out;
 }
 
-/** The lower triangle of L·Lᵀ, L [m, k] (the block above the diagonal beyond the first half is left 0). */
+/** The lower triangle of L·Lᵀ, L [m, k]: [[L1·L1ᵀ, ·], [L2·L1ᵀ, L2·L2ᵀ]] (what lies above the diagonal is not defined) */
 async function lowerOfGram(l: Float64Array, m: number, k: number, gemm: Gemm64): Promise<Float64Array> {
   if (m <= 2 * BLOCK) return gemm(l, l, m, m, k, true);
   const q = half(m);
+  const [l1, l2] = [l.subarray(0, q * k), l.subarray(q * k)];
   const out = new Float64Array(m * m);
-  putBlock(out, m, await lowerOfGram(l.subarray(0, q * k), q, k, gemm), 0, 0, q);
-  out.set(await gemm(l.subarray(q * k), l, m - q, m, k, true), q * m);
+  putBlock(out, m, await lowerOfGram(l1, q, k, gemm), 0, 0, q);
+  putBlock(out, m, await gemm(l2, l1, m - q, q, k, true), q, 0, q);
+  putBlock(out, m, await lowerOfGram(l2, m - q, k, gemm), q, q, m - q);
+  return out;
+}
+
+function addTo(a: Float64Array, b: Float64Array): Float64Array {
+  for (let i = 0; i < a.length; i++) a[i]! += b[i]!;
+  return a;
+}
+
+/** [L | R] of L [m, p] and R [m, r] */
+function columns(l: Float64Array, r: Float64Array, m: number, p: number, q: number): Float64Array {
+  const out = new Float64Array(m * (p + q));
+  putBlock(out, p + q, l, 0, 0, p);
+  putBlock(out, p + q, r, 0, p, q);
   return out;
 }
 
