@@ -155,9 +155,11 @@ export interface SweepExtras {
 /**
  * Columns per run of the fast path: inside a block, updates are immediate only within runs of this many
  * columns, and each run gathers what the block's earlier runs owe it as one product when it starts (the lazy
- * batch one level down, left-looking), so the scalar loop does a fraction of the block's update work.
+ * batch one level down, left-looking), so the scalar loop does a small part of the block's update work. On a
+ * 4096 x 4096 layer (loaded 2-core machine, best of 4) runs of 2-8 columns swept in 1.9-2.5 s, 16 in 2.6-3.1 s,
+ * 32 in 3.5 s.
  */
-const RUN = 16;
+const RUN = 8;
 
 export async function gptq(
   weight: Float32Array,
