@@ -7,6 +7,7 @@ import type { QuantizedLayer } from './quantized-layer.js';
  * Columns are quantized one at a time; each column's rounding error, scaled by the inverse Hessian's upper
  * Cholesky factor U, is spread over the columns not yet quantized. Updates inside a block of `blocksize`
  * columns are immediate; the rest of the matrix gets them once per block as one matrix product (lazy batch).
+ * The fast path (a backend's matmulNN) batches the same way once more inside each block, in runs of RUN columns.
  */
 export interface GptqOptions extends GridOptions {
   /** columns per group, -1 for one grid per output row */
@@ -93,33 +94,32 @@ export async function prepareHessian(
   asym?: AsymmetricCalibration,
   gemm64?: Gemm64,
 ): Promise<PreparedHessian> {
-  const H = hessian.slice();
-  const dXXt = asym && asym.dXXt.slice();
   const dead = new Uint8Array(cols);
   // inputs that are always zero: nothing to learn about them; make H invertible (the sweep zeroes their weights)
-  for (let i = 0; i < cols; i++) {
-    if (H[i * cols + i] === 0) {
-      dead[i] = 1;
-      H[i * cols + i] = 1;
-      if (dXXt) for (let r = 0; r < cols; r++) dXXt[r * cols + i] = 0;
-    }
-  }
+  const diag = Float64Array.from({ length: cols }, (_, i) => hessian[i * cols + i]!);
+  diag.forEach((d, i) => {
+    if (d === 0) [dead[i], diag[i]] = [1, 1];
+  });
 
   let perm: Int32Array | undefined;
-  if (opts.actOrder) perm = argsortDescending(Float64Array.from({ length: cols }, (_, i) => H[i * cols + i]!));
+  if (opts.actOrder) perm = argsortDescending(diag);
   else if (opts.order === 'reverse') perm = Int32Array.from({ length: cols }, (_, i) => cols - 1 - i);
-  if (perm) {
-    permuteBoth(H, cols, perm);
-    if (dXXt) permuteBoth(dXXt, cols, perm);
-  }
+  const at = (i: number): number => (perm ? perm[i]! : i);
+  /** a fresh copy of m in sweep order (the factorization consumes its input) */
+  const swept = (m: Float64Array): Float64Array => {
+    if (!perm) return m.slice();
+    const out = new Float64Array(cols * cols);
+    for (let i = 0; i < cols; i++) for (let j = 0; j < cols; j++) out[i * cols + j] = m[perm[i]! * cols + perm[j]!]!;
+    return out;
+  };
 
   let meanDiag = 0;
-  for (let i = 0; i < cols; i++) meanDiag += H[i * cols + i]! / cols;
+  for (let i = 0; i < cols; i++) meanDiag += diag[at(i)]! / cols;
   let percdamp = opts.percdamp;
   let U: Float64Array | undefined;
   for (let attempt = 0; ; attempt++) {
-    const Hd = H.slice();
-    for (let i = 0; i < cols; i++) Hd[i * cols + i]! += percdamp * meanDiag;
+    const Hd = swept(hessian);
+    for (let i = 0; i < cols; i++) Hd[i * cols + i] = diag[at(i)]! + percdamp * meanDiag;
     U = gemm64 ? await upperCholeskyOfInverseBlocked(Hd, cols, gemm64) : upperCholeskyOfInverse(Hd, cols);
     if (U) break;
     if (attempt === MAX_DAMP_RAISES) throw new Error(`Hessian is not positive definite even with damping ${percdamp}`);
@@ -127,6 +127,8 @@ export async function prepareHessian(
     warn(`Cholesky failed with percdamp ${percdamp}; retrying with ${raised}`);
     percdamp = raised;
   }
+  const dXXt = asym && swept(asym.dXXt);
+  for (let i = 0; i < cols; i++) if (dXXt && dead[at(i)]) for (let r = 0; r < cols; r++) dXXt[r * cols + i] = 0;
   const P =
     dXXt &&
     (gemm64 ? await asymmetricCorrectionGemm(dXXt, U, cols, asym!.alpha, gemm64) : asymmetricCorrection(dXXt, U, cols, asym!.alpha));
@@ -221,13 +223,15 @@ export async function gptq(
    */
   const E = fast && new Float32Array(cols * rows);
   const Q = fast && P && new Float32Array(cols * rows);
+  /** W[c0:c1] −= U[k0:k1, c0:c1]ᵀ·E[k0:k1] (GPTQv2: − P[k0:k1, c0:c1]ᵀ·V), on the backend */
+  const owed = (c0: number, c1: number, k0: number, k1: number, V?: Float32Array): Promise<void> =>
+    subtractProducts(fast!, W, rows, cols, [c0, c1], U, E!.subarray(k0 * rows, k1 * rows), k0, P, V);
   const leftLooking = fast && !(gs > 0 && !opts.staticGroups && blocksize % gs !== 0);
   const inner = fast ? RUN : blocksize;
   for (let i1 = 0; i1 < cols; i1 += blocksize) {
     const i2 = Math.min(i1 + blocksize, cols);
     const count = i2 - i1;
-    if (leftLooking && i1 > 0)
-      await subtractProducts(fast, W, rows, cols, [i1, i2], U, E!.subarray(0, i1 * rows), 0, P, Q && Q.subarray(0, i1 * rows));
+    if (leftLooking && i1 > 0) await owed(i1, i2, 0, i1, Q?.subarray(0, i1 * rows));
     // The grid of each column of the block. As in the reference, a group's grid is fitted on W holding every
     // update made before this block but none of its in-block updates, so all of them are fitted up front.
     const gridOf: (RowGrid | undefined)[] = [];
@@ -256,21 +260,7 @@ export async function gptq(
     for (let j1 = 0; j1 < count; j1 += inner) {
       const j2 = Math.min(j1 + inner, count);
       // what the block's earlier runs owe this one, gathered as one product (GPTQv2: with their unquantized values)
-      if (fast && j1 > 0) {
-        const done = [i1 * rows, (i1 + j1) * rows] as const;
-        await subtractProducts(
-          fast,
-          W,
-          rows,
-          cols,
-          [i1 + j1, i1 + j2],
-          U,
-          E!.subarray(...done),
-          i1,
-          P,
-          P && new Float32Array(W.subarray(...done)),
-        );
-      }
+      if (fast && j1 > 0) await owed(i1 + j1, i1 + j2, i1, i1 + j1, P && new Float32Array(W.subarray(i1 * rows, (i1 + j1) * rows)));
       for (let i = j1; i < j2; i++) {
         const col = i1 + i;
         const w = W.subarray(col * rows, (col + 1) * rows);
@@ -288,8 +278,7 @@ export async function gptq(
     // lazy batch update of everything after the block: W[i2:] −= U[i1:i2, i2:]ᵀ·Err1
     // (GPTQv2: − P[i1:i2, i2:]ᵀ·Q1, Q1 being what the reference's W1 holds once its block is done)
     if (i2 < cols && !leftLooking) {
-      const b = [i1 * rows, i2 * rows] as const;
-      if (fast) await subtractProducts(fast, W, rows, cols, [i2, cols], U, E!.subarray(...b), i1, P, Q && Q.subarray(...b));
+      if (fast) await owed(i2, cols, i1, i2, Q?.subarray(i1 * rows, i2 * rows));
       else subtractUpdates(W, rows, cols, [i2, cols], U, Err1.subarray(0, count * rows), i1, P, Q1);
     }
   }
@@ -468,9 +457,4 @@ async function asymmetricCorrectionGemm(
   const P = await gemm(A, U, n, n, n, false);
   for (let i = 0; i < P.length; i++) P[i]! *= alpha;
   return P;
-}
-
-function permuteBoth(H: Float64Array, n: number, perm: Int32Array): void {
-  const src = H.slice();
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) H[i * n + j] = src[perm[i]! * n + perm[j]!]!;
 }
