@@ -5,12 +5,12 @@ import { loadText } from './calib/datasets.js';
 import { writeFakeQuant } from './formats/fake-quant.js';
 import { loaderCompatibility, writeGptqCheckpoint } from './formats/gptq.js';
 import { writeGptqtCheckpoint } from './formats/gptqt.js';
-import { ggufIncompatibility, ggufModelIncompatibility, writeGguf } from './formats/gguf.js';
+import { checkGgufTokenizer, ggufIncompatibility, writeGguf } from './formats/gguf.js';
 import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { fail } from './io/errors.js';
 import { loadTokenizer } from './models/load.js';
 import type { LlamaTokenizer } from './io/tokenizer.js';
-import { readModelConfig, type ModelConfig } from './models/index.js';
+import { ggufLayout, ggufUnsupported, readModelConfig, type ModelConfig } from './models/index.js';
 import { checkOutputPath, onExit, writeAtomically, type OutputPolicy } from './io/atomic.js';
 import {
   QUANTIZE_REFERENCE,
@@ -118,8 +118,9 @@ export async function quantize(
     );
   }
   if (opts.format === 'gguf') {
-    const why = ggufIncompatibility(opts) ?? ggufModelIncompatibility(cfg);
+    const why = ggufIncompatibility(opts) ?? ggufUnsupported(cfg);
     if (why) fail(`--format gguf: ${why}`);
+    for (const note of ggufLayout(cfg).notes) hooks.warn?.(note);
   } else if (opts.format !== 'fake') {
     for (const cols of [cfg.hiddenSize, cfg.intermediateSize]) {
       if ((cols * opts.bits) % 32 !== 0)
@@ -134,10 +135,8 @@ export async function quantize(
   let calib: { windows: Int32Array; seqlen: number } | undefined;
   let calibration: PipelineSummary['calibration'];
   const tokenizer = opts.method !== 'rtn' || opts.format === 'gguf' ? loadTokenizer(modelDir) : undefined;
-  // the GGUF writer holds a SentencePiece vocabulary (llama.cpp's "llama" tokenizer): refuse others before any work
-  if (opts.format === 'gguf' && tokenizer!.kind !== 'sentencepiece-bpe') {
-    fail(`--format gguf: ${modelDir} has a ${tokenizer!.kind} tokenizer; GGUF export writes SentencePiece vocabularies only so far`);
-  }
+  // a tokenizer llama.cpp would run differently is refused before any work
+  if (opts.format === 'gguf') for (const note of checkGgufTokenizer(tokenizer!)) hooks.warn?.(note);
   if (opts.method !== 'rtn') {
     const text = await loadText(opts.data);
     hooks.log?.(`tokenizing calibration text ${opts.data}`);

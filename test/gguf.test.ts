@@ -72,13 +72,18 @@ test('GGUF export refuses settings it cannot hold exactly, before any work', () 
   assert.deepEqual(readdirSync(parent), []);
 });
 
-test('GGUF export refuses a byte-level BPE tokenizer before any work (it writes SentencePiece vocabularies)', async () => {
+test('GGUF export refuses, before any work, a tokenizer llama.cpp would run differently (a pre-tokenizer it lacks)', async () => {
   const { cpSync, writeFileSync: write, readFileSync: read } = await import('node:fs');
   const { gunzipSync } = await import('node:zlib');
   const parent = mkdtempSync(join(tmpdir(), 'ggufbpe-'));
   const model = join(parent, 'model');
   cpSync(await pullStories15m(), model, { recursive: true });
-  write(join(model, 'tokenizer.json'), gunzipSync(read(join(import.meta.dirname, 'fixtures/tokenizers/gpt2/tokenizer.json.gz'))));
+  const gpt2 = JSON.parse(gunzipSync(read(join(import.meta.dirname, 'fixtures/tokenizers/gpt2/tokenizer.json.gz'))).toString()) as object;
+  // GPT-2's byte-level BPE, but with a leading space added: llama.cpp has no such pre-tokenizer
+  write(
+    join(model, 'tokenizer.json'),
+    JSON.stringify({ ...gpt2, pre_tokenizer: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true } }),
+  );
   for (const f of ['tokenizer_config.json', 'special_tokens_map.json'])
     cpSync(join(import.meta.dirname, 'fixtures/tokenizers/gpt2/tokenizer_config.json'), join(model, f));
   const r = spawnSync(
@@ -103,7 +108,7 @@ test('GGUF export refuses a byte-level BPE tokenizer before any work (it writes 
   assert.notEqual(r.status, 0);
   assert.match(
     r.stderr.trim(),
-    /^gptq: error: --format gguf: .* has a byte-level-bpe tokenizer; GGUF export writes SentencePiece vocabularies only so far$/,
+    /^gptq: error: .*tokenizer\.json: its pre_tokenizer is none of llama\.cpp's \(gpt-2, llama-bpe, qwen2, deepseek-v3\)$/,
   );
   assert.equal(existsSync(join(parent, 'x.gguf')), false);
 });

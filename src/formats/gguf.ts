@@ -1,9 +1,9 @@
 import { closeSync, openSync } from 'node:fs';
-import { ggufTensorName, ropeRotated, type ModelConfig } from '../models/index.js';
+import { ggufLayout, type GgufScalar, type GgufTensorSource, type ModelConfig } from '../models/index.js';
 import { fail } from '../io/errors.js';
 import { floatToHalf } from '../io/fp16.js';
 import { SafetensorsModel, writeAll } from '../io/safetensors.js';
-import type { LlamaTokenizer } from '../io/tokenizer.js';
+import type { HfTokenizer } from '../io/tokenizer.js';
 import type { QuantizedLayer } from '../quant/quantized-layer.js';
 
 /**
@@ -119,22 +119,6 @@ export function ggufIncompatibility(o: {
   return undefined;
 }
 
-/**
- * What of a model the GGUF writer cannot express (it writes llama.cpp's "llama" architecture with default RoPE):
- * refused by name rather than written as a different model.
- */
-export function ggufModelIncompatibility(cfg: ModelConfig): string | undefined {
-  if (cfg.modelType !== 'llama' && cfg.modelType !== 'mistral')
-    return `model_type ${cfg.modelType} is not written to GGUF yet (llama and mistral are)`;
-  if (cfg.rope?.type !== 'default') return `rope type ${cfg.rope?.type} is not written to GGUF yet`;
-  if (cfg.rope.dim !== cfg.headDim) return 'partial rotary embeddings are not written to GGUF yet';
-  if (cfg.headDim * cfg.numHeads !== cfg.hiddenSize) return `head_dim ${cfg.headDim} differs from hidden_size / num_attention_heads`;
-  if (cfg.biases.size > 0) return 'linear biases are not written to GGUF yet';
-  if (cfg.activation !== 'silu') return `hidden_act ${cfg.activation} is not llama.cpp's llama (SiLU)`;
-  for (let l = 0; l < cfg.numLayers; l++) if (cfg.slidingWindow(l)) return 'sliding-window attention is not written to GGUF yet';
-  return undefined;
-}
-
 function layerIncompatibility(q: QuantizedLayer): string | undefined {
   const why = ggufIncompatibility({ ...q, actOrder: false, staticGroups: false });
   if (why) return why;
@@ -142,7 +126,7 @@ function layerIncompatibility(q: QuantizedLayer): string | undefined {
   return undefined;
 }
 
-function encodeBlocks(q: QuantizedLayer, rowOrder: Int32Array): Uint8Array {
+function encodeBlocks(q: QuantizedLayer, rowOrder: Int32Array | undefined): Uint8Array {
   const { rows, cols, bits } = q;
   const G = cols / 32;
   const blockBytes = bits === 4 ? 18 : 34;
@@ -150,7 +134,7 @@ function encodeBlocks(q: QuantizedLayer, rowOrder: Int32Array): Uint8Array {
   const view = new DataView(out.buffer);
   let o = 0;
   for (let i = 0; i < rows; i++) {
-    const r = rowOrder[i]!;
+    const r = rowOrder ? rowOrder[i]! : i;
     for (let g = 0; g < G; g++) {
       view.setUint16(o, floatToHalf(q.scales[r * G + g]!), true);
       const base = r * cols + g * 32;
@@ -166,48 +150,153 @@ function encodeBlocks(q: QuantizedLayer, rowOrder: Int32Array): Uint8Array {
   return out;
 }
 
-/** llama.cpp's Llama rotary layout is Meta's interleaved pairs: undo Hugging Face's per-head halves order. */
-function interleavedRowOrder(rows: number, heads: number): Int32Array {
-  const hd = rows / heads;
-  const order = new Int32Array(rows);
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < hd / 2; i++) {
-      order[h * hd + 2 * i] = h * hd + i;
-      order[h * hd + 2 * i + 1] = h * hd + hd / 2 + i;
-    }
+/** A float tensor as llama.cpp's file holds it: rows reordered, Gemma's norms shifted to 1 + w. */
+function floatTensor(w: Float32Array, shape: number[], t: GgufTensorSource): Float32Array {
+  let out = w;
+  if (t.rowOrder) {
+    const cols = shape.length === 2 ? shape[1]! : 1;
+    out = new Float32Array(w.length);
+    t.rowOrder.forEach((src, i) => out.set(w.subarray(src * cols, (src + 1) * cols), i * cols));
   }
-  return order;
-}
-
-function permuteRows(w: Float32Array, cols: number, order: Int32Array): Float32Array {
-  const out = new Float32Array(w.length);
-  order.forEach((src, i) => out.set(w.subarray(src * cols, (src + 1) * cols), i * cols));
+  if (t.addOne) out = out.map((x) => x + 1);
   return out;
 }
 
-function tokenizerMetadata(tok: LlamaTokenizer): Record<string, MetaValue> {
-  // llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined piece scores highest: a merge
-  // of rank r scores −r, so it merges in exactly our order
-  const scores = new Array<number>(tok.vocabSize).fill(0);
-  const ranks = new Map<string, number>();
-  for (const m of tok.spec.merges) if (!ranks.has(m.left + m.right)) ranks.set(m.left + m.right, m.rank);
-  tok.pieces.forEach((p, i) => (scores[i] = ranks.has(p) ? -ranks.get(p)! : 0));
-  const types = tok.pieces.map((p, i) => {
-    if (i === tok.unk) return 2;
-    if (i === tok.bos || i === tok.eos) return 3;
-    return /^<0x[0-9A-F]{2}>$/.test(p) ? 6 : 1;
-  });
-  return {
-    'tokenizer.ggml.model': { t: ValueType.STRING, v: 'llama' },
-    'tokenizer.ggml.tokens': { t: ValueType.ARRAY, elem: ValueType.STRING, v: tok.pieces },
-    'tokenizer.ggml.scores': { t: ValueType.ARRAY, elem: ValueType.FLOAT32, v: scores },
-    'tokenizer.ggml.token_type': { t: ValueType.ARRAY, elem: ValueType.INT32, v: types },
-    'tokenizer.ggml.bos_token_id': { t: ValueType.UINT32, v: tok.bos },
-    'tokenizer.ggml.eos_token_id': { t: ValueType.UINT32, v: tok.eos },
-    'tokenizer.ggml.unknown_token_id': { t: ValueType.UINT32, v: tok.unk },
-    'tokenizer.ggml.add_bos_token': { t: ValueType.BOOL, v: tok.addsBos },
-    'tokenizer.ggml.add_eos_token': { t: ValueType.BOOL, v: false },
+const TOKEN_TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, BYTE: 6 } as const;
+
+/**
+ * llama.cpp's byte-level BPE pre-tokenizers by the Hugging Face pre_tokenizer each one implements (as in the real
+ * tokenizer.json files of GPT-2, Llama 3, Qwen 2/3 and DeepSeek-V3). trim_offsets only moves offsets, not ids.
+ */
+const split = (regex: string): object => ({ type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false });
+const byteLevel = (useRegex: boolean): object => ({ type: 'ByteLevel', add_prefix_space: false, use_regex: useRegex });
+const sequence = (...p: object[]): object => ({ type: 'Sequence', pretokenizers: [...p, byteLevel(false)] });
+const PRE_TOKENIZERS: { name: string; spec: object; ignoreMerges: boolean }[] = [
+  { name: 'gpt-2', spec: byteLevel(true), ignoreMerges: false },
+  {
+    name: 'llama-bpe',
+    spec: sequence(
+      split(
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      ),
+    ),
+    ignoreMerges: true,
+  },
+  {
+    name: 'qwen2',
+    spec: sequence(
+      split(
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      ),
+    ),
+    ignoreMerges: false,
+  },
+  {
+    name: 'deepseek-v3',
+    spec: sequence(
+      split('\\p{N}{1,3}'),
+      split('[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+'),
+      split(
+        '[!"#$%&\'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+',
+      ),
+    ),
+    ignoreMerges: false,
+  },
+];
+
+/** A JSON value with object keys sorted and offset-only fields dropped, for comparing specs. */
+function canonical(v: unknown): string {
+  return JSON.stringify(v, (k, x: unknown) =>
+    k === 'trim_offsets'
+      ? undefined
+      : x && typeof x === 'object' && !Array.isArray(x)
+        ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => a.localeCompare(b)))
+        : x,
+  );
+}
+
+/** Normalizers llama.cpp's SentencePiece tokenizer runs: spaces to "▁", with or without a leading "▁". */
+function sentencePieceSpaces(tok: HfTokenizer): { addSpacePrefix: boolean } | undefined {
+  const replace = { type: 'Replace', pattern: { String: ' ' }, content: SPACE };
+  const prepend = { type: 'Prepend', prepend: SPACE };
+  const norm = canonical(tok.normalizerSpec);
+  // Gemma 3 splits on spaces after they became "▁": a no-op
+  const pre =
+    tok.preTokenizerSpec === null ||
+    canonical(tok.preTokenizerSpec) ===
+      canonical({ type: 'Split', pattern: { String: ' ' }, behavior: 'MergedWithPrevious', invert: false });
+  if (!pre) return undefined;
+  if (norm === canonical({ type: 'Sequence', normalizers: [prepend, replace] })) return { addSpacePrefix: true };
+  if (norm === canonical(replace) || norm === canonical({ type: 'Sequence', normalizers: [replace] })) return { addSpacePrefix: false };
+  return undefined;
+}
+
+const SPACE = '\u2581';
+
+/**
+ * The tokenizer as llama.cpp's vocabulary: SentencePiece-style BPE with byte fallback as its "llama" model, byte-level
+ * BPE as its "gpt2" model with the pre-tokenizer named. Anything llama.cpp would tokenize differently is refused.
+ */
+function tokenizerMetadata(tok: HfTokenizer): { meta: Record<string, MetaValue>; notes: string[] } {
+  const u32 = (v: number): MetaValue => ({ t: ValueType.UINT32, v });
+  const type = (i: number): number => {
+    if (i === tok.unkId) return TOKEN_TYPE.UNKNOWN;
+    if (tok.isSpecial(i) || i === tok.bosId || tok.eosIds.includes(i)) return TOKEN_TYPE.CONTROL;
+    if (tok.addedIds.has(i)) return TOKEN_TYPE.USER_DEFINED;
+    return tok.byteFallbackIds.has(i) ? TOKEN_TYPE.BYTE : TOKEN_TYPE.NORMAL;
   };
+  const meta: Record<string, MetaValue> = {};
+  const notes: string[] = [];
+  if (tok.kind === 'sentencepiece-bpe') {
+    const spm = sentencePieceSpaces(tok);
+    if (!spm) fail(`${tok.source}: its normalizer/pre_tokenizer is not the space handling of llama.cpp's SentencePiece tokenizer`);
+    // llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined piece scores highest: a merge
+    // of rank r scores −r, so it merges in exactly our order
+    const ranks = new Map<string, number>();
+    for (const m of tok.mergeList) if (!ranks.has(m.left + m.right)) ranks.set(m.left + m.right, m.rank);
+    meta['tokenizer.ggml.model'] = { t: ValueType.STRING, v: 'llama' };
+    meta['tokenizer.ggml.scores'] = { t: ValueType.ARRAY, elem: ValueType.FLOAT32, v: tok.pieces.map((p) => -(ranks.get(p) ?? 0)) };
+    meta['tokenizer.ggml.add_space_prefix'] = { t: ValueType.BOOL, v: spm.addSpacePrefix };
+  } else if (tok.kind === 'byte-level-bpe') {
+    const spec = canonical(tok.preTokenizerSpec);
+    const pre = PRE_TOKENIZERS.find((p) => canonical(p.spec) === spec && p.ignoreMerges === tok.ignoresMerges);
+    if (!pre) fail(`${tok.source}: its pre_tokenizer is none of llama.cpp's (${PRE_TOKENIZERS.map((p) => p.name).join(', ')})`);
+    const norm = canonical(tok.normalizerSpec);
+    // Qwen's NFC is the one normalizer llama.cpp's converter lets through: text already in NFC (most text) is unchanged
+    if (norm === canonical({ type: 'NFC' }))
+      notes.push(`${tok.source}: llama.cpp does not NFC-normalize, so text not already in NFC tokenizes differently there`);
+    else if (norm !== canonical(null) && norm !== canonical({ type: 'Sequence', normalizers: [] }))
+      fail(`${tok.source}: llama.cpp's byte-level BPE runs no normalizer (this one has ${norm.slice(0, 60)})`);
+    meta['tokenizer.ggml.model'] = { t: ValueType.STRING, v: 'gpt2' };
+    meta['tokenizer.ggml.pre'] = { t: ValueType.STRING, v: pre.name };
+    const merges = [...tok.mergeList].sort((a, b) => a.rank - b.rank).map((m) => `${m.left} ${m.right}`);
+    meta['tokenizer.ggml.merges'] = { t: ValueType.ARRAY, elem: ValueType.STRING, v: merges };
+  } else {
+    fail(`${tok.source}: a ${tok.kind} tokenizer (neither byte-level nor with byte fallback) has no llama.cpp vocabulary type`);
+  }
+  meta['tokenizer.ggml.tokens'] = { t: ValueType.ARRAY, elem: ValueType.STRING, v: tok.pieces };
+  meta['tokenizer.ggml.token_type'] = { t: ValueType.ARRAY, elem: ValueType.INT32, v: tok.pieces.map((_, i) => type(i)) };
+  if (tok.bosId !== undefined) meta['tokenizer.ggml.bos_token_id'] = u32(tok.bosId);
+  if (tok.eosIds[0] !== undefined) meta['tokenizer.ggml.eos_token_id'] = u32(tok.eosIds[0]);
+  if (tok.unkId !== undefined) meta['tokenizer.ggml.unknown_token_id'] = u32(tok.unkId);
+  if (tok.padId !== undefined) meta['tokenizer.ggml.padding_token_id'] = u32(tok.padId);
+  meta['tokenizer.ggml.add_bos_token'] = { t: ValueType.BOOL, v: tok.addsBos };
+  meta['tokenizer.ggml.add_eos_token'] = { t: ValueType.BOOL, v: false };
+  return { meta, notes };
+}
+
+/**
+ * Refuses, naming the reason, a tokenizer llama.cpp would run differently (before any work is done); returns what
+ * the user should know about the differences it accepts.
+ */
+export function checkGgufTokenizer(tok: HfTokenizer): string[] {
+  return tokenizerMetadata(tok).notes;
+}
+
+function metaValue(v: GgufScalar): MetaValue {
+  if (typeof v === 'string') return { t: ValueType.STRING, v };
+  if (typeof v === 'boolean') return { t: ValueType.BOOL, v };
+  return 'u32' in v ? { t: ValueType.UINT32, v: v.u32 } : { t: ValueType.FLOAT32, v: v.f32 };
 }
 
 /**
@@ -217,11 +306,11 @@ function tokenizerMetadata(tok: LlamaTokenizer): Record<string, MetaValue> {
 export async function writeGguf(
   srcDir: string,
   cfg: ModelConfig,
-  tokenizer: LlamaTokenizer,
+  tokenizer: HfTokenizer,
   layers: ReadonlyMap<string, QuantizedLayer>,
   out: string,
   name = 'gptq-ts',
-): Promise<void> {
+): Promise<string[]> {
   const bitsSet = new Set([...layers.values()].map((q) => q.bits));
   if (bitsSet.size !== 1) fail('GGUF export needs every layer at the same bit width');
   const bits = [...bitsSet][0]! as 4 | 8;
@@ -229,53 +318,54 @@ export async function writeGguf(
     const why = layerIncompatibility(q);
     if (why) fail(`${n}: ${why}`);
   }
+  const layout = ggufLayout(cfg);
+  const vocab = tokenizerMetadata(tokenizer).meta;
   const st = new SafetensorsModel(srcDir);
   const tensors: GgufTensor[] = [];
   try {
-    for (const hf of st.names()) {
-      const q = layers.get(hf);
-      const { isQ, isK } = ropeRotated(hf);
-      const heads = isQ ? cfg.numHeads : cfg.numKvHeads;
+    for (const t of layout.tensors) {
+      const q = layers.get(t.source);
       if (q) {
-        const order = isQ || isK ? interleavedRowOrder(q.rows, heads) : Int32Array.from({ length: q.rows }, (_, i) => i);
         tensors.push({
-          name: ggufTensorName(hf),
+          name: t.name,
           shape: [q.rows, q.cols],
           type: bits === 4 ? GGML_TYPE.Q4_0 : GGML_TYPE.Q8_0,
-          data: encodeBlocks(q, order),
+          data: encodeBlocks(q, t.rowOrder),
         });
-      } else {
-        const info = st.info(hf);
-        let w = st.readFloat(hf, info.shape);
-        if ((isQ || isK) && info.shape.length === 2) w = permuteRows(w, info.shape[1]!, interleavedRowOrder(info.shape[0]!, heads));
-        tensors.push({
-          name: ggufTensorName(hf),
-          shape: info.shape,
-          type: GGML_TYPE.F32,
-          data: new Uint8Array(w.buffer, w.byteOffset, w.byteLength),
-        });
+        continue;
       }
+      if (t.linear) fail(`GGUF export: ${t.source} is a linear layer that was not quantized`);
+      const shape = st.info(t.source).shape;
+      const w = floatTensor(st.readFloat(t.source, shape), shape, t);
+      tensors.push({ name: t.name, shape, type: GGML_TYPE.F32, data: new Uint8Array(w.buffer, w.byteOffset, w.byteLength) });
     }
   } finally {
     st.close();
   }
+  for (const g of layout.generated)
+    tensors.push({ name: g.name, shape: [g.data.length], type: GGML_TYPE.F32, data: new Uint8Array(g.data.buffer) });
+  const arch = layout.arch;
   const meta: Record<string, MetaValue> = {
-    'general.architecture': { t: ValueType.STRING, v: 'llama' },
+    'general.architecture': { t: ValueType.STRING, v: arch },
     'general.name': { t: ValueType.STRING, v: name },
     'general.alignment': { t: ValueType.UINT32, v: ALIGNMENT },
     'general.file_type': { t: ValueType.UINT32, v: FILE_TYPE[bits] },
-    'llama.context_length': { t: ValueType.UINT32, v: cfg.maxPositions },
-    'llama.embedding_length': { t: ValueType.UINT32, v: cfg.hiddenSize },
-    'llama.block_count': { t: ValueType.UINT32, v: cfg.numLayers },
-    'llama.feed_forward_length': { t: ValueType.UINT32, v: cfg.intermediateSize },
-    'llama.rope.dimension_count': { t: ValueType.UINT32, v: cfg.hiddenSize / cfg.numHeads },
-    'llama.attention.head_count': { t: ValueType.UINT32, v: cfg.numHeads },
-    'llama.attention.head_count_kv': { t: ValueType.UINT32, v: cfg.numKvHeads },
-    'llama.attention.layer_norm_rms_epsilon': { t: ValueType.FLOAT32, v: cfg.rmsNormEps },
-    'llama.rope.freq_base': { t: ValueType.FLOAT32, v: cfg.rope!.theta },
-    'llama.vocab_size': { t: ValueType.UINT32, v: cfg.vocabSize },
-    ...tokenizerMetadata(tokenizer),
+    ...Object.fromEntries(Object.entries(layout.metadata).map(([k, v]) => [`${arch}.${k}`, metaValue(v)])),
+    ...vocab,
   };
+  await writeFile(out, meta, tensors);
+  return layout.notes;
+}
+
+/**
+ * A vocabulary-only GGUF (as llama.cpp's own ggml-vocab-*.gguf files): the tokenizer's metadata and no tensors, for
+ * running llama.cpp's tokenizer on it (llama_model_load with vocab_only).
+ */
+export async function writeGgufVocab(tokenizer: HfTokenizer, out: string): Promise<void> {
+  await writeFile(out, { 'general.architecture': { t: ValueType.STRING, v: 'llama' }, ...tokenizerMetadata(tokenizer).meta }, []);
+}
+
+async function writeFile(out: string, meta: Record<string, MetaValue>, tensors: GgufTensor[]): Promise<void> {
   const head = new ByteWriter();
   head.u32(0x46554747); // "GGUF"
   head.u32(3);

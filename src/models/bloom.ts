@@ -66,4 +66,5 @@ export const bloom: Family = {
   honours:
     'n_embed/n_layer/n_head (or transformers names), layer_norm_epsilon, ALiBi, fused per-head query_key_value, tied embeddings, seq_length',
   parseConfig: parseBloom,
+  gguf: { arch: 'bloom', activation: 'gelu_tanh', biases: 'all', features: ['alibi', 'embed-norm'] },
 };

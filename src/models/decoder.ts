@@ -57,40 +57,12 @@ export function normShapes(cfg: ModelConfig): [string, number][] {
   return norms;
 }
 
-/** The Llama layout's tensor names outside the blocks (and llama.cpp's, below). */
+/** The Llama layout's tensor names outside the blocks. */
 export const EMBED = 'model.embed_tokens.weight';
 export const FINAL_NORM = 'model.norm.weight';
 export const HEAD = 'lm_head.weight';
 export const LLAMA_TENSORS: TensorLayout = { embed: EMBED, finalNorm: FINAL_NORM, head: HEAD, layers: 'model.layers.' };
 export const layerPrefix = (cfg: ModelConfig, i: number): string => `${cfg.tensors.layers}${i}.`;
-
-/** llama.cpp's names for the Llama layout's tensors (its "llama" architecture table). */
-const GGUF_NAMES: Record<string, string> = {
-  'self_attn.q_proj': 'attn_q',
-  'self_attn.k_proj': 'attn_k',
-  'self_attn.v_proj': 'attn_v',
-  'self_attn.o_proj': 'attn_output',
-  'mlp.gate_proj': 'ffn_gate',
-  'mlp.up_proj': 'ffn_up',
-  'mlp.down_proj': 'ffn_down',
-  input_layernorm: 'attn_norm',
-  post_attention_layernorm: 'ffn_norm',
-};
-
-export function ggufTensorName(hf: string): string {
-  if (hf === EMBED) return 'token_embd.weight';
-  if (hf === FINAL_NORM) return 'output_norm.weight';
-  if (hf === HEAD) return 'output.weight';
-  const m = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(hf);
-  const short = m && GGUF_NAMES[m[2]!];
-  if (!short) fail(`GGUF export: no llama.cpp name for tensor ${hf}`);
-  return `blk.${m[1]}.${short}.weight`;
-}
-
-/** Whether a tensor is q's or k's projection, whose rows llama.cpp wants in its own rotary order. */
-export function ropeRotated(hf: string): { isQ: boolean; isK: boolean } {
-  return { isQ: hf.endsWith('self_attn.q_proj.weight'), isK: hf.endsWith('self_attn.k_proj.weight') };
-}
 
 interface BlockCommon {
   norms: Record<string, Float32Array>;

@@ -75,4 +75,13 @@ export const falcon: Family = {
   honours:
     'new_decoder_architecture (grouped query_key_value, num_kv_heads, ln_attn/ln_mlp), multi_query, parallel_attn, num_ln_in_parallel_attn, bias, activation, ffn_hidden_size, RoPE',
   parseConfig: parseFalcon,
+  gguf: {
+    arch: 'falcon',
+    activation: 'gelu_tanh',
+    biases: 'none',
+    features: ['parallel'],
+    // with two norms, llama.cpp's attn_norm is the MLP's (ln_mlp) and attn_norm_2 attention's (ln_attn)
+    norms: (cfg) => (cfg.norms.attnIn === cfg.norms.mlpIn ? {} : { attnIn: 'attn_norm_2', mlpIn: 'attn_norm' }),
+    unsupported: (cfg) => (cfg.parallel ? undefined : "llama.cpp's falcon runs attention and the MLP in parallel (parallel_attn: false)"),
+  },
 };

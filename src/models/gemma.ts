@@ -49,12 +49,22 @@ function sandwich(c: ConfigReader, cfg: ModelConfig): ModelConfig {
   };
 }
 
+/** What llama.cpp's gemma architectures share: (1 + w) norms (its files hold 1 + w), the sqrt(hidden) embedding scale. */
+const GEMMA_FEATURES = ['norm-offset', 'gemma-embedding-scale'] as const;
+
+/** llama.cpp's Gemma 2/3 scale attention by 1/sqrt(head_dim), except its 27B (by layer count) by 1/sqrt(hidden / heads). */
+const gemmaAttentionScale =
+  (layers27b: number) =>
+  (cfg: ModelConfig): number =>
+    cfg.numLayers === layers27b ? 1 / Math.sqrt(cfg.hiddenSize / cfg.numHeads) : 1 / Math.sqrt(cfg.headDim);
+
 const optionalCap = (c: ConfigReader, key: string): number | undefined => (c.has(key) ? c.num(key) : (c.value(key), undefined));
 
 export const gemma: Family = {
   modelTypes: ['gemma'],
   honours: 'the Llama fields without biases; (1 + w) norms, sqrt(hidden) embedding scale, tanh-GELU (hidden_act), tied embeddings',
   parseConfig: (c) => gemmaBase(c, 'hidden_act'),
+  gguf: { arch: 'gemma', activation: 'gelu_tanh', biases: 'none', features: GEMMA_FEATURES, head: 'tied' },
 };
 
 export const gemma2: Family = {
@@ -66,6 +76,21 @@ export const gemma2: Family = {
     attnSoftcap: optionalCap(c, 'attn_logit_softcapping'),
     finalSoftcap: optionalCap(c, 'final_logit_softcapping'),
   }),
+  gguf: {
+    arch: 'gemma2',
+    activation: 'gelu_tanh',
+    biases: 'none',
+    features: [...GEMMA_FEATURES, 'post-norms', 'sliding-window', 'attn-softcap', 'final-softcap'],
+    head: 'tied',
+    attentionScale: gemmaAttentionScale(46),
+    // its graph always caps both and always slides on some layers (4096 and every other layer by default)
+    unsupported: (cfg) =>
+      cfg.attnSoftcap === undefined || cfg.finalSoftcap === undefined
+        ? "llama.cpp's gemma2 always soft-caps attention scores and logits"
+        : Array.from({ length: cfg.numLayers }, (_, l) => cfg.slidingWindow(l)).every((w) => w === undefined)
+          ? "llama.cpp's gemma2 always has sliding-window layers"
+          : undefined,
+  },
 };
 
 export const gemma3Text: Family = {
@@ -91,5 +116,12 @@ export const gemma3Text: Family = {
       attnSoftcap: optionalCap(c, 'attn_logit_softcapping'),
       finalSoftcap: optionalCap(c, 'final_logit_softcapping'),
     };
+  },
+  gguf: {
+    arch: 'gemma3',
+    activation: 'gelu_tanh',
+    biases: 'none',
+    features: [...GEMMA_FEATURES, 'post-norms', 'qk-norm-head', 'sliding-window', 'final-softcap'],
+    attentionScale: gemmaAttentionScale(62),
   },
 };

@@ -77,4 +77,12 @@ export const gptNeox: Family = {
   honours:
     'use_parallel_residual, partial rotary (rope_parameters or rotary_pct / rotary_emb_base), attention_bias, hidden_act, layer_norm_eps',
   parseConfig: parseNeox,
+  gguf: {
+    arch: 'gptneox',
+    activation: 'gelu_tanh',
+    biases: 'all',
+    features: ['parallel'],
+    head: 'untied',
+    metadata: (cfg) => ({ use_parallel_residual: cfg.parallel }),
+  },
 };

@@ -69,4 +69,5 @@ export const gpt2: Family = {
   modelTypes: ['gpt2'],
   honours: 'n_embd/n_layer/n_head/n_inner/n_positions, activation_function, layer_norm_epsilon, Conv1D weights, tied embeddings',
   parseConfig: parseGpt2,
+  gguf: { arch: 'gpt2', activation: 'gelu_tanh', biases: 'all', features: ['learned-positions'] },
 };

@@ -12,4 +12,19 @@ export const granite: Family = {
     attentionScale: c.num('attention_multiplier', 1),
     logitsDivisor: c.num('logits_scaling', 1),
   }),
+  gguf: {
+    arch: 'granite',
+    interleavedRope: true,
+    activation: 'silu',
+    biases: 'any',
+    ropeFreqs: true,
+    features: ['granite-scales'],
+    attentionScale: (cfg) => cfg.attentionScale,
+    metadata: (cfg) => ({
+      logit_scale: { f32: cfg.logitsDivisor },
+      residual_scale: { f32: cfg.residualScale },
+      embedding_scale: { f32: cfg.embeddingScale },
+      'attention.scale': { f32: cfg.attentionScale },
+    }),
+  },
 };

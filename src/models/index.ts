@@ -16,10 +16,9 @@ export {
   EMBED,
   FINAL_NORM,
   floatEmbedding,
-  ggufTensorName,
-  ropeRotated,
   softcap,
 } from './decoder.js';
 export type { BlockWeights, Embedding, PreparedBlock, LinearName } from './decoder.js';
 export type { ModelConfig } from './config.js';
+export { ggufLayout, ggufUnsupported, type GgufArch, type GgufScalar, type GgufTensorSource } from './gguf-layout.js';
 export { FAMILIES, SUPPORTED_MODEL_TYPES, familyOf, parseModelConfig, readModelConfig, type Family } from './registry.js';

@@ -109,4 +109,5 @@ export const llama: Family = {
   honours:
     'hidden_act (silu, gelu, gelu_pytorch_tanh, relu), attention_bias, mlp_bias, head_dim, rope_theta, rope_scaling / rope_parameters (linear, dynamic, llama3, yarn, longrope), tie_word_embeddings, eos_token_id lists',
   parseConfig: (c) => llamaLayout(c, { defaultEps: 1e-6 }),
+  gguf: { arch: 'llama', interleavedRope: true, activation: 'silu', biases: 'any', ropeFreqs: true },
 };

@@ -9,4 +9,6 @@ export const mistral: Family = {
     const cfg = llamaLayout(c, { defaultEps: 1e-6, defaultTheta: 10000, biasFlags: false });
     return { ...cfg, slidingWindow: slidingWindows(c, cfg.numLayers, { qwen: false }) };
   },
+  // llama.cpp's converter writes Mistral as its llama architecture, which has no sliding window
+  gguf: { arch: 'llama', interleavedRope: true, activation: 'silu', biases: 'none', ropeFreqs: true, capContextAtWindow: true },
 };

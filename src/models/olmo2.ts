@@ -13,4 +13,15 @@ export const olmo2: Family = {
     qkNorm: 'full',
     norms: { attnOut: 'post_attention_layernorm', mlpOut: 'post_feedforward_layernorm' },
   }),
+  gguf: {
+    arch: 'olmo2',
+    activation: 'silu',
+    biases: 'none',
+    features: ['qk-norm-full', 'post-norms'],
+    head: 'untied',
+    unsupported: (cfg) =>
+      cfg.headDim * cfg.numHeads !== cfg.hiddenSize
+        ? `llama.cpp's olmo2 takes head_dim as hidden_size / num_attention_heads, not ${cfg.headDim}`
+        : undefined,
+  },
 };

@@ -18,4 +18,6 @@ export const phi3: Family = {
     });
     return { ...cfg, fusedQkv: 'concat', fusedGateUp: true, slidingWindow: slidingWindows(c, cfg.numLayers, { qwen: false }) };
   },
+  // llama.cpp's phi3 disables its sliding window (llama.cpp PR 13676)
+  gguf: { arch: 'phi3', activation: 'silu', biases: 'none', capContextAtWindow: true },
 };

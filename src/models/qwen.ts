@@ -13,6 +13,7 @@ export const qwen2: Family = {
       slidingWindow: slidingWindows(c, cfg.numLayers, { qwen: true }),
     };
   },
+  gguf: { arch: 'qwen2', activation: 'silu', biases: 'qkv', capContextAtWindow: true },
 };
 
 /** Qwen3: the Llama layout with an RMSNorm over each head of q and k before RoPE. */
@@ -23,4 +24,5 @@ export const qwen3: Family = {
     const cfg = llamaLayout(c, { defaultEps: 1e-6 });
     return { ...cfg, qkNorm: 'head', slidingWindow: slidingWindows(c, cfg.numLayers, { qwen: true }) };
   },
+  gguf: { arch: 'qwen3', activation: 'silu', biases: 'qkv', features: ['qk-norm-head'], capContextAtWindow: true },
 };

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { fail, shown } from '../io/errors.js';
 import { readConfigJson } from '../io/config.js';
 import { ConfigReader, type ModelConfig } from './config.js';
+import type { GgufArch } from './gguf-layout.js';
 import { bloom } from './bloom.js';
 import { falcon } from './falcon.js';
 import { gemma, gemma2, gemma3Text } from './gemma.js';
@@ -23,6 +24,8 @@ export interface Family {
   readonly honours: string;
   /** reads config.json strictly: a field the family does not implement is refused by name (ConfigReader.finish) */
   parseConfig(c: ConfigReader): ModelConfig;
+  /** its llama.cpp architecture, where llama.cpp has one (GGUF export) */
+  readonly gguf?: GgufArch;
 }
 
 export const FAMILIES: readonly Family[] = [

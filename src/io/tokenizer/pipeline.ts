@@ -70,6 +70,13 @@ export class HfTokenizer {
   readonly chatTemplate: string | undefined;
   /** ids of SentencePiece byte-fallback pieces <0xXX> */
   readonly byteFallbackIds: ReadonlySet<number>;
+  /** ids of the added tokens (special or not) */
+  readonly addedIds: ReadonlySet<number>;
+  /** tokenizer.json's pre_tokenizer and normalizer as written, for writers that name them (GGUF) */
+  readonly preTokenizerSpec: unknown;
+  readonly normalizerSpec: unknown;
+  /** BPE's ignore_merges: a word that is a vocabulary token is that token */
+  readonly ignoresMerges: boolean;
 
   private readonly vocab = new Map<string, number>();
   private readonly bpe: Bpe;
@@ -191,6 +198,10 @@ export class HfTokenizer {
       ignoreMerges: model['ignore_merges'] === true,
     });
 
+    this.addedIds = new Set(added.map((t) => t.id));
+    this.ignoresMerges = model['ignore_merges'] === true;
+    this.preTokenizerSpec = json['pre_tokenizer'] ?? null;
+    this.normalizerSpec = json['normalizer'] ?? null;
     this.normalizer = compileNormalizer(json['normalizer'] as Json, refuse);
     this.preTokenizer = compilePreTokenizer(json['pre_tokenizer'] as Json, refuse);
     this.spaceToMeta =
@@ -247,15 +258,9 @@ export class HfTokenizer {
     return this.unkId ?? -1;
   }
 
-  /**
-   * The merge list, for writers of SentencePiece vocabularies (GGUF's "llama" tokenizer). Refused for other
-   * kinds, whose vocabulary a SentencePiece reader would misread.
-   */
-  get spec(): { merges: { left: string; right: string; rank: number }[] } {
-    if (this.kind !== 'sentencepiece-bpe') {
-      fail(`${this.source}: a ${this.kind} tokenizer cannot be written as a SentencePiece (llama) vocabulary`);
-    }
-    return { merges: this.merges };
+  /** The merges with their ranks (ties possible where they came from SentencePiece scores), for vocabulary writers. */
+  get mergeList(): readonly { left: string; right: string; rank: number }[] {
+    return this.merges;
   }
 
   /** The tokenizer.json this tokenizer runs (kept only by tokenizers built to be written out, e.g. from llama2.c). */
