@@ -361,9 +361,11 @@ test('the fast path (float32 products on the backend, inner batches, right- and 
         ...(asym ? { asym } : {}),
       });
       const what = `g${groupSize}${asym ? ' v2' : ''}`;
+      // float32 products move a weight by ~1e-7 of its size: a code flips only where the weight sits that close
+      // to a rounding boundary (none do here; allow 1 in 1000), and the loss moves by as little (seen: < 1e-8)
       const differ = fast.layer.codes.filter((c, i) => c !== slow.layer.codes[i]).length;
       assert.ok(differ <= rows * cols * 1e-3, `${what}: ${differ} codes differ`);
-      assert.ok(Math.abs(fast.loss / slow.loss - 1) < 1e-3, `${what}: loss ${fast.loss} vs ${slow.loss}`);
+      assert.ok(Math.abs(fast.loss / slow.loss - 1) < 1e-6, `${what}: loss ${fast.loss} vs ${slow.loss}`);
     }
   }
 });

@@ -80,7 +80,8 @@ const half = (n: number): number => Math.ceil(n / 2 / BLOCK) * BLOCK;
 /*
  * Products with a lower-triangular or symmetric operand, recursively by halves: each splits into two products
  * of the same kind on the diagonal halves and one plain gemm on the off-diagonal block, so the zero (or
- * mirrored) half is never multiplied. Below 2·BLOCK a plain gemm is cheaper than more calls.
+ * mirrored) half is never multiplied. At 2·BLOCK and below a plain gemm does it, trading a small product's
+ * wasted half for fewer calls.
  */
 
 /** A·Xᵀ, A [m, n], X [n, n] lower triangular: [A1·X11ᵀ | A1·X21ᵀ + A2·X22ᵀ] */
@@ -137,7 +138,7 @@ function addTo(a: Float64Array, b: Float64Array): Float64Array {
   return a;
 }
 
-/** [L | R] of L [m, p] and R [m, r] */
+/** [L | R] of L [m, p] and R [m, q] */
 function columns(l: Float64Array, r: Float64Array, m: number, p: number, q: number): Float64Array {
   const out = new Float64Array(m * (p + q));
   putBlock(out, p + q, l, 0, 0, p);
