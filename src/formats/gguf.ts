@@ -1,8 +1,8 @@
 import { closeSync, openSync } from 'node:fs';
 import { ggufLayout, type GgufScalar, type GgufTensorSource, type ModelConfig } from '../models/index.js';
 import { fail } from '../io/errors.js';
-import { floatToHalf } from '../io/fp16.js';
 import { SafetensorsModel, writeAll } from '../io/safetensors.js';
+import { BLOCK_LAYOUTS, packBlock } from './ggml-blocks.js';
 import type { HfTokenizer } from '../io/tokenizer.js';
 import type { QuantizedLayer } from '../quant/quantized-layer.js';
 
@@ -126,25 +126,19 @@ function layerIncompatibility(q: QuantizedLayer): string | undefined {
   return undefined;
 }
 
+/** GPTQ's symmetric 4-bit (8-bit) grid with 32-column groups is Q4_0 (Q8_0): each group one block, codes as stored. */
 function encodeBlocks(q: QuantizedLayer, rowOrder: Int32Array | undefined): Uint8Array {
-  const { rows, cols, bits } = q;
+  const type = q.bits === 4 ? 'Q4_0' : 'Q8_0';
+  const { rows, cols } = q;
   const G = cols / 32;
-  const blockBytes = bits === 4 ? 18 : 34;
-  const out = new Uint8Array(rows * G * blockBytes);
-  const view = new DataView(out.buffer);
-  let o = 0;
+  const L = BLOCK_LAYOUTS[type];
+  const out = new Uint8Array(rows * G * L.bytes);
+  const none = new Int32Array(0);
   for (let i = 0; i < rows; i++) {
     const r = rowOrder ? rowOrder[i]! : i;
     for (let g = 0; g < G; g++) {
-      view.setUint16(o, floatToHalf(q.scales[r * G + g]!), true);
-      const base = r * cols + g * 32;
-      if (bits === 4) {
-        // first 16 values in the low nibbles, last 16 in the high nibbles
-        for (let j = 0; j < 16; j++) out[o + 2 + j] = q.codes[base + j]! | (q.codes[base + 16 + j]! << 4);
-      } else {
-        for (let j = 0; j < 32; j++) view.setInt8(o + 2 + j, q.codes[base + j]! - 128);
-      }
-      o += blockBytes;
+      const codes = q.codes.subarray(r * cols + g * 32, r * cols + g * 32 + 32);
+      packBlock(type, { d: q.scales[r * G + g]!, m: 0, scales: none, mins: none, codes }, out, (i * G + g) * L.bytes);
     }
   }
   return out;
