@@ -27,3 +27,28 @@ for (const [type, { bytes, values }] of Object.entries(FIXTURE) as [BlockType, {
     assert.deepEqual(again, raw);
   });
 }
+
+test('round-to-nearest in each block type: the file holds exactly the weights evaluated, and the error shrinks with the bits', async () => {
+  const { roundToBlocks } = await import('../src/quant/ggml-grid.js');
+  const { seededRandom } = await import('../src/calib/windows.js');
+  const rand = seededRandom(3);
+  // Gaussian-ish weights with an outlier per 256, as real rows have
+  const row = Float32Array.from({ length: 1024 }, (_, i) => (rand() + rand() + rand() - 1.5) * 0.05 * (i % 256 === 7 ? 8 : 1));
+  const rms: Record<string, number> = {};
+  for (const type of Object.keys(BLOCK_LAYOUTS) as BlockType[]) {
+    const { blocks, values } = roundToBlocks(type, row);
+    const L = BLOCK_LAYOUTS[type];
+    const bytes = new Uint8Array(blocks.length * L.bytes);
+    blocks.forEach((b, k) => packBlock(type, b, bytes, k * L.bytes));
+    const back = dequantizeRow(type, bytes, row.length);
+    assert.equal(
+      back.findIndex((v, i) => !Object.is(v, values[i])),
+      -1,
+      `${type}: packed weights differ from the evaluated ones`,
+    );
+    rms[type] = Math.sqrt(row.reduce((a, v, i) => a + (v - values[i]!) ** 2, 0) / row.length);
+  }
+  const order: BlockType[][] = [['Q2_K'], ['Q3_K'], ['Q4_0', 'Q4_1', 'Q4_K', 'IQ4_NL'], ['Q5_0', 'Q5_1', 'Q5_K'], ['Q6_K'], ['Q8_0']];
+  for (let k = 1; k < order.length; k++)
+    for (const hi of order[k]!) for (const lo of order[k - 1]!) assert.ok(rms[hi]! < rms[lo]!, `${hi} ${rms[hi]} vs ${lo} ${rms[lo]}`);
+});
