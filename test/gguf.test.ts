@@ -112,3 +112,48 @@ test('GGUF export refuses, before any work, a tokenizer llama.cpp would run diff
   );
   assert.equal(existsSync(join(parent, 'x.gguf')), false);
 });
+
+test('GPTQ on llama.cpp block grids: every type holds exactly the weights GPTQ evaluated, and llama.cpp runs the file', async () => {
+  const { readGgufFileInfo } = await import('node-llama-cpp');
+  const { BLOCK_LAYOUTS, dequantizeRow } = await import('../src/formats/ggml-blocks.js');
+  const { dequantize } = await import('../src/quant/quantized-layer.js');
+  const { ggufLayout } = await import('../src/models/index.js');
+  const { readFileSync } = await import('node:fs');
+  const dir = await pullStories15m();
+  const { model, tokenizer } = await loadModel(dir);
+  const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 50_000)), 4, 128, 0);
+  const llama = await getLlama({ gpu: false, build: 'never' });
+  const types = ['Q4_K', 'Q6_K', 'Q3_K', 'Q2_K', 'Q5_K', 'Q4_1', 'Q5_0', 'Q5_1', 'IQ4_NL'] as const;
+  for (const blockType of types) {
+    const opts = { ...QUANTIZE_REFERENCE, blockType, sym: true };
+    const { layers, config } = await quantizeModel(dir, model.backend, opts, { windows, seqlen: 128 });
+    const file = join(mkdtempSync(join(tmpdir(), 'gguf-k-')), 'model.gguf');
+    await writeGguf(dir, config, tokenizer, layers, file);
+    const info = await readGgufFileInfo(file);
+    const bytes = readFileSync(file);
+    for (const t of ggufLayout(config).tensors) {
+      const q = layers.get(t.source);
+      if (!q) continue;
+      const ti = info.fullTensorInfo!.find((x) => x.name === t.name)!;
+      const type = q.blocks!.type;
+      // stories15M's 288-wide rows are not whole super-blocks: llama-quantize's fallback type (tensor_type_fallback)
+      const fallback: Record<string, string> = { Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' };
+      assert.equal(type, q.cols % 256 === 0 ? blockType : (fallback[blockType] ?? blockType), t.name);
+      const rowBytes = (q.cols / BLOCK_LAYOUTS[type].size) * BLOCK_LAYOUTS[type].bytes;
+      const want = dequantize(q);
+      for (let i = 0; i < q.rows; i++) {
+        const r = t.rowOrder ? t.rowOrder[i]! : i;
+        const row = dequantizeRow(
+          type,
+          new Uint8Array(bytes.buffer, bytes.byteOffset + Number(ti.fileOffset) + i * rowBytes, rowBytes),
+          q.cols,
+        );
+        const bad = row.findIndex((v, c) => !Object.is(v, want[r * q.cols + c]));
+        assert.equal(bad, -1, `${blockType} ${t.name} row ${i}: the file's weight differs from the evaluated one`);
+      }
+    }
+    const lm = await llama.loadModel({ modelPath: file });
+    assert.deepEqual(Array.from(lm.tokenize('Once upon a time')), tokenizer.encode('Once upon a time', { bos: false }));
+    await lm.dispose();
+  }
+});

@@ -63,6 +63,19 @@ export const BLOCK_LAYOUTS: Record<BlockType, Layout> = {
   Q6_K: { size: 256, bytes: 210, bits: 6, sub: 16, scaleBits: 8, minBits: 0 },
 };
 
+/**
+ * The type a tensor whose rows are `cols` long gets when asked for `type`: llama.cpp's fallback for rows that are
+ * not whole super-blocks (llama-quant.cpp tensor_type_fallback): Q2_K and Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
+ * Q6_K → Q8_0.
+ */
+export function typeForRows(type: BlockType, cols: number): BlockType {
+  if (cols % BLOCK_LAYOUTS[type].size === 0) return type;
+  const fallback: Partial<Record<BlockType, BlockType>> = { Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' };
+  const f = fallback[type];
+  if (!f || cols % BLOCK_LAYOUTS[f].size !== 0) fail(`${type}: rows of ${cols} are not whole blocks of ${BLOCK_LAYOUTS[type].size}`);
+  return f;
+}
+
 /** IQ4_NL's 16 non-uniform levels (kvalues_iq4nl), times the block's d. */
 export const IQ4_NL_LEVELS = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113] as const;
 

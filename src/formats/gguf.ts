@@ -2,19 +2,32 @@ import { closeSync, openSync } from 'node:fs';
 import { ggufLayout, type GgufScalar, type GgufTensorSource, type ModelConfig } from '../models/index.js';
 import { fail } from '../io/errors.js';
 import { SafetensorsModel, writeAll } from '../io/safetensors.js';
-import { BLOCK_LAYOUTS, packBlock } from './ggml-blocks.js';
+import { BLOCK_LAYOUTS, GGML_TYPES, packBlock, type BlockType } from './ggml-blocks.js';
 import type { HfTokenizer } from '../io/tokenizer.js';
 import type { QuantizedLayer } from '../quant/quantized-layer.js';
 
 /**
- * GGUF (v3) export of a Llama model for llama.cpp. Quantized layers are carried over without re-rounding:
- * Q4_0 stores blocks of 32 weights as an fp16 scale d and levels d·(q − 8), q in 0..15, which is GPTQ's
- * symmetric 4-bit grid with 32-column groups; Q8_0 stores d·q, q in −128..127, GPTQ's symmetric 8-bit grid
- * (code − 128). Anything else cannot be held exactly and is refused.
+ * GGUF (v3) export for llama.cpp. Quantized layers are carried over without re-rounding: GPTQ's symmetric 4/8-bit
+ * grid with 32-column groups is exactly Q4_0/Q8_0 (d·(q − 8), d·(q − 128)); a layer swept on a llama.cpp block
+ * grid (--gguf-type: Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K) is stored with the factors it was swept with. Anything
+ * else cannot be held exactly and is refused. Names, row orders and metadata come from models/gguf-layout.ts.
  */
 
-const GGML_TYPE = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8 } as const;
-const FILE_TYPE = { 4: 2, 8: 7 } as const; // LLAMA_FTYPE_MOSTLY_Q4_0 / MOSTLY_Q8_0
+const F32 = 0;
+/** llama_ftype of a file whose linear layers are all of one type (the _S variant where llama-quantize has a mix) */
+const FILE_TYPE: Record<BlockType, number> = {
+  Q4_0: 2,
+  Q4_1: 3,
+  Q8_0: 7,
+  Q5_0: 8,
+  Q5_1: 9,
+  Q2_K: 10,
+  Q3_K: 11,
+  Q4_K: 14,
+  Q5_K: 16,
+  Q6_K: 18,
+  IQ4_NL: 25,
+};
 const ALIGNMENT = 32;
 
 enum ValueType {
@@ -126,19 +139,28 @@ function layerIncompatibility(q: QuantizedLayer): string | undefined {
   return undefined;
 }
 
-/** GPTQ's symmetric 4-bit (8-bit) grid with 32-column groups is Q4_0 (Q8_0): each group one block, codes as stored. */
+/** The block type a layer is written as: its own block grid, or GPTQ's symmetric 4/8-bit g32 grid as Q4_0/Q8_0. */
+function blockTypeOf(q: QuantizedLayer): BlockType {
+  return q.blocks?.type ?? (q.bits === 4 ? 'Q4_0' : 'Q8_0');
+}
+
+/**
+ * A layer's rows as blocks of its type, rows in the file's order. GPTQ's Q4_0/Q8_0 grid: each 32-column group is
+ * one block (d = its scale, codes as stored); a block grid's factors are stored as fitted.
+ */
 function encodeBlocks(q: QuantizedLayer, rowOrder: Int32Array | undefined): Uint8Array {
-  const type = q.bits === 4 ? 'Q4_0' : 'Q8_0';
+  const type = blockTypeOf(q);
   const { rows, cols } = q;
-  const G = cols / 32;
   const L = BLOCK_LAYOUTS[type];
-  const out = new Uint8Array(rows * G * L.bytes);
+  const per = cols / L.size;
+  const out = new Uint8Array(rows * per * L.bytes);
   const none = new Int32Array(0);
   for (let i = 0; i < rows; i++) {
     const r = rowOrder ? rowOrder[i]! : i;
-    for (let g = 0; g < G; g++) {
-      const codes = q.codes.subarray(r * cols + g * 32, r * cols + g * 32 + 32);
-      packBlock(type, { d: q.scales[r * G + g]!, m: 0, scales: none, mins: none, codes }, out, (i * G + g) * L.bytes);
+    for (let g = 0; g < per; g++) {
+      const codes = q.codes.subarray(r * cols + g * L.size, r * cols + (g + 1) * L.size);
+      const factors = q.blocks?.factors[r * per + g] ?? { d: q.scales[r * per + g]!, m: 0, scales: none, mins: none };
+      packBlock(type, { ...factors, codes }, out, (i * per + g) * L.bytes);
     }
   }
   return out;
@@ -305,13 +327,14 @@ export async function writeGguf(
   out: string,
   name = 'gptq-ts',
 ): Promise<string[]> {
-  const bitsSet = new Set([...layers.values()].map((q) => q.bits));
-  if (bitsSet.size !== 1) fail('GGUF export needs every layer at the same bit width');
-  const bits = [...bitsSet][0]! as 4 | 8;
   for (const [n, q] of layers) {
-    const why = layerIncompatibility(q);
+    const why = q.blocks ? undefined : layerIncompatibility(q);
     if (why) fail(`${n}: ${why}`);
   }
+  // the file's type is that of most of its weights
+  const counts = new Map<BlockType, number>();
+  for (const q of layers.values()) counts.set(blockTypeOf(q), (counts.get(blockTypeOf(q)) ?? 0) + q.rows * q.cols);
+  const fileType = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'Q4_0';
   const layout = ggufLayout(cfg);
   const vocab = tokenizerMetadata(tokenizer).meta;
   const st = new SafetensorsModel(srcDir);
@@ -323,7 +346,7 @@ export async function writeGguf(
         tensors.push({
           name: t.name,
           shape: [q.rows, q.cols],
-          type: bits === 4 ? GGML_TYPE.Q4_0 : GGML_TYPE.Q8_0,
+          type: GGML_TYPES[blockTypeOf(q)],
           data: encodeBlocks(q, t.rowOrder),
         });
         continue;
@@ -331,19 +354,18 @@ export async function writeGguf(
       if (t.linear) fail(`GGUF export: ${t.source} is a linear layer that was not quantized`);
       const shape = st.info(t.source).shape;
       const w = floatTensor(st.readFloat(t.source, shape), shape, t);
-      tensors.push({ name: t.name, shape, type: GGML_TYPE.F32, data: new Uint8Array(w.buffer, w.byteOffset, w.byteLength) });
+      tensors.push({ name: t.name, shape, type: F32, data: new Uint8Array(w.buffer, w.byteOffset, w.byteLength) });
     }
   } finally {
     st.close();
   }
-  for (const g of layout.generated)
-    tensors.push({ name: g.name, shape: [g.data.length], type: GGML_TYPE.F32, data: new Uint8Array(g.data.buffer) });
+  for (const g of layout.generated) tensors.push({ name: g.name, shape: [g.data.length], type: F32, data: new Uint8Array(g.data.buffer) });
   const arch = layout.arch;
   const meta: Record<string, MetaValue> = {
     'general.architecture': { t: ValueType.STRING, v: arch },
     'general.name': { t: ValueType.STRING, v: name },
     'general.alignment': { t: ValueType.UINT32, v: ALIGNMENT },
-    'general.file_type': { t: ValueType.UINT32, v: FILE_TYPE[bits] },
+    'general.file_type': { t: ValueType.UINT32, v: FILE_TYPE[fileType] },
     ...Object.fromEntries(Object.entries(layout.metadata).map(([k, v]) => [`${arch}.${k}`, metaValue(v)])),
     ...vocab,
   };

@@ -1,6 +1,8 @@
 import { upperCholeskyOfInverse, upperCholeskyOfInverseBlocked, type Gemm64 } from '../tensor/cholesky.js';
 import { fitGrid, quantizeValue, type GridOptions, type RowGrid } from './quantizer.js';
 import type { QuantizedLayer } from './quantized-layer.js';
+import { BLOCK_LAYOUTS, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
+import { fitBlock } from './ggml-grid.js';
 
 /**
  * GPTQ (Frantar et al., 2022) for one linear layer W [rows, cols] given the Hessian H = 2/n·Σ x·xᵀ of its inputs.
@@ -21,6 +23,11 @@ export interface GptqOptions extends GridOptions {
   /** damping as a fraction of the mean Hessian diagonal */
   percdamp: number;
   blocksize: number;
+  /**
+   * sweep over a llama.cpp block type's grid instead of groups (GGUF export): each block's factors are fitted when
+   * the sweep reaches its first column, on the weights as updated so far (contiguous columns: no act-order)
+   */
+  blockType?: BlockType;
 }
 
 /**
@@ -174,11 +181,16 @@ export async function gptq(
   const { asym, levels, matmulNN: fast } = extras;
   const warn = extras.warn ?? ((): void => {});
   if (levels && opts.groupSize > 0) throw new Error('a per-row level grid has no groups');
-  const { bits, groupSize: gs, blocksize } = opts;
+  const { bits, groupSize: gs } = opts;
   const maxq = 2 ** bits - 1;
+  const blockType = opts.blockType && typeForRows(opts.blockType, cols);
+  const ggml = blockType && BLOCK_LAYOUTS[blockType];
+  if (ggml && opts.actOrder) throw new Error(`${blockType} blocks are runs of contiguous columns: no act-order`);
+  // a block's levels are fitted on columns the lazy batch has fully updated: blocks nest in the sweep's blocks
+  const blocksize = ggml ? Math.ceil(opts.blocksize / ggml.size) * ggml.size : opts.blocksize;
 
   // the reference fits the per-row grid before zeroing dead columns
-  const channelGrid = gs > 0 ? undefined : fitGrid(weight, rows, cols, 0, cols, opts);
+  const channelGrid = gs > 0 || ggml ? undefined : fitGrid(weight, rows, cols, 0, cols, opts);
 
   const { dead, perm, U, P, percdamp } = extras.prepared ?? (await prepareHessian(hessian, cols, opts, warn, asym, extras.matmul64));
   const W = sweepMatrix(weight, rows, cols, perm, dead);
@@ -207,6 +219,8 @@ export async function gptq(
   if (channelGrid) setGroup(0, channelGrid);
   staticGrids.forEach((grid, g) => setGroup(g, grid));
 
+  const blocks: Block[] | undefined = ggml && new Array<Block>((rows * cols) / ggml.size);
+  let blockLevels: RowLevels[] = [];
   let loss = 0;
   let grid = channelGrid;
   // the block's scaled errors and (GPTQv2) quantized values, [column, row] like W
@@ -234,10 +248,15 @@ export async function gptq(
     if (leftLooking && i1 > 0) await owed(i1, i2, 0, i1, Q?.subarray(0, i1 * rows));
     // The grid of each column of the block. As in the reference, a group's grid is fitted on W holding every
     // update made before this block but none of its in-block updates, so all of them are fitted up front.
-    const gridOf: (RowGrid | undefined)[] = [];
+    const gridOf: (RowGrid | RowLevels | undefined)[] = [];
     for (let i = 0; i < count; i++) {
       const col = i1 + i;
       const orig = perm ? perm[col]! : col;
+      if (ggml) {
+        if (col % ggml.size === 0) blockLevels = fitBlockLevels(blockType!, W, rows, cols, col, blocks!);
+        gridOf.push(blockLevels[Math.floor((col % ggml.size) / ggml.sub)]);
+        continue;
+      }
       if (gs > 0) {
         if (opts.staticGroups) {
           grid = staticGrids[Math.floor(orig / gs)]!;
@@ -266,7 +285,10 @@ export async function gptq(
         const w = W.subarray(col * rows, (col + 1) * rows);
         const err = Err1.subarray(i * rows, (i + 1) * rows);
         const at = [i * rows, (i + 1) * rows] as const;
-        loss += quantizeColumn(w, U[col * cols + col]!, gridOf[i], levels, maxq, codes1.subarray(...at), err, Q1?.subarray(...at));
+        const g = gridOf[i];
+        const rowLevels = g && 'values' in g ? g : levels;
+        const rowGrid = g && 'scale' in g ? g : undefined;
+        loss += quantizeColumn(w, U[col * cols + col]!, rowGrid, rowLevels, maxq, codes1.subarray(...at), err, Q1?.subarray(...at));
         // immediate update of the rest of the run (GPTQv2: steered with the unquantized column)
         subtractUpdates(W, rows, cols, [col + 1, i1 + j2], U, err, col, P, w);
         if (E) E.set(err, col * rows);
@@ -282,7 +304,39 @@ export async function gptq(
       else subtractUpdates(W, rows, cols, [i2, cols], U, Err1.subarray(0, count * rows), i1, P, Q1);
     }
   }
-  return { layer: { rows, cols, bits, groupSize: gs, sym: opts.sym, codes, scales, zeros, gIdx }, loss, percdamp };
+  const layer: QuantizedLayer = { rows, cols, bits, groupSize: gs, sym: opts.sym, codes, scales, zeros, gIdx };
+  if (blocks) layer.blocks = { type: blockType!, factors: blocks };
+  return { layer, loss, percdamp };
+}
+
+/**
+ * Fit every row's block over columns [c0, c0 + size) of W [column, row] (the sweep's current weights), store the
+ * factors, and return each sub-block's levels per row, ascending, with the codes they stand for.
+ */
+function fitBlockLevels(type: BlockType, W: Float64Array, rows: number, cols: number, c0: number, blocks: Block[]): RowLevels[] {
+  const L = BLOCK_LAYOUTS[type];
+  const n = 2 ** L.bits;
+  const subs = L.size / L.sub;
+  const perRow = cols / L.size;
+  const out = Array.from({ length: subs }, () => ({
+    values: new Float64Array(rows * n),
+    codes: new Uint8Array(rows * n),
+    levelsPerRow: n,
+  }));
+  const x = new Float32Array(L.size);
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < L.size; i++) x[i] = W[(c0 + i) * rows + r]!;
+    const { block, levels } = fitBlock(type, x);
+    blocks[r * perRow + c0 / L.size] = block;
+    for (let s = 0; s < subs; s++) {
+      const order = Array.from({ length: n }, (_, c) => c).sort((a, b) => levels[s * n + a]! - levels[s * n + b]! || a - b);
+      order.forEach((code, k) => {
+        out[s]!.values[r * n + k] = levels[s * n + code]!;
+        out[s]!.codes[r * n + k] = code;
+      });
+    }
+  }
+  return out;
 }
 
 /**

@@ -1,14 +1,17 @@
 import type { GptqOptions } from './gptq.js';
 import { fitGrid, quantizeValue } from './quantizer.js';
 import { numGroups, type QuantizedLayer } from './quantized-layer.js';
+import { BLOCK_LAYOUTS, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
+import { roundToBlocks } from './ggml-grid.js';
 
 /** Round-to-nearest on the same grid and group layout: the baseline every table shows beside GPTQ. */
 export function rtn(
   weight: Float32Array,
   rows: number,
   cols: number,
-  opts: Pick<GptqOptions, 'bits' | 'sym' | 'mse' | 'fp16Scales' | 'groupSize'>,
+  opts: Pick<GptqOptions, 'bits' | 'sym' | 'mse' | 'fp16Scales' | 'groupSize' | 'blockType'>,
 ): QuantizedLayer {
+  if (opts.blockType) return rtnBlocks(weight, rows, cols, typeForRows(opts.blockType, cols));
   const gs = opts.groupSize;
   const layer: QuantizedLayer = {
     rows,
@@ -35,4 +38,29 @@ export function rtn(
     }
   }
   return layer;
+}
+
+/** Round-to-nearest in a llama.cpp block type, row by row. */
+function rtnBlocks(weight: Float32Array, rows: number, cols: number, type: BlockType): QuantizedLayer {
+  const codes = new Uint8Array(rows * cols);
+  const factors: Block[] = [];
+  for (let r = 0; r < rows; r++) {
+    for (const b of roundToBlocks(type, weight.subarray(r * cols, (r + 1) * cols)).blocks) {
+      codes.set(b.codes, factors.length * b.codes.length);
+      factors.push(b);
+    }
+  }
+  const bits = BLOCK_LAYOUTS[type].bits;
+  return {
+    rows,
+    cols,
+    bits,
+    groupSize: -1,
+    sym: false,
+    codes,
+    scales: new Float32Array(rows),
+    zeros: new Int32Array(rows),
+    gIdx: new Int32Array(cols),
+    blocks: { type, factors },
+  };
 }
