@@ -16,8 +16,10 @@ import { printTable } from './table.js';
  *   npm run bench:sweep [-- --baseline REV] [--large]
  *
  * `--baseline REV` runs the same measurements on the source tree of git revision REV in the same process,
- * alternating with this tree's, for a before/after table. `--large` adds the 4096 x 14336 layer (a 14336-column
- * Hessian: about 8 GB at its peak). Times are the best of `REPS` runs (one for --large; Hessians: 5), as the machine is shared.
+ * alternating with this tree's, for a before/after table. `--large` adds the 4096 x 14336 layer: its Hessian is
+ * 1.6 GB in float64 and the factorization holds several such matrices (a run with the baseline was killed for
+ * memory beside a 10 GB job on this 24 GB machine). Times are the best of `REPS` runs (one for --large;
+ * Hessians: 5), as the machine is shared.
  */
 const REPS = 3;
 const HESSIAN_REPS = 5;
@@ -116,7 +118,20 @@ const CHUNK = 4096;
 for (const [out, cols, reps] of [[4096, 4096, REPS], [14336, 4096, REPS], ...(large ? [[4096, 14336, 1]] : [])] as const) {
   const h = await randomHessian(cols, Math.min(cols, 4096));
   const w = random(out * cols);
-  const prep = await best(reps, (tree) => tree.gptq.prepareHessian(h, cols, opts, undefined, undefined, tree.backend.matmul64));
+  // each tree's factorization, then its sweep on it, timed apart; one prepared Hessian alive at a time
+  const prep = trees.map(() => Infinity);
+  const sweep = trees.map(() => Infinity);
+  for (let i = 0; i < reps; i++) {
+    for (const [k, tree] of trees.entries()) {
+      let t0 = performance.now();
+      const prepared = await tree.gptq.prepareHessian(h, cols, opts, undefined, undefined, tree.backend.matmul64);
+      prep[k] = Math.min(prep[k]!, performance.now() - t0);
+      const { matmulNT, matmulNN } = tree.backend;
+      t0 = performance.now();
+      await tree.gptq.gptq(w, h, out, cols, opts, { prepared, matmulNT, matmulNN });
+      sweep[k] = Math.min(sweep[k]!, performance.now() - t0);
+    }
+  }
   rows.push([
     `factorization d=${cols}, s`,
     ...cell(
@@ -125,13 +140,6 @@ for (const [out, cols, reps] of [[4096, 4096, REPS], [14336, 4096, REPS], ...(la
     ),
     ...ratio(prep),
   ]);
-  const prepared = await Promise.all(
-    trees.map((tree) => tree.gptq.prepareHessian(h, cols, opts, undefined, undefined, tree.backend.matmul64)),
-  );
-  const sweep = await best(reps, (tree) => {
-    const { matmulNT, matmulNN } = tree.backend;
-    return tree.gptq.gptq(w, h, out, cols, opts, { prepared: prepared[trees.indexOf(tree)]!, matmulNT, matmulNN });
-  });
   rows.push([
     `sweep ${out} x ${cols}, s`,
     ...cell(
