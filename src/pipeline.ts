@@ -65,6 +65,7 @@ export const PIPELINE_DEFAULTS: PipelineOptions = {
  */
 export function defaultsFor(options: Partial<PipelineOptions>): PipelineOptions {
   if (options.method === 'gptqt') return { ...PIPELINE_DEFAULTS, groupSize: -1, format: 'gptqt' };
+  if (options.blockType !== undefined) return { ...PIPELINE_DEFAULTS, format: 'gguf' };
   return { ...PIPELINE_DEFAULTS, format: options.sym === false ? 'gptq_v2' : PIPELINE_DEFAULTS.format };
 }
 
@@ -117,8 +118,10 @@ export async function quantize(
         : '--format gptqt holds --method gptqt results only',
     );
   }
+  if (opts.blockType !== undefined && opts.format !== 'gguf' && opts.format !== 'fake')
+    fail(`--gguf-type ${opts.blockType} is written as --format gguf (or fake), not ${opts.format}`);
   if (opts.format === 'gguf') {
-    const why = ggufIncompatibility(opts) ?? ggufUnsupported(cfg);
+    const why = (opts.blockType === undefined ? ggufIncompatibility(opts) : undefined) ?? ggufUnsupported(cfg);
     if (why) fail(`--format gguf: ${why}`);
     for (const note of ggufLayout(cfg).notes) hooks.warn?.(note);
   } else if (opts.format !== 'fake') {

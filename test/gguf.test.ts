@@ -62,6 +62,11 @@ test('GGUF export refuses settings it cannot hold exactly, before any work', () 
     [['--bits', '4', '--group-size', '64', '--sym'], /--group-size 32 \(got 64\)/],
     [['--bits', '4', '--group-size', '32', '--asym'], /--sym/],
     [['--bits', '4', '--group-size', '32', '--sym', '--act-order'], /add --static-groups/],
+    [['--gguf-type', 'Q4_K_M'], /--gguf-type Q4_K_M: llama-quantize's per-tensor mixes are not implemented yet/],
+    [['--gguf-type', 'q4_k', '--act-order'], /llama\.cpp blocks are runs of contiguous columns: no --act-order/],
+    [['--gguf-type', 'Q7_K'], /--gguf-type "Q7_K" is not one of Q4_0, Q4_1/],
+    [['--gguf-type', 'Q4_K', '--format', 'gptq'], /--gguf-type Q4_K is written as --format gguf \(or fake\), not gptq/],
+    [['--gguf-type', 'Q4_K', '--method', 'gptqt', '--bits', '2'], /--method gptqt has its own binary coding/],
   ] as [string[], RegExp][]) {
     const r = run(...args);
     assert.notEqual(r.status, 0);
@@ -116,7 +121,7 @@ test('GGUF export refuses, before any work, a tokenizer llama.cpp would run diff
 test('GPTQ on llama.cpp block grids: every type holds exactly the weights GPTQ evaluated, and llama.cpp runs the file', async () => {
   const { readGgufFileInfo } = await import('node-llama-cpp');
   const { BLOCK_LAYOUTS, dequantizeRow } = await import('../src/formats/ggml-blocks.js');
-  const { dequantize } = await import('../src/quant/quantized-layer.js');
+  const { blockTypeOf, dequantize } = await import('../src/quant/quantized-layer.js');
   const { ggufLayout } = await import('../src/models/index.js');
   const { readFileSync } = await import('node:fs');
   const dir = await pullStories15m();
@@ -135,7 +140,7 @@ test('GPTQ on llama.cpp block grids: every type holds exactly the weights GPTQ e
       const q = layers.get(t.source);
       if (!q) continue;
       const ti = info.fullTensorInfo!.find((x) => x.name === t.name)!;
-      const type = q.blocks!.type;
+      const type = blockTypeOf(q)!;
       // stories15M's 288-wide rows are not whole super-blocks: llama-quantize's fallback type (tensor_type_fallback)
       const fallback: Record<string, string> = { Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' };
       assert.equal(type, q.cols % 256 === 0 ? blockType : (fallback[blockType] ?? blockType), t.name);

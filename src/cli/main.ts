@@ -1,3 +1,4 @@
+import { GGML_TYPES, type BlockType } from '../formats/ggml-blocks.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { loadText } from '../calib/datasets.js';
@@ -33,6 +34,21 @@ function floatDtype(name: string): 'F16' | 'F32' {
   if (name === 'float16') return 'F16';
   if (name === 'float32') return 'F32';
   throw new UserError(`--dtype ${JSON.stringify(name)} is not float16 or float32`);
+}
+
+/**
+ * A llama.cpp block type by name, any case. llama-quantize's mixes (Q4_K_M: some tensors Q6_K, ...) are not one
+ * type: refused by name rather than written as something else.
+ */
+function ggufType(name: string): BlockType {
+  const t = name.toUpperCase();
+  if (/^(Q[2-6]_K)_[SML]$/.test(t))
+    throw new UserError(
+      `--gguf-type ${name}: llama-quantize's per-tensor mixes are not implemented yet; ${t.slice(0, 4)} makes every linear layer ${t.slice(0, 4)}`,
+    );
+  if (!Object.hasOwn(GGML_TYPES, t))
+    throw new UserError(`--gguf-type ${JSON.stringify(name)} is not one of ${Object.keys(GGML_TYPES).join(', ')}`);
+  return t as BlockType;
 }
 
 function positiveInt(value: string): number {
@@ -232,6 +248,10 @@ export function buildCli(): Command {
     .argument('<model>', 'model directory (or stories15m)')
     .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', integer, PIPELINE_DEFAULTS.bits)
     .option(
+      '--gguf-type <type>',
+      "sweep and write a llama.cpp block type (replaces --bits/--group-size/--sym; implies --format gguf): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; every linear layer that type (rows that are not whole super-blocks take llama-quantize's fallback)",
+    )
+    .option(
       '--group-size <n>',
       'input columns per quantization group (-1: one group per output row; the default for --method gptqt)',
       integer,
@@ -296,6 +316,7 @@ export function buildCli(): Command {
           {
             method: o['method'] as Method,
             bits: o['bits'] as number,
+            ...(o['ggufType'] !== undefined ? { blockType: ggufType(o['ggufType'] as string) } : {}),
             // unless given, the group size follows the method (GPTQT has none) or --paper
             ...(given('groupSize') ? { groupSize: o['groupSize'] as number } : o['paper'] ? { groupSize: -1 } : {}),
             actOrder: Boolean(o['actOrder']),

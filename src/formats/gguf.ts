@@ -4,7 +4,7 @@ import { fail } from '../io/errors.js';
 import { SafetensorsModel, writeAll } from '../io/safetensors.js';
 import { BLOCK_LAYOUTS, GGML_TYPES, packBlock, type BlockType } from './ggml-blocks.js';
 import type { HfTokenizer } from '../io/tokenizer.js';
-import type { QuantizedLayer } from '../quant/quantized-layer.js';
+import { blockTypeOf, layerBlock, type QuantizedLayer } from '../quant/quantized-layer.js';
 
 /**
  * GGUF (v3) export for llama.cpp. Quantized layers are carried over without re-rounding: GPTQ's symmetric 4/8-bit
@@ -140,8 +140,8 @@ function layerIncompatibility(q: QuantizedLayer): string | undefined {
 }
 
 /** The block type a layer is written as: its own block grid, or GPTQ's symmetric 4/8-bit g32 grid as Q4_0/Q8_0. */
-function blockTypeOf(q: QuantizedLayer): BlockType {
-  return q.blocks?.type ?? (q.bits === 4 ? 'Q4_0' : 'Q8_0');
+function fileBlockType(q: QuantizedLayer): BlockType {
+  return blockTypeOf(q) ?? (q.bits === 4 ? 'Q4_0' : 'Q8_0');
 }
 
 /**
@@ -149,7 +149,7 @@ function blockTypeOf(q: QuantizedLayer): BlockType {
  * one block (d = its scale, codes as stored); a block grid's factors are stored as fitted.
  */
 function encodeBlocks(q: QuantizedLayer, rowOrder: Int32Array | undefined): Uint8Array {
-  const type = blockTypeOf(q);
+  const type = fileBlockType(q);
   const { rows, cols } = q;
   const L = BLOCK_LAYOUTS[type];
   const per = cols / L.size;
@@ -158,9 +158,12 @@ function encodeBlocks(q: QuantizedLayer, rowOrder: Int32Array | undefined): Uint
   for (let i = 0; i < rows; i++) {
     const r = rowOrder ? rowOrder[i]! : i;
     for (let g = 0; g < per; g++) {
-      const codes = q.codes.subarray(r * cols + g * L.size, r * cols + (g + 1) * L.size);
-      const factors = q.blocks?.factors[r * per + g] ?? { d: q.scales[r * per + g]!, m: 0, scales: none, mins: none };
-      packBlock(type, { ...factors, codes }, out, (i * per + g) * L.bytes);
+      const k = r * per + g;
+      const block =
+        q.ggmlType !== undefined
+          ? layerBlock(q, k)
+          : { d: q.scales[k]!, m: 0, scales: none, mins: none, codes: q.codes.subarray(k * 32, k * 32 + 32) };
+      packBlock(type, block, out, (i * per + g) * L.bytes);
     }
   }
   return out;
@@ -328,12 +331,12 @@ export async function writeGguf(
   name = 'gptq-ts',
 ): Promise<string[]> {
   for (const [n, q] of layers) {
-    const why = q.blocks ? undefined : layerIncompatibility(q);
+    const why = q.ggmlType !== undefined ? undefined : layerIncompatibility(q);
     if (why) fail(`${n}: ${why}`);
   }
   // the file's type is that of most of its weights
   const counts = new Map<BlockType, number>();
-  for (const q of layers.values()) counts.set(blockTypeOf(q), (counts.get(blockTypeOf(q)) ?? 0) + q.rows * q.cols);
+  for (const q of layers.values()) counts.set(fileBlockType(q), (counts.get(fileBlockType(q)) ?? 0) + q.rows * q.cols);
   const fileType = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'Q4_0';
   const layout = ggufLayout(cfg);
   const vocab = tokenizerMetadata(tokenizer).meta;
@@ -346,7 +349,7 @@ export async function writeGguf(
         tensors.push({
           name: t.name,
           shape: [q.rows, q.cols],
-          type: GGML_TYPES[blockTypeOf(q)],
+          type: GGML_TYPES[fileBlockType(q)],
           data: encodeBlocks(q, t.rowOrder),
         });
         continue;

@@ -1,7 +1,7 @@
 import { upperCholeskyOfInverse, upperCholeskyOfInverseBlocked, type Gemm64 } from '../tensor/cholesky.js';
 import { fitGrid, quantizeValue, type GridOptions, type RowGrid } from './quantizer.js';
-import type { QuantizedLayer } from './quantized-layer.js';
-import { BLOCK_LAYOUTS, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
+import { packFactors, type QuantizedLayer } from './quantized-layer.js';
+import { BLOCK_LAYOUTS, GGML_TYPES, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
 import { fitBlock } from './ggml-grid.js';
 
 /**
@@ -305,7 +305,7 @@ export async function gptq(
     }
   }
   const layer: QuantizedLayer = { rows, cols, bits, groupSize: gs, sym: opts.sym, codes, scales, zeros, gIdx };
-  if (blocks) layer.blocks = { type: blockType!, factors: blocks };
+  if (blocks) Object.assign(layer, { ggmlType: GGML_TYPES[blockType!], blockFactors: packFactors(blockType!, blocks) });
   return { layer, loss, percdamp };
 }
 

@@ -1,3 +1,4 @@
+import { GGML_TYPES, typeForRows } from '../formats/ggml-blocks.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -66,8 +67,16 @@ export type LayerInspector = (name: string, weight: Float32Array, hessian: Float
 
 /** Refuse impossible settings before any work: one clear message. */
 export function validateOptions(cfg: ModelConfig, opts: QuantizeOptions, calib?: { nsamples: number; seqlen: number }): void {
-  if (!SUPPORTED_BITS.includes(opts.bits)) fail(`--bits ${opts.bits} is not supported (choose from ${SUPPORTED_BITS.join(', ')})`);
-  if (opts.groupSize !== -1) {
+  if (opts.blockType !== undefined) {
+    // a llama.cpp block type is the whole grid: its bits, blocks and sub-block scales replace --bits/--group-size
+    if (!Object.hasOwn(GGML_TYPES, opts.blockType))
+      fail(`--gguf-type ${JSON.stringify(opts.blockType)} is not one of ${Object.keys(GGML_TYPES).join(', ')}`);
+    if (opts.actOrder || opts.staticGroups || opts.order === 'reverse')
+      fail('--gguf-type: llama.cpp blocks are runs of contiguous columns: no --act-order, --static-groups or --order reverse');
+    if (opts.method === 'gptqt') fail('--gguf-type: --method gptqt has its own binary coding, not a llama.cpp block type');
+    for (const name of linearGroups(cfg).flat()) typeForRows(opts.blockType, linearShape(cfg, name)[1]);
+  } else if (!SUPPORTED_BITS.includes(opts.bits)) fail(`--bits ${opts.bits} is not supported (choose from ${SUPPORTED_BITS.join(', ')})`);
+  if (opts.groupSize !== -1 && opts.blockType === undefined) {
     if (!Number.isInteger(opts.groupSize) || opts.groupSize <= 0) fail(`--group-size ${opts.groupSize} must be a positive integer or -1`);
     for (const group of linearGroups(cfg)) {
       for (const name of group) {

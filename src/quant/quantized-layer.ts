@@ -1,4 +1,4 @@
-import { BLOCK_LAYOUTS, dequantizeBlock, type Block, type BlockType } from '../formats/ggml-blocks.js';
+import { BLOCK_LAYOUTS, dequantizeBlock, GGML_TYPES, type Block, type BlockType } from '../formats/ggml-blocks.js';
 
 /**
  * One quantized linear layer, the single data type every format writer consumes: integer codes, per-group
@@ -21,8 +21,49 @@ export interface QuantizedLayer {
   zeros: Int32Array;
   /** [cols] */
   gIdx: Int32Array;
-  /** a llama.cpp block type's grid: each row's blocks in order, [rows · cols / block size] (codes in `codes`) */
-  blocks?: { type: BlockType; factors: Block[] };
+  /**
+   * On a llama.cpp block grid (GGUF export): its GGML type id, and each block's factors (blocks in row-major order;
+   * per block d, m, then every sub-block's scale and min). Flat, as every other field, so layers spill to disk as is.
+   */
+  ggmlType?: number;
+  blockFactors?: Float32Array;
+}
+
+const TYPE_OF_ID = new Map(Object.entries(GGML_TYPES).map(([name, id]) => [id as number, name as BlockType]));
+
+/** The block type of a layer on a block grid. */
+export function blockTypeOf(q: QuantizedLayer): BlockType | undefined {
+  return q.ggmlType === undefined ? undefined : TYPE_OF_ID.get(q.ggmlType);
+}
+
+const factorsPerBlock = (type: BlockType): number => 2 + (2 * BLOCK_LAYOUTS[type].size) / BLOCK_LAYOUTS[type].sub;
+
+/** Block k of a layer on a block grid, with its codes. */
+export function layerBlock(q: QuantizedLayer, k: number): Block {
+  const type = blockTypeOf(q)!;
+  const L = BLOCK_LAYOUTS[type];
+  const subs = L.size / L.sub;
+  const f = q.blockFactors!.subarray(k * factorsPerBlock(type), (k + 1) * factorsPerBlock(type));
+  return {
+    d: f[0]!,
+    m: f[1]!,
+    scales: Int32Array.from(f.subarray(2, 2 + subs)),
+    mins: Int32Array.from(f.subarray(2 + subs, 2 + 2 * subs)),
+    codes: q.codes.subarray(k * L.size, (k + 1) * L.size),
+  };
+}
+
+/** The flat factors of blocks (see QuantizedLayer.blockFactors). */
+export function packFactors(type: BlockType, blocks: readonly Block[]): Float32Array {
+  const n = factorsPerBlock(type);
+  const out = new Float32Array(blocks.length * n);
+  blocks.forEach((b, k) => {
+    out[k * n] = b.d;
+    out[k * n + 1] = b.m;
+    out.set(b.scales, k * n + 2);
+    out.set(b.mins, k * n + 2 + b.scales.length);
+  });
+  return out;
 }
 
 export function numGroups(q: Pick<QuantizedLayer, 'cols' | 'groupSize'>): number {
@@ -33,10 +74,10 @@ export function dequantize(q: QuantizedLayer): Float32Array {
   const { rows, cols, codes, scales, zeros, gIdx } = q;
   const G = numGroups(q);
   const out = new Float32Array(rows * cols);
-  if (q.blocks) {
-    const { type, factors } = q.blocks;
+  const type = blockTypeOf(q);
+  if (type) {
     const size = BLOCK_LAYOUTS[type].size;
-    factors.forEach((b, k) => dequantizeBlock(type, { ...b, codes: codes.subarray(k * size, (k + 1) * size) }, out, k * size));
+    for (let k = 0; k < (rows * cols) / size; k++) dequantizeBlock(type, layerBlock(q, k), out, k * size);
     return out;
   }
   for (let r = 0; r < rows; r++) {

@@ -1,7 +1,7 @@
 import type { GptqOptions } from './gptq.js';
 import { fitGrid, quantizeValue } from './quantizer.js';
-import { numGroups, type QuantizedLayer } from './quantized-layer.js';
-import { BLOCK_LAYOUTS, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
+import { numGroups, packFactors, type QuantizedLayer } from './quantized-layer.js';
+import { BLOCK_LAYOUTS, GGML_TYPES, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
 import { roundToBlocks } from './ggml-grid.js';
 
 /** Round-to-nearest on the same grid and group layout: the baseline every table shows beside GPTQ. */
@@ -61,6 +61,7 @@ function rtnBlocks(weight: Float32Array, rows: number, cols: number, type: Block
     scales: new Float32Array(rows),
     zeros: new Int32Array(rows),
     gIdx: new Int32Array(cols),
-    blocks: { type, factors },
+    ggmlType: GGML_TYPES[type],
+    blockFactors: packFactors(type, factors),
   };
 }
