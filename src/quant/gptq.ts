@@ -329,11 +329,14 @@ function fitBlockLevels(type: BlockType, W: Float64Array, rows: number, cols: nu
     const { block, levels } = fitBlock(type, x);
     blocks[r * perRow + c0 / L.size] = block;
     for (let s = 0; s < subs; s++) {
-      const order = Array.from({ length: n }, (_, c) => c).sort((a, b) => levels[s * n + a]! - levels[s * n + b]! || a - b);
-      order.forEach((code, k) => {
+      // every type's levels are monotonic in the code (a·q + b, or d times IQ4_NL's ascending table): ascending
+      // as they are, or reversed when the factor is negative
+      const down = levels[s * n + n - 1]! < levels[s * n]!;
+      for (let k = 0; k < n; k++) {
+        const code = down ? n - 1 - k : k;
         out[s]!.values[r * n + k] = levels[s * n + code]!;
         out[s]!.codes[r * n + k] = code;
-      });
+      }
     }
   }
   return out;
