@@ -53,11 +53,18 @@ if (baselineRev) {
 const rand = seededRandom(1);
 const random = (n: number): Float32Array => Float32Array.from({ length: n }, () => rand() - 0.5);
 
-/** Best wall time in ms of fn over reps runs of each tree, the trees alternating. */
-async function best(reps: number, fn: (t: Tree) => Promise<unknown>, among = trees): Promise<number[]> {
+/** The trees in alternating order, so that neither always runs right after the other's garbage. */
+const inTurn = <T>(items: T[], rep: number): [number, T][] => {
+  const order = [...items.entries()];
+  return rep % 2 ? order.reverse() : order;
+};
+
+/** Best wall time in ms of fn over reps runs of each tree, the trees alternating; `untimed` runs before each. */
+async function best(reps: number, fn: (t: Tree) => Promise<unknown>, among = trees, untimed?: () => Promise<void>): Promise<number[]> {
   const ms = among.map(() => Infinity);
   for (let i = 0; i < reps; i++) {
-    for (const [k, t] of among.entries()) {
+    for (const [k, t] of inTurn(among, i)) {
+      await untimed?.();
       const t0 = performance.now();
       await fn(t);
       ms[k] = Math.min(ms[k]!, performance.now() - t0);
@@ -105,11 +112,15 @@ const CHUNK = 4096;
   const cols = 4096;
   const x = random(CHUNK * cols);
   // as many flops as the sgemm above, alternating with it
-  const t = await best(HESSIAN_REPS, async (tree) => {
-    if (tree === trees[0]) await sgemmOnce();
-    const acc = new tree.hessian.HessianAccumulator(cols, tree.backend);
-    await acc.add(x, CHUNK, 1);
-  });
+  const t = await best(
+    HESSIAN_REPS,
+    async (tree) => {
+      const acc = new tree.hessian.HessianAccumulator(cols, tree.backend);
+      await acc.add(x, CHUNK, 1);
+    },
+    trees,
+    sgemmOnce,
+  );
   const rates = t.map((v) => gflops(2 * CHUNK * cols * cols, v));
   rows.push([`Hessian accumulation ${CHUNK} x ${cols}, GFLOP/s`, ...cell(rates, 0), ...ratio(t)]);
   hessianRates.push(...rates);
@@ -122,7 +133,7 @@ for (const [out, cols, reps] of [[4096, 4096, REPS], [14336, 4096, REPS], ...(la
   const prep = trees.map(() => Infinity);
   const sweep = trees.map(() => Infinity);
   for (let i = 0; i < reps; i++) {
-    for (const [k, tree] of trees.entries()) {
+    for (const [k, tree] of inTurn(trees, i)) {
       let t0 = performance.now();
       const prepared = await tree.gptq.prepareHessian(h, cols, opts, undefined, undefined, tree.backend.matmul64);
       prep[k] = Math.min(prep[k]!, performance.now() - t0);
