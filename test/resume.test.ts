@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,6 +38,24 @@ function contents(dir: string): Map<string, string> {
 
 class Stop extends Error {}
 
+const ENTRY = join(import.meta.dirname, '../src/cli/entry.ts');
+const TSX = import.meta.resolve('tsx');
+const CLI_SETTINGS = ['--nsamples', '8', '--bits', '4', '--group-size', '64'];
+
+/** `gptq quantize ... --resume` run to its end (or killed once `until` holds); resolves with its exit code. */
+function cliRun(out: string, until?: () => boolean): Promise<number | null> {
+  const child = spawn(process.execPath, ['--import', TSX, ENTRY, 'quantize', model, '--out', out, '--resume', ...CLI_SETTINGS], {
+    stdio: 'ignore',
+  });
+  const poll = until && setInterval(() => until() && child.kill('SIGKILL'), 20);
+  return new Promise((resolve) =>
+    child.on('exit', (code) => {
+      clearInterval(poll);
+      resolve(code);
+    }),
+  );
+}
+
 test('a run stopped after block 2 resumes to the same bytes as an uninterrupted run', async () => {
   const whole = join(parent, 'whole');
   await quantize(model, settings, whole);
@@ -61,6 +80,20 @@ test('a run stopped after block 2 resumes to the same bytes as an uninterrupted 
   assert.deepEqual(blocks, [3, 4, 5], 'only the unfinished blocks run again');
   assert.ok(!existsSync(partial), 'the state goes once the output is written');
   assert.deepEqual(contents(resumed), contents(whole));
+});
+
+test('gptq quantize --resume killed with SIGKILL after block 1 continues to the same bytes', async () => {
+  const whole = join(parent, 'whole');
+  if (!existsSync(whole)) await quantize(model, settings, whole);
+  const out = join(parent, 'killed');
+  const progress = join(parent, '.killed.partial', 'progress.json');
+  const finished = (): number => (existsSync(progress) ? (JSON.parse(readFileSync(progress, 'utf8')) as unknown[]).length : 0);
+  assert.equal(await cliRun(out, () => finished() >= 2), null, 'killed before it finished');
+  assert.ok(!existsSync(out));
+  const done = finished();
+  assert.ok(done >= 2 && done < 6, `${done} blocks finished before the kill`);
+  assert.equal(await cliRun(out), 0);
+  assert.deepEqual(contents(out), contents(whole));
 });
 
 test('a run without --resume leaves no state behind, and warns about an interrupted one it keeps', async () => {
