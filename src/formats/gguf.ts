@@ -1,5 +1,5 @@
 import { closeSync, openSync } from 'node:fs';
-import { ggufLayout, type GgufScalar, type GgufTensorSource, type ModelConfig } from '../models/index.js';
+import { ggufLayout, readLinear, type GgufScalar, type GgufTensorSource, type ModelConfig } from '../models/index.js';
 import { fail } from '../io/errors.js';
 import { SafetensorsModel, writeAll } from '../io/safetensors.js';
 import { BLOCK_LAYOUTS, GGML_TYPES, packBlock, type BlockType } from './ggml-blocks.js';
@@ -328,7 +328,11 @@ export async function writeGguf(
   tokenizer: HfTokenizer,
   layers: ReadonlyMap<string, QuantizedLayer>,
   out: string,
-  name = 'gptq-ts',
+  options: {
+    name?: string;
+    /** write linear layers missing from `layers` as float32 (a float model for llama-quantize), instead of refusing */
+    floatLinears?: boolean;
+  } = {},
 ): Promise<string[]> {
   for (const [n, q] of layers) {
     const why = q.ggmlType !== undefined ? undefined : layerIncompatibility(q);
@@ -337,7 +341,7 @@ export async function writeGguf(
   // the file's type is that of most of its weights
   const counts = new Map<BlockType, number>();
   for (const q of layers.values()) counts.set(fileBlockType(q), (counts.get(fileBlockType(q)) ?? 0) + q.rows * q.cols);
-  const fileType = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'Q4_0';
+  const mostly = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0];
   const layout = ggufLayout(cfg);
   const vocab = tokenizerMetadata(tokenizer).meta;
   const st = new SafetensorsModel(srcDir);
@@ -354,9 +358,12 @@ export async function writeGguf(
         });
         continue;
       }
-      if (t.linear) fail(`GGUF export: ${t.source} is a linear layer that was not quantized`);
-      const shape = st.info(t.source).shape;
-      const w = floatTensor(st.readFloat(t.source, shape), shape, t);
+      if (t.linear && !options.floatLinears) fail(`GGUF export: ${t.source} is a linear layer that was not quantized`);
+      // linear weights [out, in] whatever the checkpoint's layout (GPT-2's Conv1D stores [in, out])
+      const stored = st.info(t.source).shape;
+      const shape = t.linear ? [cfg.transposedLinears ? stored[1]! : stored[0]!, cfg.transposedLinears ? stored[0]! : stored[1]!] : stored;
+      const raw = t.linear ? readLinear(st, cfg, t.source, shape as [number, number]) : st.readFloat(t.source, shape);
+      const w = floatTensor(raw, shape, t);
       tensors.push({ name: t.name, shape, type: F32, data: new Uint8Array(w.buffer, w.byteOffset, w.byteLength) });
     }
   } finally {
@@ -366,9 +373,10 @@ export async function writeGguf(
   const arch = layout.arch;
   const meta: Record<string, MetaValue> = {
     'general.architecture': { t: ValueType.STRING, v: arch },
-    'general.name': { t: ValueType.STRING, v: name },
+    'general.name': { t: ValueType.STRING, v: options.name ?? 'gptq-ts' },
     'general.alignment': { t: ValueType.UINT32, v: ALIGNMENT },
-    'general.file_type': { t: ValueType.UINT32, v: FILE_TYPE[fileType] },
+    // LLAMA_FTYPE_ALL_F32 when nothing is quantized
+    'general.file_type': { t: ValueType.UINT32, v: mostly ? FILE_TYPE[mostly] : 0 },
     ...Object.fromEntries(Object.entries(layout.metadata).map(([k, v]) => [`${arch}.${k}`, metaValue(v)])),
     ...vocab,
   };
