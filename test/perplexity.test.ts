@@ -40,6 +40,58 @@ test('a model compared with itself has zero KL and full top-1 agreement', async 
   assert.equal(r.top1, 1);
 });
 
+test("against a reference, llama-perplexity's statistics equal their definitions on the full distributions", async () => {
+  const { quantizeModel, QUANTIZE_REFERENCE } = await import('../src/quant/quantize-model.js');
+  const { writeFakeQuant } = await import('../src/formats/fake-quant.js');
+  const { mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = await pullStories15m();
+  const { model: fp, tokenizer } = await loadModel(dir);
+  const { layers } = await quantizeModel(dir, fp.backend, { ...QUANTIZE_REFERENCE, method: 'rtn', bits: 3, groupSize: 32 }, undefined);
+  const qdir = join(mkdtempSync(join(tmpdir(), 'klstats-')), 'q');
+  await writeFakeQuant(dir, qdir, layers, {});
+  const q = (await loadModel(qdir)).model;
+  const tokens = tokenizer.encode(await loadText('sotu-test')).slice(0, 2 * 64);
+  const r = await evaluate(q, tokens, { windows: 2, seqlen: 64, ref: await referenceStates(fp, tokens, { windows: 2, seqlen: 64 }) });
+  // the definitions, from both models' full next-token distributions
+  const V = fp.cfg.vocabSize;
+  const probs = async (m: typeof fp, w: number): Promise<Float64Array[]> => {
+    const logits = await m.logits(await m.hidden(tokens.slice(w * 64, (w + 1) * 64), 1, 64), 64);
+    return Array.from({ length: 63 }, (_, t) => {
+      const row = logits.subarray(t * V, (t + 1) * V);
+      const max = Math.max(...row);
+      const e = Float64Array.from(row, (x) => Math.exp(x - max));
+      const sum = e.reduce((a, x) => a + x, 0);
+      return e.map((x) => x / sum);
+    });
+  };
+  const kls: number[] = [];
+  let dp2 = 0;
+  let same = 0;
+  for (let w = 0; w < 2; w++) {
+    const [P, Q] = [await probs(fp, w), await probs(q, w)];
+    P.forEach((p, t) => {
+      kls.push(p.reduce((a, x, i) => a + (x > 0 ? x * Math.log(x / Q[t]![i]!) : 0), 0));
+      const next = tokens[w * 64 + t + 1]!;
+      dp2 += (Q[t]![next]! - p[next]!) ** 2;
+      same += Number(p.indexOf(Math.max(...p)) === Q[t]!.indexOf(Math.max(...Q[t]!)));
+    });
+  }
+  const n = kls.length;
+  const mean = kls.reduce((a, x) => a + x, 0) / n;
+  const sorted = [...kls].sort((a, b) => a - b);
+  const close = (a: number, b: number, what: string): void =>
+    assert.ok(Math.abs(a - b) <= 1e-4 + 1e-3 * Math.abs(b), `${what}: ${a} vs ${b}`);
+  close(r.kl!, mean, 'mean KLD');
+  close(r.klUncertainty!, Math.sqrt(kls.reduce((a, x) => a + (x - mean) ** 2, 0) / (n - 1) / n), 'its standard error');
+  close(r.klPercentiles!.p99, sorted[Math.round(0.99 * (n - 1))]!, '99% KLD');
+  close(r.klPercentiles!.median, sorted[Math.round(0.5 * (n - 1))]!, 'median KLD');
+  close(r.deltaPRms!, Math.sqrt(dp2 / n), 'Δp RMS');
+  assert.equal(Math.round(r.top1! * n), same, 'same top token');
+  assert.ok(mean > 0.01, `3-bit RTN moves the distributions (${mean})`);
+});
+
 test('text too short for one window is refused', async () => {
   const { model } = await loadModel(await pullStories15m());
   await assert.rejects(evaluate(model, [1, 2, 3]), /too short for one window/);

@@ -95,7 +95,13 @@ async function runEval(
 
 function formatEval(data: string, r: EvalResult): string {
   let s = `${data}: perplexity ${r.ppl.toFixed(2)} over ${r.windows} windows x ${r.seqlen} tokens (${r.seconds.toFixed(1)} s)`;
-  if (r.kl !== undefined) s += `, KL vs ref ${r.kl.toFixed(5)}, top-1 agreement ${(100 * r.top1!).toFixed(2)}%`;
+  if (r.kl !== undefined) {
+    const p = r.klPercentiles!;
+    s +=
+      `; vs ref: mean KLD ${r.kl.toFixed(5)} ± ${r.klUncertainty!.toFixed(5)}, KLD 99.9% ${p.p999.toFixed(4)} 99% ${p.p99.toFixed(4)}` +
+      ` 95% ${p.p95.toFixed(4)} 90% ${p.p90.toFixed(4)} median ${p.median.toFixed(5)}, same top ${(100 * r.top1!).toFixed(2)}%,` +
+      ` Δp RMS ${(100 * r.deltaPRms!).toFixed(3)}%`;
+  }
   return s;
 }
 

@@ -1,10 +1,13 @@
 import { softcap, type Decoder } from '../models/index.js';
 import { logitStats } from '../tensor/ref.js';
+import type { HeadStats } from '../tensor/index.js';
 
 /**
  * Perplexity by the reference protocol: the first `windows` non-overlapping windows of `seqlen` tokens;
  * in each, tokens 1..seqlen-1 are predicted from their prefix; ppl = exp(mean NLL). With a reference model's
- * states, also the mean KL(ref || model) of next-token distributions and top-1 agreement at the same positions.
+ * states, also KL(ref || model) of the next-token distributions (mean with its standard error, and percentiles),
+ * top-1 agreement and the RMS change of the probability of the actual next token, as llama-perplexity
+ * --kl-divergence reports them, so numbers compare with what llama.cpp users read.
  */
 export interface EvalOptions {
   windows?: number;
@@ -26,6 +29,10 @@ export interface EvalResult {
   tokens: number;
   kl?: number;
   top1?: number;
+  /** against a reference: the standard error of the mean KL, KL percentiles, and RMS of p(next) − p_ref(next) */
+  klUncertainty?: number;
+  klPercentiles?: { p999: number; p99: number; p95: number; p90: number; median: number };
+  deltaPRms?: number;
   seconds: number;
 }
 
@@ -36,6 +43,8 @@ export interface ReferenceStates {
   softcap?: number;
   /** [windows * seqlen, hidden] */
   hidden: Float32Array;
+  /** −log p_ref(next token) at each predicted position, [windows * (seqlen − 1)] */
+  nll: Float32Array;
   windows: number;
   seqlen: number;
 }
@@ -58,11 +67,49 @@ export async function referenceStates(model: Decoder, tokens: ArrayLike<number>,
   const { seqlen, windows, batch } = windowPlan(model, tokens, opts);
   const D = model.cfg.embedDim;
   const hidden = new Float32Array(windows * seqlen * D);
+  const nll = new Float32Array(windows * (seqlen - 1));
   for (let w0 = 0; w0 < windows; w0 += batch) {
     const b = Math.min(batch, windows - w0);
-    hidden.set(await model.hidden(windowTokens(tokens, w0, b, seqlen), b, seqlen), w0 * seqlen * D);
+    const ids = windowTokens(tokens, w0, b, seqlen);
+    const h = await model.hidden(ids, b, seqlen);
+    hidden.set(h, w0 * seqlen * D);
+    for (let i = 0; i < b; i++) nll.set((await windowStats(model, h, ids, i, seqlen)).nll, (w0 + i) * (seqlen - 1));
   }
-  return { head: model.head, hidden, windows, seqlen, ...(model.cfg.finalSoftcap ? { softcap: model.cfg.finalSoftcap } : {}) };
+  return { head: model.head, hidden, nll, windows, seqlen, ...(model.cfg.finalSoftcap ? { softcap: model.cfg.finalSoftcap } : {}) };
+}
+
+/**
+ * The head's statistics for window i of a batch (final states h, token ids ids) at its predicting positions
+ * 0..seqlen-2, against window `refWindow` of the reference's states when given.
+ */
+async function windowStats(
+  model: Decoder,
+  h: Float32Array,
+  ids: Int32Array,
+  i: number,
+  seqlen: number,
+  ref?: ReferenceStates,
+  refWindow = 0,
+): Promise<HeadStats> {
+  const { vocabSize: V, embedDim: D } = model.cfg;
+  const rows = seqlen - 1;
+  const rowsOf = (x: Float32Array, first: number): Float32Array => x.subarray(first * seqlen * D, (first * seqlen + rows) * D);
+  const targets = ids.subarray(i * seqlen + 1, (i + 1) * seqlen);
+  const refRows = ref && { h: rowsOf(ref.hidden, refWindow), w: ref.head };
+  if (!model.cfg.finalSoftcap && !ref?.softcap) return model.backend.headStats(rowsOf(h, i), model.head, rows, D, V, targets, refRows);
+  // soft-capped logits (Gemma 2): formed, capped, then scored; the fused head kernels have no cap
+  return logitStats(
+    softcap(await model.backend.matmulNT(rowsOf(h, i), model.head, rows, V, D), model.cfg.finalSoftcap),
+    rows,
+    V,
+    targets,
+    refRows && softcap(await model.backend.matmulNT(refRows.h, refRows.w, rows, V, D), ref.softcap),
+  );
+}
+
+/** The q-quantile of sorted values (nearest rank, as llama-perplexity's percentile). */
+function percentile(sorted: Float64Array, q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.round(q * (sorted.length - 1))))]!;
 }
 
 export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<EvalResult> {
@@ -70,34 +117,24 @@ export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: 
   const ref = opts.ref;
   if (ref && (ref.windows < windows || ref.seqlen !== seqlen)) throw new RangeError('reference states cover different windows');
   const t0 = performance.now();
-  const { vocabSize: V, embedDim: D } = model.cfg;
   let nllSum = 0;
-  let klSum = 0;
   let agreeSum = 0;
   const rows = seqlen - 1;
+  const kls = ref && new Float64Array(windows * rows);
+  let dp2 = 0;
   for (let w0 = 0; w0 < windows; w0 += batch) {
     const b = Math.min(batch, windows - w0);
     const ids = windowTokens(tokens, w0, b, seqlen);
     const h = await model.hidden(ids, b, seqlen);
     for (let i = 0; i < b; i++) {
-      // positions 0..seqlen-2 of window `first` predict its tokens 1..seqlen-1
-      const rowsOf = (x: Float32Array, first: number): Float32Array => x.subarray(first * seqlen * D, (first * seqlen + rows) * D);
-      const targets = ids.subarray(i * seqlen + 1, (i + 1) * seqlen);
-      const refRows = ref && { h: rowsOf(ref.hidden, w0 + i), w: ref.head };
-      const st =
-        model.cfg.finalSoftcap || ref?.softcap
-          ? // soft-capped logits (Gemma 2): formed, capped, then scored; the fused head kernels have no cap
-            logitStats(
-              softcap(await model.backend.matmulNT(rowsOf(h, i), model.head, rows, V, D), model.cfg.finalSoftcap),
-              rows,
-              V,
-              targets,
-              refRows && softcap(await model.backend.matmulNT(refRows.h, refRows.w, rows, V, D), ref.softcap),
-            )
-          : await model.backend.headStats(rowsOf(h, i), model.head, rows, D, V, targets, refRows);
+      const st = await windowStats(model, h, ids, i, seqlen, ref, w0 + i);
       nllSum += st.nll.reduce((a, x) => a + x, 0);
-      if (st.kl) klSum += st.kl.reduce((a, x) => a + x, 0);
       if (st.agree) agreeSum += st.agree.reduce((a, x) => a + x, 0);
+      if (kls && st.kl) {
+        kls.set(st.kl, (w0 + i) * rows);
+        const refNll = ref.nll.subarray((w0 + i) * rows, (w0 + i + 1) * rows);
+        st.nll.forEach((x, r) => (dp2 += (Math.exp(-x) - Math.exp(-refNll[r]!)) ** 2));
+      }
     }
     opts.onProgress?.(w0 + b, windows);
   }
@@ -111,9 +148,21 @@ export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: 
     tokens: windows * seqlen,
     seconds: (performance.now() - t0) / 1000,
   };
-  if (ref) {
-    result.kl = klSum / n;
+  if (kls) {
+    const kl = kls.reduce((a, x) => a + x, 0) / n;
+    const variance = kls.reduce((a, x) => a + (x - kl) ** 2, 0) / Math.max(1, n - 1);
+    const sorted = kls.sort();
+    result.kl = kl;
+    result.klUncertainty = Math.sqrt(variance / n);
+    result.klPercentiles = {
+      p999: percentile(sorted, 0.999),
+      p99: percentile(sorted, 0.99),
+      p95: percentile(sorted, 0.95),
+      p90: percentile(sorted, 0.9),
+      median: percentile(sorted, 0.5),
+    };
     result.top1 = agreeSum / n;
+    result.deltaPRms = Math.sqrt(dp2 / n);
   }
   return result;
 }
