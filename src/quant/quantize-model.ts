@@ -186,7 +186,9 @@ export async function quantizeModel(
     // the stages read nothing outside the blocks: no embedding or head held while they run
     const model = new Decoder(cfg, backend, { embed: floatEmbedding(new Float32Array(0)), head: new Float32Array(0) }, []);
     const nseq = calib ? calib.windows.length / calib.seqlen : 0;
-    const chunk = calib ? Math.max(1, Math.floor(CALIBRATION_CHUNK_TOKENS / calib.seqlen)) : 0;
+    const widest = Math.max(...groups.flat().flatMap((n) => linearShape(cfg, n)));
+    const chunkTokens = Math.min(CALIBRATION_CHUNK_TOKENS, Math.floor(CHUNK_ACTIVATION_FLOATS / widest));
+    const chunk = calib ? Math.max(1, Math.floor(chunkTokens / calib.seqlen)) : 0;
     // GPTQv2 follows the full-precision model's hidden states alongside the quantized path's
     const nstreams = asymmetric ? 2 : 1;
     const D = cfg.hiddenSize;
@@ -330,10 +332,12 @@ async function embedCalibration(
 }
 
 /**
- * Calibration positions per forward chunk (16 windows of 256; 2 of 2048): bounds the activations held at once
- * (about 0.4 GB for a 7B block) and is the batch each Hessian update sees.
+ * Calibration positions per forward chunk (16 windows of 256), the batch each Hessian update sees; fewer where a
+ * layer is so wide that a chunk's activations would pass CHUNK_ACTIVATION_FLOATS per tensor (Llama-2-7B's and
+ * Llama-3-8B's MLPs: one window of 2048). Memory then holds about the same chunk whatever the calibration set.
  */
 const CALIBRATION_CHUNK_TOKENS = 4096;
+const CHUNK_ACTIVATION_FLOATS = 2 ** 25;
 
 /** GPTQ_REFERENCE with the method and GPTQv2's correction weight. */
 export const QUANTIZE_REFERENCE: QuantizeOptions = { ...GPTQ_REFERENCE, method: 'gptq', alpha: 0.25 };
