@@ -177,3 +177,21 @@ test('what llama.cpp would compute differently is refused by name', () => {
     assert.match(why ?? 'accepted', msg, fixture);
   }
 });
+
+test('a tokenizer with fewer ids than the embedding has rows is padded with unused tokens, as llama.cpp requires', async () => {
+  const dir = prepare({ fixture: 'llama', arch: 'llama' });
+  // the byte-level tokenizer without its last 6 ids
+  const json = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, number> } };
+  json.model.vocab = Object.fromEntries(Object.entries(json.model.vocab).filter(([, id]) => id < 250));
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(json));
+  const opts = { ...QUANTIZE_REFERENCE, method: 'rtn' as const, bits: 8, groupSize: 32, sym: true };
+  const { layers, config } = await quantizeModel(dir, await getBackend(), opts, undefined);
+  const file = join(dir, '..', 'model.gguf');
+  await writeGguf(dir, config, loadTokenizer(dir), layers, file);
+  const llama = await getLlama({ gpu: false, build: 'never' });
+  const lm = await llama.loadModel({ modelPath: file });
+  const tokens = lm.fileInfo.metadata.tokenizer.ggml.tokens;
+  assert.equal(tokens.length, 256);
+  assert.equal(tokens[255], '[PAD255]');
+  await lm.dispose();
+});

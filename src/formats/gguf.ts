@@ -181,7 +181,7 @@ function floatTensor(w: Float32Array, shape: number[], t: GgufTensorSource): Flo
   return out;
 }
 
-const TOKEN_TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, BYTE: 6 } as const;
+const TOKEN_TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
 
 /**
  * llama.cpp's byte-level BPE pre-tokenizers by the Hugging Face pre_tokenizer each one implements (as in the real
@@ -255,8 +255,11 @@ const SPACE = '\u2581';
 /**
  * The tokenizer as llama.cpp's vocabulary: SentencePiece-style BPE with byte fallback as its "llama" model, byte-level
  * BPE as its "gpt2" model with the pre-tokenizer named. Anything llama.cpp would tokenize differently is refused.
+ * A model whose embedding has more rows than the tokenizer has ids gets unused "[PADi]" tokens up to `vocabSize`
+ * (llama.cpp requires one token per row), as llama.cpp's converter pads them.
  */
-function tokenizerMetadata(tok: HfTokenizer): { meta: Record<string, MetaValue>; notes: string[] } {
+function tokenizerMetadata(tok: HfTokenizer, vocabSize = tok.vocabSize): { meta: Record<string, MetaValue>; notes: string[] } {
+  const pad = Array.from({ length: Math.max(0, vocabSize - tok.vocabSize) }, (_, i) => `[PAD${tok.vocabSize + i}]`);
   const u32 = (v: number): MetaValue => ({ t: ValueType.UINT32, v });
   const type = (i: number): number => {
     if (i === tok.unkId) return TOKEN_TYPE.UNKNOWN;
@@ -274,7 +277,11 @@ function tokenizerMetadata(tok: HfTokenizer): { meta: Record<string, MetaValue>;
     const ranks = new Map<string, number>();
     for (const m of tok.mergeList) if (!ranks.has(m.left + m.right)) ranks.set(m.left + m.right, m.rank);
     meta['tokenizer.ggml.model'] = { t: ValueType.STRING, v: 'llama' };
-    meta['tokenizer.ggml.scores'] = { t: ValueType.ARRAY, elem: ValueType.FLOAT32, v: tok.pieces.map((p) => -(ranks.get(p) ?? 0)) };
+    meta['tokenizer.ggml.scores'] = {
+      t: ValueType.ARRAY,
+      elem: ValueType.FLOAT32,
+      v: [...tok.pieces.map((p) => -(ranks.get(p) ?? 0)), ...pad.map(() => 0)],
+    };
     meta['tokenizer.ggml.add_space_prefix'] = { t: ValueType.BOOL, v: spm.addSpacePrefix };
   } else if (tok.kind === 'byte-level-bpe') {
     const spec = canonical(tok.preTokenizerSpec);
@@ -293,8 +300,12 @@ function tokenizerMetadata(tok: HfTokenizer): { meta: Record<string, MetaValue>;
   } else {
     fail(`${tok.source}: a ${tok.kind} tokenizer (neither byte-level nor with byte fallback) has no llama.cpp vocabulary type`);
   }
-  meta['tokenizer.ggml.tokens'] = { t: ValueType.ARRAY, elem: ValueType.STRING, v: tok.pieces };
-  meta['tokenizer.ggml.token_type'] = { t: ValueType.ARRAY, elem: ValueType.INT32, v: tok.pieces.map((_, i) => type(i)) };
+  meta['tokenizer.ggml.tokens'] = { t: ValueType.ARRAY, elem: ValueType.STRING, v: [...tok.pieces, ...pad] };
+  meta['tokenizer.ggml.token_type'] = {
+    t: ValueType.ARRAY,
+    elem: ValueType.INT32,
+    v: [...tok.pieces.map((_, i) => type(i)), ...pad.map(() => TOKEN_TYPE.UNUSED)],
+  };
   if (tok.bosId !== undefined) meta['tokenizer.ggml.bos_token_id'] = u32(tok.bosId);
   if (tok.eosIds[0] !== undefined) meta['tokenizer.ggml.eos_token_id'] = u32(tok.eosIds[0]);
   if (tok.unkId !== undefined) meta['tokenizer.ggml.unknown_token_id'] = u32(tok.unkId);
@@ -343,7 +354,7 @@ export async function writeGguf(
   for (const q of layers.values()) counts.set(fileBlockType(q), (counts.get(fileBlockType(q)) ?? 0) + q.rows * q.cols);
   const mostly = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0];
   const layout = ggufLayout(cfg);
-  const vocab = tokenizerMetadata(tokenizer).meta;
+  const vocab = tokenizerMetadata(tokenizer, cfg.vocabSize).meta;
   const st = new SafetensorsModel(srcDir);
   const tensors: GgufTensor[] = [];
   try {
