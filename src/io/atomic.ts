@@ -86,7 +86,8 @@ function isEmptyDir(path: string): boolean {
   }
 }
 
-function alive(pid: number): boolean {
+/** Whether process pid exists (EPERM: it does, owned by someone else). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

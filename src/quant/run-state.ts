@@ -15,6 +15,7 @@ import {
   writeSync,
 } from 'node:fs';
 import { basename, join } from 'node:path';
+import { alive } from '../io/atomic.js';
 import { fail } from '../io/errors.js';
 import { SafetensorsFile, writeSafetensors, type DType, type SafetensorsModel, type TensorToWrite } from '../io/safetensors.js';
 
@@ -238,15 +239,6 @@ export class RunState<R> {
 
   release(): void {
     rmSync(this.lock, { force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
