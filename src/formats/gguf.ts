@@ -345,13 +345,14 @@ export async function writeGguf(
     floatLinears?: boolean;
   } = {},
 ): Promise<string[]> {
+  // one pass over the layers (spilled ones are read from disk): each holdable exactly, and the file's type is that
+  // of most of its weights
+  const counts = new Map<BlockType, number>();
   for (const [n, q] of layers) {
     const why = q.ggmlType !== undefined ? undefined : layerIncompatibility(q);
     if (why) fail(`${n}: ${why}`);
+    counts.set(fileBlockType(q), (counts.get(fileBlockType(q)) ?? 0) + q.rows * q.cols);
   }
-  // the file's type is that of most of its weights
-  const counts = new Map<BlockType, number>();
-  for (const q of layers.values()) counts.set(fileBlockType(q), (counts.get(fileBlockType(q)) ?? 0) + q.rows * q.cols);
   const mostly = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0];
   const layout = ggufLayout(cfg);
   const vocab = tokenizerMetadata(tokenizer, cfg.vocabSize).meta;

@@ -97,6 +97,11 @@ type Required_ =
  * a gated MLP and RMSNorm, sequential blocks, no biases, no extra norms, caps, windows or multipliers, and
  * attention scaled by 1/sqrt(head_dim).
  */
+/** The windows of the model's sliding-window layers, in layer order (empty when no layer slides). */
+export function slidingWindowsOf(cfg: ModelConfig): number[] {
+  return Array.from({ length: cfg.numLayers }, (_, l) => cfg.slidingWindow(l)).filter((w): w is number => w !== undefined);
+}
+
 export function decoderConfig(c: Pick<ModelConfig, Required_> & Partial<ModelConfig>): ModelConfig {
   return {
     rope: undefined,

@@ -1,5 +1,5 @@
 import { fail, shown } from '../io/errors.js';
-import { ACTIVATIONS, type ConfigReader, type ModelConfig } from './config.js';
+import { ACTIVATIONS, slidingWindowsOf, type ConfigReader, type ModelConfig } from './config.js';
 import { llamaLayout, slidingWindows } from './llama.js';
 import { readRope } from './rope.js';
 import type { Family } from './registry.js';
@@ -87,7 +87,7 @@ export const gemma2: Family = {
     unsupported: (cfg) =>
       cfg.attnSoftcap === undefined || cfg.finalSoftcap === undefined
         ? "llama.cpp's gemma2 always soft-caps attention scores and logits"
-        : Array.from({ length: cfg.numLayers }, (_, l) => cfg.slidingWindow(l)).every((w) => w === undefined)
+        : slidingWindowsOf(cfg).length === 0
           ? "llama.cpp's gemma2 always has sliding-window layers"
           : undefined,
   },

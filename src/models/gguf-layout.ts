@@ -1,6 +1,6 @@
 import { fail } from '../io/errors.js';
 import type { Activation } from '../tensor/index.js';
-import type { BlockNorms, ModelConfig } from './config.js';
+import { slidingWindowsOf, type BlockNorms, type ModelConfig } from './config.js';
 import { layerPrefix, linearGroups, normShapes } from './decoder.js';
 import { familyOf } from './registry.js';
 import { ropeFrequencies } from './rope.js';
@@ -115,7 +115,7 @@ function featuresOf(cfg: ModelConfig): GgufFeature[] {
   if (cfg.tensors.positions) f.push('learned-positions');
   if (cfg.attnSoftcap !== undefined) f.push('attn-softcap');
   if (cfg.finalSoftcap !== undefined) f.push('final-softcap');
-  if (Array.from({ length: cfg.numLayers }, (_, l) => cfg.slidingWindow(l)).some((w) => w !== undefined)) f.push('sliding-window');
+  if (slidingWindowsOf(cfg).length > 0) f.push('sliding-window');
   if (cfg.residualScale !== 1 || cfg.logitsDivisor !== 1) f.push('granite-scales');
   if (cfg.embeddingScale !== 1) f.push(cfg.normOffset ? 'gemma-embedding-scale' : 'granite-scales');
   return f;
@@ -143,7 +143,6 @@ function closeTo(a: number, b: number): boolean {
 
 /** Why llama.cpp would compute this model differently, or undefined when its GGUF can be written exactly. */
 function incompatibility(cfg: ModelConfig, g: GgufArch): string | undefined {
-  const sliding = (l: number): boolean => cfg.slidingWindow(l) !== undefined;
   for (const f of featuresOf(cfg)) {
     if (f === 'sliding-window' && g.capContextAtWindow) continue;
     if (!g.features?.includes(f)) return `llama.cpp's ${g.arch} has no ${FEATURE_NAMES[f]}`;
@@ -168,10 +167,10 @@ function incompatibility(cfg: ModelConfig, g: GgufArch): string | undefined {
   const scale = g.attentionScale?.(cfg) ?? 1 / Math.sqrt(cfg.headDim);
   if (!closeTo(cfg.attentionScale, scale))
     return `attention scaled by ${cfg.attentionScale} (llama.cpp's ${g.arch} scales by ${scale} here)`;
-  if (g.features?.includes('sliding-window') && Array.from({ length: cfg.numLayers }, (_, l) => l).some(sliding)) {
+  const windows = slidingWindowsOf(cfg);
+  if (g.features?.includes('sliding-window') && windows.length > 0) {
     if (swaPeriod(cfg) === undefined) return 'sliding-window layers that do not repeat with a period';
-    const windows = new Set(Array.from({ length: cfg.numLayers }, (_, l) => cfg.slidingWindow(l)).filter((w) => w !== undefined));
-    if (windows.size > 1) return 'sliding windows of different sizes';
+    if (new Set(windows).size > 1) return 'sliding windows of different sizes';
   }
   return g.unsupported?.(cfg);
 }
@@ -240,7 +239,7 @@ export function ggufLayout(cfg: ModelConfig): GgufLayout {
 
   const u32 = (v: number): GgufScalar => ({ u32: v });
   const f32 = (v: number): GgufScalar => ({ f32: v });
-  const windows = Array.from({ length: cfg.numLayers }, (_, l) => cfg.slidingWindow(l)).filter((w): w is number => w !== undefined);
+  const windows = slidingWindowsOf(cfg);
   let context = cfg.maxPositions;
   if (windows.length && g.capContextAtWindow) {
     const w = Math.min(...windows);
