@@ -12,7 +12,8 @@ import { validateSampling, type SamplingOptions } from '../infer/sampling.js';
 import { loadModel } from '../models/load.js';
 import { PIPELINE_DEFAULTS, quantize, type PipelineOptions } from '../pipeline.js';
 import type { Method } from '../quant/quantize-model.js';
-import { formatInspection, inspectModel } from '../formats/inspect.js';
+import { formatGgufInspection, formatInspection, inspectGguf, inspectModel } from '../formats/inspect.js';
+import { isGgufFile } from '../formats/gguf-read.js';
 import { progressBar } from './progress.js';
 import type { ActivationPrecision } from '../tensor/index.js';
 
@@ -195,9 +196,9 @@ export function buildCli(): Command {
 
   program
     .command('eval')
-    .argument('<model>', 'model directory (or stories15m)')
+    .argument('<model>', 'model directory, .gguf file, or stories15m')
     .option('--data <name|path>', 'sotu-test, sotu-calib, moby, or a text file / folder', 'sotu-test')
-    .option('--ref <model>', 'reference model for KL divergence and top-1 agreement')
+    .option('--ref <model>', 'reference model (directory or .gguf) for KL divergence and top-1 agreement')
     .option('--windows <n>', 'number of windows', positiveInt, 128)
     .option('--seqlen <n>', 'tokens per window (default: min(256, context))', positiveInt)
     .option('--activations <a>', ACTIVATIONS_HELP, activations, 'fp32' as ActivationPrecision)
@@ -224,7 +225,7 @@ export function buildCli(): Command {
 
   program
     .command('generate')
-    .argument('<model>', 'model directory (or stories15m)')
+    .argument('<model>', 'model directory, .gguf file, or stories15m')
     .argument('<prompt>', 'text to continue')
     .option('--max-tokens <n>', 'tokens to generate', positiveInt, 128)
     .option('--temperature <t>', 'sampling temperature (0 = greedy)', number, 0)
@@ -365,12 +366,17 @@ export function buildCli(): Command {
 
   program
     .command('inspect')
-    .argument('<model>', 'model directory (float or GPTQ)')
+    .argument('<model>', 'model directory (float or GPTQ) or a .gguf file')
     .option('--json', 'print JSON')
     .description('architecture, quantization config, bits per weight, size vs fp16, per-tensor table')
     .action(async (modelArg: string, o: { json?: boolean }) => {
       const dir = await resolveModel(modelArg);
       if (!existsSync(dir)) throw new UserError(`${dir}: model directory not found`);
+      if (isGgufFile(dir)) {
+        const g = inspectGguf(dir);
+        console.log(o.json ? JSON.stringify(g) : formatGgufInspection(g));
+        return;
+      }
       const r = inspectModel(dir);
       console.log(o.json ? JSON.stringify(r) : formatInspection(r));
     });

@@ -4,6 +4,7 @@ import { fail } from '../io/errors.js';
 import { SafetensorsModel, writeAll } from '../io/safetensors.js';
 import { BLOCK_LAYOUTS, GGML_TYPES, packBlock, type BlockType } from './ggml-blocks.js';
 import type { HfTokenizer } from '../io/tokenizer.js';
+import { PRE_TOKENIZERS, TOKEN_TYPE } from '../io/tokenizer/gguf.js';
 import { blockTypeOf, layerBlock, type QuantizedLayer } from '../quant/quantized-layer.js';
 
 /**
@@ -180,48 +181,6 @@ function floatTensor(w: Float32Array, shape: number[], t: GgufTensorSource): Flo
   if (t.addOne) out = out.map((x) => x + 1);
   return out;
 }
-
-const TOKEN_TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
-
-/**
- * llama.cpp's byte-level BPE pre-tokenizers by the Hugging Face pre_tokenizer each one implements (as in the real
- * tokenizer.json files of GPT-2, Llama 3, Qwen 2/3 and DeepSeek-V3). trim_offsets only moves offsets, not ids.
- */
-const split = (regex: string): object => ({ type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false });
-const byteLevel = (useRegex: boolean): object => ({ type: 'ByteLevel', add_prefix_space: false, use_regex: useRegex });
-const sequence = (...p: object[]): object => ({ type: 'Sequence', pretokenizers: [...p, byteLevel(false)] });
-const PRE_TOKENIZERS: { name: string; spec: object; ignoreMerges: boolean }[] = [
-  { name: 'gpt-2', spec: byteLevel(true), ignoreMerges: false },
-  {
-    name: 'llama-bpe',
-    spec: sequence(
-      split(
-        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-      ),
-    ),
-    ignoreMerges: true,
-  },
-  {
-    name: 'qwen2',
-    spec: sequence(
-      split(
-        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-      ),
-    ),
-    ignoreMerges: false,
-  },
-  {
-    name: 'deepseek-v3',
-    spec: sequence(
-      split('\\p{N}{1,3}'),
-      split('[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+'),
-      split(
-        '[!"#$%&\'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+',
-      ),
-    ),
-    ignoreMerges: false,
-  },
-];
 
 /** A JSON value with object keys sorted and offset-only fields dropped, for comparing specs. */
 function canonical(v: unknown): string {

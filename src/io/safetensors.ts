@@ -257,6 +257,12 @@ export class SafetensorsModel {
   }
 }
 
+/**
+ * What the model loaders read tensors through: a safetensors directory, or another file format presented under the
+ * checkpoint's own tensor names (a GGUF, models/gguf-import.ts).
+ */
+export type TensorReader = Pick<SafetensorsModel, 'dir' | 'names' | 'has' | 'info' | 'read' | 'readFloat' | 'close'>;
+
 export interface TensorToWrite {
   dtype: DType;
   shape: number[];

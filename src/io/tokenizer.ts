@@ -3,6 +3,8 @@ import { fail } from './errors.js';
 import { readTokenizerConfigs, tokenizerFromJson } from './tokenizer/load.js';
 import { HfTokenizer, type DecodeOptions, type EncodeOptions, type TokenizerKind } from './tokenizer/pipeline.js';
 import { existsSync, readFileSync } from 'node:fs';
+import { ggufTokenizerJson, type GgufVocabSource } from './tokenizer/gguf.js';
+import { mergesFromScores } from './tokenizer/spm.js';
 
 export { HfTokenizer, type DecodeOptions, type EncodeOptions, type SpecialIds, type TokenizerKind } from './tokenizer/pipeline.js';
 export { loadTokenizerDir, readTokenizerConfigs, tokenizerFromJson, type TokenizerConfigs } from './tokenizer/load.js';
@@ -75,6 +77,12 @@ export class LlamaTokenizer extends HfTokenizer {
       fail(`${path}: not valid JSON`);
     }
     return tokenizerFromJson(json, readTokenizerConfigs(dirname(path)), path);
+  }
+
+  /** The vocabulary a GGUF file's tokenizer.* metadata holds, run as llama.cpp runs it (see tokenizer/gguf.ts). */
+  static fromGguf(meta: GgufVocabSource): LlamaTokenizer {
+    const t = ggufTokenizerJson(meta);
+    return new LlamaTokenizer(meta.path, t.json, t.special, t.merges);
   }
 
   /** llama2.c tokenizer.bin: int32 max_token_length, then per token: f32 score, int32 length, UTF-8 bytes. */
@@ -172,38 +180,4 @@ function llama2TokenizerJson(pieces: string[], merges: { left: string; right: st
 
 function byteName(b: number): string {
   return `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`;
-}
-
-/**
- * SentencePiece BPE merges any adjacent pair whose concatenation is a piece, best score first. As an explicit
- * merge list: every split of every mergeable piece into two pieces, ranked by the merged piece's score.
- */
-function mergesFromScores(pieces: string[], scores: number[]): { left: string; right: string; rank: number }[] {
-  const ids = new Map<string, number>();
-  pieces.forEach((p, i) => ids.set(p, i));
-  const isNormal = (p: string): boolean => !/^<0x[0-9A-F]{2}>$/.test(p) && !/^<\/?s>$|^<unk>$/.test(p);
-  const candidates: { left: string; right: string; score: number; id: number }[] = [];
-  pieces.forEach((p, id) => {
-    if (!isNormal(p)) return;
-    const cps = Array.from(p);
-    for (let k = 1; k < cps.length; k++) {
-      const left = cps.slice(0, k).join('');
-      const right = cps.slice(k).join('');
-      const l = ids.get(left);
-      const r = ids.get(right);
-      if (l !== undefined && r !== undefined && isNormal(left) && isNormal(right)) {
-        candidates.push({ left, right, score: scores[id]!, id });
-      }
-    }
-  });
-  candidates.sort((a, b) => b.score - a.score || a.id - b.id || ids.get(a.left)! - ids.get(b.left)!);
-  let rank = -1;
-  let lastId = -1;
-  return candidates.map((c) => {
-    if (c.id !== lastId) {
-      rank++;
-      lastId = c.id;
-    }
-    return { left: c.left, right: c.right, rank };
-  });
 }

@@ -1,6 +1,6 @@
 import { fail } from '../io/errors.js';
 import { halfArrayToFloat } from '../io/fp16.js';
-import { SafetensorsModel } from '../io/safetensors.js';
+import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
 import type { AttentionShape, Backend, LinearKernel } from '../tensor/index.js';
 import { activate, gatedActivation, layerNorm, transpose } from '../tensor/ref.js';
 import type { LinearRoles, ModelConfig, TensorLayout } from './config.js';
@@ -178,7 +178,7 @@ export function linearShape(cfg: ModelConfig, name: LinearName): [number, number
 }
 
 /** The norms and biases of block i (what is not a linear layer's weight). */
-export function readBlockExtras(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockCommon {
+export function readBlockExtras(st: TensorReader, cfg: ModelConfig, i: number): BlockCommon {
   const p = layerPrefix(cfg, i);
   const norms: Record<string, Float32Array> = {};
   const normBias: Record<string, Float32Array> = {};
@@ -194,14 +194,14 @@ export function readBlockExtras(st: SafetensorsModel, cfg: ModelConfig, i: numbe
 }
 
 /** An RMSNorm weight as the decoder multiplies by it: Gemma's (1 + w) is formed here, in float32 as transformers does. */
-export function readNorm(st: SafetensorsModel, cfg: ModelConfig, name: string, n: number): Float32Array {
+export function readNorm(st: TensorReader, cfg: ModelConfig, name: string, n: number): Float32Array {
   const w = st.readFloat(name, [n]);
   if (cfg.normOffset) for (let i = 0; i < n; i++) w[i] = Math.fround(1 + w[i]!);
   return w;
 }
 
 /** A float linear weight as [out, in], whichever way the checkpoint stores it. */
-export function readLinear(st: SafetensorsModel, cfg: ModelConfig, tensor: string, [rows, cols]: [number, number]): Float32Array {
+export function readLinear(st: TensorReader, cfg: ModelConfig, tensor: string, [rows, cols]: [number, number]): Float32Array {
   return cfg.transposedLinears ? transpose(st.readFloat(tensor, [cols, rows]), cols, rows) : st.readFloat(tensor, [rows, cols]);
 }
 
@@ -211,7 +211,7 @@ export function storedLinear(cfg: ModelConfig, w: Float32Array, rows: number, co
 }
 
 /** One block's float weights (the quantizer's input; inference loads prepared kernels, see load.ts). */
-export function readBlock(st: SafetensorsModel, cfg: ModelConfig, i: number): BlockWeights {
+export function readBlock(st: TensorReader, cfg: ModelConfig, i: number): BlockWeights {
   const p = layerPrefix(cfg, i);
   const linear: BlockWeights['linear'] = {};
   for (const group of linearGroups(cfg))
@@ -231,7 +231,7 @@ export interface Embedding {
 export const floatEmbedding = (data: Float32Array): Embedding => ({ dtype: 'F32', data });
 
 /** An untied embedding as stored when it is 16-bit (checked for shape and NaN/Inf as readFloat checks), else float32. */
-function readEmbedding(st: SafetensorsModel, name: string, shape: [number, number]): Embedding {
+function readEmbedding(st: TensorReader, name: string, shape: [number, number]): Embedding {
   const info = st.info(name);
   if (info.dtype !== 'F16' && info.dtype !== 'BF16') return floatEmbedding(st.readFloat(name, shape));
   if (info.shape.length !== 2 || info.shape[0] !== shape[0] || info.shape[1] !== shape[1]) st.readFloat(name, shape);
@@ -277,7 +277,7 @@ export interface OuterWeights {
  * a head is refused, and a tied one that also stores a head must store the embedding itself there. Without
  * `withHead` (the quantizer only embeds) an untied head is not read and `head` is empty.
  */
-export function readOuter(st: SafetensorsModel, cfg: ModelConfig, withHead = true): OuterWeights {
+export function readOuter(st: TensorReader, cfg: ModelConfig, withHead = true): OuterWeights {
   const T = cfg.tensors;
   const E = cfg.embedDim;
   const D = cfg.hiddenSize;
@@ -315,7 +315,7 @@ const IGNORABLE = /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/;
  * `linear` names the tensors a linear layer is stored as (a float weight, or a quantized format's tensors).
  */
 export function checkTensorNames(
-  st: SafetensorsModel,
+  st: TensorReader,
   cfg: ModelConfig,
   linear: (weightName: string) => { required: string[]; optional?: string[] },
 ): void {

@@ -1,9 +1,12 @@
 import { existsSync } from 'node:fs';
 import { fail } from '../io/errors.js';
-import { loadTokenizerDir, type LlamaTokenizer } from '../io/tokenizer.js';
+import { loadTokenizerDir } from '../io/tokenizer.js';
 import { getBackend, type ActivationPrecision, type Backend, type LinearKernel } from '../tensor/index.js';
 import { readConfigJson } from '../io/config.js';
-import { SafetensorsModel } from '../io/safetensors.js';
+import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
+import { isGgufFile } from '../formats/gguf-read.js';
+import { openGgufModel } from './gguf-import.js';
+import { LlamaTokenizer } from '../io/tokenizer.js';
 import { gptqTensorNames, readGptqPacked, readQuantConfig } from '../formats/gptq.js';
 import { stackPackedRows } from '../formats/gptq-pack.js';
 import { dequantizeBinary } from '../quant/gptqt.js';
@@ -39,6 +42,7 @@ export async function loadModel(
   dir: string,
   opts: LoadOptions = {},
 ): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
+  if (isGgufFile(dir)) return loadGgufModel(dir);
   if (!existsSync(dir)) fail(`${dir}: model directory not found`);
   const backend = await getBackend();
   const config = readConfigJson(dir);
@@ -46,36 +50,76 @@ export async function loadModel(
   const linear = kernelMaker(dir, config, cfg, backend, opts.activations ?? 'fp32');
   const st = new SafetensorsModel(dir);
   try {
-    checkTensorNames(st, cfg, linear.tensors);
-    const outer = readOuter(st, cfg);
-    const blocks: PreparedBlock[] = [];
-    const groups = linearGroups(cfg);
-    for (let i = 0; i < cfg.numLayers; i++) {
-      const p = layerPrefix(cfg, i);
-      const kernels = (names: readonly LinearName[]): Promise<LinearKernel[]> =>
-        linear.make(
-          st,
-          names.map((n) => `${p}${n}.weight`),
-          names.map((n) => linearShape(cfg, n)),
-        );
-      blocks.push({
-        ...readBlockExtras(st, cfg, i),
-        qkv: await kernels(groups[0]!),
-        o: (await kernels(groups[1]!))[0]!,
-        gateUp: await kernels(groups[2]!),
-        down: (await kernels(groups[3]!))[0]!,
-      });
-    }
-    const model = new Decoder(cfg, backend, outer, blocks);
-    await model.prepareHead();
-    const tokenizer = loadTokenizer(dir);
-    // every id the tokenizer can produce must index the embedding (a model's vocab_size may be padded beyond it)
-    if (tokenizer.vocabSize > cfg.vocabSize) {
-      fail(`${dir}: the tokenizer has ${tokenizer.vocabSize} ids but config.json's vocab_size is ${cfg.vocabSize}`);
-    }
-    return { model, tokenizer };
+    const model = await assemble(st, cfg, backend, linear);
+    return { model, tokenizer: checkedTokenizer(loadTokenizer(dir), cfg, `${dir}: the tokenizer`, "config.json's vocab_size") };
   } finally {
     st.close();
+  }
+}
+
+/** Every id the tokenizer can produce must index the embedding (a model's vocab_size may be padded beyond it). */
+function checkedTokenizer(tokenizer: LlamaTokenizer, cfg: ModelConfig, what: string, rows: string): LlamaTokenizer {
+  if (tokenizer.vocabSize > cfg.vocabSize) fail(`${what} has ${tokenizer.vocabSize} ids but ${rows} is ${cfg.vocabSize}`);
+  return tokenizer;
+}
+
+/** The decoder from a checkpoint's tensors: names checked, outer weights and each block's kernels. */
+async function assemble<R extends TensorReader>(
+  st: R,
+  cfg: ModelConfig,
+  backend: Backend,
+  linear: LinearFormat<R>,
+): Promise<Decoder<PreparedBlock>> {
+  checkTensorNames(st, cfg, linear.tensors);
+  const outer = readOuter(st, cfg);
+  const blocks: PreparedBlock[] = [];
+  const groups = linearGroups(cfg);
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = layerPrefix(cfg, i);
+    const kernels = (names: readonly LinearName[]): Promise<LinearKernel[]> =>
+      linear.make(
+        st,
+        names.map((n) => `${p}${n}.weight`),
+        names.map((n) => linearShape(cfg, n)),
+      );
+    blocks.push({
+      ...readBlockExtras(st, cfg, i),
+      qkv: await kernels(groups[0]!),
+      o: (await kernels(groups[1]!))[0]!,
+      gateUp: await kernels(groups[2]!),
+      down: (await kernels(groups[3]!))[0]!,
+    });
+  }
+  const model = new Decoder(cfg, backend, outer, blocks);
+  await model.prepareHead();
+  return model;
+}
+
+/** float32 bytes above which a GGUF is refused rather than dequantized (GPTQ_TS_GGUF_MAX_GB overrides). */
+const GGUF_FLOAT_LIMIT_GB = 16;
+
+/**
+ * A llama.cpp GGUF file (ours or llama.cpp's) for inference: its architecture and metadata read back into our
+ * family's config and its tokenizer from its vocabulary (models/gguf-import.ts). Its weights are dequantized to
+ * float32 kernels, layer by layer, exactly as llama.cpp dequantizes them; a file whose float32 weights would exceed
+ * the limit is refused up front with the figure.
+ */
+async function loadGgufModel(path: string): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
+  const g = openGgufModel(path);
+  try {
+    const limit = Number(process.env['GPTQ_TS_GGUF_MAX_GB'] ?? GGUF_FLOAT_LIMIT_GB);
+    const elements = [...g.file.tensors.values()].reduce((a, t) => a + t.elements, 0);
+    const gb = (elements * 4) / 1e9;
+    if (gb > limit)
+      fail(
+        `${path}: gptq-ts runs a GGUF's weights dequantized to float32, which for its ${(elements / 1e9).toFixed(2)} billion weights is ${gb.toFixed(1)} GB (limit ${limit} GB; GPTQ_TS_GGUF_MAX_GB raises it)`,
+      );
+    const backend = await getBackend();
+    const model = await assemble(g.tensors, g.cfg, backend, floatFormat(g.cfg, backend));
+    const tokenizer = LlamaTokenizer.fromGguf(g.file);
+    return { model, tokenizer: checkedTokenizer(tokenizer, g.cfg, `${path}: the vocabulary`, "the embedding's row count") };
+  } finally {
+    g.tensors.close();
   }
 }
 
@@ -89,12 +133,39 @@ export function loadTokenizer(dir: string): LlamaTokenizer {
 }
 
 /** Kernels for layers sharing an input: one stacked kernel when possible, else one per layer. */
-type KernelMaker = (st: SafetensorsModel, names: string[], shapes: [number, number][]) => Promise<LinearKernel[]>;
+type KernelMaker<R extends TensorReader> = (st: R, names: string[], shapes: [number, number][]) => Promise<LinearKernel[]>;
 
 /** How the checkpoint stores its linear layers: the tensors of one, and kernels made from them. */
-interface LinearFormat {
+interface LinearFormat<R extends TensorReader = SafetensorsModel> {
   tensors: (weightName: string) => { required: string[]; optional?: string[] };
-  make: KernelMaker;
+  make: KernelMaker<R>;
+}
+
+/** Float linear layers read as float32 [out, in]; layers that share an input stacked into one kernel. */
+function floatFormat<R extends TensorReader>(cfg: ModelConfig, backend: Backend): LinearFormat<R> {
+  return {
+    tensors: (w) => ({ required: [w] }),
+    make: (st, names, shapes) =>
+      stackedFloats(
+        backend,
+        names.map((n, i) => readLinear(st, cfg, n, shapes[i]!)),
+        shapes,
+      ),
+  };
+}
+
+function stackedFloats(backend: Backend, ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> {
+  const rows = shapes.reduce((s, [r]) => s + r, 0);
+  let stacked = ws[0]!;
+  if (ws.length > 1) {
+    stacked = new Float32Array(rows * shapes[0]![1]);
+    let o = 0;
+    for (const w of ws) {
+      stacked.set(w, o);
+      o += w.length;
+    }
+  }
+  return Promise.all([backend.floatLinear(stacked, rows, shapes[0]![1])]);
 }
 
 function kernelMaker(
@@ -104,19 +175,7 @@ function kernelMaker(
   backend: Backend,
   activations: ActivationPrecision,
 ): LinearFormat {
-  const floats = (ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> => {
-    const rows = shapes.reduce((s, [r]) => s + r, 0);
-    let stacked = ws[0]!;
-    if (ws.length > 1) {
-      stacked = new Float32Array(rows * shapes[0]![1]);
-      let o = 0;
-      for (const w of ws) {
-        stacked.set(w, o);
-        o += w.length;
-      }
-    }
-    return Promise.all([backend.floatLinear(stacked, rows, shapes[0]![1])]);
-  };
+  const floats = (ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> => stackedFloats(backend, ws, shapes);
   const bcq = config['quantization_config'] as { quant_method?: string; bits?: number } | undefined;
   if (bcq?.quant_method === 'gptqt') {
     const bits = bcq.bits;
@@ -131,16 +190,7 @@ function kernelMaker(
     };
   }
   const qc = readQuantConfig(dir, config);
-  if (!qc) {
-    return {
-      tensors: (w) => ({ required: [w] }),
-      make: (st, names, shapes) =>
-        floats(
-          names.map((n, i) => readLinear(st, cfg, n, shapes[i]!)),
-          shapes,
-        ),
-    };
-  }
+  if (!qc) return floatFormat(cfg, backend);
   return {
     tensors: gptqTensorNames,
     make: async (st, names, shapes) => {
