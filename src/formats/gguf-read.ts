@@ -99,6 +99,9 @@ export interface GgufTensorInfo {
   bytes: number;
 }
 
+/** strict UTF-8 that keeps a leading U+FEFF (a token may be one: Gemma's "\uFEFF#"); the default drops it */
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
 /** A cursor over the file's header that reads more of the file as it goes (the header may be megabytes of vocabulary). */
 class HeaderReader {
   private buf = Buffer.alloc(0);
@@ -149,7 +152,7 @@ class HeaderReader {
     const n = this.count(`the length of ${what}`, 1);
     const o = this.at(n, what);
     try {
-      return new TextDecoder('utf-8', { fatal: true }).decode(this.buf.subarray(o, o + n));
+      return UTF8.decode(this.buf.subarray(o, o + n));
     } catch {
       return fail(`${this.path}: ${what} is not valid UTF-8`);
     }
