@@ -44,9 +44,7 @@ test('our GGUF (Q4_K, Q4_0) runs in our engine exactly as the same quantized lay
     const fake = join(base, 'fake');
     await writeFakeQuant(dir, fake, layers, {});
     // GGUF stores the norm epsilon as float32: the checkpoint states the same value, so only the weights' path differs
-    const cfgPath = join(fake, 'config.json');
-    const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as { rms_norm_eps: number };
-    writeFileSync(cfgPath, JSON.stringify({ ...cfg, rms_norm_eps: Math.fround(cfg.rms_norm_eps) }));
+    float32Epsilon(fake);
 
     const g = await loadModel(file);
     const f = await loadModel(fake);
@@ -64,6 +62,81 @@ test('our GGUF (Q4_K, Q4_0) runs in our engine exactly as the same quantized lay
     // and it is a different model from the float one: quantization moved the perplexity
     const p0 = (await evaluate(model, ids, plan)).ppl;
     assert.ok(Math.abs(pg - p0) > 1e-3 * p0, `${blockType}: ppl ${pg} vs float ${p0}`);
+  }
+});
+
+/** A family fixture with the byte-level tokenizer (and config edits where llama.cpp's architecture fixes a value). */
+function familyDir(fixture: string, edit?: Record<string, unknown>): string {
+  const dir = join(tmp(`ggufread-${fixture}-`), 'model');
+  cpSync(join(import.meta.dirname, 'fixtures', 'families', fixture), dir, { recursive: true });
+  if (edit) {
+    const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...cfg, ...edit }));
+  }
+  writeByteTokenizer(dir);
+  return dir;
+}
+
+/** The config.json of a checkpoint with its norm epsilon rounded to float32, as a GGUF stores it. */
+function float32Epsilon(dir: string): void {
+  const path = join(dir, 'config.json');
+  const cfg = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  for (const k of ['rms_norm_eps', 'layer_norm_eps', 'layer_norm_epsilon']) if (typeof cfg[k] === 'number') cfg[k] = Math.fround(cfg[k]);
+  writeFileSync(path, JSON.stringify(cfg));
+}
+
+test('every architecture gptq-ts reads back: our GGUF of each family fixture runs exactly as its quantized checkpoint', async () => {
+  const backend = await getBackend();
+  // llama.cpp scales Gemma 2/3 attention by 1/sqrt(head_dim) (the writer refuses other query_pre_attn_scalar values)
+  const cases: [string, Record<string, unknown>?][] = [
+    ['llama'],
+    ['llama-bias'],
+    ['llama-head-dim'],
+    ['llama-tied'],
+    ['llama-rope-linear'],
+    ['llama-rope-llama3'],
+    ['mistral'],
+    ['qwen2'],
+    ['qwen3'],
+    ['phi3'],
+    ['phi3-partial-rotary'],
+    ['gemma'],
+    ['gemma2', { query_pre_attn_scalar: 16 }],
+    ['gemma3_text', { query_pre_attn_scalar: 16 }],
+  ];
+  const seq = [1, 17, 42, 99, 3, 5, 200, 7, 8, 9, 10, 11, 12, 13];
+  for (const [fixture, edit] of cases) {
+    const dir = familyDir(fixture, edit);
+    const opts = { ...QUANTIZE_REFERENCE, method: 'rtn' as const, bits: 8, groupSize: 32, sym: true };
+    const { layers, config } = await quantizeModel(dir, backend, opts, undefined);
+    const file = join(dir, '..', 'model.gguf');
+    await writeGguf(dir, config, loadTokenizerDir(dir), layers, file);
+    const fake = join(dir, '..', 'fake');
+    await writeFakeQuant(dir, fake, layers, {});
+    float32Epsilon(fake);
+    const g = (await loadModel(file)).model;
+    const f = (await loadModel(fake)).model;
+    assert.equal(g.cfg.modelType, config.modelType === 'mistral' ? 'llama' : config.modelType, fixture);
+    const a = await g.logits(await g.hidden(seq, 1, seq.length), seq.length);
+    const b = await f.logits(await f.hidden(seq, 1, seq.length), seq.length);
+    const bad = a.findIndex((v, i) => !Object.is(v, b[i]));
+    assert.equal(bad, -1, `${fixture}: logit ${bad} differs (${a[bad]} vs ${b[bad]})`);
+  }
+  // the architectures our writer has and the reader does not yet: refused by name
+  for (const [fixture, arch, edit] of [
+    ['granite', 'granite'],
+    ['olmo2', 'olmo2'],
+    ['bloom', 'bloom'],
+    ['gpt2', 'gpt2'],
+    ['gpt_neox', 'gptneox', { hidden_act: 'gelu_new' }],
+    ['falcon', 'falcon', { activation: 'gelu_new' }],
+  ] as [string, string, Record<string, unknown>?][]) {
+    const dir = familyDir(fixture, edit);
+    const opts = { ...QUANTIZE_REFERENCE, method: 'rtn' as const, bits: 8, groupSize: 32, sym: true };
+    const { layers, config } = await quantizeModel(dir, backend, opts, undefined);
+    const file = join(dir, '..', 'model.gguf');
+    await writeGguf(dir, config, loadTokenizerDir(dir), layers, file);
+    await assert.rejects(loadModel(file), new RegExp(`model\\.gguf: llama\\.cpp architecture "${arch}" is not implemented`), fixture);
   }
 });
 

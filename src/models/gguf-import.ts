@@ -38,6 +38,12 @@ const ARCH_FIELDS: Record<string, (r: ArchReader) => Record<string, unknown>> = 
   }),
   qwen2: () => ({}),
   qwen3: (r) => ({ attention_bias: r.has('blk.0.attn_q.bias') }),
+  // partial rotary: llama.cpp rotates rope.dimension_count of each head's dimensions
+  phi3: (r) => {
+    const headDim = r.num('attention.key_length', r.num('embedding_length') / r.num('attention.head_count'));
+    const rotated = r.opt('rope.dimension_count') ?? headDim;
+    return rotated !== headDim ? { partial_rotary_factor: rotated / headDim } : {};
+  },
   gemma: () => ({}),
   gemma2: (r) => ({
     attn_logit_softcapping: r.num('attn_logit_softcapping'),
@@ -64,7 +70,7 @@ function llama3Rope(r: ArchReader): Record<string, unknown> {
   const theta = r.num('rope.freq_base', 10000);
   const dim = 2 * ratios.length;
   const factor = Math.max(...ratios);
-  const wavelen = Array.from(ratios, (_, i) => (2 * Math.PI) / theta ** ((2 * i) / dim));
+  const wavelen = Array.from(ratios, (_, i) => 2 * Math.PI * theta ** ((2 * i) / dim));
   // between the two wavelengths the frequency is a blend: 1/ratio = (1 − s)/factor + s, s linear in 1/wavelength
   const medium = [...ratios.keys()].filter((i) => ratios[i]! > 1 + 1e-6 && ratios[i]! < factor * (1 - 1e-6));
   const s = (i: number): number => (1 / ratios[i]! - 1 / factor) / (1 - 1 / factor);
