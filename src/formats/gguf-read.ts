@@ -1,7 +1,9 @@
 import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { fail } from '../io/errors.js';
 import { bf16ArrayToFloat, halfArrayToFloat } from '../io/fp16.js';
-import { dequantizeRow, GGML_TYPES, type BlockType } from './ggml-blocks.js';
+import { BLOCK_LAYOUTS, dequantizeRow, GGML_TYPES, unpackBlock, type BlockType } from './ggml-blocks.js';
+import { packStream } from './gptq-pack.js';
+import type { PackedLinearWeights } from '../tensor/index.js';
 
 /**
  * A GGUF (v2/v3) reader: the header (metadata of every value type, tensor infos) is parsed and checked on open, and
@@ -363,6 +365,59 @@ export class GgufFile {
   close(): void {
     closeSync(this.fd);
   }
+}
+
+/** The block types that are GPTQ's symmetric grid with groups of 32: w = d·(q − zero), as the packed kernels compute. */
+export const PACKED_TYPES: Partial<Record<string, { bits: number; zero: number }>> = {
+  Q4_0: { bits: 4, zero: 8 },
+  Q8_0: { bits: 8, zero: 128 },
+};
+
+/**
+ * A Q4_0 / Q8_0 matrix [rows, cols] as the packed GPTQ kernels take it (gptq_v2 zeros): the same integer codes, one
+ * group per block with d as its scale and a zero of 8 / 128, so it runs without forming the float matrix and
+ * computes exactly llama.cpp's dequantized weights. File row i becomes output row rowOf(i).
+ */
+export function packedFromBlocks(
+  type: string,
+  raw: Uint8Array,
+  rows: number,
+  cols: number,
+  rowOf: (i: number) => number,
+): PackedLinearWeights {
+  const spec = PACKED_TYPES[type];
+  if (!spec) throw new Error(`${type} is not a packed type`);
+  const { bits, zero } = spec;
+  const L = BLOCK_LAYOUTS[type as BlockType];
+  const G = cols / 32;
+  const qweight = new Int32Array(((cols * bits) / 32) * rows);
+  const scales = new Float32Array(G * rows);
+  const codes = new Uint8Array(cols);
+  for (let i = 0; i < rows; i++) {
+    const r = rowOf(i);
+    for (let g = 0; g < G; g++) {
+      const b = unpackBlock(type as BlockType, raw, (i * G + g) * L.bytes);
+      scales[g * rows + r] = b.d;
+      codes.set(b.codes, g * 32);
+    }
+    packStream(
+      cols,
+      bits,
+      (c) => codes[c]!,
+      (w, word) => (qweight[w * rows + r] = word),
+    );
+  }
+  const zw = (rows * bits) / 32;
+  const qzeros = new Int32Array(G * zw);
+  packStream(
+    rows,
+    bits,
+    () => zero,
+    (w, word) => {
+      for (let g = 0; g < G; g++) qzeros[g * zw + w] = word;
+    },
+  );
+  return { rows, cols, bits, qweight, qzeros, scales, gIdx: Int32Array.from({ length: cols }, (_, c) => c >> 5) };
 }
 
 function isPowerOfTwo(n: number): boolean {

@@ -1,6 +1,7 @@
 import { fail } from '../io/errors.js';
 import type { RawTensor, TensorInfo, TensorReader } from '../io/safetensors.js';
-import { GgufFile, type GgufMetaEntry } from '../formats/gguf-read.js';
+import { GgufFile, PACKED_TYPES, packedFromBlocks, type GgufMetaEntry } from '../formats/gguf-read.js';
+import type { PackedLinearWeights } from '../tensor/index.js';
 import type { ModelConfig } from './config.js';
 import { ggufLayout, type GgufScalar, type GgufTensorSource } from './gguf-layout.js';
 import { FAMILIES, parseModelConfig } from './registry.js';
@@ -116,7 +117,7 @@ export interface GgufModel {
   file: GgufFile;
   cfg: ModelConfig;
   /** the file's tensors under the checkpoint's names, as the checkpoint held them */
-  tensors: TensorReader;
+  tensors: GgufTensors;
   /** the file's tensor (llama.cpp name) behind each checkpoint tensor */
   sources: ReadonlyMap<string, GgufTensorSource>;
 }
@@ -235,7 +236,7 @@ function readModel(file: GgufFile): GgufModel {
 }
 
 /** The file's tensors under the checkpoint's names, each as the checkpoint held it (float32). */
-class GgufTensors implements TensorReader {
+export class GgufTensors implements TensorReader {
   readonly dir: string;
   constructor(
     private readonly file: GgufFile,
@@ -281,6 +282,25 @@ class GgufTensors implements TensorReader {
     if (bad >= 0) fail(`${this.dir}: tensor ${s.name} contains NaN/Inf at element ${bad}`);
     return w;
   }
+  /** A linear layer held as Q4_0 / Q8_0, as packed GPTQ weights in the checkpoint's row order; undefined for other types. */
+  packed(name: string): PackedLinearWeights | undefined {
+    const s = this.source(name);
+    const t = this.file.info(s.name);
+    if (!s.linear || !PACKED_TYPES[t.typeName] || t.shape.length !== 2) return undefined;
+    const order = s.rowOrder;
+    return packedFromBlocks(t.typeName, this.file.readRaw(s.name), t.shape[0]!, t.shape[1]!, (i) => (order ? order[i]! : i));
+  }
+
+  /** Bytes the loaded model holds: packed linear layers as stored, every other tensor as float32. */
+  loadedBytes(): number {
+    let bytes = 0;
+    for (const s of this.sources.values()) {
+      const t = this.file.info(s.name);
+      bytes += s.linear && PACKED_TYPES[t.typeName] ? t.bytes : 4 * t.elements;
+    }
+    return bytes;
+  }
+
   close(): void {
     this.file.close();
   }

@@ -5,7 +5,7 @@ import { getBackend, type ActivationPrecision, type Backend, type LinearKernel }
 import { readConfigJson } from '../io/config.js';
 import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
 import { isGgufFile } from '../formats/gguf-read.js';
-import { openGgufModel } from './gguf-import.js';
+import { openGgufModel, type GgufTensors } from './gguf-import.js';
 import { LlamaTokenizer } from '../io/tokenizer.js';
 import { gptqTensorNames, readGptqPacked, readQuantConfig } from '../formats/gptq.js';
 import { stackPackedRows } from '../formats/gptq-pack.js';
@@ -42,7 +42,7 @@ export async function loadModel(
   dir: string,
   opts: LoadOptions = {},
 ): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
-  if (isGgufFile(dir)) return loadGgufModel(dir);
+  if (isGgufFile(dir)) return loadGgufModel(dir, opts.activations ?? 'fp32');
   if (!existsSync(dir)) fail(`${dir}: model directory not found`);
   const backend = await getBackend();
   const config = readConfigJson(dir);
@@ -95,32 +95,56 @@ async function assemble<R extends TensorReader>(
   return model;
 }
 
-/** float32 bytes above which a GGUF is refused rather than dequantized (GPTQ_TS_GGUF_MAX_GB overrides). */
-const GGUF_FLOAT_LIMIT_GB = 16;
+/** bytes of loaded weights above which a GGUF is refused rather than dequantized (GPTQ_TS_GGUF_MAX_GB overrides) */
+const GGUF_LOADED_LIMIT_GB = 16;
 
 /**
  * A llama.cpp GGUF file (ours or llama.cpp's) for inference: its architecture and metadata read back into our
- * family's config and its tokenizer from its vocabulary (models/gguf-import.ts). Its weights are dequantized to
- * float32 kernels, layer by layer, exactly as llama.cpp dequantizes them; a file whose float32 weights would exceed
- * the limit is refused up front with the figure.
+ * family's config and its tokenizer from its vocabulary (models/gguf-import.ts). Q4_0 and Q8_0 linear layers run on
+ * the packed GPTQ kernels (the same grid: no float matrix is formed); other types are dequantized to float32
+ * kernels exactly as llama.cpp dequantizes them. A file whose loaded weights would exceed the limit is refused up
+ * front with the figure.
  */
-async function loadGgufModel(path: string): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
+async function loadGgufModel(
+  path: string,
+  activations: ActivationPrecision,
+): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
   const g = openGgufModel(path);
   try {
-    const limit = Number(process.env['GPTQ_TS_GGUF_MAX_GB'] ?? GGUF_FLOAT_LIMIT_GB);
-    const elements = [...g.file.tensors.values()].reduce((a, t) => a + t.elements, 0);
-    const gb = (elements * 4) / 1e9;
+    const limit = Number(process.env['GPTQ_TS_GGUF_MAX_GB'] ?? GGUF_LOADED_LIMIT_GB);
+    const gb = g.tensors.loadedBytes() / 1e9;
     if (gb > limit)
       fail(
-        `${path}: gptq-ts runs a GGUF's weights dequantized to float32, which for its ${(elements / 1e9).toFixed(2)} billion weights is ${gb.toFixed(1)} GB (limit ${limit} GB; GPTQ_TS_GGUF_MAX_GB raises it)`,
+        `${path}: gptq-ts would hold ${gb.toPrecision(3)} GB of its weights (Q4_0/Q8_0 layers packed, every other type dequantized to float32), more than the limit of ${limit} GB (GPTQ_TS_GGUF_MAX_GB raises it)`,
       );
     const backend = await getBackend();
-    const model = await assemble(g.tensors, g.cfg, backend, floatFormat(g.cfg, backend));
+    const model = await assemble(g.tensors, g.cfg, backend, ggufFormat(g.cfg, backend, activations));
     const tokenizer = LlamaTokenizer.fromGguf(g.file);
     return { model, tokenizer: checkedTokenizer(tokenizer, g.cfg, `${path}: the vocabulary`, "the embedding's row count") };
   } finally {
     g.tensors.close();
   }
+}
+
+/** A GGUF's linear layers: packed kernels where every part of a group is Q4_0/Q8_0, float32 ones where none is. */
+function ggufFormat(cfg: ModelConfig, backend: Backend, activations: ActivationPrecision): LinearFormat<GgufTensors> {
+  const floats = floatFormat<GgufTensors>(cfg, backend);
+  const make: KernelMaker<GgufTensors> = async (st, names, shapes) => {
+    const packed = names.map((n) => st.packed(n));
+    if (packed.every((p) => p !== undefined)) {
+      const stacked = packed.length > 1 ? stackPackedRows(packed) : undefined;
+      return Promise.all((stacked ? [stacked] : packed).map((p) => backend.packedLinear(p, activations)));
+    }
+    if (packed.every((p) => p === undefined)) return floats.make(st, names, shapes);
+    // a mix (llama-quantize may give q, k and v different types): one kernel each
+    return Promise.all(
+      names.map(async (n, i) => {
+        const p = packed[i];
+        return p ? backend.packedLinear(p, activations) : (await floats.make(st, [n], [shapes[i]!]))[0]!;
+      }),
+    );
+  };
+  return { tensors: floats.tensors, make };
 }
 
 /**
