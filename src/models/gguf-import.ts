@@ -37,6 +37,16 @@ const ARCH_FIELDS: Record<string, (r: ArchReader) => Record<string, unknown>> = 
     mlp_bias: r.has('blk.0.ffn_up.bias'),
     ...llama3Rope(r),
   }),
+  granite: (r) => ({
+    attention_bias: r.has('blk.0.attn_q.bias'),
+    mlp_bias: r.has('blk.0.ffn_up.bias'),
+    embedding_multiplier: r.num('embedding_scale'),
+    residual_multiplier: r.num('residual_scale'),
+    attention_multiplier: r.num('attention.scale'),
+    logits_scaling: r.num('logit_scale'),
+    ...llama3Rope(r),
+  }),
+  olmo2: () => ({}),
   qwen2: () => ({}),
   qwen3: (r) => ({ attention_bias: r.has('blk.0.attn_q.bias') }),
   // partial rotary: llama.cpp rotates rope.dimension_count of each head's dimensions
