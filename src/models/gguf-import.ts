@@ -28,10 +28,13 @@ const GENERAL_REFUSED = ['general.split', 'split.'];
 interface ArchReader {
   num(key: string, dflt?: number): number;
   opt(key: string): number | undefined;
+  bool(key: string): boolean | undefined;
   has(tensor: string): boolean;
   ropeFreqs(): Float32Array | undefined;
 }
-const ARCH_FIELDS: Record<string, (r: ArchReader) => Record<string, unknown>> = {
+/** the fields every architecture's config.json starts from (see readModel); undefined removes one */
+type Base = Record<string, unknown>;
+const ARCH_FIELDS: Record<string, (r: ArchReader, base: Base) => Record<string, unknown>> = {
   llama: (r) => ({
     attention_bias: r.has('blk.0.attn_q.bias'),
     mlp_bias: r.has('blk.0.ffn_up.bias'),
@@ -56,6 +59,41 @@ const ARCH_FIELDS: Record<string, (r: ArchReader) => Record<string, unknown>> = 
     return rotated !== headDim ? { partial_rotary_factor: rotated / headDim } : {};
   },
   gemma: () => ({}),
+  // the LayerNorm families name their fields as their own config.json does
+  falcon: (r, b) => {
+    const heads = b['num_attention_heads'] as number;
+    const kv = b['num_key_value_heads'] as number;
+    const twoNorms = r.has('blk.0.attn_norm_2.weight');
+    // any storage of the fused qkv is the same model (the file holds q | k | v): the new architecture unless MQA
+    const newArch = twoNorms || kv !== 1;
+    return {
+      ...layerNormFields(b, 'layer_norm_epsilon', r.num('attention.layer_norm_epsilon')),
+      ffn_hidden_size: b['intermediate_size'],
+      new_decoder_architecture: newArch,
+      num_kv_heads: newArch ? kv : undefined,
+      multi_query: kv === 1 && heads > 1,
+      parallel_attn: true,
+      num_ln_in_parallel_attn: newArch ? (twoNorms ? 2 : 1) : undefined,
+      // llama.cpp's falcon computes GELU with the tanh approximation
+      activation: 'gelu_new',
+      bias: false,
+      rope_theta: b['rope_theta'],
+    };
+  },
+  gptneox: (r, b) => ({
+    ...layerNormFields(b, 'layer_norm_eps', r.num('attention.layer_norm_epsilon')),
+    intermediate_size: b['intermediate_size'],
+    hidden_act: 'gelu_new',
+    rotary_emb_base: b['rope_theta'],
+    rotary_pct: r.num('rope.dimension_count') / (b['head_dim'] as number),
+    use_parallel_residual: r.bool('use_parallel_residual') ?? true,
+    attention_bias: r.has('blk.0.attn_qkv.bias'),
+  }),
+  bloom: (r, b) => ({
+    ...layerNormFields(b, 'layer_norm_epsilon', r.num('attention.layer_norm_epsilon')),
+    seq_length: b['max_position_embeddings'],
+    max_position_embeddings: undefined,
+  }),
   gemma2: (r) => ({
     attn_logit_softcapping: r.num('attn_logit_softcapping'),
     final_logit_softcapping: r.num('final_logit_softcapping'),
@@ -71,6 +109,19 @@ const ARCH_FIELDS: Record<string, (r: ArchReader) => Record<string, unknown>> = 
     rope_local_base_freq: r.num('rope.freq_base_swa', 10000),
   }),
 };
+
+/** The shapes of a LayerNorm family (no head_dim, kv heads or RMS epsilon of its own; ALiBi or its own RoPE keys). */
+function layerNormFields(b: Base, epsKey: string, eps: number): Record<string, unknown> {
+  return {
+    head_dim: undefined,
+    num_key_value_heads: undefined,
+    intermediate_size: undefined,
+    rms_norm_eps: undefined,
+    rope_theta: undefined,
+    [epsKey]: eps,
+    tie_word_embeddings: b['tie_word_embeddings'],
+  };
+}
 
 export const GGUF_ARCHITECTURES_READ = Object.keys(ARCH_FIELDS);
 
@@ -171,6 +222,7 @@ function readModel(file: GgufFile): GgufModel {
       return dflt;
     },
     opt: meta,
+    bool: (key) => file.bool(`${arch}.${key}`),
     has: (t) => file.tensors.has(t),
     ropeFreqs: () => (file.tensors.has('rope_freqs.weight') ? file.readFloat('rope_freqs.weight') : undefined),
   };
@@ -193,7 +245,8 @@ function readModel(file: GgufFile): GgufModel {
     // llama.cpp has one token per embedding row
     vocab_size: num('vocab_size', embd?.shape[0] ?? file.array('tokenizer.ggml.tokens', 'string')?.length ?? 0),
     max_position_embeddings: num('context_length'),
-    rms_norm_eps: num('attention.layer_norm_rms_epsilon'),
+    // LayerNorm architectures state attention.layer_norm_epsilon instead (read by their own fields below)
+    rms_norm_eps: file.has(`${arch}.attention.layer_norm_epsilon`) ? undefined : num('attention.layer_norm_rms_epsilon'),
     rope_theta: num('rope.freq_base', 10000),
     tie_word_embeddings: !file.tensors.has('output.weight'),
     bos_token_id: id('bos_token_id') ?? null,
@@ -201,7 +254,8 @@ function readModel(file: GgufFile): GgufModel {
   };
   if (file.string(`${arch}.rope.scaling.type`) === 'linear')
     json['rope_scaling'] = { rope_type: 'linear', factor: num('rope.scaling.factor') };
-  Object.assign(json, fields(reader));
+  Object.assign(json, fields(reader, { ...json }));
+  for (const k of Object.keys(json)) if (json[k] === undefined) delete json[k];
   const where = `${path} (its metadata as config.json)`;
   let cfg = parseModelConfig(json, where);
   // Gemma 2/3: llama.cpp's attention scale is its own rule, which the family holds as query_pre_attn_scalar

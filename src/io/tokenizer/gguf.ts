@@ -67,9 +67,10 @@ export interface GgufVocabSource {
 }
 
 /**
- * The tokenizer.* keys this importer reads; the others llama.cpp's converter writes are refused by name below, or
- * are these: ids that do not change how text is tokenized (separator/cls/mask, which only BERT-style files add) and
- * SentencePiece's remove_extra_whitespaces, which llama.cpp's SentencePiece tokenizer does not read either.
+ * The tokenizer.* keys this importer reads; the others llama.cpp's converter writes are refused by name below. Some
+ * of these do not change how text is tokenized: ids of separator/cls/mask (BERT-style files) and fill-in-the-middle
+ * tokens (code models), and remove_extra_whitespaces, which only llama.cpp's UGM (T5) tokenizer reads
+ * (llama-vocab.cpp).
  */
 const READ_KEYS = new Set([
   'model',
@@ -87,6 +88,15 @@ const READ_KEYS = new Set([
   'seperator_token_id',
   'cls_token_id',
   'mask_token_id',
+  'fim_pre_token_id',
+  'fim_suf_token_id',
+  'fim_mid_token_id',
+  'fim_pad_token_id',
+  'fim_rep_token_id',
+  'fim_sep_token_id',
+  'prefix_token_id',
+  'suffix_token_id',
+  'middle_token_id',
   'add_bos_token',
   'add_eos_token',
   'add_space_prefix',
