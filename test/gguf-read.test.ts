@@ -103,7 +103,7 @@ function float32Config(dir: string): void {
   writeFileSync(path, JSON.stringify(cfg));
 }
 
-test('every architecture gptq-ts reads back: our Q8_0 GGUF of each of 20 family fixtures runs exactly as its GPTQ checkpoint', async () => {
+test('every architecture gptq-ts reads back: our Q8_0 GGUF of each of 21 family fixtures runs exactly as its GPTQ checkpoint', async () => {
   const backend = await getBackend();
   // llama.cpp scales Gemma 2/3 attention by 1/sqrt(head_dim) (the writer refuses other query_pre_attn_scalar values)
   const cases: [string, Record<string, unknown>?][] = [
@@ -128,6 +128,7 @@ test('every architecture gptq-ts reads back: our Q8_0 GGUF of each of 20 family 
     ['gpt_neox', { hidden_act: 'gelu_new' }],
     ['falcon', { activation: 'gelu_new' }],
     ['falcon-mqa', { activation: 'gelu_new' }],
+    ['gpt2'],
   ];
   const seq = [1, 17, 42, 99, 3, 5, 200, 7, 8, 9, 10, 11, 12, 13];
   for (const [fixture, edit] of cases) {
@@ -150,14 +151,25 @@ test('every architecture gptq-ts reads back: our Q8_0 GGUF of each of 20 family 
     const bad = a.findIndex((v, i) => !Object.is(v, b[i]));
     assert.equal(bad, -1, `${fixture}: logit ${bad} differs (${a[bad]} vs ${b[bad]})`);
   }
-  // the architectures our writer has and the reader does not yet: refused by name
-  for (const [fixture, arch, edit] of [['gpt2', 'gpt2']] as [string, string, Record<string, unknown>?][]) {
-    const dir = familyDir(fixture, edit);
-    const opts = { ...QUANTIZE_REFERENCE, method: 'rtn' as const, bits: 8, groupSize: 32, sym: true };
+});
+test('dequantized block types read back too: Q5_0 files of a Conv1D family (gpt2) and of llama equal their fake-quant checkpoints', async () => {
+  const backend = await getBackend();
+  const seq = [1, 17, 42, 99, 3, 5, 200, 7];
+  for (const fixture of ['gpt2', 'llama']) {
+    const dir = familyDir(fixture);
+    const opts = { ...QUANTIZE_REFERENCE, method: 'rtn' as const, blockType: 'Q5_0' as const, sym: true };
     const { layers, config } = await quantizeModel(dir, backend, opts, undefined);
     const file = join(dir, '..', 'model.gguf');
     await writeGguf(dir, config, loadTokenizerDir(dir), layers, file);
-    await assert.rejects(loadModel(file), new RegExp(`model\\.gguf: llama\\.cpp architecture "${arch}" is not implemented`), fixture);
+    const fake = join(dir, '..', 'fake');
+    await writeFakeQuant(dir, fake, layers, {});
+    float32Config(fake);
+    const g = (await loadModel(file)).model;
+    const f = (await loadModel(fake)).model;
+    const a = await g.logits(await g.hidden(seq, 1, seq.length), seq.length);
+    const b = await f.logits(await f.hidden(seq, 1, seq.length), seq.length);
+    const bad = a.findIndex((v, i) => !Object.is(v, b[i]));
+    assert.equal(bad, -1, `${fixture}: logit ${bad} differs (${a[bad]} vs ${b[bad]})`);
   }
 });
 

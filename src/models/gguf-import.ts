@@ -3,6 +3,7 @@ import type { RawTensor, TensorInfo, TensorReader } from '../io/safetensors.js';
 import { GgufFile, PACKED_TYPES, packedFromBlocks, type GgufMetaEntry } from '../formats/gguf-read.js';
 import type { PackedLinearWeights } from '../tensor/index.js';
 import type { ModelConfig } from './config.js';
+import { transpose } from '../tensor/ref.js';
 import { ggufLayout, type GgufScalar, type GgufTensorSource } from './gguf-layout.js';
 import { FAMILIES, parseModelConfig } from './registry.js';
 
@@ -88,6 +89,19 @@ const ARCH_FIELDS: Record<string, (r: ArchReader, base: Base) => Record<string, 
     rotary_pct: r.num('rope.dimension_count') / (b['head_dim'] as number),
     use_parallel_residual: r.bool('use_parallel_residual') ?? true,
     attention_bias: r.has('blk.0.attn_qkv.bias'),
+  }),
+  gpt2: (r, b) => ({
+    ...layerNormFields(b, 'layer_norm_epsilon', r.num('attention.layer_norm_epsilon')),
+    n_embd: b['hidden_size'],
+    n_head: b['num_attention_heads'],
+    n_layer: b['num_hidden_layers'],
+    n_inner: b['intermediate_size'],
+    n_positions: b['max_position_embeddings'],
+    hidden_size: undefined,
+    num_attention_heads: undefined,
+    num_hidden_layers: undefined,
+    max_position_embeddings: undefined,
+    activation_function: 'gelu_new',
   }),
   bloom: (r, b) => ({
     ...layerNormFields(b, 'layer_norm_epsilon', r.num('attention.layer_norm_epsilon')),
@@ -296,7 +310,7 @@ function readModel(file: GgufFile): GgufModel {
       );
   }
   const sources = new Map(layout.tensors.map((t) => [t.source, t]));
-  return { file, cfg, tensors: new GgufTensors(file, sources), sources };
+  return { file, cfg, tensors: new GgufTensors(file, sources, cfg.transposedLinears), sources };
 }
 
 /** The file's tensors under the checkpoint's names, each as the checkpoint held it (float32). */
@@ -305,6 +319,8 @@ export class GgufTensors implements TensorReader {
   constructor(
     private readonly file: GgufFile,
     private readonly sources: ReadonlyMap<string, GgufTensorSource>,
+    /** the checkpoint stores linear weights [in, out] (GPT-2's Conv1D); the file holds them [out, in] */
+    private readonly transposed = false,
   ) {
     this.dir = file.path;
   }
@@ -319,9 +335,15 @@ export class GgufTensors implements TensorReader {
     if (!s) fail(`${this.dir}: missing tensor ${name}`);
     return s;
   }
+  /** the shape the checkpoint holds: the file's, transposed for Conv1D linear weights */
+  private shapeOf(s: GgufTensorSource): number[] {
+    const shape = this.file.info(s.name).shape;
+    return s.linear && this.transposed ? [...shape].reverse() : shape;
+  }
   info(name: string): TensorInfo {
-    const t = this.file.info(this.source(name).name);
-    return { name, dtype: 'F32', shape: t.shape, offset: t.offset, byteLength: t.bytes, file: this.dir };
+    const s = this.source(name);
+    const t = this.file.info(s.name);
+    return { name, dtype: 'F32', shape: this.shapeOf(s), offset: t.offset, byteLength: t.bytes, file: this.dir };
   }
   read(name: string): RawTensor {
     const shape = this.info(name).shape;
@@ -330,8 +352,9 @@ export class GgufTensors implements TensorReader {
   readFloat(name: string, shape: number[]): Float32Array {
     const s = this.source(name);
     const t = this.file.info(s.name);
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
-      fail(`${this.dir}: tensor ${s.name} has shape [${t.shape}] but its metadata implies [${shape}]`);
+    const held = this.shapeOf(s);
+    if (held.length !== shape.length || held.some((d, i) => d !== shape[i]))
+      fail(`${this.dir}: tensor ${s.name} has shape [${held}] but its metadata implies [${shape}]`);
     let w = this.file.readFloat(s.name);
     if (s.rowOrder) {
       // file row i is the checkpoint's row rowOrder[i]
@@ -342,6 +365,7 @@ export class GgufTensors implements TensorReader {
     }
     // Gemma's norms: the file holds 1 + w, the decoder adds the 1 itself
     if (s.addOne) w = w.map((x) => x - 1);
+    if (s.linear && this.transposed) w = transpose(w, t.shape[0]!, t.shape[1]!);
     const bad = w.findIndex((x) => !Number.isFinite(x));
     if (bad >= 0) fail(`${this.dir}: tensor ${s.name} contains NaN/Inf at element ${bad}`);
     return w;
