@@ -182,69 +182,78 @@ function softmaxRow(logits: Float32Array, vocab: number, r: number): Float64Arra
   return p.map((x) => x / sum);
 }
 
-test("llama.cpp's own files (convert_hf_to_gguf.py + llama-quantize Q4_K_M, Q2_K): our engine predicts what llama.cpp predicts", async () => {
-  const llama = await getLlama({ gpu: false, build: 'never' });
-  const prompt = [1, 17, 42, 99, 3, 250, 7];
-  const steps = 16;
-  const files = Object.fromEntries(['Q4_K_M', 'Q2_K'].map((t) => [t, join(FIXTURES, `tiny-llama-${t}.gguf`)]));
-  // llama.cpp decodes greedily from the prompt, reporting its next-token distribution at each step
-  const theirs: Record<string, { tokens: number[]; probs: Map<number, number>[] }> = {};
-  for (const [name, file] of Object.entries(files)) {
-    const lm = await llama.loadModel({ modelPath: file });
-    const ctx = await lm.createContext({ contextSize: 64, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32' });
-    const run = { tokens: [] as number[], probs: [] as Map<number, number>[] };
-    for await (const out of ctx.getSequence().evaluateWithMetadata(prompt as never, { probabilities: true }, { temperature: 0 })) {
-      run.tokens.push(out.token as number);
-      run.probs.push(out.probabilities as Map<number, number>);
-      if (run.tokens.length === steps) break;
+for (const family of ['llama', 'qwen2']) {
+  test(`llama.cpp's own ${family} files (convert_hf_to_gguf.py + llama-quantize Q4_K_M, Q2_K): our engine predicts what llama.cpp predicts`, async () => {
+    const llama = await getLlama({ gpu: false, build: 'never' });
+    const prompt = [1, 17, 42, 99, 3, 250, 7];
+    const steps = 16;
+    const files = Object.fromEntries(['Q4_K_M', 'Q2_K'].map((t) => [t, join(FIXTURES, `tiny-${family}-${t}.gguf`)]));
+    // llama.cpp decodes greedily from the prompt, reporting its next-token distribution at each step
+    const theirs: Record<string, { tokens: number[]; probs: Map<number, number>[] }> = {};
+    for (const [name, file] of Object.entries(files)) {
+      const lm = await llama.loadModel({ modelPath: file });
+      const ctx = await lm.createContext({ contextSize: 64, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32' });
+      const run = { tokens: [] as number[], probs: [] as Map<number, number>[] };
+      for await (const out of ctx.getSequence().evaluateWithMetadata(prompt as never, { probabilities: true }, { temperature: 0 })) {
+        run.tokens.push(out.token as number);
+        run.probs.push(out.probabilities as Map<number, number>);
+        if (run.tokens.length === steps) break;
+      }
+      await ctx.dispose();
+      await lm.dispose();
+      theirs[name] = run;
     }
-    await ctx.dispose();
-    await lm.dispose();
-    theirs[name] = run;
-  }
-  // our engine from a file, over the sequence llama.cpp decoded from another (or the same) file
-  const ours = async (file: string, tokens: number[]): Promise<Float64Array[]> => {
-    const { model } = await loadModel(file);
-    const seq = [...prompt, ...tokens.slice(0, -1)];
-    const logits = await model.logits(await model.hidden(seq, 1, seq.length), seq.length);
-    return tokens.map((_, s) => softmaxRow(logits, model.cfg.vocabSize, prompt.length - 1 + s));
-  };
-  const kl = (p: Map<number, number>, q: Float64Array): number => {
-    let d = 0;
-    for (const [i, pi] of p) if (pi > 0) d += pi * Math.log(pi / Math.max(q[i]!, 1e-30));
-    return d;
-  };
-  const meanKl = (theirs: Map<number, number>[], ours: Float64Array[]): number =>
-    theirs.reduce((a, p, s) => a + kl(p, ours[s]!), 0) / theirs.length;
-  const q4 = theirs['Q4_K_M']!;
-  const q2 = theirs['Q2_K']!;
-  const drift4 = meanKl(q4.probs, await ours(files['Q4_K_M']!, q4.tokens));
-  const drift2 = meanKl(q2.probs, await ours(files['Q2_K']!, q2.tokens));
-  // the scale of a real difference in weights: llama.cpp on the Q4_K_M file against us on the Q2_K file
-  const other = meanKl(q4.probs, await ours(files['Q2_K']!, q4.tokens));
-  if (process.env['GGUF_DEBUG']) console.log({ drift4, drift2, other });
-  // llama.cpp's K-quant dot products quantize activations to 8 bits (Q8_K); we multiply dequantized weights in
-  // float32. That costs far less than a change of weights: a misread block, row or key costs more than `other`
-  assert.ok(drift4 < other / 20, `Q4_K_M: KL(llama.cpp || ours) ${drift4} vs a different quantization's ${other}`);
-  assert.ok(drift2 < other / 20, `Q2_K: KL(llama.cpp || ours) ${drift2} vs ${other}`);
-});
+    // our engine from a file, over the sequence llama.cpp decoded from another (or the same) file
+    const ours = async (file: string, tokens: number[]): Promise<Float64Array[]> => {
+      const { model } = await loadModel(file);
+      const seq = [...prompt, ...tokens.slice(0, -1)];
+      const logits = await model.logits(await model.hidden(seq, 1, seq.length), seq.length);
+      return tokens.map((_, s) => softmaxRow(logits, model.cfg.vocabSize, prompt.length - 1 + s));
+    };
+    const kl = (p: Map<number, number>, q: Float64Array): number => {
+      let d = 0;
+      for (const [i, pi] of p) if (pi > 0) d += pi * Math.log(pi / Math.max(q[i]!, 1e-30));
+      return d;
+    };
+    const meanKl = (probs: Map<number, number>[], q: Float64Array[]): number =>
+      probs.reduce((a, p, s) => a + kl(p, q[s]!), 0) / probs.length;
+    const q4 = theirs['Q4_K_M']!;
+    const q2 = theirs['Q2_K']!;
+    const drift4 = meanKl(q4.probs, await ours(files['Q4_K_M']!, q4.tokens));
+    const drift2 = meanKl(q2.probs, await ours(files['Q2_K']!, q2.tokens));
+    // the scale of a real difference in weights: llama.cpp on the Q4_K_M file against us on the Q2_K file
+    const other = meanKl(q4.probs, await ours(files['Q2_K']!, q4.tokens));
+    if (process.env['GGUF_DEBUG']) console.log(family, { drift4, drift2, other });
+    // llama.cpp's K-quant dot products quantize activations to 8 bits (Q8_K); we multiply dequantized weights in
+    // float32. That costs far less than a change of weights: a misread block, row or key costs more than `other`
+    assert.ok(drift4 < other / 20, `Q4_K_M: KL(llama.cpp || ours) ${drift4} vs a different quantization's ${other}`);
+    assert.ok(drift2 < other / 20, `Q2_K: KL(llama.cpp || ours) ${drift2} vs ${other}`);
+  });
+}
 
-test("llama.cpp's own file: the vocabulary it converted from a SentencePiece model tokenizes as llama.cpp does", async () => {
-  const llama = await getLlama({ gpu: false, build: 'never' });
-  const file = join(FIXTURES, 'tiny-llama-Q2_K.gguf');
-  const lm = await llama.loadModel({ modelPath: file, vocabOnly: true });
-  const ours = LlamaTokenizer.fromGguf(new GgufFile(file));
-  const mismatches: string[] = [];
-  for (const text of [...SEGMENTS, SEGMENTS.join('\n')]) {
-    const a = ours.encode(text, { bos: false });
-    const b = Array.from(lm.tokenize(text, true));
-    if (JSON.stringify(a) !== JSON.stringify(b))
-      mismatches.push(`${JSON.stringify(text.slice(0, 30))}: ${a.slice(0, 8)} vs ${b.slice(0, 8)}`);
-  }
-  await lm.dispose();
-  assert.deepEqual(mismatches, []);
-  assert.equal(ours.encode('Hello')[0], 1, 'add_bos_token');
-});
+for (const [family, what, bos] of [
+  ['llama', 'a SentencePiece model (llama vocabulary)', 1],
+  ['qwen2', 'a byte-level BPE tokenizer.json (gpt2 vocabulary, gpt-2 pre-tokenizer)', undefined],
+] as const) {
+  test(`llama.cpp's own ${family} file: the vocabulary it converted from ${what} tokenizes as llama.cpp does`, async () => {
+    const llama = await getLlama({ gpu: false, build: 'never' });
+    const file = join(FIXTURES, `tiny-${family}-Q2_K.gguf`);
+    const lm = await llama.loadModel({ modelPath: file, vocabOnly: true });
+    const ours = LlamaTokenizer.fromGguf(new GgufFile(file));
+    const mismatches: string[] = [];
+    for (const text of [...SEGMENTS, SEGMENTS.join('\n')]) {
+      const a = ours.encode(text, { bos: false });
+      const b = Array.from(lm.tokenize(text, true));
+      if (JSON.stringify(a) !== JSON.stringify(b))
+        mismatches.push(`${JSON.stringify(text.slice(0, 30))}: ${a.slice(0, 8)} vs ${b.slice(0, 8)}`);
+    }
+    await lm.dispose();
+    assert.deepEqual(mismatches, []);
+    // add_bos_token (llama) or llama.cpp's default for gpt-2 (none)
+    assert.equal(ours.addsBos, bos !== undefined);
+    if (bos !== undefined) assert.equal(ours.encode('Hello')[0], bos);
+  });
+}
 
 interface Expected {
   segments: { ids: number[] }[];

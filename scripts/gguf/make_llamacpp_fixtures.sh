@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates test/fixtures/gguf/tiny-llama-*.gguf with llama.cpp's own converter and llama-quantize (see
+# Regenerates test/fixtures/gguf/tiny-{llama,qwen2}-*.gguf with llama.cpp's own converter and llama-quantize (see
 # make_llamacpp_fixtures.py). Needs a Python with torch, transformers, sentencepiece, safetensors and numpy
 # (PYTHON, default python3); llama.cpp's source and tools come from node-llama-cpp's bundle.
 # Usage: scripts/gguf/make_llamacpp_fixtures.sh

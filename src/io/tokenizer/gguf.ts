@@ -212,7 +212,8 @@ export function ggufTokenizerJson(m: GgufVocabSource): {
       );
     const merges = m.array(k('merges'), 'string') as string[] | undefined;
     if (!merges) fail(`${where}: a gpt2 vocabulary needs tokenizer.ggml.merges`);
-    special.addBos = m.bool(k('add_bos_token')) ?? false;
+    // llama.cpp's default where the file is silent: BOS for llama-bpe (Llama 3) only (llama-vocab.cpp, load)
+    special.addBos = m.bool(k('add_bos_token')) ?? pre.name === 'llama-bpe';
     const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false };
     const json = {
       ...base,
