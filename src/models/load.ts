@@ -66,8 +66,8 @@ export async function loadModel(
         down: (await kernels(groups[3]!))[0]!,
       });
     }
+    // the head stays as stored: eval reads it a slice at a time, generate() widens it (Decoder.prepareHead)
     const model = new Decoder(cfg, backend, outer, blocks);
-    await model.prepareHead();
     const tokenizer = loadTokenizer(dir);
     // every id the tokenizer can produce must index the embedding (a model's vocab_size may be padded beyond it)
     if (tokenizer.vocabSize > cfg.vocabSize) {
