@@ -23,7 +23,10 @@ import { printTable } from './table.js';
  * (against llama.cpp via node-llama-cpp on a Q4_0 GGUF of the same weights, where it loads).
  *
  *   npm run bench:scale -- [--nsamples 4] [--seqlen 512] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
- *                          [--eval-windows 4] [--gen-tokens 32] [--no-llama-cpp] [--dir DIR]
+ *                          [--eval-windows 4] [--gen-tokens 32] [--no-llama-cpp] [--dir DIR] [--method rtn]
+ *
+ * --method rtn rounds instead of running GPTQ (a minute instead of ten for the 8B shape): the same packed
+ * checkpoint layout, so eval and generate measure the same; the quantize table then times RTN.
  */
 
 interface Shape {
@@ -162,7 +165,7 @@ async function child(step: string, args: Record<string, string>): Promise<Report
         args.dir!,
         gguf
           ? { method: 'rtn', bits: 4, groupSize: 32, sym: true, format: 'gguf' }
-          : { nsamples: Number(args.nsamples), seqlen: Number(args.seqlen) },
+          : { method: args.method as 'gptq' | 'rtn', nsamples: Number(args.nsamples), seqlen: Number(args.seqlen) },
         args.out!,
         { warn: (m) => process.stderr.write(`warning: ${m}\n`) },
       );
@@ -234,6 +237,7 @@ const { values: flags } = parseArgs({
     'gen-tokens': { type: 'string', default: '32' },
     'no-llama-cpp': { type: 'boolean', default: false },
     dir: { type: 'string' },
+    method: { type: 'string', default: 'gptq' },
   },
 });
 const nsamples = Number(flags.nsamples);
@@ -258,7 +262,7 @@ try {
     if (!existsSync(join(dir, 'model.safetensors'))) runChild('make', { case: name, dir, layers });
     const cfg = parseModelConfig(configJson(shape, layers), dir);
     rmSync(out, { recursive: true, force: true });
-    const q = runChild('quantize', { dir, out, nsamples, seqlen });
+    const q = runChild('quantize', { dir, out, nsamples, seqlen, method: flags.method });
     if (typeof q === 'string') {
       quantRows.push([name, q]);
       continue;
@@ -315,7 +319,7 @@ try {
 }
 
 printTable(
-  `Quantize w4 g128 on ${nsamples} x ${seqlen} tokens: seconds per layer, measured / flop floor at ${(rate / 1e9).toFixed(0)} GFLOP/s (forward: 2·params·tokens + causal attention; Hessian: one triangle of XᵀX per group; sweep: rows·cols² + cols³ per group)`,
+  `Quantize (${flags.method}) w4 g128 on ${nsamples} x ${seqlen} tokens: seconds per layer, measured / flop floor at ${(rate / 1e9).toFixed(0)} GFLOP/s (forward: 2·params·tokens + causal attention; Hessian: one triangle of XᵀX per group; sweep: rows·cols² + cols³ per group)`,
   ['model', 'forward s', 'Hessian s', 'sweep s', 'total s', 'peak RSS GB'],
   quantRows,
 );

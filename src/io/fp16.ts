@@ -51,9 +51,13 @@ export function roundToHalf(value: number): number {
 }
 
 export function halfArrayToFloat(src: Uint16Array): Float32Array {
+  return halfIntoFloat(src, new Float32Array(src.length));
+}
+
+/** Half bits widened into out[at..at+src.length) (exact: every half is a float32). */
+export function halfIntoFloat(src: Uint16Array, out: Float32Array, at = 0): Float32Array {
   const table = halfTable();
-  const out = new Float32Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = table[src[i]!]!;
+  for (let i = 0; i < src.length; i++) out[at + i] = table[src[i]!]!;
   return out;
 }
 
@@ -64,8 +68,12 @@ export function floatArrayToHalf(src: Float32Array): Uint16Array {
 }
 
 export function bf16ArrayToFloat(src: Uint16Array): Float32Array {
-  const out = new Float32Array(src.length);
-  const bits = new Uint32Array(out.buffer);
+  return bf16IntoFloat(src, new Float32Array(src.length));
+}
+
+/** bfloat16 bits widened into out[at..at+src.length): the high half of the float32's bits, exactly. */
+export function bf16IntoFloat(src: Uint16Array, out: Float32Array, at = 0): Float32Array {
+  const bits = new Uint32Array(out.buffer, out.byteOffset + at * 4, src.length);
   for (let i = 0; i < src.length; i++) bits[i] = src[i]! << 16;
   return out;
 }

@@ -1,7 +1,15 @@
 import { fail } from '../io/errors.js';
-import { halfArrayToFloat } from '../io/fp16.js';
 import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
-import type { AttentionShape, Backend, LinearKernel } from '../tensor/index.js';
+import {
+  floatRows,
+  headLogits,
+  rowsF32,
+  widenRowsInto,
+  type AttentionShape,
+  type Backend,
+  type LinearKernel,
+  type StoredRows,
+} from '../tensor/index.js';
 import { activate, gatedActivation, layerNorm, transpose } from '../tensor/ref.js';
 import type { LinearRoles, ModelConfig, TensorLayout } from './config.js';
 import { Rope } from './rope.js';
@@ -220,17 +228,14 @@ export function readBlock(st: TensorReader, cfg: ModelConfig, i: number): BlockW
 }
 
 /**
- * A token embedding table [vocab, width]: float32, or 16-bit as the checkpoint stores it, widened a row at a time
- * as tokens are looked up (half the memory of a float32 copy: 1 GB of Llama 3's 2.1).
+ * A token embedding table [vocab, width] (and an LM head): float32, or 16-bit as the checkpoint stores it, widened a
+ * row at a time as tokens are looked up (half the memory of a float32 copy: 1 GB of Llama 3's 2.1).
  */
-export interface Embedding {
-  dtype: 'F32' | 'F16' | 'BF16';
-  data: Float32Array | Uint16Array;
-}
+export type Embedding = StoredRows;
 
-export const floatEmbedding = (data: Float32Array): Embedding => ({ dtype: 'F32', data });
+export const floatEmbedding = floatRows;
 
-/** An untied embedding as stored when it is 16-bit (checked for shape and NaN/Inf as readFloat checks), else float32. */
+/** A vocabulary table as stored when it is 16-bit (checked for shape and NaN/Inf as readFloat checks), else float32. */
 function readEmbedding(st: TensorReader, name: string, shape: [number, number]): Embedding {
   const info = st.info(name);
   if (info.dtype !== 'F16' && info.dtype !== 'BF16') return floatEmbedding(st.readFloat(name, shape));
@@ -243,15 +248,17 @@ function readEmbedding(st: TensorReader, name: string, shape: [number, number]):
   return { dtype: info.dtype, data };
 }
 
-/** Row t of an embedding, widened to float32 into out[at..at+width). */
-function embeddingRow(e: Embedding, t: number, width: number, out: Float32Array, at: number): void {
-  const row = e.data.subarray(t * width, (t + 1) * width);
-  if (e.dtype === 'F32') out.set(row, at);
-  else if (e.dtype === 'F16') out.set(halfArrayToFloat(row as Uint16Array), at);
-  else {
-    const bits = new Uint32Array(out.buffer, out.byteOffset + at * 4, width);
-    for (let i = 0; i < width; i++) bits[i] = row[i]! << 16;
+/** The first element at which two [rows, cols] tables differ in value (widened a row at a time), or -1. */
+function firstDifference(a: StoredRows, b: StoredRows, rows: number, cols: number): number {
+  const ra = new Float32Array(cols);
+  const rb = new Float32Array(cols);
+  for (let r = 0; r < rows; r++) {
+    widenRowsInto(a, r, r + 1, cols, ra);
+    widenRowsInto(b, r, r + 1, cols, rb);
+    const j = ra.findIndex((v, i) => v !== rb[i]);
+    if (j >= 0) return r * cols + j;
   }
+  return -1;
 }
 
 /** What a decoder holds outside its blocks. */
@@ -268,8 +275,8 @@ export interface OuterWeights {
   projectOut?: Float32Array;
   finalNorm?: Float32Array;
   finalNormBias?: Float32Array;
-  /** [vocab, embedDim]: lm_head, or the embedding when tied */
-  head: Float32Array;
+  /** [vocab, embedDim]: lm_head (16-bit as stored, or float32), or the embedding itself when tied */
+  head: StoredRows;
 }
 
 /**
@@ -281,11 +288,9 @@ export function readOuter(st: TensorReader, cfg: ModelConfig, withHead = true): 
   const T = cfg.tensors;
   const E = cfg.embedDim;
   const D = cfg.hiddenSize;
-  // a tied embedding is the head too, which the logits need in float32
-  const embed = cfg.tieWordEmbeddings
-    ? floatEmbedding(st.readFloat(T.embed, [cfg.vocabSize, E]))
-    : readEmbedding(st, T.embed, [cfg.vocabSize, E]);
-  const outer: OuterWeights = { embed, head: embed.data as Float32Array };
+  // one table when tied: the head is the embedding object itself, as stored
+  const embed = readEmbedding(st, T.embed, [cfg.vocabSize, E]);
+  const outer: OuterWeights = { embed, head: embed };
   if (T.positions) outer.positions = st.readFloat(T.positions, [cfg.maxPositions + (cfg.positionOffset ?? 0), D]);
   if (T.embedNorm) {
     outer.embedNorm = st.readFloat(T.embedNorm, [E]);
@@ -297,10 +302,9 @@ export function readOuter(st: TensorReader, cfg: ModelConfig, withHead = true): 
     outer.finalNorm = readNorm(st, cfg, T.finalNorm, D);
     if (cfg.normKind === 'layer') outer.finalNormBias = st.readFloat(T.finalNorm.replace(/weight$/, 'bias'), [D]);
   }
-  if (!cfg.tieWordEmbeddings) outer.head = withHead ? st.readFloat(T.head, [cfg.vocabSize, E]) : new Float32Array(0);
+  if (!cfg.tieWordEmbeddings) outer.head = withHead ? readEmbedding(st, T.head, [cfg.vocabSize, E]) : floatRows(new Float32Array(0));
   else if (withHead && st.has(T.head)) {
-    const head = st.readFloat(T.head, [cfg.vocabSize, E]);
-    const i = head.findIndex((v, j) => v !== embed.data[j]);
+    const i = firstDifference(readEmbedding(st, T.head, [cfg.vocabSize, E]), embed, cfg.vocabSize, E);
     if (i >= 0) fail(`${st.dir}: tie_word_embeddings is true but ${T.head} differs from ${T.embed} (element ${i}): which one is meant?`);
   }
   return outer;
@@ -410,8 +414,14 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   /** BLOOM's per-head ALiBi slopes */
   readonly alibi: Float32Array | undefined;
 
-  readonly embed: Embedding;
-  readonly head: Float32Array;
+  get embed(): Embedding {
+    return this.outer.embed;
+  }
+
+  /** the LM head [vocab, embedDim]; 16-bit as stored until prepareHead() */
+  get head(): StoredRows {
+    return this.outer.head;
+  }
 
   constructor(
     readonly cfg: ModelConfig,
@@ -419,8 +429,6 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     readonly outer: OuterWeights,
     readonly blocks: B[],
   ) {
-    this.embed = outer.embed;
-    this.head = outer.head;
     this.headDim = cfg.headDim;
     this.rope = cfg.rope && new Rope(cfg.rope);
     this.localRope = cfg.localRope && new Rope(cfg.localRope);
@@ -458,7 +466,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     for (let i = 0; i < tokens.length; i++) {
       const t = tokens[i]!;
       if (!(t >= 0 && t < cfg.vocabSize)) throw new RangeError(`token id ${t} outside the vocabulary (0..${cfg.vocabSize - 1})`);
-      embeddingRow(this.embed, t, E, x, i * E);
+      widenRowsInto(this.embed, t, t + 1, E, x, i * E);
     }
     if (scale !== 1) for (let i = 0; i < x.length; i++) x[i]! *= scale;
     if (outer.embedNorm) x = layerNorm(x, outer.embedNorm, outer.embedNormBias, tokens.length, cfg.rmsNormEps);
@@ -678,15 +686,24 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     return h;
   }
 
-  private headKernel?: Promise<LinearKernel>;
-
-  /** Prepare the head kernel now (a load step) rather than on the first call to logits(). */
-  prepareHead(): Promise<LinearKernel> {
-    return (this.headKernel ??= this.backend.floatLinear(this.head, this.cfg.vocabSize, this.cfg.embedDim));
+  /**
+   * Generation's head, widened once to float32 (with the embedding, when tied: same values, one table). A 16-bit
+   * head's matvec would widen all of it again on every token, in JavaScript (~0.5 s for Llama 3's 525M weights);
+   * onnxruntime's CPU kernels have no float32-accumulating 16-bit matmul to hand it to. Eval never calls this:
+   * its statistics widen one vocabulary slice at a time (Backend.headStats).
+   */
+  prepareHead(): void {
+    const { outer, cfg } = this;
+    if (outer.head.dtype === 'F32') return;
+    const wide = floatRows(rowsF32(outer.head, 0, cfg.vocabSize, cfg.embedDim));
+    if (outer.embed === outer.head) outer.embed = wide;
+    outer.head = wide;
   }
 
-  /** Logits [rows, vocab] for final hidden states (the head is prepared as a kernel on first use), soft-capped where the family caps them. */
+  /** Logits [rows, vocab] for final hidden states (the head widened on first use), soft-capped where the family caps them. */
   async logits(h: Float32Array, rows: number): Promise<Float32Array> {
-    return softcap(await (await this.prepareHead()).apply(h, rows), this.cfg.finalSoftcap);
+    this.prepareHead();
+    const { vocabSize, embedDim } = this.cfg;
+    return softcap(await headLogits(this.backend, h, this.head, rows, embedDim, vocabSize), this.cfg.finalSoftcap);
   }
 }

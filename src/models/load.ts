@@ -90,9 +90,8 @@ async function assemble<R extends TensorReader>(
       down: (await kernels(groups[3]!))[0]!,
     });
   }
-  const model = new Decoder(cfg, backend, outer, blocks);
-  await model.prepareHead();
-  return model;
+  // the head stays as stored: eval reads it a slice at a time, generate() widens it (Decoder.prepareHead)
+  return new Decoder(cfg, backend, outer, blocks);
 }
 
 /** bytes of loaded weights above which a GGUF is refused rather than dequantized (GPTQ_TS_GGUF_MAX_GB overrides) */

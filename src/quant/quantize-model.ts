@@ -184,7 +184,7 @@ export async function quantizeModel(
     }
     if (finished > 0) onProgress(reports.length, total, reports.at(-1)!.name);
     // the stages read nothing outside the blocks: no embedding or head held while they run
-    const model = new Decoder(cfg, backend, { embed: floatEmbedding(new Float32Array(0)), head: new Float32Array(0) }, []);
+    const model = new Decoder(cfg, backend, { embed: floatEmbedding(new Float32Array(0)), head: floatEmbedding(new Float32Array(0)) }, []);
     const nseq = calib ? calib.windows.length / calib.seqlen : 0;
     const widest = Math.max(...groups.flat().flatMap((n) => linearShape(cfg, n)));
     const chunkTokens = Math.min(CALIBRATION_CHUNK_TOKENS, Math.floor(CHUNK_ACTIVATION_FLOATS / widest));

@@ -4,6 +4,8 @@
  * All matrices are dense row-major float32.
  */
 
+import type { StoredRows } from './rows.js';
+
 export interface AttentionShape {
   batch: number;
   /** new query positions per sequence */
@@ -23,6 +25,12 @@ export interface AttentionShape {
 
 /** The gated MLP's activation: act(gate·x) ⊙ up·x. gelu is erf's; gelu_tanh its tanh approximation. */
 export type Activation = 'silu' | 'gelu' | 'gelu_tanh' | 'relu';
+
+export interface HeadStatsOptions {
+  ref?: { h: Float32Array; w: StoredRows };
+  /** bound on the floats one vocabulary slice widens or outputs (default SLICE_FLOATS) */
+  sliceFloats?: number;
+}
 
 export interface HeadStats {
   /** -log p(target) per row */
@@ -99,15 +107,16 @@ export interface Backend {
   /**
    * The LM head and its statistics without materialising the logits: logits = h[m,d] · W[V,d]ᵀ, then
    * log-softmax per row. With `ref` (the reference model's final hidden states and head) also returns
-   * the KL divergence from the reference distribution and top-1 agreement.
+   * the KL divergence from the reference distribution and top-1 agreement. The heads may be 16-bit as stored:
+   * they are widened a vocabulary slice at a time (at most `sliceFloats` floats a slice, see rows.ts).
    */
   headStats(
     h: Float32Array,
-    w: Float32Array,
+    w: StoredRows,
     m: number,
     d: number,
     vocab: number,
     targets: Int32Array,
-    ref?: { h: Float32Array; w: Float32Array },
+    opts?: HeadStatsOptions,
   ): Promise<HeadStats>;
 }

@@ -1,7 +1,17 @@
 import type { Backend } from './backend.js';
 import { refBackend } from './ref.js';
 
-export type { Activation, Backend, AttentionShape, HeadStats, LinearKernel, PackedLinearWeights, ActivationPrecision } from './backend.js';
+export type {
+  Activation,
+  Backend,
+  AttentionShape,
+  HeadStats,
+  HeadStatsOptions,
+  LinearKernel,
+  PackedLinearWeights,
+  ActivationPrecision,
+} from './backend.js';
+export { floatRows, forVocabSlices, headLogits, rowsF32, widenRowsInto, SLICE_FLOATS, type StoredRows } from './rows.js';
 
 /**
  * The backend the library uses: onnxruntime when it loads, else the plain-TS reference (slow but always

@@ -1,7 +1,8 @@
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { ActivationPrecision, AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeights } from './backend.js';
-import { ElemType, encodeModel, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
+import { ElemType, encodeModel, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
+import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, nbitsLayout, packedLinearGraph } from './ort-linear.js';
 import { refBackend } from './ref.js';
 import { attentionJs } from './attention-js.js';
@@ -142,47 +143,66 @@ const attentionGraph = (): Promise<ort.InferenceSession> =>
     [{ name: 'out', elemType: F, dims: ['b', 't', 'h', 'd'] }],
   );
 
-const logProbs = (h: string, w: string, out: string): NodeSpec[] => [
-  { opType: 'Gemm', inputs: [h, w], outputs: [`${out}_logits`], intAttrs: { transB: 1 } },
-  { opType: 'LogSoftmax', inputs: [`${out}_logits`], outputs: [out], intAttrs: { axis: 1 } },
+/**
+ * One vocabulary slice of the head's statistics: per row, its logits' maximum and log-sum-exp and, against a
+ * reference's slice, the reference's maximum and log-sum-exp, Σ e^{z_ref − max_ref}·(z_ref − z) and both argmaxes;
+ * headStats joins the slices (see there). Sums run in float64 (ReduceLogSumExp's float32 one missed stories15M's
+ * 32000-way log-sum-exp by 5e-4; a float32 ReduceSum by 3e-5; in float64 5e-7).
+ */
+const DOUBLE = ElemType.DOUBLE;
+const sliceLogits = (h: string, w: string, z: string): NodeSpec => ({
+  opType: 'Gemm',
+  inputs: [h, w],
+  outputs: [z],
+  intAttrs: { transB: 1 },
+});
+const rowSum64 = (x: string, out: string): NodeSpec[] => [
+  { opType: 'Cast', inputs: [x], outputs: [`${x}64`], intAttrs: { to: DOUBLE } },
+  { opType: 'ReduceSum', inputs: [`${x}64`, 'axes'], outputs: [out], intAttrs: { keepdims: 0 } },
 ];
-const nllNodes: NodeSpec[] = [
-  ...logProbs('h', 'w', 'lp'),
-  { opType: 'GatherElements', inputs: ['lp', 'targets'], outputs: ['g'], intAttrs: { axis: 1 } },
-  { opType: 'Neg', inputs: ['g'], outputs: ['nll'] },
+/** max, e = exp(z − max), and lse = max + log Σ e (float64) of each row of z */
+const logSumExp = (z: string): NodeSpec[] => [
+  { opType: 'ReduceMax', inputs: [z], outputs: [`${z}_max`], intsAttrs: { axes: [1] }, intAttrs: { keepdims: 1 } },
+  { opType: 'Sub', inputs: [z, `${z}_max`], outputs: [`${z}_shift`] },
+  { opType: 'Exp', inputs: [`${z}_shift`], outputs: [`${z}_e`] },
+  ...rowSum64(`${z}_e`, `${z}_sum`),
+  { opType: 'Log', inputs: [`${z}_sum`], outputs: [`${z}_log`] },
+  { opType: 'Squeeze', inputs: [`${z}_max`, 'axes'], outputs: [`${z}_m`] },
+  { opType: 'Cast', inputs: [`${z}_m`], outputs: [`${z}_m64`], intAttrs: { to: DOUBLE } },
+  { opType: 'Add', inputs: [`${z}_log`, `${z}_m64`], outputs: [`${z}_lse`] },
 ];
-const headInputs: ValueInfo[] = [
-  { name: 'h', elemType: F, dims: ['m', 'd'] },
-  { name: 'w', elemType: F, dims: ['V', 'd'] },
-  { name: 'targets', elemType: ElemType.INT32, dims: ['m', 1] },
+const rowVector = (name: string, elemType: ElemTypeId = DOUBLE): ValueInfo => ({ name, elemType, dims: ['m'] });
+const sliceInputs = (h: string, w: string): ValueInfo[] => [
+  { name: h, elemType: F, dims: ['m', 'd'] },
+  { name: w, elemType: F, dims: ['n', 'd'] },
 ];
-const nllOutput: ValueInfo = { name: 'nll', elemType: F, dims: ['m', 1] };
+const axesInput: ValueInfo = { name: 'axes', elemType: ElemType.INT64, dims: [1] };
 
-const nllGraph = (): Promise<ort.InferenceSession> => graph(nllNodes, headInputs, [nllOutput]);
+const headSliceGraph = (): Promise<ort.InferenceSession> =>
+  graph([sliceLogits('h', 'w', 'z'), ...logSumExp('z')], [...sliceInputs('h', 'w'), axesInput], [rowVector('z_lse')]);
 
-const compareGraph = (): Promise<ort.InferenceSession> =>
+const compareSliceGraph = (): Promise<ort.InferenceSession> =>
   graph(
     [
-      ...nllNodes,
-      ...logProbs('hr', 'wr', 'lr'),
-      { opType: 'Exp', inputs: ['lr'], outputs: ['pr'] },
-      { opType: 'Sub', inputs: ['lr', 'lp'], outputs: ['diff'] },
-      { opType: 'Mul', inputs: ['pr', 'diff'], outputs: ['terms'] },
-      { opType: 'ReduceSum', inputs: ['terms', 'axes'], outputs: ['kl'], intAttrs: { keepdims: 0 } },
-      { opType: 'ArgMax', inputs: ['lp'], outputs: ['top'], intAttrs: { axis: 1, keepdims: 0 } },
-      { opType: 'ArgMax', inputs: ['lr'], outputs: ['topr'], intAttrs: { axis: 1, keepdims: 0 } },
+      sliceLogits('h', 'w', 'z'),
+      sliceLogits('hr', 'wr', 'zr'),
+      ...logSumExp('z'),
+      ...logSumExp('zr'),
+      { opType: 'Sub', inputs: ['zr', 'z'], outputs: ['diff'] },
+      { opType: 'Mul', inputs: ['zr_e', 'diff'], outputs: ['terms'] },
+      ...rowSum64('terms', 'gap'),
+      { opType: 'ArgMax', inputs: ['z'], outputs: ['top'], intAttrs: { axis: 1, keepdims: 0 } },
+      { opType: 'ArgMax', inputs: ['zr'], outputs: ['topr'], intAttrs: { axis: 1, keepdims: 0 } },
     ],
+    [...sliceInputs('h', 'w'), ...sliceInputs('hr', 'wr'), axesInput],
     [
-      ...headInputs,
-      { name: 'hr', elemType: F, dims: ['m', 'd'] },
-      { name: 'wr', elemType: F, dims: ['V', 'd'] },
-      { name: 'axes', elemType: ElemType.INT64, dims: [1] },
-    ],
-    [
-      nllOutput,
-      { name: 'kl', elemType: F, dims: ['m'] },
-      { name: 'top', elemType: ElemType.INT64, dims: ['m'] },
-      { name: 'topr', elemType: ElemType.INT64, dims: ['m'] },
+      rowVector('z_lse'),
+      rowVector('zr_lse'),
+      rowVector('gap'),
+      rowVector('z_m', F),
+      rowVector('zr_m', F),
+      rowVector('top', ElemType.INT64),
+      rowVector('topr', ElemType.INT64),
     ],
   );
 
@@ -202,8 +222,8 @@ const sessions = {
   rmsNorm: lazy(rmsNormGraph),
   swiglu: lazy(swigluGraph),
   attention: lazy(attentionGraph),
-  nll: lazy(nllGraph),
-  compare: lazy(compareGraph),
+  headSlice: lazy(headSliceGraph),
+  compareSlice: lazy(compareSliceGraph),
 };
 
 const masks = new Map<string, ort.Tensor>();
@@ -365,24 +385,63 @@ export const ortBackend: Backend = {
     return r['out']!.data as Float32Array;
   },
 
-  async headStats(h, w, m, d, vocab, targets, ref): Promise<HeadStats> {
-    const feeds: Record<string, ort.Tensor> = {
-      h: f32(h, [m, d]),
-      w: f32(w, [vocab, d]),
-      targets: new ort.Tensor('int32', targets, [m, 1]),
-    };
-    if (!ref) {
-      const r = await (await sessions.nll()).run(feeds);
-      return { nll: r['nll']!.data as Float32Array };
-    }
-    feeds['hr'] = f32(ref.h, [m, d]);
-    feeds['wr'] = f32(ref.w, [vocab, d]);
-    feeds['axes'] = new ort.Tensor('int64', BigInt64Array.from([1n]), [1]);
-    const r = await (await sessions.compare()).run(feeds);
-    const top = r['top']!.data as BigInt64Array;
-    const topr = r['topr']!.data as BigInt64Array;
+  /**
+   * Slice by slice (forVocabSlices), per row: LSE = log Σ_s e^{lse_s}; the target's logit is its row's dot product
+   * with h (float64); KL(ref || this) = Σ_v p_ref(v)·(z_ref − z)_v − LSE_ref + LSE, the sum being
+   * Σ_s e^{max_ref,s − LSE_ref}·gap_s; argmax is the first slice's whose maximum no later slice exceeds.
+   */
+  async headStats(h, w, m, d, vocab, targets, opts = {}): Promise<HeadStats> {
+    const { ref } = opts;
+    const lse = new Float64Array(m).fill(-Infinity);
+    const target = new Float64Array(m);
+    const lser = new Float64Array(m).fill(-Infinity);
+    const shifted: { maxr: Float32Array; gap: Float64Array }[] = [];
+    const best = new Float64Array(m).fill(-Infinity);
+    const bestr = new Float64Array(m).fill(-Infinity);
+    const top = new Float64Array(m);
+    const topr = new Float64Array(m);
+    const axes = new ort.Tensor('int64', BigInt64Array.from([1n]), [1]);
+    const hT = f32(h, [m, d]);
+    const hrT = ref && f32(ref.h, [m, d]);
+    const session = await (ref ? sessions.compareSlice() : sessions.headSlice());
+    await forVocabSlices(ref ? [w, ref.w] : [w], vocab, d, m, async ([ws, wr], r0, r1) => {
+      const n = r1 - r0;
+      const feeds: Record<string, ort.Tensor> = { h: hT, w: f32(ws!, [n, d]), axes };
+      if (hrT) Object.assign(feeds, { hr: hrT, wr: f32(wr!, [n, d]) });
+      const r = await session.run(feeds);
+      const part = r['z_lse']!.data as Float64Array;
+      for (let i = 0; i < m; i++) {
+        lse[i] = logAddExp(lse[i]!, part[i]!);
+        const t = targets[i]!;
+        if (t >= r0 && t < r1) {
+          let z = 0;
+          for (let p = 0; p < d; p++) z += h[i * d + p]! * ws![(t - r0) * d + p]!;
+          target[i] = z;
+        }
+      }
+      if (!ref) return;
+      const partr = r['zr_lse']!.data as Float64Array;
+      const max = r['z_m']!.data as Float32Array;
+      const maxr = r['zr_m']!.data as Float32Array;
+      shifted.push({ maxr, gap: r['gap']!.data as Float64Array });
+      const at = r['top']!.data as BigInt64Array;
+      const atr = r['topr']!.data as BigInt64Array;
+      for (let i = 0; i < m; i++) {
+        lser[i] = logAddExp(lser[i]!, partr[i]!);
+        if (max[i]! > best[i]!) [best[i], top[i]] = [max[i]!, r0 + Number(at[i]!)];
+        if (maxr[i]! > bestr[i]!) [bestr[i], topr[i]] = [maxr[i]!, r0 + Number(atr[i]!)];
+      }
+    });
+    const nll = Float32Array.from(lse, (l, i) => l - target[i]!);
+    if (!ref) return { nll };
+    const kl = new Float32Array(m);
     const agree = new Uint8Array(m);
-    for (let i = 0; i < m; i++) agree[i] = top[i] === topr[i] ? 1 : 0;
-    return { nll: r['nll']!.data as Float32Array, kl: r['kl']!.data as Float32Array, agree };
+    for (let i = 0; i < m; i++) {
+      let gap = 0;
+      for (const s of shifted) gap += Math.exp(s.maxr[i]! - lser[i]!) * s.gap[i]!;
+      kl[i] = gap - lser[i]! + lse[i]!;
+      agree[i] = top[i] === topr[i] ? 1 : 0;
+    }
+    return { nll, kl, agree };
   },
 };

@@ -1,5 +1,6 @@
 import { streamValue } from './bit-stream.js';
-import type { Activation, AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeights } from './backend.js';
+import type { Activation, AttentionShape, Backend, HeadStats, HeadStatsOptions, LinearKernel, PackedLinearWeights } from './backend.js';
+import { rowsF32, type StoredRows } from './rows.js';
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
 
@@ -171,16 +172,18 @@ function argmax(x: Float64Array): number {
   return best;
 }
 
+/** The definition: the whole head widened, the logits formed, then logitStats (slicing is the fast backends' business). */
 export function headStats(
   h: Float32Array,
-  w: Float32Array,
+  w: StoredRows,
   m: number,
   d: number,
   vocab: number,
   targets: Int32Array,
-  ref?: { h: Float32Array; w: Float32Array },
+  opts: HeadStatsOptions = {},
 ): HeadStats {
-  return logitStats(matmulNT(h, w, m, vocab, d), m, vocab, targets, ref && matmulNT(ref.h, ref.w, m, vocab, d));
+  const logits = (x: Float32Array, t: StoredRows): Float32Array => matmulNT(x, rowsF32(t, 0, vocab, d), m, vocab, d);
+  return logitStats(logits(h, w), m, vocab, targets, opts.ref && logits(opts.ref.h, opts.ref.w));
 }
 
 /** headStats from logits already formed [m, vocab] (and a reference's): NLL of the targets, KL, top-1 agreement. */
@@ -247,5 +250,5 @@ export const refBackend: Backend = {
   swiglu: async (h, wg, wu, m, n, k) => swiglu(h, wg, wu, m, n, k),
   gram: async (x, rows, cols, y) => gram(x, rows, cols, y),
   attention: async (q, k, v, s) => attention(q, k, v, s),
-  headStats: async (h, w, m, d, vocab, targets, ref) => headStats(h, w, m, d, vocab, targets, ref),
+  headStats: async (h, w, m, d, vocab, targets, opts) => headStats(h, w, m, d, vocab, targets, opts),
 };
