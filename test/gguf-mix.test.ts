@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { ggufMixOf, planGgufTypes, tensorTypeOf, type GgufMixOptions } from '../src/formats/gguf-mix.js';
+import { FTYPE_IDS, ggufMixOf, planGgufTypes, tensorTypeOf, type GgufMixOptions } from '../src/formats/gguf-mix.js';
 import { readModelConfig } from '../src/models/index.js';
 
 /*
@@ -13,7 +13,7 @@ import { readModelConfig } from '../src/models/index.js';
  */
 const FIXTURE = JSON.parse(readFileSync(join(import.meta.dirname, 'fixtures', 'gguf-mix.json'), 'utf8')) as Record<
   string,
-  { config: Record<string, unknown>; runs: Record<string, Record<string, string>> }
+  { config: Record<string, unknown>; runs: Record<string, Record<string, string>>; fileTypes: Record<string, number> }
 >;
 
 /** llama-quantize's command line as our options */
@@ -29,7 +29,7 @@ function optionsOf(key: string): GgufMixOptions {
   return o;
 }
 
-for (const [name, { config, runs }] of Object.entries(FIXTURE)) {
+for (const [name, { config, runs, fileTypes }] of Object.entries(FIXTURE)) {
   test(`${name}: every tensor's type is llama-quantize's, for each of ${Object.keys(runs).length} names and flags`, () => {
     const dir = mkdtempSync(join(tmpdir(), 'mix-'));
     writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
@@ -39,6 +39,8 @@ for (const [name, { config, runs }] of Object.entries(FIXTURE)) {
         assert.throws(() => planGgufTypes(cfg, optionsOf(key)), /needs rows that are whole blocks/, key);
         continue;
       }
+      // general.file_type: llama-quantize writes the ftype of the name, whatever the flags
+      assert.equal(FTYPE_IDS[optionsOf(key).mix], fileTypes[key], `${name} ${key}: general.file_type`);
       const plan = planGgufTypes(cfg, optionsOf(key));
       const got = Object.fromEntries(plan.map((t) => [t.name, t.type]));
       for (const [t, type] of Object.entries(want)) assert.equal(got[t] ?? 'F32', type, `${name} ${key}: ${t}`);

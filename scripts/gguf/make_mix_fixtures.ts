@@ -123,7 +123,10 @@ async function writeRandomModel(dir: string): Promise<void> {
   await writeSafetensors(join(dir, 'model.safetensors'), tensors);
 }
 
-const out: Record<string, { config: Record<string, unknown>; runs: Record<string, Record<string, string>> }> = {};
+const out: Record<
+  string,
+  { config: Record<string, unknown>; runs: Record<string, Record<string, string>>; fileTypes: Record<string, number> }
+> = {};
 for (const [name, c] of Object.entries(CASES)) {
   const parent = mkdtempSync(join(tmpdir(), `mixfx-${name}-`));
   const dir = join(parent, 'model');
@@ -138,6 +141,7 @@ for (const [name, c] of Object.entries(CASES)) {
   const f32 = join(parent, 'f32.gguf');
   await writeGguf(dir, cfg, loadTokenizer(dir), new Map(), f32, { floatLinears: true });
   const runs: Record<string, Record<string, string>> = {};
+  const fileTypes: Record<string, number> = {};
   for (const v of [...GGUF_MIXES.map((mix) => ({ mix, flags: [] as string[] })), ...VARIANTS]) {
     const key = [v.mix, ...v.flags].join(' ');
     const q = join(parent, 'q.gguf');
@@ -149,11 +153,12 @@ for (const [name, c] of Object.entries(CASES)) {
       continue;
     }
     const info = await readGgufFileInfo(q);
+    fileTypes[key] = Number(info.metadata.general.file_type);
     runs[key] = Object.fromEntries(info.fullTensorInfo!.map((t) => [t.name, TYPE_NAMES.get(t.ggmlType) ?? `type ${t.ggmlType}`]));
     rmSync(q);
     process.stderr.write(`${name} ${key}\n`);
   }
-  out[name] = { config, runs };
+  out[name] = { config, runs, fileTypes };
   rmSync(parent, { recursive: true, force: true });
 }
 writeFileSync(join(ROOT, 'gguf-mix.json'), `${JSON.stringify(out)}\n`);
