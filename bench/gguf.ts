@@ -2,7 +2,9 @@
  * npm run bench:gguf [-- --types Q4_K,Q3_K] — GPTQ-calibrated GGUF against llama.cpp's own quantization, measured by
  * llama.cpp's own llama-perplexity (KL divergence from the float32 model, 128 windows of 256 tokens of sotu-test):
  * for each block type, llama-quantize plain and with an importance matrix from the same calibration text, and
- * gptq-ts --gguf-type. Every file has float32 embeddings and output, and every linear layer the type (--pure), with
+ * gptq-ts with the library's uniform blockType (the command line's --gguf-type T --pure --token-embedding-type f32
+ * --output-tensor-type f32: a bare --gguf-type is llama-quantize's mix). Every file has float32 embeddings and output,
+ * and every linear layer the type (--pure), with
  * llama-quantize's fallback for rows that are not whole blocks, so only the linear layers' rounding differs.
  * The llama.cpp tools are built from the source node-llama-cpp ships (scripts/gguf/build-llama-tools.sh), into
  * GPTQ_TS_CACHE/llama-tools, or taken from LLAMA_TOOLS.

@@ -6,6 +6,7 @@ import { writeFakeQuant } from './formats/fake-quant.js';
 import { loaderCompatibility, writeGptqCheckpoint } from './formats/gptq.js';
 import { writeGptqtCheckpoint } from './formats/gptqt.js';
 import { checkGgufTokenizer, ggufIncompatibility, writeGguf } from './formats/gguf.js';
+import { FTYPE_IDS } from './formats/gguf-mix.js';
 import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { fail } from './io/errors.js';
 import { loadTokenizer } from './models/load.js';
@@ -65,7 +66,7 @@ export const PIPELINE_DEFAULTS: PipelineOptions = {
  */
 export function defaultsFor(options: Partial<PipelineOptions>): PipelineOptions {
   if (options.method === 'gptqt') return { ...PIPELINE_DEFAULTS, groupSize: -1, format: 'gptqt' };
-  if (options.blockType !== undefined) return { ...PIPELINE_DEFAULTS, format: 'gguf' };
+  if (options.blockType !== undefined || options.ggufMix) return { ...PIPELINE_DEFAULTS, format: 'gguf' };
   return { ...PIPELINE_DEFAULTS, format: options.sym === false ? 'gptq_v2' : PIPELINE_DEFAULTS.format };
 }
 
@@ -118,10 +119,10 @@ export async function quantize(
         : '--format gptqt holds --method gptqt results only',
     );
   }
-  if (opts.blockType !== undefined && opts.format !== 'gguf' && opts.format !== 'fake')
-    fail(`--gguf-type ${opts.blockType} is written as --format gguf (or fake), not ${opts.format}`);
+  if ((opts.blockType !== undefined || opts.ggufMix) && opts.format !== 'gguf' && opts.format !== 'fake')
+    fail(`--gguf-type ${opts.ggufMix?.mix ?? opts.blockType} is written as --format gguf (or fake), not ${opts.format}`);
   if (opts.format === 'gguf') {
-    const why = (opts.blockType === undefined ? ggufIncompatibility(opts) : undefined) ?? ggufUnsupported(cfg);
+    const why = (opts.blockType === undefined && !opts.ggufMix ? ggufIncompatibility(opts) : undefined) ?? ggufUnsupported(cfg);
     if (why) fail(`--format gguf: ${why}`);
     for (const note of ggufLayout(cfg).notes) hooks.warn?.(note);
   } else if (opts.format !== 'fake') {
@@ -214,7 +215,7 @@ async function writeOutput(
           summary,
         });
       } else if (opts.format === 'gguf') {
-        await writeGguf(modelDir, cfg, tokenizer!, result.layers, tmp);
+        await writeGguf(modelDir, cfg, tokenizer!, result.layers, tmp, opts.ggufMix ? { fileType: FTYPE_IDS[opts.ggufMix.mix] } : {});
       } else {
         await writeGptqCheckpoint(modelDir, tmp, result.layers, {
           format: opts.format,

@@ -62,10 +62,12 @@ test('GGUF export refuses settings it cannot hold exactly, before any work', () 
     [['--bits', '4', '--group-size', '64', '--sym'], /--group-size 32 \(got 64\)/],
     [['--bits', '4', '--group-size', '32', '--asym'], /--sym/],
     [['--bits', '4', '--group-size', '32', '--sym', '--act-order'], /add --static-groups/],
-    [['--gguf-type', 'Q4_K_M'], /--gguf-type Q4_K_M: llama-quantize's per-tensor mixes are not implemented yet/],
+    [['--gguf-type', 'IQ2_XXS'], /--gguf-type IQ2_XXS: llama-quantize's IQ2_XXS needs types/],
+    [['--gguf-type', 'Q4_K_M', '--token-embedding-type', 'f16'], /token_embd.weight as F16 is not implemented/],
+    [['--pure'], /--pure is an option of --gguf-type/],
     [['--gguf-type', 'q4_k', '--act-order'], /llama\.cpp blocks are runs of contiguous columns: no --act-order/],
     [['--gguf-type', 'Q7_K'], /--gguf-type "Q7_K" is not one of Q4_0, Q4_1/],
-    [['--gguf-type', 'Q4_K', '--format', 'gptq'], /--gguf-type Q4_K is written as --format gguf \(or fake\), not gptq/],
+    [['--gguf-type', 'Q4_K', '--format', 'gptq'], /--gguf-type Q4_K_M is written as --format gguf \(or fake\), not gptq/],
     [['--gguf-type', 'Q4_K', '--method', 'gptqt', '--bits', '2'], /--method gptqt has its own binary coding/],
   ] as [string[], RegExp][]) {
     const r = run(...args);
@@ -161,4 +163,71 @@ test('GPTQ on llama.cpp block grids: every type holds exactly the weights GPTQ e
     assert.deepEqual(Array.from(lm.tokenize('Once upon a time')), tokenizer.encode('Once upon a time', { bos: false }));
     await lm.dispose();
   }
+});
+
+test("--gguf-type Q4_K_M: llama-quantize's mix, every tensor in the file (embedding included) is what our engine evaluates", async () => {
+  const { readGgufFileInfo } = await import('node-llama-cpp');
+  const { GGML_TYPES, dequantizeRow, BLOCK_LAYOUTS } = await import('../src/formats/ggml-blocks.js');
+  const { dequantize } = await import('../src/quant/quantized-layer.js');
+  const { ggufLayout, readModelConfig } = await import('../src/models/index.js');
+  const { mixPlan } = await import('../src/quant/quantize-model.js');
+  const { writeFakeQuant } = await import('../src/formats/fake-quant.js');
+  const { SafetensorsModel } = await import('../src/io/safetensors.js');
+  const { readFileSync } = await import('node:fs');
+  const dir = await pullStories15m();
+  const { model, tokenizer } = await loadModel(dir);
+  const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 50_000)), 4, 128, 0);
+  const ggufMix = { mix: 'Q4_K_M' as const };
+  const opts = { ...QUANTIZE_REFERENCE, sym: true, ggufMix };
+  const { layers, config } = await quantizeModel(dir, model.backend, opts, { windows, seqlen: 128 });
+  const parent = mkdtempSync(join(tmpdir(), 'gguf-mix-'));
+  const file = join(parent, 'model.gguf');
+  await writeGguf(dir, config, tokenizer, layers, file);
+  await writeFakeQuant(dir, join(parent, 'fake'), layers, {});
+  const plan = mixPlan(readModelConfig(dir), ggufMix);
+  const info = await readGgufFileInfo(file);
+  const bytes = readFileSync(file);
+  const fake = new SafetensorsModel(join(parent, 'fake'));
+  const types = new Set<string>();
+  for (const t of ggufLayout(config).tensors) {
+    const ti = info.fullTensorInfo!.find((x) => x.name === t.name)!;
+    const p = plan.get(t.source);
+    if (!p || p.type === 'F32') {
+      assert.equal(ti.ggmlType, 0, `${t.name} stays float32`);
+      continue;
+    }
+    types.add(p.type);
+    assert.equal(ti.ggmlType, GGML_TYPES[p.type], `${t.name}: the planned ${p.type}`);
+    const q = layers.get(t.source)!;
+    const want = dequantize(q);
+    const rowBytes = (q.cols / BLOCK_LAYOUTS[p.type].size) * BLOCK_LAYOUTS[p.type].bytes;
+    for (let i = 0; i < q.rows; i++) {
+      const r = t.rowOrder ? t.rowOrder[i]! : i;
+      const row = dequantizeRow(
+        p.type,
+        new Uint8Array(bytes.buffer, bytes.byteOffset + Number(ti.fileOffset) + i * rowBytes, rowBytes),
+        q.cols,
+      );
+      const bad = row.findIndex((v, c) => !Object.is(v, want[r * q.cols + c]));
+      assert.equal(bad, -1, `${t.name} row ${i}: the file's weight differs from the evaluated one`);
+    }
+    if (!p.linear) {
+      // the engine reads the fake checkpoint's embedding (and tied head): the file's, bit for bit
+      const stored = fake.readFloat(t.source, [q.rows, q.cols]);
+      assert.equal(
+        stored.findIndex((v, i) => !Object.is(v, want[i])),
+        -1,
+        `${t.source} in --format fake`,
+      );
+    }
+  }
+  fake.close();
+  // stories15M's 288-wide rows: Q5_0 for Q4_K, Q8_0 for Q6_K (attn_v in use_more_bits layers, the tied embedding);
+  // its 768-wide ffn_down rows are whole super-blocks: Q4_K and Q6_K
+  assert.deepEqual([...types].sort(), ['Q4_K', 'Q5_0', 'Q6_K', 'Q8_0']);
+  assert.equal(info.fullTensorInfo!.find((x) => x.name === 'token_embd.weight')!.ggmlType, GGML_TYPES.Q8_0);
+  const llama = await getLlama({ gpu: false, build: 'never' });
+  const lm = await llama.loadModel({ modelPath: file });
+  assert.deepEqual(Array.from(lm.tokenize('Once upon a time')), tokenizer.encode('Once upon a time', { bos: false }));
+  await lm.dispose();
 });

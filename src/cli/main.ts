@@ -1,4 +1,4 @@
-import { GGML_TYPES, type BlockType } from '../formats/ggml-blocks.js';
+import { ggufMixOf, tensorTypeOf, type GgufMixOptions } from '../formats/gguf-mix.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { loadText } from '../calib/datasets.js';
@@ -38,18 +38,23 @@ function floatDtype(name: string): 'F16' | 'F32' {
 }
 
 /**
- * A llama.cpp block type by name, any case. llama-quantize's mixes (Q4_K_M: some tensors Q6_K, ...) are not one
- * type: refused by name rather than written as something else.
+ * --gguf-type and llama-quantize's flags beside it, as llama-quantize reads them: the name is its mix (Q4_K_M, and
+ * Q4_0 / Q6_K / Q4_K too: every ftype name is a mix, Q4_K an alias of Q4_K_M); --pure makes every tensor the base type.
  */
-function ggufType(name: string): BlockType {
-  const t = name.toUpperCase();
-  if (/^(Q[2-6]_K)_[SML]$/.test(t))
-    throw new UserError(
-      `--gguf-type ${name}: llama-quantize's per-tensor mixes are not implemented yet; ${t.slice(0, 4)} makes every linear layer ${t.slice(0, 4)}`,
-    );
-  if (!Object.hasOwn(GGML_TYPES, t))
-    throw new UserError(`--gguf-type ${JSON.stringify(name)} is not one of ${Object.keys(GGML_TYPES).join(', ')}`);
-  return t as BlockType;
+function ggufMixOptions(o: Record<string, unknown>): GgufMixOptions | undefined {
+  const flags = ['pure', 'outputTensorType', 'tokenEmbeddingType'].filter((k) => o[k] !== undefined);
+  if (o['ggufType'] === undefined) {
+    if (flags.length) throw new UserError(`--${flags[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is an option of --gguf-type`);
+    return undefined;
+  }
+  return {
+    mix: ggufMixOf(o['ggufType'] as string),
+    ...(o['pure'] ? { pure: true } : {}),
+    ...(o['outputTensorType'] !== undefined ? { outputType: tensorTypeOf(o['outputTensorType'] as string, '--output-tensor-type') } : {}),
+    ...(o['tokenEmbeddingType'] !== undefined
+      ? { embeddingType: tensorTypeOf(o['tokenEmbeddingType'] as string, '--token-embedding-type') }
+      : {}),
+  };
 }
 
 function positiveInt(value: string): number {
@@ -256,8 +261,14 @@ export function buildCli(): Command {
     .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', integer, PIPELINE_DEFAULTS.bits)
     .option(
       '--gguf-type <type>',
-      "sweep and write a llama.cpp block type (replaces --bits/--group-size/--sym; implies --format gguf): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; every linear layer that type (rows that are not whole super-blocks take llama-quantize's fallback)",
+      "llama-quantize's type mix by its name, each linear layer swept by GPTQ on its block type (replaces --bits/--group-size/--sym; implies --format gguf): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K (Q3_K, Q4_K, Q5_K: their _M); the embedding and head as llama-quantize types them (rounded to nearest)",
     )
+    .option(
+      '--pure',
+      "--gguf-type: every tensor the name's base type (llama-quantize --pure; rows that are not whole blocks still fall back)",
+    )
+    .option('--output-tensor-type <type>', '--gguf-type: the output head (and a tied embedding) in this type: f32, or a block type')
+    .option('--token-embedding-type <type>', '--gguf-type: the token embedding in this type: f32, or a block type')
     .option(
       '--group-size <n>',
       'input columns per quantization group (-1: one group per output row; the default for --method gptqt)',
@@ -315,6 +326,7 @@ export function buildCli(): Command {
       if (!o['out'] && !o['json']) throw new UserError('give --out DIR (and/or --json to print the summary)');
       if (o['sym'] && o['asym']) throw new UserError('--sym and --asym contradict each other: choose one');
       const given = (key: string): boolean => cmd.getOptionValueSource(key) === 'cli';
+      const mix = ggufMixOptions(o);
       const sym = o['asym'] ? false : o['sym'] ? true : o['paper'] ? false : PIPELINE_DEFAULTS.sym;
       const bar = progressBar('quantize');
       try {
@@ -323,7 +335,7 @@ export function buildCli(): Command {
           {
             method: o['method'] as Method,
             bits: o['bits'] as number,
-            ...(o['ggufType'] !== undefined ? { blockType: ggufType(o['ggufType'] as string) } : {}),
+            ...(mix ? { ggufMix: mix } : {}),
             // unless given, the group size follows the method (GPTQT has none) or --paper
             ...(given('groupSize') ? { groupSize: o['groupSize'] as number } : o['paper'] ? { groupSize: -1 } : {}),
             actOrder: Boolean(o['actOrder']),

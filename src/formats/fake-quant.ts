@@ -20,7 +20,10 @@ export async function writeFakeQuant(
     const tensors = new Map<string, TensorToWrite>();
     for (const name of st.names()) {
       const q = layers.get(name);
-      if (q) tensors.set(name, { dtype: 'F32', ...storedLinear(cfg, dequantize(q), q.rows, q.cols) });
+      // a mix's rounded embedding / head is [rows, cols] as stored, whatever the layout of the linear layers
+      const outer = name === cfg.tensors.embed || name === cfg.tensors.head;
+      if (q && outer) tensors.set(name, { dtype: 'F32', shape: [q.rows, q.cols], data: dequantize(q) });
+      else if (q) tensors.set(name, { dtype: 'F32', ...storedLinear(cfg, dequantize(q), q.rows, q.cols) });
       else tensors.set(name, st.read(name));
     }
     await writeModelDir(srcDir, outDir, { json: { 'config.json': readConfigJson(srcDir), 'quantize_summary.json': summary }, tensors });

@@ -302,6 +302,8 @@ export async function writeGguf(
     name?: string;
     /** write linear layers missing from `layers` as float32 (a float model for llama-quantize), instead of refusing */
     floatLinears?: boolean;
+    /** general.file_type (a llama-quantize mix's llama_ftype), instead of the type of most weights */
+    fileType?: number;
   } = {},
 ): Promise<string[]> {
   // one pass over the layers (spilled ones are read from disk): each holdable exactly, and the file's type is that
@@ -347,7 +349,7 @@ export async function writeGguf(
     'general.name': { t: ValueType.STRING, v: options.name ?? 'gptq-ts' },
     'general.alignment': { t: ValueType.UINT32, v: ALIGNMENT },
     // LLAMA_FTYPE_ALL_F32 when nothing is quantized
-    'general.file_type': { t: ValueType.UINT32, v: mostly ? FILE_TYPE[mostly] : 0 },
+    'general.file_type': { t: ValueType.UINT32, v: options.fileType ?? (mostly ? FILE_TYPE[mostly] : 0) },
     ...Object.fromEntries(Object.entries(layout.metadata).map(([k, v]) => [`${arch}.${k}`, metaValue(v)])),
     ...vocab,
   };

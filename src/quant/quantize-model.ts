@@ -1,4 +1,5 @@
-import { GGML_TYPES, typeForRows } from '../formats/ggml-blocks.js';
+import { GGML_TYPES, typeForRows, type BlockType } from '../formats/ggml-blocks.js';
+import { planGgufTypes, type GgufMixOptions, type PlannedTensor } from '../formats/gguf-mix.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +23,7 @@ import { calibrateBlock, type Stream } from './block-stages.js';
 import { HessianAccumulator } from './hessian.js';
 import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
-import { rtn } from './rtn.js';
+import { rtn, rtnBlocks } from './rtn.js';
 import { dequantizeBinary, gptqt, highBitsOf, type BinaryCodedLayer } from './gptqt.js';
 import { digest, LayerStore, modelFingerprint, RowFile, RunState } from './run-state.js';
 
@@ -35,6 +36,30 @@ export interface QuantizeOptions extends GptqOptions {
   alpha: number;
   /** GPTQT's first, linear bit width (default bits + 2) */
   highBits?: number;
+  /**
+   * llama-quantize's per-tensor type mix (--gguf-type Q4_K_M): each linear layer swept on its own block type, and
+   * token_embd / output, where the mix quantizes them, rounded to nearest on theirs (see mixPlan)
+   */
+  ggufMix?: GgufMixOptions;
+}
+
+/**
+ * The mix's type for every tensor it quantizes, by checkpoint name: decided once (planGgufTypes), here, for the
+ * sweep, the embedding/head rounding and the refusals. Types we have no grid for are refused by name.
+ */
+export function mixPlan(cfg: ModelConfig, mix: GgufMixOptions): Map<string, PlannedTensor & { type: BlockType | 'F32' }> {
+  const plan = new Map<string, PlannedTensor & { type: BlockType | 'F32' }>();
+  for (const t of planGgufTypes(cfg, mix)) {
+    if (t.type === 'F16')
+      fail(
+        t.linear
+          ? `--gguf-type ${mix.mix}: ${t.name}'s rows of ${t.cols} are not whole blocks of 32: llama-quantize keeps it F16, which gptq-ts does not hold for a linear layer`
+          : `--gguf-type ${mix.mix}: ${t.name} as F16 is not implemented (F32 keeps it float)`,
+      );
+    if (t.linear && t.type === 'F32') fail(`--gguf-type ${mix.mix}: ${t.name} as F32: gptq-ts quantizes every linear layer`);
+    plan.set(t.source, t as PlannedTensor & { type: BlockType | 'F32' });
+  }
+  return plan;
 }
 
 export interface LayerReport {
@@ -67,16 +92,18 @@ export type LayerInspector = (name: string, weight: Float32Array, hessian: Float
 
 /** Refuse impossible settings before any work: one clear message. */
 export function validateOptions(cfg: ModelConfig, opts: QuantizeOptions, calib?: { nsamples: number; seqlen: number }): void {
-  if (opts.blockType !== undefined) {
+  if (opts.blockType !== undefined && opts.ggufMix) fail('a block type and a --gguf-type mix contradict each other: choose one');
+  if (opts.ggufMix) mixPlan(cfg, opts.ggufMix);
+  if (opts.blockType !== undefined || opts.ggufMix) {
     // a llama.cpp block type is the whole grid: its bits, blocks and sub-block scales replace --bits/--group-size
-    if (!Object.hasOwn(GGML_TYPES, opts.blockType))
+    if (opts.blockType !== undefined && !Object.hasOwn(GGML_TYPES, opts.blockType))
       fail(`--gguf-type ${JSON.stringify(opts.blockType)} is not one of ${Object.keys(GGML_TYPES).join(', ')}`);
     if (opts.actOrder || opts.staticGroups || opts.order === 'reverse')
       fail('--gguf-type: llama.cpp blocks are runs of contiguous columns: no --act-order, --static-groups or --order reverse');
     if (opts.method === 'gptqt') fail('--gguf-type: --method gptqt has its own binary coding, not a llama.cpp block type');
-    for (const name of linearGroups(cfg).flat()) typeForRows(opts.blockType, linearShape(cfg, name)[1]);
+    if (opts.blockType !== undefined) for (const name of linearGroups(cfg).flat()) typeForRows(opts.blockType, linearShape(cfg, name)[1]);
   } else if (!SUPPORTED_BITS.includes(opts.bits)) fail(`--bits ${opts.bits} is not supported (choose from ${SUPPORTED_BITS.join(', ')})`);
-  if (opts.groupSize !== -1 && opts.blockType === undefined) {
+  if (opts.groupSize !== -1 && opts.blockType === undefined && !opts.ggufMix) {
     if (!Number.isInteger(opts.groupSize) || opts.groupSize <= 0) fail(`--group-size ${opts.groupSize} must be a positive integer or -1`);
     for (const group of linearGroups(cfg)) {
       for (const name of group) {
@@ -164,6 +191,9 @@ export async function quantizeModel(
   const groups = linearGroups(cfg);
   const total = cfg.numLayers * groups.flat().length;
   const blockNames = (l: number): string[] => groups.flat().map((n) => `${layerPrefix(cfg, l)}${n}.weight`);
+  // a mix gives each layer its own block type (the resume identity holds the mix through `options`)
+  const plan = opts.ggufMix && mixPlan(cfg, opts.ggufMix);
+  const optsFor = (full: string): QuantizeOptions => (plan ? { ...opts, blockType: plan.get(full)!.type as BlockType } : opts);
   const stateDir = run.dir ?? mkdtempSync(join(tmpdir(), 'gptq-ts-run-'));
   let state: RunState<LayerReport> | undefined;
   try {
@@ -238,12 +268,12 @@ export async function quantizeModel(
           } else {
             let q: QuantizedLayer;
             if (hessian) {
-              const r = await gptq(w, hessian.h, rows_, cols, opts, { prepared: prepared!, matmulNT, matmulNN });
+              const r = await gptq(w, hessian.h, rows_, cols, optsFor(full), { prepared: prepared!, matmulNT, matmulNN });
               q = r.layer;
               report.loss = r.loss;
               report.percdamp = r.percdamp;
             } else {
-              q = rtn(w, rows_, cols, opts);
+              q = rtn(w, rows_, cols, optsFor(full));
             }
             inspect?.(full, w, hessian?.h, q);
             block.linear[name] = dequantize(q);
@@ -298,6 +328,7 @@ export async function quantizeModel(
       run.onBlock?.(l);
     }
     for (let s = 0; s < nstreams; s++) rmSync(state.hiddenPath(cfg.numLayers, s), { force: true });
+    if (plan) roundOuterTensors(st, plan, layers);
     timings.total = state.finished.slice(0, finished).reduce((a, b) => a + b.seconds.total, 0) + (performance.now() - t0) / 1000;
   } finally {
     st.close();
@@ -305,6 +336,23 @@ export async function quantizeModel(
     if (!run.dir) rmSync(stateDir, { recursive: true, force: true });
   }
   return { config: cfg, layers, binaryLayers, reports, timings };
+}
+
+/**
+ * token_embd and output where the mix quantizes them: not GPTQ layers (no Hessian: llama-quantize rounds them too,
+ * without an imatrix), so rounded to nearest on their block grid, stored beside the linear layers under their
+ * checkpoint names so that every writer (GGUF, fake) holds the same weights. A tied head is the embedding itself.
+ */
+function roundOuterTensors(
+  st: SafetensorsModel,
+  plan: Map<string, PlannedTensor & { type: BlockType | 'F32' }>,
+  layers: LayerStore<QuantizedLayer>,
+): void {
+  for (const [source, t] of plan) {
+    if (t.linear || t.type === 'F32') continue;
+    const rows = st.info(source).shape[0]!;
+    layers.set(source, rtnBlocks(st.readFloat(source, [rows, t.cols]), rows, t.cols, t.type));
+  }
 }
 
 /** The calibration windows' embeddings, a chunk at a time, as every stream's input to block 0. */

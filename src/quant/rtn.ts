@@ -41,7 +41,7 @@ export function rtn(
 }
 
 /** Round-to-nearest in a llama.cpp block type, row by row. */
-function rtnBlocks(weight: Float32Array, rows: number, cols: number, type: BlockType): QuantizedLayer {
+export function rtnBlocks(weight: Float32Array, rows: number, cols: number, type: BlockType): QuantizedLayer {
   const codes = new Uint8Array(rows * cols);
   const factors: Block[] = [];
   for (let r = 0; r < rows; r++) {
