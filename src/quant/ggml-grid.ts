@@ -100,7 +100,11 @@ export function fitBlock(type: BlockType, x: ArrayLike<number>): FittedBlock {
   return { block, levels: levelsOf(type, block) };
 }
 
-/** The weight of every code in every sub-block, by llama.cpp's own arithmetic (dequantizeBlock). */
+/**
+ * The weight of every code in every sub-block, by llama.cpp's own arithmetic (dequantizeBlock). A weight depends
+ * only on its code and its sub-block, so a probe block whose sub-blocks each hold a run of consecutive codes gives
+ * L.sub levels of every sub-block per dequantization (one call for 4-bit K-quants, 8 for Q8_0's 256 codes).
+ */
 function levelsOf(type: BlockType, b: Block): Float32Array {
   const L = BLOCK_LAYOUTS[type];
   const n = maxCode(type) + 1;
@@ -108,25 +112,34 @@ function levelsOf(type: BlockType, b: Block): Float32Array {
   const levels = new Float32Array(subs * n);
   const probe: Block = { ...b, codes: new Uint8Array(L.size) };
   const out = new Float32Array(L.size);
-  for (let code = 0; code < n; code++) {
-    probe.codes.fill(code);
+  const run = Math.min(n, L.sub);
+  for (let base = 0; base < n; base += run) {
+    for (let i = 0; i < L.size; i++) probe.codes[i] = base + ((i % L.sub) % run);
     dequantizeBlock(type, probe, out);
-    for (let s = 0; s < subs; s++) levels[s * n + code] = out[s * L.sub]!;
+    for (let s = 0; s < subs; s++) levels.set(out.subarray(s * L.sub, s * L.sub + run), s * n + base);
   }
   return levels;
 }
 
-/** The code whose level is nearest to x (the lower code on a tie), among n levels from `at`. */
+/**
+ * The code whose level is nearest to x, the lowest such code on a tie (what a scan over the codes in order finds),
+ * among n levels from `at`. Every type's levels are monotonic in the code (ascending, or descending when the
+ * block's factor is negative), so the distance falls to the crossing of x and rises after it: a binary search finds
+ * the crossing, and the codes at the same least distance lie just below it (equal levels, or x halfway between two).
+ */
 export function nearestCode(levels: Float32Array, at: number, n: number, x: number): number {
-  let best = 0;
-  let dist = Infinity;
-  for (let c = 0; c < n; c++) {
-    const e = Math.abs(levels[at + c]! - x);
-    if (e < dist) {
-      dist = e;
-      best = c;
-    }
+  const up = levels[at + n - 1]! >= levels[at]!;
+  // the first code at or past x in the levels' direction
+  let lo = 0;
+  let hi = n;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (up ? levels[at + mid]! >= x : levels[at + mid]! <= x) hi = mid;
+    else lo = mid + 1;
   }
+  let best = lo === n || (lo > 0 && Math.abs(levels[at + lo - 1]! - x) <= Math.abs(levels[at + lo]! - x)) ? lo - 1 : lo;
+  const dist = Math.abs(levels[at + best]! - x);
+  while (best > 0 && Math.abs(levels[at + best - 1]! - x) === dist) best--;
   return best;
 }
 

@@ -36,7 +36,7 @@ export function blockTypeOf(q: QuantizedLayer): BlockType | undefined {
   return q.ggmlType === undefined ? undefined : TYPE_OF_ID.get(q.ggmlType);
 }
 
-const factorsPerBlock = (type: BlockType): number => 2 + (2 * BLOCK_LAYOUTS[type].size) / BLOCK_LAYOUTS[type].sub;
+export const factorsPerBlock = (type: BlockType): number => 2 + (2 * BLOCK_LAYOUTS[type].size) / BLOCK_LAYOUTS[type].sub;
 
 /** Block k of a layer on a block grid, with its codes. */
 export function layerBlock(q: QuantizedLayer, k: number): Block {
@@ -55,15 +55,18 @@ export function layerBlock(q: QuantizedLayer, k: number): Block {
 
 /** The flat factors of blocks (see QuantizedLayer.blockFactors). */
 export function packFactors(type: BlockType, blocks: readonly Block[]): Float32Array {
-  const n = factorsPerBlock(type);
-  const out = new Float32Array(blocks.length * n);
-  blocks.forEach((b, k) => {
-    out[k * n] = b.d;
-    out[k * n + 1] = b.m;
-    out.set(b.scales, k * n + 2);
-    out.set(b.mins, k * n + 2 + b.scales.length);
-  });
+  const out = new Float32Array(blocks.length * factorsPerBlock(type));
+  blocks.forEach((b, k) => putFactors(type, b, out, k));
   return out;
+}
+
+/** Block k's factors into flat factors `out`. */
+export function putFactors(type: BlockType, b: Block, out: Float32Array, k: number): void {
+  const n = factorsPerBlock(type);
+  out[k * n] = b.d;
+  out[k * n + 1] = b.m;
+  out.set(b.scales, k * n + 2);
+  out.set(b.mins, k * n + 2 + b.scales.length);
 }
 
 export function numGroups(q: Pick<QuantizedLayer, 'cols' | 'groupSize'>): number {

@@ -1,7 +1,7 @@
 import type { GptqOptions } from './gptq.js';
 import { fitGrid, quantizeValue } from './quantizer.js';
-import { numGroups, packFactors, type QuantizedLayer } from './quantized-layer.js';
-import { BLOCK_LAYOUTS, GGML_TYPES, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
+import { factorsPerBlock, numGroups, putFactors, type QuantizedLayer } from './quantized-layer.js';
+import { BLOCK_LAYOUTS, GGML_TYPES, typeForRows, type BlockType } from '../formats/ggml-blocks.js';
 import { roundToBlocks } from './ggml-grid.js';
 
 /** Round-to-nearest on the same grid and group layout: the baseline every table shows beside GPTQ. */
@@ -43,18 +43,20 @@ export function rtn(
 /** Round-to-nearest in a llama.cpp block type, row by row. */
 export function rtnBlocks(weight: Float32Array, rows: number, cols: number, type: BlockType): QuantizedLayer {
   const codes = new Uint8Array(rows * cols);
-  const factors: Block[] = [];
+  const size = BLOCK_LAYOUTS[type].size;
+  // factors packed as each row is rounded: an 8B head is two million blocks, too many to hold as objects
+  const blockFactors = new Float32Array(((rows * cols) / size) * factorsPerBlock(type));
+  let k = 0;
   for (let r = 0; r < rows; r++) {
     for (const b of roundToBlocks(type, weight.subarray(r * cols, (r + 1) * cols)).blocks) {
-      codes.set(b.codes, factors.length * b.codes.length);
-      factors.push(b);
+      codes.set(b.codes, k * size);
+      putFactors(type, b, blockFactors, k++);
     }
   }
-  const bits = BLOCK_LAYOUTS[type].bits;
   return {
     rows,
     cols,
-    bits,
+    bits: BLOCK_LAYOUTS[type].bits,
     groupSize: -1,
     sym: false,
     codes,
@@ -62,6 +64,6 @@ export function rtnBlocks(weight: Float32Array, rows: number, cols: number, type
     zeros: new Int32Array(rows),
     gIdx: new Int32Array(cols),
     ggmlType: GGML_TYPES[type],
-    blockFactors: packFactors(type, factors),
+    blockFactors,
   };
 }
