@@ -216,7 +216,11 @@ if (process.argv[2] === '--child') {
 
 function runChild(step: string, args: Record<string, string | number>): Report | string {
   const strArgs = Object.fromEntries(Object.entries(args).map(([k, v]) => [k, String(v)]));
+  // each child relaunches with the malloc tunables gptq itself picks for the step (bin/relaunch-tuned.js)
+  const env: NodeJS.ProcessEnv = { ...process.env, GPTQ_TS_MALLOC: step === 'eval' || step === 'generate' ? 'inference' : 'quantize' };
+  delete env.GLIBC_TUNABLES;
   const r = spawnSync(process.execPath, [...process.execArgv, 'bench/scale.ts', '--child', step, JSON.stringify(strArgs)], {
+    env,
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 64 * 2 ** 20,
@@ -256,22 +260,28 @@ try {
   for (const name of flags.cases.split(',')) {
     const shape = SHAPES[name];
     if (!shape) throw new Error(`unknown case ${name} (${Object.keys(SHAPES).join(', ')})`);
-    const layers = Math.min(shape.layers, Number(flags.layers ?? shape.layers));
-    const dir = join(work, name);
-    const out = join(work, `${name}-w4g128`);
+    // --layers may go up to the real model's depth (the cases default to 2 of the 7B/8B's 32 to stay quick)
+    const layers = Number(flags.layers ?? shape.layers);
+    if (!Number.isInteger(layers) || layers < 1 || layers > shape.fullLayers) {
+      throw new Error(`--layers ${flags.layers}: ${name} has 1 to ${shape.fullLayers} layers`);
+    }
+    // the layer count is in the name so a kept --dir never reuses a checkpoint of another depth
+    const dir = join(work, `${name}-${layers}l`);
+    const out = join(work, `${name}-${layers}l-w4g128`);
     if (!existsSync(join(dir, 'model.safetensors'))) runChild('make', { case: name, dir, layers });
     const cfg = parseModelConfig(configJson(shape, layers), dir);
     rmSync(out, { recursive: true, force: true });
     const q = runChild('quantize', { dir, out, nsamples, seqlen, method: flags.method });
     if (typeof q === 'string') {
-      quantRows.push([name, q]);
+      quantRows.push([`${name} (${layers} layers)`, q]);
       continue;
     }
     const t = q.timings as { forward: number; hessian: number; sweep: number; total: number };
     const fl = floors(cfg, nsamples, seqlen);
     const per = { forward: t.forward / layers, hessian: t.hessian / layers, sweep: t.sweep / layers };
+    const label = `${name} (${layers} layers)`;
     quantRows.push([
-      `${name} (${layers} layers)`,
+      label,
       `${f(per.forward)} / ${f(fl.forward / rate)}`,
       `${f(per.hessian)} / ${f(fl.hessian / rate)}`,
       `${f(per.sweep)} / ${f(fl.sweep / rate)}`,
@@ -302,7 +312,7 @@ try {
     const ev = runChild('eval', { model: out, windows: flags['eval-windows'], seqlen: evalSeq });
     const gen = runChild('generate', { model: out, tokens: flags['gen-tokens'] });
     const row = (what: string, r: Report | string): (string | number)[] =>
-      typeof r === 'string' ? [name, what, r, ''] : [name, what, f(r.tokensPerSecond as number), f(r.rssGB as number, 2)];
+      typeof r === 'string' ? [label, what, r, ''] : [label, what, f(r.tokensPerSecond as number), f(r.rssGB as number, 2)];
     inferRows.push(row(`eval w4 g128, ${flags['eval-windows']} x ${evalSeq}`, ev), row('generate w4 g128, int8 act', gen));
     if (!flags['no-llama-cpp']) {
       const gguf = join(work, `${name}-q4_0.gguf`);
