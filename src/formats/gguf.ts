@@ -115,7 +115,10 @@ interface GgufTensor {
   /** row-major shape [rows, cols]; GGUF lists dimensions innermost first */
   shape: number[];
   type: number;
-  data: Uint8Array;
+  /** the data's length, known before it is made: the header gives every tensor's offset */
+  bytes: number;
+  /** made when its turn to be written comes, so that one tensor's data is in memory at a time */
+  data: () => Uint8Array;
 }
 
 /** Why quantization settings cannot go into GGUF exactly, or undefined when they can. */
@@ -306,28 +309,33 @@ export async function writeGguf(
     fileType?: number;
   } = {},
 ): Promise<string[]> {
-  // one pass over the layers (spilled ones are read from disk): each holdable exactly, and the file's type is that
-  // of most of its weights
+  // one pass over the layers (spilled ones are read from disk): each holdable exactly, its type and shape kept for
+  // the header, and the file's type is that of most of its weights
   const counts = new Map<BlockType, number>();
+  const kept = new Map<string, { rows: number; cols: number; type: BlockType }>();
   for (const [n, q] of layers) {
     const why = q.ggmlType !== undefined ? undefined : layerIncompatibility(q);
     if (why) fail(`${n}: ${why}`);
-    counts.set(fileBlockType(q), (counts.get(fileBlockType(q)) ?? 0) + q.rows * q.cols);
+    const type = fileBlockType(q);
+    kept.set(n, { rows: q.rows, cols: q.cols, type });
+    counts.set(type, (counts.get(type) ?? 0) + q.rows * q.cols);
   }
   const mostly = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0];
   const layout = ggufLayout(cfg);
   const vocab = tokenizerMetadata(tokenizer, cfg.vocabSize).meta;
   const st = new SafetensorsModel(srcDir);
-  const tensors: GgufTensor[] = [];
   try {
+    const tensors: GgufTensor[] = [];
     for (const t of layout.tensors) {
-      const q = layers.get(t.source);
+      const q = kept.get(t.source);
       if (q) {
+        const L = BLOCK_LAYOUTS[q.type];
         tensors.push({
           name: t.name,
           shape: [q.rows, q.cols],
-          type: GGML_TYPES[fileBlockType(q)],
-          data: encodeBlocks(q, t.rowOrder),
+          type: GGML_TYPES[q.type],
+          bytes: q.rows * (q.cols / L.size) * L.bytes,
+          data: () => encodeBlocks(layers.get(t.source)!, t.rowOrder),
         });
         continue;
       }
@@ -335,25 +343,36 @@ export async function writeGguf(
       // linear weights [out, in] whatever the checkpoint's layout (GPT-2's Conv1D stores [in, out])
       const stored = st.info(t.source).shape;
       const shape = t.linear ? [cfg.transposedLinears ? stored[1]! : stored[0]!, cfg.transposedLinears ? stored[0]! : stored[1]!] : stored;
-      const raw = t.linear ? readLinear(st, cfg, t.source, shape as [number, number]) : st.readFloat(t.source, shape);
-      const w = floatTensor(raw, shape, t);
-      tensors.push({ name: t.name, shape, type: F32, data: new Uint8Array(w.buffer, w.byteOffset, w.byteLength) });
+      tensors.push({
+        name: t.name,
+        shape,
+        type: F32,
+        bytes: shape.reduce((a, b) => a * b, 1) * 4,
+        data: () => {
+          const raw = t.linear ? readLinear(st, cfg, t.source, shape as [number, number]) : st.readFloat(t.source, shape);
+          const w = floatTensor(raw, shape, t);
+          return new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+        },
+      });
     }
+    for (const g of layout.generated) {
+      const data = new Uint8Array(g.data.buffer, g.data.byteOffset, g.data.byteLength);
+      tensors.push({ name: g.name, shape: [g.data.length], type: F32, bytes: data.length, data: () => data });
+    }
+    const arch = layout.arch;
+    const meta: Record<string, MetaValue> = {
+      'general.architecture': { t: ValueType.STRING, v: arch },
+      'general.name': { t: ValueType.STRING, v: options.name ?? 'gptq-ts' },
+      'general.alignment': { t: ValueType.UINT32, v: ALIGNMENT },
+      // LLAMA_FTYPE_ALL_F32 when nothing is quantized
+      'general.file_type': { t: ValueType.UINT32, v: options.fileType ?? (mostly ? FILE_TYPE[mostly] : 0) },
+      ...Object.fromEntries(Object.entries(layout.metadata).map(([k, v]) => [`${arch}.${k}`, metaValue(v)])),
+      ...vocab,
+    };
+    await writeFile(out, meta, tensors);
   } finally {
     st.close();
   }
-  for (const g of layout.generated) tensors.push({ name: g.name, shape: [g.data.length], type: F32, data: new Uint8Array(g.data.buffer) });
-  const arch = layout.arch;
-  const meta: Record<string, MetaValue> = {
-    'general.architecture': { t: ValueType.STRING, v: arch },
-    'general.name': { t: ValueType.STRING, v: options.name ?? 'gptq-ts' },
-    'general.alignment': { t: ValueType.UINT32, v: ALIGNMENT },
-    // LLAMA_FTYPE_ALL_F32 when nothing is quantized
-    'general.file_type': { t: ValueType.UINT32, v: options.fileType ?? (mostly ? FILE_TYPE[mostly] : 0) },
-    ...Object.fromEntries(Object.entries(layout.metadata).map(([k, v]) => [`${arch}.${k}`, metaValue(v)])),
-    ...vocab,
-  };
-  await writeFile(out, meta, tensors);
   return layout.notes;
 }
 
@@ -382,15 +401,17 @@ async function writeFile(out: string, meta: Record<string, MetaValue>, tensors: 
     for (const d of [...t.shape].reverse()) head.u64(d);
     head.u32(t.type);
     head.u64(offset);
-    offset += Math.ceil(t.data.length / ALIGNMENT) * ALIGNMENT;
+    offset += Math.ceil(t.bytes / ALIGNMENT) * ALIGNMENT;
   }
   head.pad(ALIGNMENT);
   const fd = openSync(out, 'wx');
   try {
     await writeAll(fd, head.buffer());
     for (const t of tensors) {
-      await writeAll(fd, t.data);
-      const pad = (ALIGNMENT - (t.data.length % ALIGNMENT)) % ALIGNMENT;
+      const data = t.data();
+      if (data.length !== t.bytes) throw new Error(`GGUF writer: ${t.name} made ${data.length} bytes, its header says ${t.bytes}`);
+      await writeAll(fd, data);
+      const pad = (ALIGNMENT - (data.length % ALIGNMENT)) % ALIGNMENT;
       if (pad) await writeAll(fd, Buffer.alloc(pad));
     }
   } finally {
