@@ -22,9 +22,17 @@ export async function writeFakeQuant(
       const q = layers.get(name);
       // a mix's rounded embedding / head is [rows, cols] as stored, whatever the layout of the linear layers
       const outer = name === cfg.tensors.embed || name === cfg.tensors.head;
-      if (q && outer) tensors.set(name, { dtype: 'F32', shape: [q.rows, q.cols], data: dequantize(q) });
-      else if (q) tensors.set(name, { dtype: 'F32', ...storedLinear(cfg, dequantize(q), q.rows, q.cols) });
-      else tensors.set(name, st.read(name));
+      // dequantized when its turn to be written comes: one float32 layer in memory at a time
+      const weights = () => dequantize(layers.get(name)!);
+      if (q && outer) tensors.set(name, { dtype: 'F32', shape: [q.rows, q.cols], data: weights });
+      else if (q) {
+        const { rows, cols } = q;
+        const shape = cfg.transposedLinears ? [cols, rows] : [rows, cols];
+        tensors.set(name, { dtype: 'F32', shape, data: () => storedLinear(cfg, weights(), rows, cols).data });
+      } else {
+        const { dtype, shape } = st.info(name);
+        tensors.set(name, { dtype, shape, data: () => st.read(name).data });
+      }
     }
     await writeModelDir(srcDir, outDir, { json: { 'config.json': readConfigJson(srcDir), 'quantize_summary.json': summary }, tensors });
   } finally {

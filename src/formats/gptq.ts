@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { readConfigJson } from '../io/config.js';
 import { fail } from '../io/errors.js';
 import { floatArrayToHalf } from '../io/fp16.js';
-import { SafetensorsModel, toFloat32, type TensorToWrite } from '../io/safetensors.js';
+import { SafetensorsModel, toFloat32, type RawTensor, type TensorToWrite } from '../io/safetensors.js';
 import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
 import { writeModelDir } from './model-dir.js';
 import { packedWeights, packLayer, unpackLayer, type CheckpointFormat, type GptqTensors } from './gptq-pack.js';
@@ -87,6 +87,21 @@ export function loaderCompatibility(
   return { warnings };
 }
 
+/**
+ * A float tensor as float16, widened a slice at a time: only the stored tensor and the result are held whole (a
+ * bf16 embedding of 128256 x 4096 through one float32 copy would hold 4.2 GB instead of 2.1).
+ */
+function halfTensor(t: RawTensor, what: string): Uint16Array {
+  const SLICE = 1 << 22;
+  const n = t.data.length;
+  const out = new Uint16Array(n);
+  for (let a = 0; a < n; a += SLICE) {
+    const slice = { dtype: t.dtype, shape: [Math.min(n, a + SLICE) - a], data: t.data.subarray(a, a + SLICE) };
+    out.set(floatArrayToHalf(toFloat32(slice, what)), a);
+  }
+  return out;
+}
+
 export async function writeGptqCheckpoint(
   srcDir: string,
   outDir: string,
@@ -96,34 +111,47 @@ export async function writeGptqCheckpoint(
   const st = new SafetensorsModel(srcDir);
   const tensors = new Map<string, TensorToWrite>();
   try {
+    // every tensor is made when its turn to be written comes: the checkpoint is never in memory whole
     for (const name of st.names()) {
       const q = layers.get(name);
       if (!q) {
-        const data = toFloat32(st.read(name), `${srcDir}: ${name}`);
-        const shape = st.info(name).shape;
-        tensors.set(name, o.floatDtype === 'F16' ? { dtype: 'F16', shape, data: floatArrayToHalf(data) } : { dtype: 'F32', shape, data });
+        const half = o.floatDtype === 'F16';
+        tensors.set(name, {
+          dtype: half ? 'F16' : 'F32',
+          shape: st.info(name).shape,
+          data: () => (half ? halfTensor(st.read(name), `${srcDir}: ${name}`) : toFloat32(st.read(name), `${srcDir}: ${name}`)),
+        });
         continue;
       }
       if (o.format === 'gptq' && !o.quant.sym) fail(`${name}: ${ASYMMETRIC_V1}`);
-      const t = packLayer(q, o.format);
       const p = linearPrefix(name);
       const G = numGroups(q);
-      tensors.set(`${p}.qweight`, { dtype: 'I32', shape: [(q.cols * q.bits) / 32, q.rows], data: t.qweight });
-      tensors.set(`${p}.qzeros`, { dtype: 'I32', shape: [G, (q.rows * q.bits) / 32], data: t.qzeros });
-      tensors.set(`${p}.scales`, { dtype: 'F16', shape: [G, q.rows], data: t.scales });
-      tensors.set(`${p}.g_idx`, { dtype: 'I32', shape: [q.cols], data: t.gIdx });
+      // a layer is packed when the first of its four tensors is written and let go with the last (they are
+      // written one after another)
+      let packed: ReturnType<typeof packLayer> | undefined;
+      let taken = 0;
+      const part = (k: keyof ReturnType<typeof packLayer>) => () => {
+        packed ??= packLayer(layers.get(name)!, o.format);
+        const data = packed[k];
+        if (++taken === 4) packed = undefined;
+        return data;
+      };
+      tensors.set(`${p}.qweight`, { dtype: 'I32', shape: [(q.cols * q.bits) / 32, q.rows], data: part('qweight') });
+      tensors.set(`${p}.qzeros`, { dtype: 'I32', shape: [G, (q.rows * q.bits) / 32], data: part('qzeros') });
+      tensors.set(`${p}.scales`, { dtype: 'F16', shape: [G, q.rows], data: part('scales') });
+      tensors.set(`${p}.g_idx`, { dtype: 'I32', shape: [q.cols], data: part('gIdx') });
     }
+    const config = readConfigJson(srcDir);
+    config['quantization_config'] = quantizationConfig(o);
+    config['torch_dtype'] = o.floatDtype === 'F16' ? 'float16' : 'float32';
+    await writeModelDir(srcDir, outDir, {
+      json: { 'config.json': config, 'quantize_config.json': quantizationConfig(o), 'quantize_summary.json': o.summary },
+      tensors,
+      maxShardBytes: o.maxShardBytes,
+    });
   } finally {
     st.close();
   }
-  const config = readConfigJson(srcDir);
-  config['quantization_config'] = quantizationConfig(o);
-  config['torch_dtype'] = o.floatDtype === 'F16' ? 'float16' : 'float32';
-  await writeModelDir(srcDir, outDir, {
-    json: { 'config.json': config, 'quantize_config.json': quantizationConfig(o), 'quantize_summary.json': o.summary },
-    tensors,
-    maxShardBytes: o.maxShardBytes,
-  });
 }
 
 /** The GPTQ settings of a model directory, or undefined for a float model. */

@@ -27,7 +27,8 @@ export async function writeGptqtCheckpoint(
     for (const name of st.names()) {
       const q = layers.get(name);
       if (!q) {
-        tensors.set(name, st.read(name));
+        const { dtype, shape } = st.info(name);
+        tensors.set(name, { dtype, shape, data: () => st.read(name).data });
         continue;
       }
       const p = name.replace(/\.weight$/, '');
@@ -44,12 +45,12 @@ export async function writeGptqtCheckpoint(
       tensors.set(`${p}.bcq_alpha`, { dtype: 'F32', shape: [q.rows, q.bits], data: q.alpha });
       tensors.set(`${p}.bcq_beta`, { dtype: 'F32', shape: [q.rows], data: q.beta });
     }
+    const config = readConfigJson(srcDir);
+    config['quantization_config'] = { quant_method: 'gptqt', bits: meta.bits, high_bits: meta.highBits, format_version: 1 };
+    await writeModelDir(srcDir, outDir, { json: { 'config.json': config, 'quantize_summary.json': meta.summary }, tensors });
   } finally {
     st.close();
   }
-  const config = readConfigJson(srcDir);
-  config['quantization_config'] = { quant_method: 'gptqt', bits: meta.bits, high_bits: meta.highBits, format_version: 1 };
-  await writeModelDir(srcDir, outDir, { json: { 'config.json': config, 'quantize_summary.json': meta.summary }, tensors });
 }
 
 /** The tensors a GPTQT checkpoint stores for the linear layer `weightName`. */

@@ -1,6 +1,6 @@
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
+import { tensorBytes, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 
 export const TOKENIZER_FILES = [
   'tokenizer.json',
@@ -35,7 +35,7 @@ export async function writeModelDir(
     await writeSafetensors(join(outDir, file), shard);
     for (const [name, t] of shard) {
       weightMap[name] = file;
-      total += t.data.byteLength;
+      total += tensorBytes(t);
     }
   }
   writeFileSync(
@@ -48,12 +48,12 @@ function splitShards(tensors: Map<string, TensorToWrite>, maxBytes: number): Map
   const shards: Map<string, TensorToWrite>[] = [new Map()];
   let size = 0;
   for (const [name, t] of tensors) {
-    if (size > 0 && size + t.data.byteLength > maxBytes) {
+    if (size > 0 && size + tensorBytes(t) > maxBytes) {
       shards.push(new Map());
       size = 0;
     }
     shards.at(-1)!.set(name, t);
-    size += t.data.byteLength;
+    size += tensorBytes(t);
   }
   return shards;
 }

@@ -266,7 +266,13 @@ export type TensorReader = Pick<SafetensorsModel, 'dir' | 'names' | 'has' | 'inf
 export interface TensorToWrite {
   dtype: DType;
   shape: number[];
-  data: TypedArray;
+  /** the data, or what makes it when its turn to be written comes, so that such tensors are in memory one at a time */
+  data: TypedArray | (() => TypedArray);
+}
+
+/** A tensor's size in bytes, from its dtype and shape (known before lazy data is made). */
+export function tensorBytes(t: Pick<TensorToWrite, 'dtype' | 'shape'>): number {
+  return t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
 }
 
 /** Write tensors (in the given order) to one safetensors file, atomically. */
@@ -278,11 +284,8 @@ export async function writeSafetensors(
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const [name, t] of tensors) {
-    const numel = t.shape.reduce((a, b) => a * b, 1);
-    const bytes = numel * DTYPE_BYTES[t.dtype];
-    if (t.data.byteLength !== bytes) {
-      throw new Error(`writeSafetensors: ${name} has ${t.data.byteLength} bytes, ${t.dtype}[${t.shape}] needs ${bytes}`);
-    }
+    const bytes = tensorBytes(t);
+    if (typeof t.data !== 'function') checkBytes(name, t, t.data);
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
@@ -297,11 +300,21 @@ export async function writeSafetensors(
     try {
       await writeAll(fd, len);
       await writeAll(fd, headerBytes);
-      for (const t of tensors.values()) await writeAll(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      for (const [name, t] of tensors) {
+        const data = typeof t.data === 'function' ? checkBytes(name, t, t.data()) : t.data;
+        await writeAll(fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      }
     } finally {
       closeSync(fd);
     }
   });
+}
+
+function checkBytes(name: string, t: TensorToWrite, data: TypedArray): TypedArray {
+  const bytes = tensorBytes(t);
+  if (data.byteLength !== bytes)
+    throw new Error(`writeSafetensors: ${name} has ${data.byteLength} bytes, ${t.dtype}[${t.shape}] needs ${bytes}`);
+  return data;
 }
 
 const WRITE_SLICE = 16 << 20;
