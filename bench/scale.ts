@@ -271,15 +271,15 @@ try {
     if (!existsSync(join(dir, 'model.safetensors'))) runChild('make', { case: name, dir, layers });
     const cfg = parseModelConfig(configJson(shape, layers), dir);
     rmSync(out, { recursive: true, force: true });
+    const label = `${name} (${layers} layers)`;
     const q = runChild('quantize', { dir, out, nsamples, seqlen, method: flags.method });
     if (typeof q === 'string') {
-      quantRows.push([`${name} (${layers} layers)`, q]);
+      quantRows.push([label, q]);
       continue;
     }
     const t = q.timings as { forward: number; hessian: number; sweep: number; total: number };
     const fl = floors(cfg, nsamples, seqlen);
     const per = { forward: t.forward / layers, hessian: t.hessian / layers, sweep: t.sweep / layers };
-    const label = `${name} (${layers} layers)`;
     quantRows.push([
       label,
       `${f(per.forward)} / ${f(fl.forward / rate)}`,

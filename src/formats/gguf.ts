@@ -3,6 +3,7 @@ import { ggufLayout, readLinear, type GgufScalar, type GgufTensorSource, type Mo
 import { fail } from '../io/errors.js';
 import { SafetensorsModel, writeAll } from '../io/safetensors.js';
 import { BLOCK_LAYOUTS, GGML_TYPES, packBlock, type BlockType } from './ggml-blocks.js';
+import { GGML_TYPE_SIZES } from './gguf-read.js';
 import type { HfTokenizer } from '../io/tokenizer.js';
 import { PRE_TOKENIZERS, TOKEN_TYPE } from '../io/tokenizer/gguf.js';
 import { blockTypeOf, layerBlock, type QuantizedLayer } from '../quant/quantized-layer.js';
@@ -115,9 +116,8 @@ interface GgufTensor {
   /** row-major shape [rows, cols]; GGUF lists dimensions innermost first */
   shape: number[];
   type: number;
-  /** the data's length, known before it is made: the header gives every tensor's offset */
-  bytes: number;
-  /** made when its turn to be written comes, so that one tensor's data is in memory at a time */
+  /** made when its turn to be written comes, so that one tensor's data is in memory at a time (the header's offsets
+   * come from each tensor's type and shape) */
   data: () => Uint8Array;
 }
 
@@ -329,12 +329,10 @@ export async function writeGguf(
     for (const t of layout.tensors) {
       const q = kept.get(t.source);
       if (q) {
-        const L = BLOCK_LAYOUTS[q.type];
         tensors.push({
           name: t.name,
           shape: [q.rows, q.cols],
           type: GGML_TYPES[q.type],
-          bytes: q.rows * (q.cols / L.size) * L.bytes,
           data: () => encodeBlocks(layers.get(t.source)!, t.rowOrder),
         });
         continue;
@@ -347,7 +345,6 @@ export async function writeGguf(
         name: t.name,
         shape,
         type: F32,
-        bytes: shape.reduce((a, b) => a * b, 1) * 4,
         data: () => {
           const raw = t.linear ? readLinear(st, cfg, t.source, shape as [number, number]) : st.readFloat(t.source, shape);
           const w = floatTensor(raw, shape, t);
@@ -357,7 +354,7 @@ export async function writeGguf(
     }
     for (const g of layout.generated) {
       const data = new Uint8Array(g.data.buffer, g.data.byteOffset, g.data.byteLength);
-      tensors.push({ name: g.name, shape: [g.data.length], type: F32, bytes: data.length, data: () => data });
+      tensors.push({ name: g.name, shape: [g.data.length], type: F32, data: () => data });
     }
     const arch = layout.arch;
     const meta: Record<string, MetaValue> = {
@@ -384,6 +381,12 @@ export async function writeGgufVocab(tokenizer: HfTokenizer, out: string): Promi
   await writeFile(out, { 'general.architecture': { t: ValueType.STRING, v: 'llama' }, ...tokenizerMetadata(tokenizer).meta }, []);
 }
 
+/** A tensor's bytes in the file, by the same table the reader checks files against */
+function tensorBytes(t: GgufTensor): number {
+  const ti = GGML_TYPE_SIZES[t.type]!;
+  return (t.shape.reduce((a, b) => a * b, 1) / ti.block) * ti.bytes;
+}
+
 async function writeFile(out: string, meta: Record<string, MetaValue>, tensors: GgufTensor[]): Promise<void> {
   const head = new ByteWriter();
   head.u32(0x46554747); // "GGUF"
@@ -401,7 +404,7 @@ async function writeFile(out: string, meta: Record<string, MetaValue>, tensors: 
     for (const d of [...t.shape].reverse()) head.u64(d);
     head.u32(t.type);
     head.u64(offset);
-    offset += Math.ceil(t.bytes / ALIGNMENT) * ALIGNMENT;
+    offset += Math.ceil(tensorBytes(t) / ALIGNMENT) * ALIGNMENT;
   }
   head.pad(ALIGNMENT);
   const fd = openSync(out, 'wx');
@@ -409,7 +412,8 @@ async function writeFile(out: string, meta: Record<string, MetaValue>, tensors: 
     await writeAll(fd, head.buffer());
     for (const t of tensors) {
       const data = t.data();
-      if (data.length !== t.bytes) throw new Error(`GGUF writer: ${t.name} made ${data.length} bytes, its header says ${t.bytes}`);
+      if (data.length !== tensorBytes(t))
+        throw new Error(`GGUF writer: ${t.name} made ${data.length} bytes, its header says ${tensorBytes(t)}`);
       await writeAll(fd, data);
       const pad = (ALIGNMENT - (data.length % ALIGNMENT)) % ALIGNMENT;
       if (pad) await writeAll(fd, Buffer.alloc(pad));

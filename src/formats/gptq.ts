@@ -119,7 +119,7 @@ export async function writeGptqCheckpoint(
         tensors.set(name, {
           dtype: half ? 'F16' : 'F32',
           shape: st.info(name).shape,
-          data: () => (half ? halfTensor(st.read(name), `${srcDir}: ${name}`) : toFloat32(st.read(name), `${srcDir}: ${name}`)),
+          data: () => (half ? halfTensor : toFloat32)(st.read(name), `${srcDir}: ${name}`),
         });
         continue;
       }
