@@ -95,7 +95,9 @@ const ATTENTION_SHAPES: AttentionShape[] = [
   { batch: 1, seq: 1, ctx: 9, heads: 4, kvHeads: 2, headDim: 6 }, // one decode step after a cache of 8
   { batch: 1, seq: 3, ctx: 7, heads: 6, kvHeads: 2, headDim: 48 }, // several new positions after a cache of 4
   { batch: 3, seq: 17, ctx: 17, heads: 6, kvHeads: 6, headDim: 48 },
-  // large enough to run on onnxruntime rather than the small-work plain-TS path
+  // large enough to run on onnxruntime rather than the small-work plain-TS path: on one thread (a decode step
+  // with 8 query heads a kv head, as TinyLlama's; the 17-position batch) and on all (the two after)
+  { batch: 1, seq: 1, ctx: 70, heads: 8, kvHeads: 1, headDim: 64 },
   { batch: 1, seq: 4, ctx: 260, heads: 8, kvHeads: 2, headDim: 64 },
   { batch: 3, seq: 64, ctx: 64, heads: 6, kvHeads: 6, headDim: 48 },
 ];

@@ -67,8 +67,13 @@ test('batched windows equal the same windows run one at a time', async () => {
   const b = [1, 450, 11203, 471, 2253, 322];
   const both = await model.hidden([...a, ...b], 2, 6);
   const D = model.cfg.hiddenSize;
-  assert.ok(maxAbsDiff(both.subarray(0, 6 * D), await model.hidden(a, 1, 6)) < 1e-5);
-  assert.ok(maxAbsDiff(both.subarray(6 * D), await model.hidden(b, 1, 6)) < 1e-5);
+  // the batch of two and a window alone may take different attention kernels (onnxruntime and the small-work TS
+  // one): float32 rounding apart, relative to the hidden states' scale (up to ~80 here), not a mixed sequence
+  for (const [i, alone] of [a, b].entries()) {
+    const want = await model.hidden(alone, 1, 6);
+    const scale = want.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+    assert.ok(maxAbsDiff(both.subarray(i * 6 * D, (i + 1) * 6 * D), want) < 1e-6 * scale);
+  }
 });
 
 test('greedy generation from stories15M tells the expected story', async () => {

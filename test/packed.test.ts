@@ -5,7 +5,7 @@ import { dequantize, numGroups, type QuantizedLayer } from '../src/quant/quantiz
 import type { ActivationPrecision } from '../src/tensor/backend.js';
 import { ortBackend } from '../src/tensor/ort.js';
 import { nbitsLayout } from '../src/tensor/ort-linear.js';
-import { matmulNT, packedMatmul } from '../src/tensor/ref.js';
+import { matmulNT, packedMatmul, refBackend, siluMul } from '../src/tensor/ref.js';
 import { seededRandom } from '../src/calib/windows.js';
 import { floatToHalf, halfToFloat } from '../src/io/fp16.js';
 import { mkdtempSync } from 'node:fs';
@@ -143,6 +143,47 @@ test('layers sharing an input stack into one packed layer only when their bits, 
   const pk = (q: QuantizedLayer) => packedWeights(packLayer(q, 'gptq_v2'), q, 'gptq_v2');
   assert.equal(stackPackedRows([pk(a), pk(b)]), undefined);
   assert.equal(stackPackedRows([pk(a), pk(randomLayer(32, 128, 3, 32, false, 3))]), undefined);
+});
+
+test('a stacked [gate; up] kernel with a gated output returns silu(gate) ⊙ up of its product: float and packed, onnxruntime, fallback and reference', async () => {
+  const rnd = seededRandom(11);
+  const [rows, cols] = [128, 96];
+  const w = Float32Array.from({ length: rows * cols }, () => rnd() - 0.5);
+  const onMatMulNBits = randomLayer(rows, cols, 4, 32, false, 12);
+  const onFallback = randomLayer(rows, cols, 4, 24, false, 13);
+  const packed = (q: QuantizedLayer) => packedWeights(packLayer(q, 'gptq_v2'), q, 'gptq_v2');
+  const kernels = {
+    'float, onnxruntime': [await ortBackend.floatLinear(w, rows, cols), await ortBackend.floatLinear(w, rows, cols, { gated: 'silu' })],
+    'float, reference': [await refBackend.floatLinear(w, rows, cols), await refBackend.floatLinear(w, rows, cols, { gated: 'silu' })],
+    'packed, MatMulNBits': [
+      await ortBackend.packedLinear(packed(onMatMulNBits), 'fp32'),
+      await ortBackend.packedLinear(packed(onMatMulNBits), 'fp32', { gated: 'silu' }),
+    ],
+    'packed, plain-TS fallback': [
+      await ortBackend.packedLinear(packed(onFallback), 'fp32'),
+      await ortBackend.packedLinear(packed(onFallback), 'fp32', { gated: 'silu' }),
+    ],
+  };
+  const h = rows / 2;
+  for (const [what, [plain, gated]] of Object.entries(kernels)) {
+    assert.equal(gated!.gated, 'silu', what);
+    assert.equal(plain!.gated, undefined, what);
+    for (const m of [1, 3]) {
+      const x = Float32Array.from({ length: m * cols }, () => rnd() - 0.5);
+      const y = await plain!.apply(x, m);
+      const g = new Float32Array(m * h);
+      const u = new Float32Array(m * h);
+      for (let r = 0; r < m; r++) {
+        g.set(y.subarray(r * rows, r * rows + h), r * h);
+        u.set(y.subarray(r * rows + h, (r + 1) * rows), r * h);
+      }
+      const want = siluMul(g, u);
+      const got = await gated!.apply(x, m);
+      assert.equal(got.length, m * h, what);
+      for (let i = 0; i < want.length; i++)
+        assert.ok(Math.abs(got[i]! - want[i]!) <= 1e-6 * (1 + Math.abs(want[i]!)), `${what} m=${m} [${i}]`);
+    }
+  }
 });
 
 test('groups that are not multiples of 16 columns still compute exactly (plain-TS fallback)', async () => {

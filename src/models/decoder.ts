@@ -593,6 +593,8 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       const [up] = await this.project(w, 2, 'gateUp', h2, rows, [hidden]);
       return activate(cfg.activation, addBias(up!, w.bias[L.up]));
     }
+    // a stacked kernel that forms the activation itself (load.ts: silu, no biases)
+    if ('gateUp' in w && w.gateUp.length === 1 && w.gateUp[0]!.gated === 'silu') return w.gateUp[0]!.apply(h2, rows);
     const swiglu = cfg.activation === 'silu' && !cfg.fusedGateUp && !w.bias[L.gate!] && !w.bias[L.up];
     if (!('gateUp' in w) && swiglu) return this.backend.swiglu(h2, w.linear[L.gate!]!, w.linear[L.up]!, rows, hidden, cfg.hiddenSize);
     const [gate, up] = (await this.project(w, 2, 'gateUp', h2, rows, [hidden, hidden])) as [Float32Array, Float32Array];

@@ -1,7 +1,14 @@
 import { existsSync } from 'node:fs';
 import { fail } from '../io/errors.js';
 import { loadTokenizerDir } from '../io/tokenizer.js';
-import { getBackend, type ActivationPrecision, type Backend, type LinearKernel } from '../tensor/index.js';
+import {
+  getBackend,
+  type ActivationPrecision,
+  type Backend,
+  type LinearKernel,
+  type LinearOptions,
+  type PackedLinearWeights,
+} from '../tensor/index.js';
 import { readConfigJson } from '../io/config.js';
 import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
 import { isGgufFile } from '../formats/gguf-read.js';
@@ -76,22 +83,32 @@ async function assemble<R extends TensorReader>(
   const groups = linearGroups(cfg);
   for (let i = 0; i < cfg.numLayers; i++) {
     const p = layerPrefix(cfg, i);
-    const kernels = (names: readonly LinearName[]): Promise<LinearKernel[]> =>
+    const kernels = (names: readonly LinearName[], opts?: LinearOptions): Promise<LinearKernel[]> =>
       linear.make(
         st,
         names.map((n) => `${p}${n}.weight`),
         names.map((n) => linearShape(cfg, n)),
+        opts,
       );
     blocks.push({
       ...readBlockExtras(st, cfg, i),
       qkv: await kernels(groups[0]!),
       o: (await kernels(groups[1]!))[0]!,
-      gateUp: await kernels(groups[2]!),
+      gateUp: await kernels(groups[2]!, gatedOutput(cfg)),
       down: (await kernels(groups[3]!))[0]!,
     });
   }
   // the head stays as stored: eval reads it a slice at a time, generate() widens it (Decoder.prepareHead)
   return new Decoder(cfg, backend, outer, blocks);
+}
+
+/**
+ * A stacked [gate; up] kernel may output the MLP's activation itself (LinearOptions) when that is silu(gate) ⊙ up
+ * with no bias to add in between; the decoder takes it as the activation (Decoder.mlpActivation).
+ */
+function gatedOutput(cfg: ModelConfig): LinearOptions | undefined {
+  const biased = linearGroups(cfg)[2]!.some((n) => cfg.biases.has(n));
+  return cfg.mlp === 'gated' && cfg.activation === 'silu' && !biased ? { gated: 'silu' } : undefined;
 }
 
 /** bytes of loaded weights above which a GGUF is refused rather than dequantized (GPTQ_TS_GGUF_MAX_GB overrides) */
@@ -128,13 +145,10 @@ async function loadGgufModel(
 /** A GGUF's linear layers: packed kernels where every part of a group is Q4_0/Q8_0, float32 ones where none is. */
 function ggufFormat(cfg: ModelConfig, backend: Backend, activations: ActivationPrecision): LinearFormat<GgufTensors> {
   const floats = floatFormat<GgufTensors>(cfg, backend);
-  const make: KernelMaker<GgufTensors> = async (st, names, shapes) => {
+  const make: KernelMaker<GgufTensors> = async (st, names, shapes, opts) => {
     const packed = names.map((n) => st.packed(n));
-    if (packed.every((p) => p !== undefined)) {
-      const stacked = packed.length > 1 ? stackPackedRows(packed) : undefined;
-      return Promise.all((stacked ? [stacked] : packed).map((p) => backend.packedLinear(p, activations)));
-    }
-    if (packed.every((p) => p === undefined)) return floats.make(st, names, shapes);
+    if (packed.every((p) => p !== undefined)) return packedKernels(backend, packed, activations, opts);
+    if (packed.every((p) => p === undefined)) return floats.make(st, names, shapes, opts);
     // a mix (llama-quantize may give q, k and v different types): one kernel each
     return Promise.all(
       names.map(async (n, i) => {
@@ -155,8 +169,28 @@ export function loadTokenizer(dir: string): LlamaTokenizer {
   return loadTokenizerDir(dir);
 }
 
-/** Kernels for layers sharing an input: one stacked kernel when possible, else one per layer. */
-type KernelMaker<R extends TensorReader> = (st: R, names: string[], shapes: [number, number][]) => Promise<LinearKernel[]>;
+/**
+ * Kernels for layers sharing an input: one stacked kernel when possible, else one per layer. `opts` applies to
+ * the one kernel of a whole group (a gated output needs gate and up in one product) and is dropped otherwise.
+ */
+type KernelMaker<R extends TensorReader> = (
+  st: R,
+  names: string[],
+  shapes: [number, number][],
+  opts?: LinearOptions,
+) => Promise<LinearKernel[]>;
+
+/** Packed layers sharing an input as one kernel when their layouts stack, else one each (without `opts`). */
+function packedKernels(
+  backend: Backend,
+  parts: PackedLinearWeights[],
+  activations: ActivationPrecision,
+  opts: LinearOptions | undefined,
+): Promise<LinearKernel[]> {
+  const one = parts.length > 1 ? stackPackedRows(parts) : parts[0];
+  if (one) return Promise.all([backend.packedLinear(one, activations, opts)]);
+  return Promise.all(parts.map((p) => backend.packedLinear(p, activations)));
+}
 
 /** How the checkpoint stores its linear layers: the tensors of one, and kernels made from them. */
 interface LinearFormat<R extends TensorReader = SafetensorsModel> {
@@ -168,16 +202,17 @@ interface LinearFormat<R extends TensorReader = SafetensorsModel> {
 function floatFormat<R extends TensorReader>(cfg: ModelConfig, backend: Backend): LinearFormat<R> {
   return {
     tensors: (w) => ({ required: [w] }),
-    make: (st, names, shapes) =>
+    make: (st, names, shapes, opts) =>
       stackedFloats(
         backend,
         names.map((n, i) => readLinear(st, cfg, n, shapes[i]!)),
         shapes,
+        opts,
       ),
   };
 }
 
-function stackedFloats(backend: Backend, ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> {
+function stackedFloats(backend: Backend, ws: Float32Array[], shapes: [number, number][], opts?: LinearOptions): Promise<LinearKernel[]> {
   const rows = shapes.reduce((s, [r]) => s + r, 0);
   let stacked = ws[0]!;
   if (ws.length > 1) {
@@ -188,7 +223,7 @@ function stackedFloats(backend: Backend, ws: Float32Array[], shapes: [number, nu
       o += w.length;
     }
   }
-  return Promise.all([backend.floatLinear(stacked, rows, shapes[0]![1])]);
+  return Promise.all([backend.floatLinear(stacked, rows, shapes[0]![1], opts)]);
 }
 
 function kernelMaker(
@@ -198,17 +233,19 @@ function kernelMaker(
   backend: Backend,
   activations: ActivationPrecision,
 ): LinearFormat {
-  const floats = (ws: Float32Array[], shapes: [number, number][]): Promise<LinearKernel[]> => stackedFloats(backend, ws, shapes);
+  const floats = (ws: Float32Array[], shapes: [number, number][], opts?: LinearOptions): Promise<LinearKernel[]> =>
+    stackedFloats(backend, ws, shapes, opts);
   const bcq = config['quantization_config'] as { quant_method?: string; bits?: number } | undefined;
   if (bcq?.quant_method === 'gptqt') {
     const bits = bcq.bits;
     if (bits !== 2 && bits !== 3) fail(`${dir}/config.json: gptqt bits ${JSON.stringify(bits)} is not 2 or 3`);
     return {
       tensors: gptqtTensorNames,
-      make: (st, names, shapes) =>
+      make: (st, names, shapes, opts) =>
         floats(
           names.map((n, i) => dequantizeBinary(readGptqtLinear(st, n, shapes[i]![0], shapes[i]![1], bits))),
           shapes,
+          opts,
         ),
     };
   }
@@ -216,10 +253,12 @@ function kernelMaker(
   if (!qc) return floatFormat(cfg, backend);
   return {
     tensors: gptqTensorNames,
-    make: async (st, names, shapes) => {
-      const parts = names.map((n, i) => readGptqPacked(st, n, shapes[i]![0], shapes[i]![1], qc));
-      const stacked = parts.length > 1 ? stackPackedRows(parts) : undefined;
-      return Promise.all((stacked ? [stacked] : parts).map((p) => backend.packedLinear(p, activations)));
-    },
+    make: (st, names, shapes, opts) =>
+      packedKernels(
+        backend,
+        names.map((n, i) => readGptqPacked(st, n, shapes[i]![0], shapes[i]![1], qc)),
+        activations,
+        opts,
+      ),
   };
 }

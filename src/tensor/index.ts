@@ -8,6 +8,7 @@ export type {
   HeadStats,
   HeadStatsOptions,
   LinearKernel,
+  LinearOptions,
   PackedLinearWeights,
   ActivationPrecision,
 } from './backend.js';

@@ -1,6 +1,14 @@
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
-import type { ActivationPrecision, AttentionShape, Backend, HeadStats, LinearKernel, PackedLinearWeights } from './backend.js';
+import type {
+  ActivationPrecision,
+  AttentionShape,
+  Backend,
+  HeadStats,
+  LinearKernel,
+  LinearOptions,
+  PackedLinearWeights,
+} from './backend.js';
 import { ElemType, encodeModel, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, nbitsLayout, packedLinearGraph } from './ort-linear.js';
@@ -33,8 +41,8 @@ const sessionOptions = (threads = availableParallelism()): ort.InferenceSession.
  */
 const SERIAL_BELOW_BYTES = 2 * 2 ** 20;
 
-function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[]): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs), sessionOptions());
+function graph(nodes: NodeSpec[], inputs: ValueInfo[], outputs: ValueInfo[], threads?: number): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs), sessionOptions(threads));
 }
 
 /** C = A·Bᵀ (B stored [n, k]) or A·B (B stored [k, n]), float32 or float64 */
@@ -120,27 +128,34 @@ const gramSymmetricGraph = (): Promise<ort.InferenceSession> => {
   return graph(nodes, [{ name: 'X', elemType: F, dims: ['rows', 'cols'] }], [{ name: 'G', elemType: F, dims: ['cols', 'cols'] }]);
 };
 
-const attentionGraph = (): Promise<ort.InferenceSession> =>
+/**
+ * Causal attention with grouped kv heads and no copies of them: q arrives as [b, t, kvHeads, group, d] (the same
+ * memory as [b, t, heads, d], query head h = kv head ⌊h/group⌋), k and v as [b, s, kvHeads, 1, d], whose size-1
+ * axis the MatMuls broadcast over the group (expanding each kv head group times instead cost a copy of the whole
+ * cache per layer per token: at TinyLlama's 8 query heads a kv head, 8 ms of a 49 ms token).
+ */
+const attentionGraph = (threads?: number) => (): Promise<ort.InferenceSession> =>
   graph(
     [
-      { opType: 'Transpose', inputs: ['q'], outputs: ['qt'], intsAttrs: { perm: [0, 2, 1, 3] } },
-      { opType: 'Transpose', inputs: ['k'], outputs: ['kt'], intsAttrs: { perm: [0, 2, 3, 1] } },
-      { opType: 'Transpose', inputs: ['v'], outputs: ['vt'], intsAttrs: { perm: [0, 2, 1, 3] } },
+      { opType: 'Transpose', inputs: ['q'], outputs: ['qt'], intsAttrs: { perm: [0, 2, 3, 1, 4] } },
+      { opType: 'Transpose', inputs: ['k'], outputs: ['kt'], intsAttrs: { perm: [0, 2, 3, 4, 1] } },
+      { opType: 'Transpose', inputs: ['v'], outputs: ['vt'], intsAttrs: { perm: [0, 2, 3, 1, 4] } },
       { opType: 'MatMul', inputs: ['qt', 'kt'], outputs: ['s'] },
       { opType: 'Mul', inputs: ['s', 'scale'], outputs: ['ss'] },
       { opType: 'Add', inputs: ['ss', 'mask'], outputs: ['sm'] },
       { opType: 'Softmax', inputs: ['sm'], outputs: ['p'], intAttrs: { axis: -1 } },
       { opType: 'MatMul', inputs: ['p', 'vt'], outputs: ['o'] },
-      { opType: 'Transpose', inputs: ['o'], outputs: ['out'], intsAttrs: { perm: [0, 2, 1, 3] } },
+      { opType: 'Transpose', inputs: ['o'], outputs: ['out'], intsAttrs: { perm: [0, 3, 1, 2, 4] } },
     ],
     [
-      { name: 'q', elemType: F, dims: ['b', 't', 'h', 'd'] },
-      { name: 'k', elemType: F, dims: ['b', 's', 'h', 'd'] },
-      { name: 'v', elemType: F, dims: ['b', 's', 'h', 'd'] },
+      { name: 'q', elemType: F, dims: ['b', 't', 'h', 'g', 'd'] },
+      { name: 'k', elemType: F, dims: ['b', 's', 'h', 1, 'd'] },
+      { name: 'v', elemType: F, dims: ['b', 's', 'h', 1, 'd'] },
       { name: 'scale', elemType: F, dims: [] },
       { name: 'mask', elemType: F, dims: ['t', 's'] },
     ],
-    [{ name: 'out', elemType: F, dims: ['b', 't', 'h', 'd'] }],
+    [{ name: 'out', elemType: F, dims: ['b', 't', 'h', 'g', 'd'] }],
+    threads,
   );
 
 /**
@@ -221,7 +236,8 @@ const sessions = {
   gramSymmetric: lazy(gramSymmetricGraph),
   rmsNorm: lazy(rmsNormGraph),
   swiglu: lazy(swigluGraph),
-  attention: lazy(attentionGraph),
+  attention: lazy(attentionGraph()),
+  attentionSerial: lazy(attentionGraph(1)),
   headSlice: lazy(headSliceGraph),
   compareSlice: lazy(compareSliceGraph),
 };
@@ -244,50 +260,62 @@ function causalMask(seq: number, ctx: number, window = Infinity): ort.Tensor {
   return t;
 }
 
-/** Repeat each kv head `group` times so grouped-query attention becomes plain multi-head attention. */
-function expandKv(x: Float32Array, rows: number, kvHeads: number, group: number, headDim: number): Float32Array {
-  if (group === 1) return x;
-  const out = new Float32Array(rows * kvHeads * group * headDim);
-  for (let r = 0; r < rows; r++) {
-    for (let h = 0; h < kvHeads; h++) {
-      const src = x.subarray((r * kvHeads + h) * headDim, (r * kvHeads + h + 1) * headDim);
-      for (let g = 0; g < group; g++) out.set(src, ((r * kvHeads + h) * group + g) * headDim);
-    }
-  }
-  return out;
-}
-
 const f32 = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
 
-/** A linear layer's graph, encoded: input x [m, cols] → y [m, rows], weights baked in as initializers. */
+/**
+ * A linear layer's graph, encoded: input x [m, cols] → y [m, rows] (or, gated, its activation [m, rows/2]),
+ * weights baked in as initializers.
+ */
 export interface EncodedLinear {
   model: Uint8Array;
   rows: number;
   cols: number;
   weightBytes: number;
+  gated?: 'silu';
 }
 
-function encodeLinear(nodes: NodeSpec[], inits: Initializer[], rows: number, cols: number): EncodedLinear {
-  const model = encodeModel(nodes, [{ name: 'x', elemType: F, dims: ['m', cols] }], [{ name: 'y', elemType: F, dims: ['m', rows] }], inits);
-  return { model, rows, cols, weightBytes: initializerBytes(inits) };
+/** The layer's product renamed z, then y = silu(z[:, :rows/2]) ⊙ z[:, rows/2:] as the swiglu graph forms it. */
+function gatedEpilogue(nodes: NodeSpec[]): NodeSpec[] {
+  return [
+    ...nodes.map((n) => ({ ...n, outputs: n.outputs.map((o) => (o === 'y' ? 'z' : o)) })),
+    { opType: 'Split', inputs: ['z'], outputs: ['zg', 'zu'], intAttrs: { axis: 1 } },
+    { opType: 'Sigmoid', inputs: ['zg'], outputs: ['sg'] },
+    { opType: 'Mul', inputs: ['zg', 'sg'], outputs: ['silu'] },
+    { opType: 'Mul', inputs: ['silu', 'zu'], outputs: ['y'] },
+  ];
 }
 
-export function encodeFloatLinear(w: Float32Array, rows: number, cols: number): EncodedLinear {
+function encodeLinear(nodes: NodeSpec[], inits: Initializer[], rows: number, cols: number, opts: LinearOptions = {}): EncodedLinear {
+  const model = encodeModel(
+    opts.gated ? gatedEpilogue(nodes) : nodes,
+    [{ name: 'x', elemType: F, dims: ['m', cols] }],
+    [{ name: 'y', elemType: F, dims: ['m', opts.gated ? rows / 2 : rows] }],
+    inits,
+  );
+  return { model, rows, cols, weightBytes: initializerBytes(inits), ...(opts.gated ? { gated: opts.gated } : {}) };
+}
+
+export function encodeFloatLinear(w: Float32Array, rows: number, cols: number, opts?: LinearOptions): EncodedLinear {
   const data = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
   return encodeLinear(
     [{ opType: 'Gemm', inputs: ['x', 'W'], outputs: ['y'], intAttrs: { transB: 1 } }],
     [{ name: 'W', elemType: F, dims: [rows, cols], data }],
     rows,
     cols,
+    opts,
   );
 }
 
 /** The MatMulNBits graph of a packed layer, or undefined when its groups do not fit MatMulNBits blocks. */
-export function encodePackedLinear(p: PackedLinearWeights, activations: ActivationPrecision): EncodedLinear | undefined {
+export function encodePackedLinear(
+  p: PackedLinearWeights,
+  activations: ActivationPrecision,
+  opts?: LinearOptions,
+): EncodedLinear | undefined {
   const layout = nbitsLayout(p.gIdx);
   if (!layout) return undefined;
   const { nodes, inits } = packedLinearGraph(p, layout, activations);
-  return encodeLinear(nodes, inits, p.rows, p.cols);
+  return encodeLinear(nodes, inits, p.rows, p.cols, opts);
 }
 
 /** A session of an encoded layer; onnxruntime packs the weights into its own layout once, here. */
@@ -298,6 +326,7 @@ export async function openLinear(e: EncodedLinear): Promise<LinearKernel> {
     rows,
     cols,
     weightBytes,
+    ...(e.gated ? { gated: e.gated } : {}),
     async apply(x, m) {
       const r = await s.run({ x: f32(x, [m, cols]) });
       return r['y']!.data as Float32Array;
@@ -309,26 +338,32 @@ export async function openLinear(e: EncodedLinear): Promise<LinearKernel> {
 let warnedLayout = false;
 
 /**
- * Below these sizes a kernel runs in TypeScript: a session run costs ~45 µs of fixed overhead, more than
- * single-token RMSNorm takes in JS; for attention the crossover (12 heads of 64, one query) is near 170 cached
- * positions (ctx 128: JS 231 µs, onnxruntime 363 µs; ctx 512: 962 vs 465 µs).
+ * Below these sizes a kernel runs in TypeScript: a session run costs 15–20 µs of fixed overhead (a one-node graph on
+ * 2048 floats), and each node of it more, against single-token RMSNorm's few µs in JS. For attention (one query, with the grouped graph) onnxruntime wins from a
+ * few cached positions: 12 heads of 64 at ctx 16 JS 76 µs, onnxruntime 113; at ctx 32 93 vs 60; 32 heads of 64
+ * (4 kv heads) at ctx 16 131 vs 93, ctx 64 485 vs 90.
  */
 const SMALL_NORM = 1 << 18;
-const SMALL_ATTENTION = 1 << 17;
+const SMALL_ATTENTION = 1 << 14;
+/**
+ * ...and on one thread below this size: waking the second thread costs more than it saves (32 heads of 64 at
+ * ctx 64: 58 µs on one thread, 90 on two; 32 heads of 128 at ctx 32 143 vs 193, at ctx 64 292 vs 275).
+ */
+const SERIAL_ATTENTION = 1 << 18;
 
 export const ortBackend: Backend = {
   name: 'onnxruntime',
 
-  floatLinear: (w, rows, cols) => openLinear(encodeFloatLinear(w, rows, cols)),
+  floatLinear: (w, rows, cols, opts) => openLinear(encodeFloatLinear(w, rows, cols, opts)),
 
-  packedLinear(p, activations) {
-    const e = encodePackedLinear(p, activations);
+  packedLinear(p, activations, opts) {
+    const e = encodePackedLinear(p, activations, opts);
     if (e) return openLinear(e);
     if (!warnedLayout) {
       warnedLayout = true;
       process.emitWarning('a layer has groups that do not start on multiples of 16 columns; it runs on the slow plain-TS kernel');
     }
-    return refBackend.packedLinear(p, activations);
+    return refBackend.packedLinear(p, activations, opts);
   },
 
   async matmulNT(a, b, m, n, k) {
@@ -372,13 +407,14 @@ export const ortBackend: Backend = {
   async attention(q, k, v, sh: AttentionShape) {
     const { batch, seq, ctx, heads, kvHeads, headDim } = sh;
     // the graph has no soft-capping or per-head biases: Gemma 2's and BLOOM's scores take the TS kernel
-    if (sh.softcap || sh.alibi || batch * seq * ctx * heads * headDim <= SMALL_ATTENTION) return attentionJs(q, k, v, sh);
+    const size = batch * seq * ctx * heads * headDim;
+    if (sh.softcap || sh.alibi || size <= SMALL_ATTENTION) return attentionJs(q, k, v, sh);
     const group = heads / kvHeads;
-    const s = await sessions.attention();
+    const s = await (size < SERIAL_ATTENTION ? sessions.attentionSerial : sessions.attention)();
     const r = await s.run({
-      q: f32(q, [batch, seq, heads, headDim]),
-      k: f32(expandKv(k, batch * ctx, kvHeads, group, headDim), [batch, ctx, heads, headDim]),
-      v: f32(expandKv(v, batch * ctx, kvHeads, group, headDim), [batch, ctx, heads, headDim]),
+      q: f32(q, [batch, seq, kvHeads, group, headDim]),
+      k: f32(k, [batch, ctx, kvHeads, 1, headDim]),
+      v: f32(v, [batch, ctx, kvHeads, 1, headDim]),
       scale: f32(new Float32Array([1 / Math.sqrt(headDim)]), []),
       mask: causalMask(seq, ctx, sh.window),
     });

@@ -1,5 +1,14 @@
 import { streamValue } from './bit-stream.js';
-import type { Activation, AttentionShape, Backend, HeadStats, HeadStatsOptions, LinearKernel, PackedLinearWeights } from './backend.js';
+import type {
+  Activation,
+  AttentionShape,
+  Backend,
+  HeadStats,
+  HeadStatsOptions,
+  LinearKernel,
+  LinearOptions,
+  PackedLinearWeights,
+} from './backend.js';
 import { rowsF32, type StoredRows } from './rows.js';
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
@@ -227,22 +236,50 @@ export function packedMatmul(p: PackedLinearWeights, x: Float32Array, m: number)
   return Float32Array.from(acc);
 }
 
+/** A kernel whose output becomes the gated activation when `opts.gated` asks for it (LinearOptions). */
+export function withGatedOutput(k: LinearKernel, opts: LinearOptions = {}): LinearKernel {
+  if (!opts.gated) return k;
+  const half = k.rows / 2;
+  return {
+    ...k,
+    gated: opts.gated,
+    async apply(x, m) {
+      const y = await k.apply(x, m);
+      const g = new Float32Array(m * half);
+      const u = new Float32Array(m * half);
+      for (let r = 0; r < m; r++) {
+        g.set(y.subarray(r * k.rows, r * k.rows + half), r * half);
+        u.set(y.subarray(r * k.rows + half, (r + 1) * k.rows), r * half);
+      }
+      return siluMul(g, u);
+    },
+  };
+}
+
 export const refBackend: Backend = {
   name: 'ref',
-  floatLinear: async (w, rows, cols): Promise<LinearKernel> => ({
-    rows,
-    cols,
-    weightBytes: w.byteLength,
-    apply: async (x, m) => matmulNT(x, w, m, rows, cols),
-    dispose: async () => {},
-  }),
-  packedLinear: async (p): Promise<LinearKernel> => ({
-    rows: p.rows,
-    cols: p.cols,
-    weightBytes: p.qweight.byteLength + p.qzeros.byteLength + p.scales.byteLength + p.gIdx.byteLength,
-    apply: async (x, m) => packedMatmul(p, x, m),
-    dispose: async () => {},
-  }),
+  floatLinear: async (w, rows, cols, opts): Promise<LinearKernel> =>
+    withGatedOutput(
+      {
+        rows,
+        cols,
+        weightBytes: w.byteLength,
+        apply: async (x, m) => matmulNT(x, w, m, rows, cols),
+        dispose: async () => {},
+      },
+      opts,
+    ),
+  packedLinear: async (p, _activations, opts): Promise<LinearKernel> =>
+    withGatedOutput(
+      {
+        rows: p.rows,
+        cols: p.cols,
+        weightBytes: p.qweight.byteLength + p.qzeros.byteLength + p.scales.byteLength + p.gIdx.byteLength,
+        apply: async (x, m) => packedMatmul(p, x, m),
+        dispose: async () => {},
+      },
+      opts,
+    ),
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
   matmulNN: async (a, b, m, n, k) => matmulNT(a, transpose(b, k, n), m, n, k),
   matmul64: async (a, b, m, n, k, transB) => matmulNT(a, transB ? b : transpose(b, k, n), m, n, k),
