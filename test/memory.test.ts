@@ -130,11 +130,21 @@ for (const [name, where] of [
     const mean = (a: Float32Array): number => a.reduce((s, v) => s + v, 0) / a.length;
     assert.equal(Math.exp(mean(got.nll)).toPrecision(6), Math.exp(mean(want.nll)).toPrecision(6));
     assert.equal(half.head.dtype, 'BF16', 'eval leaves the head as stored');
-    // generation widens it once; its logits are the float32 head's exactly
+    // generation keeps it 16-bit (the 16-bit kernel's memory, one table with a tied embedding): several rows'
+    // logits are the float32 head's exactly, one row's (the kernel's) within float32 summation error
     const a = await half.logits(h, 2 * seq);
     const b = await full.logits(h, 2 * seq);
-    assert.equal(half.head.dtype, 'F32');
+    assert.equal(half.head.dtype, 'BF16');
+    assert.equal(half.head === half.embed, tied, 'still one table when tied');
     assert.deepEqual(a, b);
+    const last = h.subarray((2 * seq - 1) * D);
+    const one = await half.logits(last, 1);
+    const want1 = b.subarray((2 * seq - 1) * V);
+    for (let v = 0; v < V; v++) {
+      let scale = 0;
+      for (let d = 0; d < D; d++) scale += Math.abs(last[d]! * wide.data[v * D + d]!);
+      assert.ok(Math.abs(one[v]! - want1[v]!) <= 1e-6 * scale + 1e-30, `one-row logit ${v}: ${one[v]} vs ${want1[v]}`);
+    }
     const e16 = await evaluate(new Decoder(f32.cfg, backend, { ...f32.outer, head, embed: tied ? head : f32.embed }, f32.blocks), ids, {
       seqlen: seq,
     });

@@ -13,6 +13,7 @@ import {
 import { activate, gatedActivation, layerNorm, transpose } from '../tensor/ref.js';
 import type { LinearRoles, ModelConfig, TensorLayout } from './config.js';
 import { Rope } from './rope.js';
+import { head16Fits, openHead16, type Head16 } from '../tensor/head16.js';
 import { readModelConfig } from './registry.js';
 
 /**
@@ -413,6 +414,8 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   readonly headDim: number;
   /** BLOOM's per-head ALiBi slopes */
   readonly alibi: Float32Array | undefined;
+  /** generation's 16-bit head kernel, once prepareHead() has made it */
+  private head16: Head16 | undefined;
 
   get embed(): Embedding {
     return this.outer.embed;
@@ -689,23 +692,32 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   }
 
   /**
-   * Generation's head, widened once to float32 (with the embedding, when tied: same values, one table). A 16-bit
-   * head's matvec would widen all of it again on every token, in JavaScript (~0.5 s for Llama 3's 525M weights);
-   * onnxruntime's CPU kernels have no float32-accumulating 16-bit matmul to hand it to. Eval never calls this:
-   * its statistics widen one vocabulary slice at a time (Backend.headStats).
+   * Generation's head: a 16-bit one moves into the 16-bit matvec kernel's memory as stored (tensor/head16.ts; a
+   * tied embedding is the same table and moves with it), else, where that kernel cannot take it, it is widened
+   * once to float32. Eval never calls this: its statistics widen one vocabulary slice at a time
+   * (Backend.headStats).
    */
   prepareHead(): void {
     const { outer, cfg } = this;
-    if (outer.head.dtype === 'F32') return;
-    const wide = floatRows(rowsF32(outer.head, 0, cfg.vocabSize, cfg.embedDim));
-    if (outer.embed === outer.head) outer.embed = wide;
-    outer.head = wide;
+    if (outer.head.dtype === 'F32' || this.head16) return;
+    const tied = outer.embed === outer.head;
+    if (head16Fits(outer.head, cfg.vocabSize, cfg.embedDim)) {
+      this.head16 = openHead16(outer.head, cfg.vocabSize, cfg.embedDim);
+      outer.head = this.head16.table;
+    } else {
+      outer.head = floatRows(rowsF32(outer.head, 0, cfg.vocabSize, cfg.embedDim));
+    }
+    if (tied) outer.embed = outer.head;
   }
 
-  /** Logits [rows, vocab] for final hidden states (the head widened on first use), soft-capped where the family caps them. */
+  /**
+   * Logits [rows, vocab] for final hidden states (the head prepared on first use), soft-capped where the family caps
+   * them: one row on the 16-bit kernel where the head has one, else a vocabulary slice at a time on the backend.
+   */
   async logits(h: Float32Array, rows: number): Promise<Float32Array> {
     this.prepareHead();
     const { vocabSize, embedDim } = this.cfg;
-    return softcap(await headLogits(this.backend, h, this.head, rows, embedDim, vocabSize), this.cfg.finalSoftcap);
+    const z = rows === 1 && this.head16 ? this.head16.logits(h) : await headLogits(this.backend, h, this.head, rows, embedDim, vocabSize);
+    return softcap(z, this.cfg.finalSoftcap);
   }
 }

@@ -1,0 +1,88 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { seededRandom } from '../src/calib/windows.js';
+import { bf16ArrayToFloat, floatToHalf, halfArrayToFloat } from '../src/io/fp16.js';
+import { head16Fits, openHead16 } from '../src/tensor/head16.js';
+import type { StoredRows } from '../src/tensor/rows.js';
+
+const root = new URL('..', import.meta.url);
+
+test('the committed 16-bit matvec kernel is what scripts/build-wasm.mjs assembles from its WebAssembly text', () => {
+  const built = execFileSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      "const m = await import('./scripts/build-wasm.mjs'); process.stdout.write(m.source(await m.assemble()));",
+    ],
+    { cwd: root, encoding: 'utf8' },
+  );
+  assert.equal(readFileSync(new URL('src/tensor/matvec16-wasm.ts', root), 'utf8'), built);
+});
+
+/** A table of 16-bit values from a few orders of magnitude, with zeros, negative zeros and (IEEE half) subnormals. */
+function table(dtype: 'F16' | 'BF16', rows: number, cols: number, seed: number): StoredRows {
+  const rnd = seededRandom(seed);
+  const data = new Uint16Array(rows * cols);
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  for (let i = 0; i < data.length; i++) {
+    const kind = rnd();
+    const v = kind < 0.05 ? 0 : kind < 0.1 ? -0 : (rnd() - 0.5) * 10 ** Math.floor(rnd() * 6 - 5);
+    f[0] = v;
+    data[i] = dtype === 'BF16' ? u[0]! >>> 16 : floatToHalf(v);
+  }
+  if (dtype === 'F16') {
+    data[0] = 0x0001; // the smallest subnormal
+    data[1] = 0x83ff; // the largest negative subnormal
+    data[2] = 0x7bff; // 65504
+  }
+  return { dtype, data };
+}
+
+for (const dtype of ['BF16', 'F16'] as const) {
+  test(`${dtype} head kernel: each logit is the float64 dot product of the widened row, within float32 summation error`, () => {
+    for (const [rows, cols] of [
+      [1, 16],
+      [37, 16],
+      [301, 288],
+      [5, 4096],
+    ] as const) {
+      const w = table(dtype, rows, cols, rows + cols);
+      const wide = dtype === 'BF16' ? bf16ArrayToFloat(w.data as Uint16Array) : halfArrayToFloat(w.data as Uint16Array);
+      assert.ok(head16Fits(w, rows, cols));
+      const head = openHead16(w, rows, cols);
+      assert.deepEqual(head.table.data, w.data, 'the table moves unchanged');
+      const rnd = seededRandom(cols);
+      const x = Float32Array.from({ length: cols }, () => (rnd() - 0.5) * 8);
+      const y = head.logits(x);
+      assert.equal(y.length, rows);
+      for (let r = 0; r < rows; r++) {
+        let want = 0;
+        let scale = 0;
+        for (let c = 0; c < cols; c++) {
+          want += wide[r * cols + c]! * x[c]!;
+          scale += Math.abs(wide[r * cols + c]! * x[c]!);
+        }
+        assert.ok(Math.abs(y[r]! - want) <= 1e-6 * scale + 1e-30, `${rows}x${cols} row ${r}: ${y[r]} vs ${want}`);
+      }
+    }
+  });
+}
+
+test('16-bit heads: several open at once each give their own logits; tables the kernel cannot take are refused', () => {
+  const a = table('BF16', 64, 32, 1);
+  const b = table('F16', 96, 48, 2);
+  const ha = openHead16(a, 64, 32);
+  const hb = openHead16(b, 96, 48);
+  const xa = Float32Array.from({ length: 32 }, (_, i) => Math.cos(i));
+  const xb = Float32Array.from({ length: 48 }, (_, i) => Math.sin(i));
+  const first = [ha.logits(xa), hb.logits(xb)];
+  assert.deepEqual([ha.logits(xa), hb.logits(xb)], first);
+  assert.notDeepEqual(first[0], openHead16(table('BF16', 64, 32, 3), 64, 32).logits(xa));
+  assert.equal(head16Fits({ dtype: 'F32', data: new Float32Array(64) }, 4, 16), false);
+  assert.equal(head16Fits(table('BF16', 4, 24, 4), 4, 24), false);
+  assert.throws(() => openHead16(table('BF16', 4, 24, 4), 4, 24), /does not fit/);
+});
