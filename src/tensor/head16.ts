@@ -7,9 +7,9 @@ import type { StoredRows } from './rows.js';
  * Generation's LM head straight from its 16-bit storage (bfloat16 or IEEE half), for the one position a step
  * needs. onnxruntime's CPU kernels have no 16-bit matmul, so before this the head was widened to float32 once:
  * twice the bytes to hold (2.1 GB for Llama 3's 128256 x 4096) and to read on every token. Here the table is
- * copied into a shared WebAssembly memory, and the main thread and (cores − 1) workers each run the SIMD kernel
- * of scripts/build-wasm.mjs over a share of its rows. Float32 arithmetic, four partial sums of four lanes a row:
- * test/head16.test.ts bounds it against the float64 dot product of the widened rows.
+ * copied into a shared WebAssembly memory, and the main thread and a helper per other core (8 threads at most)
+ * each run the SIMD kernel of scripts/build-wasm.mjs over a share of its rows. Float32 arithmetic, four partial
+ * sums of four lanes a row: test/head16.test.ts bounds it against the float64 dot product of the widened rows.
  */
 export interface Head16 {
   /** the table, now a view of the shared memory (the caller drops its own copy) */
@@ -72,10 +72,13 @@ interface Helper {
   seq: number;
 }
 
+/** a matvec is bound by memory bandwidth, which a few cores already saturate */
+const MAX_THREADS = 8;
+
 /** The process's helper threads, started on first use; unreferenced, so they never keep the process alive. */
 let helpers: Helper[] | undefined;
 function helperThreads(): Helper[] {
-  return (helpers ??= Array.from({ length: availableParallelism() - 1 }, () => {
+  return (helpers ??= Array.from({ length: Math.min(availableParallelism(), MAX_THREADS) - 1 }, () => {
     const control = new Int32Array(new SharedArrayBuffer(16 * 4));
     const { port1, port2 } = new MessageChannel();
     const worker = new Worker(WORKER, {
