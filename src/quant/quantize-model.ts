@@ -296,7 +296,8 @@ export async function quantizeModel(
             weights: s === 0 ? block : { ...block, linear: { ...block.linear } },
             input: new RowFile(state.hiddenPath(l, s), D, 'open'),
             output: new RowFile(state.hiddenPath(l + 1, s), D, 'create'),
-            attention: new RowFile(state.attentionPath(s), linearShape(cfg, cfg.linear.o)[1], 'create'),
+            attention: new RowFile(state.scratchPath('attention', s), linearShape(cfg, cfg.linear.o)[1], 'create'),
+            activation: new RowFile(state.scratchPath('activation', s), linearShape(cfg, cfg.linear.down)[1], 'create'),
           });
         }
         try {
@@ -311,7 +312,7 @@ export async function quantizeModel(
           });
           for (const s of streams) s.output.sync();
         } finally {
-          for (const s of streams) for (const f of [s.input, s.output, s.attention]) f.close();
+          for (const s of streams) for (const f of [s.input, s.output, s.attention, s.activation]) f.close();
         }
         timings.forward += (performance.now() - tb) / 1000 - (timings.hessian + timings.sweep - before.hessian - before.sweep);
       } else {

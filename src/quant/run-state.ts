@@ -217,8 +217,9 @@ export class RunState<R> {
     return join(this.dir, `hidden-${s}-${l}.f32`);
   }
 
-  attentionPath(s: number): string {
-    return join(this.dir, `attention-${s}.f32`);
+  /** A block's intermediate rows for one stream (o_proj's or down_proj's inputs), needed only until the block ends. */
+  scratchPath(kind: 'attention' | 'activation', s: number): string {
+    return join(this.dir, `${kind}-${s}.f32`);
   }
 
   layersPath(l: number): string {
@@ -233,7 +234,7 @@ export class RunState<R> {
     renameSync(`${progress}.new`, progress);
     for (const f of readdirSync(this.dir)) {
       const m = /^hidden-\d+-(\d+)\.f32$/.exec(f);
-      if ((m && Number(m[1]) <= l) || f.startsWith('attention-')) rmSync(join(this.dir, f), { force: true });
+      if ((m && Number(m[1]) <= l) || /^(attention|activation)-/.test(f)) rmSync(join(this.dir, f), { force: true });
     }
   }
 
