@@ -80,11 +80,13 @@ for (const [i, g] of GEMMS.entries()) {
 }
 {
   const x = rand(GRAM.n * GRAM.d);
-  const ours = await timeMs(() => ortBackend.gram(x, GRAM.n, GRAM.d));
+  // what a calibration batch costs the Hessian: XᵀX accumulated into float64 H (numpy: the float32 product alone)
+  const h = new Float64Array(GRAM.d * GRAM.d);
+  const ours = await timeMs(() => ortBackend.accumulateGram(h, x, GRAM.n, GRAM.d, 0.5, 1));
   const flop = 2 * GRAM.n * GRAM.d * GRAM.d;
   const refMs = np ? np[GEMMS.length]! : (await timeMs(() => ref.gram(x, 256, GRAM.d), 1)) * (GRAM.n / 256);
   rows.push([
-    `Hessian XᵀX d=${GRAM.d} n=${GRAM.n}`,
+    `Hessian H += XᵀX d=${GRAM.d} n=${GRAM.n}`,
     ours.toFixed(1),
     gflops(flop, ours),
     np ? 'numpy/OpenBLAS' : 'plain TS',

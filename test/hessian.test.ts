@@ -11,7 +11,7 @@ import { refBackend } from '../src/tensor/ref.js';
  */
 test('streamed Hessian equals 2/n·Σ xxᵀ; NaN/Inf activations are refused by row', async () => {
   const rnd = seededRandom(5);
-  const cols = 600; // above the size where the onnxruntime gram takes its symmetric graph
+  const cols = 600; // the onnxruntime backend's eight column panels, 7·64 + 152: its blocks mirrored into the lower half
   const batches = [3, 5].map((seqs) => ({ seqs, rows: seqs * 7, x: Float32Array.from({ length: seqs * 7 * cols }, () => rnd() - 0.5) }));
   const n = batches.reduce((s, b) => s + b.seqs, 0);
   const want = new Float64Array(cols * cols);

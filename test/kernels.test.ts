@@ -76,16 +76,42 @@ test('gram XᵀY equals the definition on random and edge shapes', async () => {
     [1, 1],
     [3, 7],
     [257, 33],
-    [1024, 96],
-    [37, 516], // XᵀX from the symmetric panel graph (4 panels of 129)
-    [5, 1024],
-    [9, 515], // columns not divisible into panels: the plain gemm
+    [37, 516],
   ] as [number, number][]) {
     const x = rand(rows * cols, r);
     const y = rand(rows * cols, r);
     const tol = 1e-5 * Math.sqrt(rows);
     assertClose(await ortBackend.gram(x, rows, cols), ref.gram(x, rows, cols), tol, `gram ${rows}x${cols}`);
     assertClose(await ortBackend.gram(x, rows, cols, y), ref.gram(x, rows, cols, y), tol, `cross gram ${rows}x${cols}`);
+  }
+});
+
+/*
+ * The Hessian update keep·H + add·XᵀX from the panel graph equals the float64 definition on and above the
+ * diagonal and leaves the entries below it alone, for one panel (under 512 columns), eight panels of 64 with a
+ * wider last one (516 = 7·64 + 68; 1000 = 7·112 + 216), and a second call on top of the first.
+ */
+test('accumulateGram updates the upper triangle as the definition does', async () => {
+  const r = rng(6);
+  for (const [rows, cols] of [
+    [3, 7],
+    [1024, 96],
+    [37, 516],
+    [5, 1000],
+  ] as [number, number][]) {
+    const start = Float64Array.from(rand(cols * cols, r));
+    const [got, want] = [start.slice(), start.slice()];
+    for (const [keep, add] of [
+      [0, 2],
+      [0.25, 1.5],
+    ] as [number, number][]) {
+      const x = rand(rows * cols, r);
+      await ortBackend.accumulateGram(got, x, rows, cols, keep, add);
+      await refBackend.accumulateGram(want, x, rows, cols, keep, add);
+    }
+    assertClose(got, want, 1e-5 * Math.sqrt(rows), `accumulateGram ${rows}x${cols}`);
+    for (let i = 0; i < cols; i++)
+      for (let j = 0; j < i; j++) assert.equal(got[i * cols + j], start[i * cols + j], `below the diagonal [${i},${j}]`);
   }
 });
 

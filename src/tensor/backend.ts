@@ -111,6 +111,11 @@ export interface Backend {
   /** G[cols,cols] = X[rows,cols]ᵀ · Y (Y defaults to X: the Gram matrix of a layer's inputs, for GPTQ's Hessian) */
   gram(x: Float32Array, rows: number, cols: number, y?: Float32Array): Promise<Float32Array>;
   /**
+   * h ← keep·h + add·XᵀX in float64 on and above the diagonal only (h[i·cols + j], j ≥ i; the entries below are
+   * left as they were): GPTQ's running Hessian, whose other half is the mirror image.
+   */
+  accumulateGram(h: Float64Array, x: Float32Array, rows: number, cols: number, keep: number, add: number): Promise<void>;
+  /**
    * Causal softmax attention. q: [batch, seq, heads, headDim]; k, v: [batch, ctx, kvHeads, headDim];
    * returns [batch, seq, heads, headDim]. Scores are scaled by 1/sqrt(headDim).
    */

@@ -116,6 +116,15 @@ export function swiglu(h: Float32Array, wGate: Float32Array, wUp: Float32Array, 
 }
 
 export function gram(x: Float32Array, rows: number, cols: number, y: Float32Array = x): Float32Array {
+  return Float32Array.from(gram64(x, rows, cols, y));
+}
+
+export function accumulateGram(h: Float64Array, x: Float32Array, rows: number, cols: number, keep: number, add: number): void {
+  const g = gram64(x, rows, cols, x);
+  for (let i = 0; i < cols; i++) for (let j = i; j < cols; j++) h[i * cols + j] = h[i * cols + j]! * keep + add * g[i * cols + j]!;
+}
+
+function gram64(x: Float32Array, rows: number, cols: number, y: Float32Array): Float64Array {
   const g = new Float64Array(cols * cols);
   for (let r = 0; r < rows; r++) {
     const o = r * cols;
@@ -125,7 +134,7 @@ export function gram(x: Float32Array, rows: number, cols: number, y: Float32Arra
       for (let j = 0; j < cols; j++) g[i * cols + j]! += xi * y[o + j]!;
     }
   }
-  return Float32Array.from(g);
+  return g;
 }
 
 export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: AttentionShape): Float32Array {
@@ -286,6 +295,7 @@ export const refBackend: Backend = {
   rmsNorm: async (x, w, rows, eps) => rmsNorm(x, w, rows, eps),
   swiglu: async (h, wg, wu, m, n, k) => swiglu(h, wg, wu, m, n, k),
   gram: async (x, rows, cols, y) => gram(x, rows, cols, y),
+  accumulateGram: async (h, x, rows, cols, keep, add) => accumulateGram(h, x, rows, cols, keep, add),
   attention: async (q, k, v, s) => attention(q, k, v, s),
   headStats: async (h, w, m, d, vocab, targets, opts) => headStats(h, w, m, d, vocab, targets, opts),
 };
