@@ -247,13 +247,17 @@ const { values: flags } = parseArgs({
 const nsamples = Number(flags.nsamples);
 const seqlen = Number(flags.seqlen);
 const work = flags.dir ?? mkdtempSync(join(tmpdir(), 'gptq-ts-scale-'));
-const rate = await sgemmFlops();
+// the floors use the best sgemm rate seen, at the start and after each quantize step: the machine's speed drifts
+// (122 to 172 GFLOP/s within an hour here), and a slow first reading would make every floor look closer
+let rate = await sgemmFlops();
 console.log(
   `sgemm 2048³ on this machine: ${(rate / 1e9).toFixed(0)} GFLOP/s; ${nsamples} x ${seqlen} calibration tokens; work dir ${work}`,
 );
 
-const quantRows: (string | number)[][] = [];
-const fullRows: (string | number)[][] = [];
+type Row = (string | number)[];
+/** the quantize tables' rows, made once the rate is final */
+const quantRows: (() => Row)[] = [];
+const fullRows: (() => Row)[] = [];
 const inferRows: (string | number)[][] = [];
 const f = (x: number, d = 1): string => x.toFixed(d);
 try {
@@ -273,14 +277,15 @@ try {
     rmSync(out, { recursive: true, force: true });
     const label = `${name} (${layers} layers)`;
     const q = runChild('quantize', { dir, out, nsamples, seqlen, method: flags.method });
+    rate = Math.max(rate, await sgemmFlops());
     if (typeof q === 'string') {
-      quantRows.push([label, q]);
+      quantRows.push(() => [label, q]);
       continue;
     }
     const t = q.timings as { forward: number; hessian: number; sweep: number; total: number };
     const fl = floors(cfg, nsamples, seqlen);
     const per = { forward: t.forward / layers, hessian: t.hessian / layers, sweep: t.sweep / layers };
-    quantRows.push([
+    quantRows.push(() => [
       label,
       `${f(per.forward)} / ${f(fl.forward / rate)}`,
       `${f(per.hessian)} / ${f(fl.hessian / rate)}`,
@@ -296,16 +301,15 @@ try {
       sweep: per.sweep,
     };
     const perLayer = estimate.forward + estimate.hessian + estimate.sweep;
-    const floor = (full.forward + full.hessian + full.sweep) / rate;
-    fullRows.push([
+    fullRows.push(() => [
       name,
       shape.fullLayers,
       f(estimate.forward),
       f(estimate.hessian),
       f(estimate.sweep),
       f((perLayer * shape.fullLayers) / 3600, 2),
-      f((floor * shape.fullLayers) / 3600, 2),
-      f(perLayer / floor, 2),
+      f(((full.forward + full.hessian + full.sweep) / rate) * (shape.fullLayers / 3600), 2),
+      f((perLayer * rate) / (full.forward + full.hessian + full.sweep), 2),
     ]);
 
     const evalSeq = Math.min(seqlen, shape.ctx);
@@ -329,14 +333,14 @@ try {
 }
 
 printTable(
-  `Quantize (${flags.method}) w4 g128 on ${nsamples} x ${seqlen} tokens: seconds per layer, measured / flop floor at ${(rate / 1e9).toFixed(0)} GFLOP/s (forward: 2·params·tokens + causal attention; Hessian: one triangle of XᵀX per group; sweep: rows·cols² + cols³ per group)`,
+  `Quantize (${flags.method}) w4 g128 on ${nsamples} x ${seqlen} tokens: seconds per layer, measured / flop floor at ${(rate / 1e9).toFixed(0)} GFLOP/s, the best sgemm rate of the run (forward: 2·params·tokens + causal attention; Hessian: one triangle of XᵀX per group; sweep: rows·cols² + cols³ per group)`,
   ['model', 'forward s', 'Hessian s', 'sweep s', 'total s', 'peak RSS GB'],
-  quantRows,
+  quantRows.map((row) => row()),
 );
 printTable(
   `Extrapolated to the whole model at ${FULL_TOKENS.nsamples} x ${FULL_TOKENS.seqlen} tokens (per-layer seconds; forward scaled by its flop count, Hessian by tokens)`,
   ['model', 'layers', 'forward s', 'Hessian s', 'sweep s', 'total h', 'floor h', 'x floor'],
-  fullRows,
+  fullRows.map((row) => row()),
 );
 printTable(
   'Eval and generation (tokens/s; generate: after the prompt, greedy) and peak RSS of the process',

@@ -126,6 +126,9 @@ const ATTENTION_SHAPES: AttentionShape[] = [
   { batch: 1, seq: 1, ctx: 70, heads: 8, kvHeads: 1, headDim: 64 },
   { batch: 1, seq: 4, ctx: 260, heads: 8, kvHeads: 2, headDim: 64 },
   { batch: 3, seq: 64, ctx: 64, heads: 6, kvHeads: 6, headDim: 48 },
+  // onnxruntime's query blocks of 256: two sequences of three blocks (the last of 88), and blocks after a cache of 200
+  { batch: 2, seq: 600, ctx: 600, heads: 4, kvHeads: 2, headDim: 32 },
+  { batch: 1, seq: 300, ctx: 500, heads: 4, kvHeads: 4, headDim: 16 },
 ];
 
 test('attention equals the definition, causal, with caches and grouped kv heads', async () => {
