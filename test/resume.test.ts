@@ -69,6 +69,14 @@ test('a run stopped after block 2 resumes to the same bytes as an uninterrupted 
   assert.ok(!existsSync(resumed), 'no output appears before the run is complete');
   const progress = JSON.parse(readFileSync(join(partial, 'progress.json'), 'utf8')) as unknown[];
   assert.equal(progress.length, 3);
+  // disk holds block 3's input and one spare file for the next output (block 2's input, to be overwritten), not
+  // every block's hidden states
+  assert.deepEqual(
+    readdirSync(partial)
+      .filter((f) => f.startsWith('hidden-'))
+      .sort(),
+    ['hidden-0-3.f32', 'hidden-0-spare.f32'],
+  );
 
   // a later run's tidying of stale temporaries keeps the state; a different setting is refused, not resumed
   checkOutputPath(resumed);

@@ -295,9 +295,9 @@ export async function quantizeModel(
             // GPTQv2's second stream keeps the original weights: quantization replaces whole arrays in block.linear
             weights: s === 0 ? block : { ...block, linear: { ...block.linear } },
             input: new RowFile(state.hiddenPath(l, s), D, 'open'),
-            output: new RowFile(state.hiddenPath(l + 1, s), D, 'create'),
-            attention: new RowFile(state.scratchPath('attention', s), linearShape(cfg, cfg.linear.o)[1], 'create'),
-            activation: new RowFile(state.scratchPath('activation', s), linearShape(cfg, cfg.linear.down)[1], 'create'),
+            output: state.newHidden(l + 1, s, D),
+            attention: new RowFile(state.scratchPath('attention', s), linearShape(cfg, cfg.linear.o)[1], 'reuse'),
+            activation: new RowFile(state.scratchPath('activation', s), linearShape(cfg, cfg.linear.down)[1], 'reuse'),
           });
         }
         try {
@@ -328,7 +328,7 @@ export async function quantizeModel(
       state.finish(l, { reports: reports.slice(-blockNames(l).length), seconds });
       run.onBlock?.(l);
     }
-    for (let s = 0; s < nstreams; s++) rmSync(state.hiddenPath(cfg.numLayers, s), { force: true });
+    state.dropRows(cfg.numLayers, nstreams);
     if (plan) roundOuterTensors(st, plan, layers);
     timings.total = state.finished.slice(0, finished).reduce((a, b) => a + b.seconds.total, 0) + (performance.now() - t0) / 1000;
   } finally {

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import {
   closeSync,
+  constants,
   existsSync,
   fsyncSync,
   mkdirSync,
@@ -35,9 +36,11 @@ export class RowFile {
   constructor(
     readonly path: string,
     readonly width: number,
-    mode: 'create' | 'open',
+    mode: 'create' | 'open' | 'reuse',
   ) {
-    this.fd = openSync(path, mode === 'create' ? 'w+' : 'r+');
+    // 'reuse' keeps what the file holds (a block's scratch rows, written before they are read): overwriting pages a
+    // file already has ran 4-5x faster here than extending a truncated one (720 MB: 84-90 ms against 402)
+    this.fd = openSync(path, mode === 'create' ? 'w+' : mode === 'open' ? 'r+' : constants.O_RDWR | constants.O_CREAT);
     this.rowBytes = width * 4;
   }
 
@@ -217,7 +220,7 @@ export class RunState<R> {
     return join(this.dir, `hidden-${s}-${l}.f32`);
   }
 
-  /** A block's intermediate rows for one stream (o_proj's or down_proj's inputs), needed only until the block ends. */
+  /** A block's intermediate rows for one stream (o_proj's or down_proj's inputs): each block rewrites them before reading. */
   scratchPath(kind: 'attention' | 'activation', s: number): string {
     return join(this.dir, `${kind}-${s}.f32`);
   }
@@ -234,7 +237,33 @@ export class RunState<R> {
     renameSync(`${progress}.new`, progress);
     for (const f of readdirSync(this.dir)) {
       const m = /^hidden-\d+-(\d+)\.f32$/.exec(f);
-      if ((m && Number(m[1]) <= l) || /^(attention|activation)-/.test(f)) rmSync(join(this.dir, f), { force: true });
+      if (!m || Number(m[1]) > l) continue;
+      // block l's input, kept as the file the block after next writes its output into (see newHidden)
+      if (Number(m[1]) === l) renameSync(join(this.dir, f), join(this.dir, f.replace(/-\d+\.f32$/, '-spare.f32')));
+      else rmSync(join(this.dir, f), { force: true });
+    }
+  }
+
+  /**
+   * The file for the hidden states entering block l, stream s, to be written whole: the spare a finished block
+   * left when there is one, its pages overwritten rather than a file extended (RowFile's 'reuse').
+   */
+  newHidden(l: number, s: number, width: number): RowFile {
+    const spare = join(this.dir, `hidden-${s}-spare.f32`);
+    if (existsSync(spare)) renameSync(spare, this.hiddenPath(l, s));
+    return new RowFile(this.hiddenPath(l, s), width, 'reuse');
+  }
+
+  /** The run is done: drop the last hidden states, the spare and the blocks' scratch files. */
+  dropRows(layers: number, streams: number): void {
+    for (let s = 0; s < streams; s++) {
+      for (const f of [
+        this.hiddenPath(layers, s),
+        join(this.dir, `hidden-${s}-spare.f32`),
+        this.scratchPath('attention', s),
+        this.scratchPath('activation', s),
+      ])
+        rmSync(f, { force: true });
     }
   }
 
