@@ -408,3 +408,41 @@ test('GPTQ on every llama.cpp block grid at super-block widths: the packed block
     assert.ok(ours < 0.5 * rounded, `${type}: GPTQ output error ${ours} vs round-to-nearest ${rounded}`);
   }
 });
+
+test('the blocked factorization works on H in place and leaves it exactly as it was, also after a failed attempt', async () => {
+  const { ortBackend } = await import('../src/tensor/ort.js');
+  const cols = 300;
+  const { h } = randomProblem(8, cols, 402);
+  for (let i = 0; i < cols; i++) h[7 * cols + i] = h[i * cols + 7] = 0; // a dead input
+  const before = h.slice();
+  const fast = await prepareHessian(h, cols, GPTQ_REFERENCE, undefined, undefined, ortBackend.matmul64);
+  assert.deepEqual(h, before);
+  const plain = await prepareHessian(h, cols, GPTQ_REFERENCE);
+  const scale = plain.U.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  fast.U.forEach((v, i) => assert.ok(Math.abs(v - plain.U[i]!) <= 1e-9 * scale, `U[${i}]: ${v} vs ${plain.U[i]}`));
+
+  // rank one: Cholesky fails without damping, and the retry must start from the same H
+  const v = Float64Array.from({ length: cols }, (_, i) => Math.sin(i + 1));
+  const rank1 = Float64Array.from({ length: cols * cols }, (_, k) => v[Math.floor(k / cols)]! * v[k % cols]!);
+  const copy = rank1.slice();
+  const warnings: string[] = [];
+  const r = await prepareHessian(
+    rank1,
+    cols,
+    { ...GPTQ_REFERENCE, percdamp: 0 },
+    (m) => void warnings.push(m),
+    undefined,
+    ortBackend.matmul64,
+  );
+  assert.ok(r.percdamp > 0 && warnings.length > 0);
+  assert.deepEqual(rank1, copy);
+  const again = await prepareHessian(
+    copy.slice(),
+    cols,
+    { ...GPTQ_REFERENCE, percdamp: r.percdamp },
+    undefined,
+    undefined,
+    ortBackend.matmul64,
+  );
+  assert.deepEqual(r.U, again.U);
+});

@@ -183,8 +183,9 @@ export async function blockedCholeskyInverse(a: Float64Array, n: number, gemm: G
 }
 
 /**
- * upperCholeskyOfInverse with the blocked routine (same identity, gemm-bound). Consumes `h`: it is reversed in
- * place, sparing a copy of an n×n matrix (fresh memory is slow to touch on some VMs: ~3 µs per page here).
+ * upperCholeskyOfInverse with the blocked routine (same identity, gemm-bound). Reverses `h` in place, sparing a
+ * copy of an n×n matrix (fresh memory is slow to touch on some VMs: ~3 µs per page here), and writes nothing else
+ * into it: reversing it again restores it.
  */
 export async function upperCholeskyOfInverseBlocked(h: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array | undefined> {
   const inv = await blockedCholeskyInverse(h.reverse(), n, gemm);
