@@ -301,6 +301,7 @@ try {
       sweep: per.sweep,
     };
     const perLayer = estimate.forward + estimate.hessian + estimate.sweep;
+    const fullFlop = full.forward + full.hessian + full.sweep;
     fullRows.push(() => [
       name,
       shape.fullLayers,
@@ -308,8 +309,8 @@ try {
       f(estimate.hessian),
       f(estimate.sweep),
       f((perLayer * shape.fullLayers) / 3600, 2),
-      f(((full.forward + full.hessian + full.sweep) / rate) * (shape.fullLayers / 3600), 2),
-      f((perLayer * rate) / (full.forward + full.hessian + full.sweep), 2),
+      f(((fullFlop / rate) * shape.fullLayers) / 3600, 2),
+      f(perLayer / (fullFlop / rate), 2),
     ]);
 
     const evalSeq = Math.min(seqlen, shape.ctx);

@@ -296,8 +296,8 @@ export async function quantizeModel(
             weights: s === 0 ? block : { ...block, linear: { ...block.linear } },
             input: new RowFile(state.hiddenPath(l, s), D, 'open'),
             output: state.newHidden(l + 1, s, D),
-            attention: new RowFile(state.scratchPath('attention', s), linearShape(cfg, cfg.linear.o)[1], 'reuse'),
-            activation: new RowFile(state.scratchPath('activation', s), linearShape(cfg, cfg.linear.down)[1], 'reuse'),
+            attention: state.scratch('attention', s, linearShape(cfg, cfg.linear.o)[1]),
+            activation: state.scratch('activation', s, linearShape(cfg, cfg.linear.down)[1]),
           });
         }
         try {

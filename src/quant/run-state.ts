@@ -225,6 +225,16 @@ export class RunState<R> {
     return join(this.dir, `${kind}-${s}.f32`);
   }
 
+  /** The scratch rows' file, its pages overwritten block after block (RowFile's 'reuse'). */
+  scratch(kind: 'attention' | 'activation', s: number, width: number): RowFile {
+    return new RowFile(this.scratchPath(kind, s), width, 'reuse');
+  }
+
+  /** A finished block's input for stream s, kept for the output of the block after next (see newHidden). */
+  private sparePath(s: number): string {
+    return join(this.dir, `hidden-${s}-spare.f32`);
+  }
+
   layersPath(l: number): string {
     return join(this.dir, `block-${l}.safetensors`);
   }
@@ -236,10 +246,9 @@ export class RunState<R> {
     writeFileSync(`${progress}.new`, JSON.stringify(this.finished));
     renameSync(`${progress}.new`, progress);
     for (const f of readdirSync(this.dir)) {
-      const m = /^hidden-\d+-(\d+)\.f32$/.exec(f);
-      if (!m || Number(m[1]) > l) continue;
-      // block l's input, kept as the file the block after next writes its output into (see newHidden)
-      if (Number(m[1]) === l) renameSync(join(this.dir, f), join(this.dir, f.replace(/-\d+\.f32$/, '-spare.f32')));
+      const m = /^hidden-(\d+)-(\d+)\.f32$/.exec(f);
+      if (!m || Number(m[2]) > l) continue;
+      if (Number(m[2]) === l) renameSync(join(this.dir, f), this.sparePath(Number(m[1])));
       else rmSync(join(this.dir, f), { force: true });
     }
   }
@@ -249,7 +258,7 @@ export class RunState<R> {
    * left when there is one, its pages overwritten rather than a file extended (RowFile's 'reuse').
    */
   newHidden(l: number, s: number, width: number): RowFile {
-    const spare = join(this.dir, `hidden-${s}-spare.f32`);
+    const spare = this.sparePath(s);
     if (existsSync(spare)) renameSync(spare, this.hiddenPath(l, s));
     return new RowFile(this.hiddenPath(l, s), width, 'reuse');
   }
@@ -257,12 +266,7 @@ export class RunState<R> {
   /** The run is done: drop the last hidden states, the spare and the blocks' scratch files. */
   dropRows(layers: number, streams: number): void {
     for (let s = 0; s < streams; s++) {
-      for (const f of [
-        this.hiddenPath(layers, s),
-        join(this.dir, `hidden-${s}-spare.f32`),
-        this.scratchPath('attention', s),
-        this.scratchPath('activation', s),
-      ])
+      for (const f of [this.hiddenPath(layers, s), this.sparePath(s), this.scratchPath('attention', s), this.scratchPath('activation', s)])
         rmSync(f, { force: true });
     }
   }

@@ -382,9 +382,9 @@ async function attentionInQueryBlocks(q: Float32Array, k: Float32Array, v: Float
   const past = ctx - seq;
   const out = new Float32Array(q.length);
   for (let b = 0; b < batch; b++) {
+    const [q0, kv0] = [b * seq, b * ctx];
     for (let t0 = 0; t0 < seq; t0 += QUERY_BLOCK) {
       const t1 = Math.min(t0 + QUERY_BLOCK, seq);
-      const [q0, kv0] = [b * seq, b * ctx];
       const keys = [kv0 * kvPer, (kv0 + past + t1) * kvPer] as const;
       const o = await ortBackend.attention(q.subarray((q0 + t0) * qPer, (q0 + t1) * qPer), k.subarray(...keys), v.subarray(...keys), {
         ...sh,
