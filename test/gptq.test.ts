@@ -146,6 +146,44 @@ test('quantizer grid follows the reference conventions', async () => {
   for (const s of half.scale) assert.equal(roundToHalf(s), s, 'scales are fp16 values');
 });
 
+test('roundHalfEven rounds half to even everywhere, on both sides of its fast range', () => {
+  // the definition: nearest integer, ties to the even neighbour, never -0
+  const definition = (x: number): number => {
+    const f = Math.floor(x);
+    const d = x - f;
+    const r = d < 0.5 ? f : d > 0.5 ? f + 1 : f % 2 === 0 ? f : f + 1;
+    return r + 0;
+  };
+  const xs = [0, -0, 0.49999999999999994, -0.49999999999999994, 0.5, -0.5, 1.5, -1.5, 7.5, -8.5, 1e-300, -1e-300];
+  for (const e of [20, 50, 51, 52, 53, 60]) {
+    const p = 2 ** e;
+    xs.push(p, -p, p - 0.5, -(p - 0.5), p + 0.5, -(p + 0.5), p - 1.5, p + 1.5, p * 1.25 + 0.5);
+  }
+  const rand = seededRandom(3);
+  for (let i = 0; i < 10000; i++) xs.push((rand() - 0.5) * 40, Math.round((rand() - 0.5) * 200) / 2);
+  for (const x of xs)
+    assert.ok(Object.is(roundHalfEven(x), definition(x)), `roundHalfEven(${x}) = ${roundHalfEven(x)}, not ${definition(x)}`);
+  assert.ok(Number.isNaN(roundHalfEven(NaN)));
+  assert.equal(roundHalfEven(Infinity), Infinity);
+});
+
+test('fitGrid reads a column-major slice as it reads the same slice row-major', () => {
+  const rows = 37;
+  const cols = 50;
+  const rand = seededRandom(4);
+  const rowMajor = Float64Array.from({ length: rows * cols }, () => rand() - 0.4);
+  const colMajor = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) colMajor[c * rows + r] = rowMajor[r * cols + c]!;
+  for (const opts of [
+    { bits: 4, sym: true, mse: false, fp16Scales: true },
+    { bits: 3, sym: false, mse: true, fp16Scales: false },
+  ]) {
+    const a = fitGrid(rowMajor, rows, cols, 10, 32, opts);
+    const b = fitGrid(colMajor, rows, 1, 10 * rows, 32, opts, rows);
+    assert.deepEqual(b, a);
+  }
+});
+
 test('mse grid search never does worse than the plain min/max grid', async () => {
   const { w } = randomProblem(16, 64);
   w[5] = 2; // an outlier, which shrinking the range helps

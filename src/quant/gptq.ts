@@ -1,5 +1,5 @@
 import { upperCholeskyOfInverse, upperCholeskyOfInverseBlocked, type Gemm64 } from '../tensor/cholesky.js';
-import { fitGrid, quantizeValue, type GridOptions, type RowGrid } from './quantizer.js';
+import { fitGrid, roundHalfEven, type GridOptions, type RowGrid } from './quantizer.js';
 import { packFactors, type QuantizedLayer } from './quantized-layer.js';
 import { BLOCK_LAYOUTS, GGML_TYPES, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
 import { fitBlock } from './ggml-grid.js';
@@ -238,7 +238,6 @@ export async function gptq(
   // the block's scaled errors and (GPTQv2) quantized values, [column, row] like W
   const Err1 = new Float64Array(blocksize * rows);
   const Q1 = P && new Float64Array(blocksize * rows);
-  const codes1 = new Uint8Array(blocksize * rows);
   /*
    * The fast path keeps every column's errors in float32 for the backend's products, and runs the lazy batch
    * left-looking when the groups allow: instead of W[i2:] −= U[i1:i2, i2:]ᵀ·Err1 after each block (an output
@@ -275,12 +274,8 @@ export async function gptq(
           gIdx[orig] = Math.floor(orig / gs);
         } else {
           if (col % gs === 0) {
-            grid = fitColumns(
-              W,
-              rows,
-              Array.from({ length: Math.min(gs, cols - col) }, (_, k) => col + k),
-              opts,
-            );
+            // the group's columns are contiguous in W [column, row]: fitted in place, column-major
+            grid = fitGrid(W, rows, 1, col * rows, Math.min(gs, cols - col), opts, rows);
             setGroup(col / gs, grid);
           }
           gIdx[orig] = Math.floor(col / gs);
@@ -300,15 +295,14 @@ export async function gptq(
         const g = gridOf[i];
         const rowLevels = g && 'values' in g ? g : levels;
         const rowGrid = g && 'scale' in g ? g : undefined;
-        loss += quantizeColumn(w, U[col * cols + col]!, rowGrid, rowLevels, maxq, codes1.subarray(...at), err, Q1?.subarray(...at));
+        const code = { codes, at: perm ? perm[col]! : col, stride: cols };
+        loss += quantizeColumn(w, U[col * cols + col]!, rowGrid, rowLevels, maxq, code, err, Q1?.subarray(...at));
         // immediate update of the rest of the run (GPTQv2: steered with the unquantized column)
         subtractUpdates(W, rows, cols, [col + 1, i1 + j2], U, err, col, P, w);
         if (E) E.set(err, col * rows);
         if (Q) Q.set(Q1!.subarray(...at), col * rows);
       }
     }
-    for (let r = 0; r < rows; r++)
-      for (let i = 0; i < count; i++) codes[r * cols + (perm ? perm[i1 + i]! : i1 + i)] = codes1[i * rows + r]!;
     // lazy batch update of everything after the block: W[i2:] −= U[i1:i2, i2:]ᵀ·Err1
     // (GPTQv2: − P[i1:i2, i2:]ᵀ·Q1, Q1 being what the reference's W1 holds once its block is done)
     if (i2 < cols && !leftLooking) {
@@ -355,8 +349,9 @@ function fitBlockLevels(type: BlockType, W: Float64Array, rows: number, cols: nu
 }
 
 /**
- * Rounds a column x (one weight per row) to each row's grid, or to its levels: writes the codes, the errors
- * scaled by 1/d (d = U_ii) and the rounded values (when asked); returns the column's part of the loss.
+ * Rounds a column x (one weight per row) to each row's grid, or to its levels: writes the codes (row r's at
+ * codes[at + r·stride], its place in the row-major layer), the errors scaled by 1/d (d = U_ii) and the rounded
+ * values (when asked); returns the column's part of the loss.
  */
 function quantizeColumn(
   x: Float64Array,
@@ -364,24 +359,35 @@ function quantizeColumn(
   grid: RowGrid | undefined,
   levels: RowLevels | undefined,
   maxq: number,
-  codes: Uint8Array,
+  { codes, at, stride }: { codes: Uint8Array; at: number; stride: number },
   err: Float64Array,
   rounded: Float64Array | undefined,
 ): number {
   let loss = 0;
-  for (let r = 0; r < x.length; r++) {
-    let q: number;
-    let qv: number;
-    if (levels) {
-      const k = nearestLevel(levels.values, r * levels.levelsPerRow, levels.levelsPerRow, x[r]!);
-      q = levels.codes[k]!;
-      qv = levels.values[k]!;
-    } else {
-      q = quantizeValue(x[r]!, grid!.scale[r]!, grid!.zero[r]!, maxq);
-      qv = grid!.scale[r]! * (q - grid!.zero[r]!);
+  const rows = x.length;
+  if (levels) {
+    const { values, codes: levelCodes, levelsPerRow: n } = levels;
+    for (let r = 0; r < rows; r++) {
+      const k = nearestLevel(values, r * n, n, x[r]!);
+      codes[at + r * stride] = levelCodes[k]!;
+      const e = (x[r]! - values[k]!) / d;
+      loss += (e * e) / 2;
+      err[r] = e;
+      if (rounded) rounded[r] = values[k]!;
     }
-    codes[r] = q;
-    const e = (x[r]! - qv) / d;
+    return loss;
+  }
+  // the affine grid, quantizeValue written out: this loop is a good part of a sweep's time
+  const { scale, zero } = grid!;
+  for (let r = 0; r < rows; r++) {
+    const v = x[r]!;
+    const s = scale[r]!;
+    const z = zero[r]!;
+    let q = roundHalfEven(v / s) + z;
+    q = q < 0 ? 0 : q > maxq ? maxq : q;
+    const qv = s * (q - z);
+    codes[at + r * stride] = q;
+    const e = (v - qv) / d;
     loss += (e * e) / 2;
     err[r] = e;
     if (rounded) rounded[r] = qv;
