@@ -10,13 +10,14 @@ import { printTable } from './table.js';
 
 /**
  * GPTQ's per-layer costs at real shapes on random data, beside the backend's sgemm and dgemm rates measured in
- * the same run: Hessian accumulation (one calibration chunk of 4096 positions), the Hessian's preparation
+ * the same run: Hessian accumulation (one calibration chunk of 2048 positions, the pipeline's at these widths,
+ * rated by one triangle of XᵀX as bench:scale's floor counts it), the Hessian's preparation
  * (damping, blocked float64 Cholesky of H⁻¹), and the sweep (4-bit, groups of 128, symmetric, blocks of 128).
  *
  *   npm run bench:sweep [-- --baseline REV] [--large]
  *
  * `--baseline REV` runs the same measurements on the source tree of git revision REV in the same process,
- * alternating with this tree's, for a before/after table. `--large` adds the 4096 x 14336 layer: its Hessian is
+ * alternating with this tree's, for a before/after table. `--large` adds the 4096 x 14336 layer (and its Hessian's accumulation): its Hessian is
  * 1.6 GB in float64 and the factorization holds several such matrices (a run with the baseline was killed for
  * memory beside a 10 GB job on this 24 GB machine). Times are the best of `REPS` runs (one for --large;
  * Hessians: 5), as the machine is shared.
@@ -107,22 +108,23 @@ async function randomHessian(cols: number, n: number): Promise<Float64Array> {
 
 const hessianRates: number[] = [];
 const opts = { ...gptqNow.GPTQ_REFERENCE, bits: 4, groupSize: 128, sym: true };
-const CHUNK = 4096;
-{
-  const cols = 4096;
+// the calibration chunk the pipeline feeds a 7B/8B-shaped block's Hessians (2^25 floats of its widest inputs)
+const CHUNK = 2048;
+for (const cols of [4096, 11008, ...(large ? [14336] : [])]) {
   const x = random(CHUNK * cols);
-  // as many flops as the sgemm above, alternating with it
+  // the running Hessian is made once and kept, as the pipeline keeps it across chunks; timed beside the sgemm above
+  const accs = trees.map((tree) => new tree.hessian.HessianAccumulator(cols, tree.backend));
   const t = await best(
     HESSIAN_REPS,
     async (tree) => {
-      const acc = new tree.hessian.HessianAccumulator(cols, tree.backend);
-      await acc.add(x, CHUNK, 1);
+      await accs[trees.indexOf(tree)]!.add(x, CHUNK, 1);
     },
     trees,
     sgemmOnce,
   );
-  const rates = t.map((v) => gflops(2 * CHUNK * cols * cols, v));
-  rows.push([`Hessian accumulation ${CHUNK} x ${cols}, GFLOP/s`, ...cell(rates, 0), ...ratio(t)]);
+  // one triangle of XᵀX: the flop a syrk does, the floor bench:scale counts
+  const rates = t.map((v) => gflops(CHUNK * cols * cols, v));
+  rows.push([`Hessian accumulation ${CHUNK} x ${cols}, GFLOP/s (one triangle)`, ...cell(rates, 0), ...ratio(t)]);
   hessianRates.push(...rates);
 }
 
@@ -176,7 +178,11 @@ rows.unshift(
   [`sgemm ${SG.m}x${SG.n}x${SG.k} (onnxruntime), GFLOP/s`, sgemm.toFixed(0), ...blank],
   [`dgemm ${DG}^3 (onnxruntime), GFLOP/s`, dgemm.toFixed(0), ...blank],
 );
-rows.splice(3, 0, [`  Hessian rate as % of sgemm`, ...hessianRates.map((r) => `${((100 * r) / sgemm).toFixed(0)}%`), ...blank.slice(1)]);
+const hessianCases = hessianRates.length / trees.length;
+for (let c = hessianCases - 1; c >= 0; c--) {
+  const pct = hessianRates.slice(c * trees.length, (c + 1) * trees.length).map((r) => `${((100 * r) / sgemm).toFixed(0)}%`);
+  rows.splice(3 + c, 0, [`  as % of sgemm`, ...pct, ...blank.slice(1)]);
+}
 
 printTable(
   `GPTQ layer costs, w4 g128 sym, blocks of 128 (best of ${REPS}, Hessians of ${HESSIAN_REPS}; ${trees.length === 2 ? 'before/after ratio = speed-up' : 'pass --baseline REV for before/after'})`,

@@ -25,7 +25,8 @@ function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: numbe
   assert.equal(got.length, want.length, `${what}: length`);
   for (let i = 0; i < want.length; i++) {
     const err = Math.abs(got[i]! - want[i]!);
-    assert.ok(err <= tol * (1 + Math.abs(want[i]!)), `${what}[${i}]: ${got[i]} vs ${want[i]}`);
+    // the message only on failure: building one per element dominated the wide Hessian case's time
+    if (!(err <= tol * (1 + Math.abs(want[i]!)))) assert.fail(`${what}[${i}]: ${got[i]} vs ${want[i]}`);
   }
 }
 
@@ -98,6 +99,8 @@ test('accumulateGram updates the upper triangle as the definition does', async (
     [1024, 96],
     [37, 516],
     [5, 1000],
+    // wide enough for more than 8 panels (9 of about 656 columns)
+    [3, 5900],
   ] as [number, number][]) {
     const start = Float64Array.from(rand(cols * cols, r));
     const [got, want] = [start.slice(), start.slice()];
@@ -110,8 +113,10 @@ test('accumulateGram updates the upper triangle as the definition does', async (
       await refBackend.accumulateGram(want, x, rows, cols, keep, add);
     }
     assertClose(got, want, 1e-5 * Math.sqrt(rows), `accumulateGram ${rows}x${cols}`);
-    for (let i = 0; i < cols; i++)
-      for (let j = 0; j < i; j++) assert.equal(got[i * cols + j], start[i * cols + j], `below the diagonal [${i},${j}]`);
+    let changed: string | undefined;
+    for (let i = 0; i < cols && !changed; i++)
+      for (let j = 0; j < i; j++) if (got[i * cols + j] !== start[i * cols + j]) changed ??= `[${i},${j}]`;
+    assert.equal(changed, undefined, `${rows}x${cols}: below the diagonal, changed at`);
   }
 });
 

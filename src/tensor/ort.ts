@@ -108,42 +108,53 @@ const gramGraph = (): Promise<ort.InferenceSession> =>
   );
 
 /**
- * The Hessian's XᵀX: the columns split into GRAM_PANELS panels and only the panel products on and above the
- * diagonal computed (36 of 64 gemms, as a syrk would), each its own output, so that only they are accumulated
+ * The Hessian's XᵀX: the columns split into panels and only the panel products on and above the diagonal
+ * computed (36 of 64 gemms at 8 panels, as a syrk would), each its own output, so that only they are accumulated
  * into the float64 Hessian. At Llama-2-7B's shapes (2048 rows, 4096 and 11008 columns) gemms plus accumulation
  * ran at 182-234 GFLOP/s of the full product's flop against 54-149 for 4 panels whose transposes were
  * concatenated into the whole matrix and all of it accumulated. Panel widths are multiples of 16 (the last takes
- * the rest); one graph per column count, since the widths are the Split's constants.
+ * the rest); one graph per column count, since the widths are the graph's constants.
+ *
+ * Wide inputs get panels of about PANEL_WIDTH columns rather than 8 (16 at 11008, 21 at 14336): the products on
+ * the diagonal, half of whose flop is thrown away, shrink from 1/16 to about 1/32 of XᵀX. And X is transposed
+ * once inside the graph, so that each product is Xᵢ·Xⱼᵀ: MLAS ran A·Bᵀ at 155-167 GFLOP/s against 138-144 for
+ * Aᵀ·B on 512-2752-wide panels of 2048 rows (a transposition in TypeScript, 120 ms at 2048 x 11008, cost about
+ * what it saved). `npm run bench:sweep -- --baseline` before both, two runs: 2048 x 11008 1.19x and 1.09x as fast,
+ * 2048 x 4096 (still 8 panels) 1.05x and 1.07x.
  */
 const GRAM_PANELS = 8;
 /** below this many columns the panels are too thin for the saving to beat the extra nodes */
 const PANELS_FROM = 512;
+/** the wide inputs' panel width: 16 panels at 11008 ran 1.09-1.19x as fast as 8, 24 (460 wide) 1.14x in one run */
+const PANEL_WIDTH = 688;
 
 function gramPanels(cols: number): number[] {
   if (cols < PANELS_FROM) return [cols];
-  const base = Math.floor(cols / GRAM_PANELS / 16) * 16;
-  return Array.from({ length: GRAM_PANELS }, (_, i) => (i < GRAM_PANELS - 1 ? base : cols - base * (GRAM_PANELS - 1)));
+  const count = Math.max(GRAM_PANELS, Math.round(cols / PANEL_WIDTH));
+  const base = Math.floor(cols / count / 16) * 16;
+  return Array.from({ length: count }, (_, i) => (i < count - 1 ? base : cols - base * (count - 1)));
 }
 
 const upperGramGraph = (widths: number[]): Promise<ort.InferenceSession> => {
   const cols = widths.reduce((a, b) => a + b, 0);
-  const panel = (i: number) => (widths.length === 1 ? 'X' : `X${i}`);
-  const nodes: NodeSpec[] = [];
+  const panel = (i: number) => (widths.length === 1 ? 'XT' : `X${i}`);
+  const nodes: NodeSpec[] = [{ opType: 'Transpose', inputs: ['X'], outputs: ['XT'], intsAttrs: { perm: [1, 0] } }];
   const outputs: ValueInfo[] = [];
   const initializers: Initializer[] = [];
   if (widths.length > 1) {
-    nodes.push({ opType: 'Split', inputs: ['X', 'widths'], outputs: widths.map((_, i) => panel(i)), intAttrs: { axis: 1 } });
+    nodes.push({ opType: 'Split', inputs: ['XT', 'widths'], outputs: widths.map((_, i) => panel(i)), intAttrs: { axis: 0 } });
     const data = new Uint8Array(new BigInt64Array(widths.map(BigInt)).buffer);
     initializers.push({ name: 'widths', elemType: ElemType.INT64, dims: [widths.length], data });
   }
   for (let i = 0; i < widths.length; i++) {
     for (let j = i; j < widths.length; j++) {
-      nodes.push({ opType: 'Gemm', inputs: [panel(i), panel(j)], outputs: [`G${i}_${j}`], intAttrs: { transA: 1 } });
+      nodes.push({ opType: 'Gemm', inputs: [panel(i), panel(j)], outputs: [`G${i}_${j}`], intAttrs: { transB: 1 } });
       outputs.push({ name: `G${i}_${j}`, elemType: F, dims: [widths[i]!, widths[j]!] });
     }
   }
   return graph(nodes, [{ name: 'X', elemType: F, dims: ['rows', cols] }], outputs, undefined, initializers);
 };
+
 const upperGramSessions = new Map<number, Promise<ort.InferenceSession>>();
 
 /**
