@@ -385,7 +385,8 @@ test('the Hessian prepared with backend gemms (blocked Cholesky, GPTQv2 correcti
 test('the fast path (float32 products on the backend, inner batches, right- and left-looking) matches the float64 definition', async () => {
   const { ortBackend } = await import('../src/tensor/ort.js');
   const rows = 48;
-  const cols = 300; // two full blocks of 128 and a remainder
+  // five full blocks of 128 and a remainder: a gather of four blocks, then one of the rest
+  const cols = 700;
   const { w, h } = randomProblem(rows, cols, 400);
   const dXXt = Float64Array.from({ length: cols * cols }, () => randn() * 0.01);
   // g64 nests in blocks (left-looking); g96 straddles them (right-looking)
