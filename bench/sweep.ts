@@ -17,10 +17,10 @@ import { printTable } from './table.js';
  *   npm run bench:sweep [-- --baseline REV] [--large]
  *
  * `--baseline REV` runs the same measurements on the source tree of git revision REV in the same process,
- * alternating with this tree's, for a before/after table. `--large` adds the 4096 x 14336 layer (and its Hessian's accumulation): its Hessian is
- * 1.6 GB in float64 and the factorization holds several such matrices (a run with the baseline was killed for
- * memory beside a 10 GB job on this 24 GB machine). Times are the best of `REPS` runs (one for --large;
- * Hessians: 5), as the machine is shared.
+ * alternating with this tree's, for a before/after table. `--large` adds the 4096 x 14336 layer and its Hessian's
+ * accumulation: its Hessian is 1.6 GB in float64 and the factorization holds several such matrices (a run with the
+ * baseline was killed for memory beside a 10 GB job on this 24 GB machine). Times are the best of `REPS` runs (one
+ * for --large; Hessians: 5), as the machine is shared.
  */
 const REPS = 3;
 const HESSIAN_REPS = 5;
@@ -113,11 +113,11 @@ const CHUNK = 2048;
 for (const cols of [4096, 11008, ...(large ? [14336] : [])]) {
   const x = random(CHUNK * cols);
   // the running Hessian is made once and kept, as the pipeline keeps it across chunks; timed beside the sgemm above
-  const accs = trees.map((tree) => new tree.hessian.HessianAccumulator(cols, tree.backend));
+  const accs = new Map(trees.map((tree) => [tree, new tree.hessian.HessianAccumulator(cols, tree.backend)]));
   const t = await best(
     HESSIAN_REPS,
     async (tree) => {
-      await accs[trees.indexOf(tree)]!.add(x, CHUNK, 1);
+      await accs.get(tree)!.add(x, CHUNK, 1);
     },
     trees,
     sgemmOnce,

@@ -99,7 +99,7 @@ test('accumulateGram updates the upper triangle as the definition does', async (
     [1024, 96],
     [37, 516],
     [5, 1000],
-    // wide enough for more than 8 panels (9 of about 656 columns)
+    // wide enough for more than 8 panels (9: eight of 640 columns and one of 780)
     [3, 5900],
   ] as [number, number][]) {
     const start = Float64Array.from(rand(cols * cols, r));
