@@ -121,8 +121,15 @@ test('GGUF export refuses, before any work, a tokenizer llama.cpp would run diff
   assert.equal(existsSync(join(parent, 'x.gguf')), false);
 });
 
-/** measured on stories15M: drift 1e-4 to 2.6e-3 (Q2_K); see the block-grid test */
+/**
+ * Measured on stories15M: drift 1e-4 to 8e-4, and 2.6e-3 for Q2_K, on machines with AVX-512. On one with AVX2 only
+ * (an AMD EPYC: llama.cpp's haswell build, onnxruntime's AVX2 kernels) every type stayed in that range but Q2_K,
+ * 7.4e-3, and the same at d6494e3 and 0288452 as with the commits after them: the machine moved it, not a change of
+ * ours. Q2_K's control is 2.3, so its relative bound (a quarter of that) is still 78 times its drift; its absolute
+ * cap is its own. See the block-grid test.
+ */
 const DRIFT_MAX = 0.005;
+const DRIFT_MAX_OF: Partial<Record<string, number>> = { Q2_K: 0.015 };
 const DRIFT_OF_CONTROL = 0.25;
 
 /**
@@ -231,7 +238,7 @@ test('GPTQ on llama.cpp block grids: every type holds exactly the weights GPTQ e
     const control = meanKl(theirs.probabilities, await ourDistributions(previous, prompt, theirs.tokens));
     if (process.env['GGUF_DEBUG']) console.log(blockType, { drift, control });
     agreements.push(`${blockType}: ${drift.toExponential(2)} vs ${control.toExponential(2)}`);
-    if (!(drift < DRIFT_OF_CONTROL * control && drift < DRIFT_MAX)) failures.push(agreements.at(-1)!);
+    if (!(drift < DRIFT_OF_CONTROL * control && drift < (DRIFT_MAX_OF[blockType] ?? DRIFT_MAX))) failures.push(agreements.at(-1)!);
     previous = mine;
     made.push(dirname(file));
   }
