@@ -1,26 +1,9 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { seededRandom } from '../src/calib/windows.js';
 import { bf16ArrayToFloat, floatToHalf, halfArrayToFloat } from '../src/io/fp16.js';
 import { head16Fits, openHead16 } from '../src/tensor/head16.js';
 import type { StoredRows } from '../src/tensor/rows.js';
-
-const root = new URL('..', import.meta.url);
-
-test('the committed 16-bit matvec kernel is what scripts/build-wasm.mjs assembles from its WebAssembly text', () => {
-  const built = execFileSync(
-    process.execPath,
-    [
-      '--input-type=module',
-      '-e',
-      "const m = await import('./scripts/build-wasm.mjs'); process.stdout.write(m.source(await m.assemble()));",
-    ],
-    { cwd: root, encoding: 'utf8' },
-  );
-  assert.equal(readFileSync(new URL('src/tensor/matvec16-wasm.ts', root), 'utf8'), built);
-});
 
 /** A table of 16-bit values from a few orders of magnitude, with zeros, negative zeros and (IEEE half) subnormals. */
 function table(dtype: 'F16' | 'BF16', rows: number, cols: number, seed: number): StoredRows {

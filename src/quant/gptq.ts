@@ -3,6 +3,7 @@ import { fitGrid, roundHalfEven, type GridOptions, type RowGrid } from './quanti
 import { packFactors, type QuantizedLayer } from './quantized-layer.js';
 import { BLOCK_LAYOUTS, GGML_TYPES, typeForRows, type Block, type BlockType } from '../formats/ggml-blocks.js';
 import { fitBlock } from './ggml-grid.js';
+import { SweepColumns } from '../tensor/sweep-column.js';
 
 /**
  * GPTQ (Frantar et al., 2022) for one linear layer W [rows, cols] given the Hessian H = 2/n·Σ x·xᵀ of its inputs.
@@ -263,6 +264,8 @@ export async function gptq(
     subtractProducts(fast!, W, rows, cols, [c0, c1], U, E!.subarray(k0 * rows, k1 * rows), k0, P, V);
   const leftLooking = fast && !(gs > 0 && !opts.staticGroups && blocksize % gs !== 0);
   const inner = fast ? RUN : blocksize;
+  // the affine grids' runs on the SIMD kernel: the same bits as the loop below, which keeps every other case
+  const simd = fast && !P && !levels && !ggml && rows % 2 === 0 ? new SweepColumns(rows, RUN, blocksize) : undefined;
   for (let i1 = 0; i1 < cols; i1 += blocksize) {
     const i2 = Math.min(i1 + blocksize, cols);
     const count = i2 - i1;
@@ -302,6 +305,10 @@ export async function gptq(
       const j2 = Math.min(j1 + inner, count);
       // what the block's earlier runs owe this one, gathered as one product (GPTQv2: with their unquantized values)
       if (fast && j1 > 0) await owed(i1 + j1, i1 + j2, i1, i1 + j1, P && new Float32Array(W.subarray(i1 * rows, (i1 + j1) * rows)));
+      if (simd) {
+        loss = sweepRunSimd(simd, W, U, E!, gridOf as RowGrid[], cols, i1, j1, j2, maxq, loss);
+        continue;
+      }
       for (let i = j1; i < j2; i++) {
         const col = i1 + i;
         const w = W.subarray(col * rows, (col + 1) * rows);
@@ -318,6 +325,7 @@ export async function gptq(
         if (Q) Q.set(Q1!.subarray(...at), col * rows);
       }
     }
+    if (simd) copyCodes(simd.codes(), blocksize, codes, rows, cols, i1, count, perm);
     // lazy batch update of everything after the block: W[i2:] −= U[i1:i2, i2:]ᵀ·Err1
     // (GPTQv2: − P[i1:i2, i2:]ᵀ·Q1, Q1 being what the reference's W1 holds once its block is done)
     if (i2 < cols && !leftLooking) {
@@ -328,6 +336,60 @@ export async function gptq(
   const layer: QuantizedLayer = { rows, cols, bits, groupSize: gs, sym: opts.sym, codes, scales, zeros, gIdx };
   if (blocks) Object.assign(layer, { ggmlType: GGML_TYPES[blockType!], blockFactors: packFactors(blockType!, blocks) });
   return { layer, loss, percdamp };
+}
+
+/**
+ * One run of the fast path, columns [i1 + j1, i1 + j2) of W, on the SIMD kernel: quantizeColumn and the run's
+ * immediate updates, as the loop in gptq() does them. The run's columns of W keep their loaded values: nothing
+ * reads them once the run is quantized (grids are fitted when their block starts). Returns `loss` with each
+ * column's added in turn, as the loop adds them.
+ */
+function sweepRunSimd(
+  k: SweepColumns,
+  W: Float64Array,
+  U: Float64Array,
+  E: Float32Array,
+  gridOf: RowGrid[],
+  cols: number,
+  i1: number,
+  j1: number,
+  j2: number,
+  maxq: number,
+  loss: number,
+): number {
+  const [c0, n] = [i1 + j1, j2 - j1];
+  const rows = k.rows;
+  k.load(W.subarray(c0 * rows, (c0 + n) * rows));
+  for (let i = 0; i < n; i++) {
+    const col = c0 + i;
+    const grid = gridOf[j1 + i]!;
+    k.grid(grid.scale, grid.zero);
+    loss += k.quantize(i, U[col * cols + col]!, maxq, j1 + i);
+    for (let j = i + 1; j < n; j++) k.update(j, i, U[col * cols + c0 + j]!);
+  }
+  E.set(k.errors(n), c0 * rows);
+  return loss;
+}
+
+/** A block's codes [rows, stride], its first `count` columns, into the layer's [rows, cols] at its columns. */
+function copyCodes(
+  block: Uint8Array,
+  stride: number,
+  codes: Uint8Array,
+  rows: number,
+  cols: number,
+  i1: number,
+  count: number,
+  perm: Int32Array | undefined,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const from = r * stride;
+    if (!perm) {
+      codes.set(block.subarray(from, from + count), r * cols + i1);
+      continue;
+    }
+    for (let i = 0; i < count; i++) codes[r * cols + perm[i1 + i]!] = block[from + i]!;
+  }
 }
 
 /**
@@ -368,7 +430,7 @@ function fitBlockLevels(type: BlockType, W: Float64Array, rows: number, cols: nu
  * codes[at + r·stride], its place in the row-major layer), the errors scaled by 1/d (d = U_ii) and the rounded
  * values (when asked); returns the column's part of the loss.
  */
-function quantizeColumn(
+export function quantizeColumn(
   x: Float64Array,
   d: number,
   grid: RowGrid | undefined,
@@ -446,7 +508,7 @@ function fitColumns(W: Float64Array, rows: number, columns: number[], opts: Grid
  * [c0, c1) and the rows k of U from k0 on, one per row of E ([k, row], as W). One column's immediate update
  * is the case of one k; the reference's lazy batch that of a block. Each weight takes its terms in order of k.
  */
-function subtractUpdates(
+export function subtractUpdates(
   W: Float64Array,
   rows: number,
   cols: number,

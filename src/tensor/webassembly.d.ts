@@ -1,5 +1,5 @@
 /**
- * The part of the WebAssembly JS API that head16.ts uses. Node has it as a global, but TypeScript declares it only
+ * The part of the WebAssembly JS API that head16.ts and sweep-column.ts use. Node has it as a global, but TypeScript declares it only
  * in the DOM library, which this project does not load.
  */
 declare namespace WebAssembly {
