@@ -12,9 +12,10 @@ import { ortBackend } from '../src/tensor/ort.js';
 import { refBackend } from '../src/tensor/ref.js';
 
 /*
- * The blocked (gemm-bound) factorizations against the plain float64 definitions, on sizes below, at and
- * across the 128-column block and (700) where the triangular products recurse, with both backends' float64
- * gemm. Tolerance 1e-9 relative to the largest entry: both are float64 and only the summation order differs.
+ * The blocked (gemm-bound) factorizations against the plain float64 definitions, with both backends' float64
+ * gemm, on sizes below, at and across the 64-column leaf, of several panels with a shorter last one (300: panels
+ * of 80, the last 60) and where the diagonal blocks themselves take panels (700: panels of 176, their diagonal
+ * blocks of 64). Tolerance 1e-9 relative to the largest entry: both are float64 and only the summation order differs.
  */
 
 /** A Hessian-like SPD matrix: XᵀX/n of correlated columns plus a little damping. */
@@ -42,7 +43,7 @@ function assertNear(got: Float64Array, want: Float64Array, what: string): void {
 for (const backend of [refBackend, ortBackend]) {
   test(`blocked Cholesky with its inverse, and U = chol(H⁻¹) equal the plain routines (${backend.name} gemm)`, async () => {
     const gemm = backend.matmul64.bind(backend);
-    for (const n of backend === refBackend ? [1, 7, 129, 300] : [1, 7, 128, 129, 300, 517, 700]) {
+    for (const n of backend === refBackend ? [1, 7, 65, 129, 300] : [1, 7, 64, 65, 128, 129, 300, 517, 700]) {
       const h = spd(n, n);
       const l = cholesky(h, n)!;
       assertNear((await blockedCholeskyInverse(h, n, gemm))!, invertLower(l, n), `inverse of the Cholesky factor n=${n}`);
@@ -59,7 +60,7 @@ test('blocked Cholesky refuses a matrix that stops being positive definite after
   assert.equal(await blockedCholeskyInverse(h, n, ortBackend.matmul64.bind(ortBackend)), undefined);
 });
 
-test('float64 gemm (A·Bᵀ and A·B) equals the definition', async () => {
+test('float64 gemm (A·Bᵀ, A·B, Aᵀ·B, Aᵀ·Bᵀ, into a given output) equals the definition', async () => {
   const rnd = seededRandom(9);
   for (const [m, n, k] of [
     [1, 1, 1],
@@ -71,6 +72,15 @@ test('float64 gemm (A·Bᵀ and A·B) equals the definition', async () => {
     for (const transB of [true, false]) {
       const want = await refBackend.matmul64(a, b, m, n, k, transB);
       assertNear(await ortBackend.matmul64(a, b, m, n, k, transB), want, `gemm ${m}x${n}x${k} transB=${transB}`);
+      // A stored [k, m] and multiplied transposed, the product written into a view of a larger matrix
+      const at = Float64Array.from({ length: m * k }, (_, i) => a[(i % m) * k + Math.floor(i / m)]!);
+      for (const backend of [refBackend, ortBackend]) {
+        const big = new Float64Array(m * n + 10).fill(7);
+        const out = big.subarray(5, 5 + m * n);
+        assert.equal(await backend.matmul64(at, b, m, n, k, transB, { transA: true, out }), out);
+        assertNear(out, want, `${backend.name} gemm ${m}x${n}x${k} transA transB=${transB}`);
+        assert.deepEqual([...big.subarray(0, 5), ...big.subarray(5 + m * n)], Array(10).fill(7), 'only the view is written');
+      }
     }
   }
   // the definition itself: A·B with B [k,n] is A·(Bᵀ)ᵀ

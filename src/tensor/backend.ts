@@ -89,6 +89,12 @@ export interface LinearKernel {
   dispose(): Promise<void>;
 }
 
+/** matmul64's optional layout of A and destination of C */
+export interface Gemm64Options {
+  transA?: boolean;
+  out?: Float64Array;
+}
+
 export interface Backend {
   readonly name: string;
   /** Prepare float weights W [rows, cols] for repeated use (the engine may keep them in its own layout). */
@@ -100,10 +106,11 @@ export interface Backend {
   /** C[m,n] = A[m,k] · B[k,n] */
   matmulNN(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
   /**
-   * Float64 C[m,n] = A[m,k]·Bᵀ with B stored [n,k] (transB) or A·B with B stored [k,n]: the gemms of the
-   * blocked Cholesky GPTQ factors its Hessian with.
+   * Float64 C[m,n] = A[m,k]·Bᵀ with B stored [n,k] (transB) or A·B with B stored [k,n]; with `transA`, A is
+   * stored [k,m] and its transpose is multiplied. The gemms of the blocked Cholesky GPTQ factors its Hessian
+   * with. C is written into `out` when given (m·n values, which may be a view into a larger matrix) and returned.
    */
-  matmul64(a: Float64Array, b: Float64Array, m: number, n: number, k: number, transB: boolean): Promise<Float64Array>;
+  matmul64(a: Float64Array, b: Float64Array, m: number, n: number, k: number, transB: boolean, more?: Gemm64Options): Promise<Float64Array>;
   /** RMSNorm of each row: x / sqrt(mean(x²) + eps) · w */
   rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number): Promise<Float32Array>;
   /** SwiGLU: silu(H·Wgateᵀ) ⊙ (H·Wupᵀ), H [m,k], W [n,k] → [m,n] */

@@ -1,3 +1,5 @@
+import type { Gemm64Options } from './backend.js';
+
 /**
  * Dense float64 factorizations for GPTQ (row-major n×n). Plain TypeScript: each routine is its own definition.
  */
@@ -57,11 +59,25 @@ export function upperCholeskyOfInverse(h: Float64Array, n: number): Float64Array
   return l && invertLower(l, n).reverse();
 }
 
-/** The backend's float64 gemm: C[m,n] = A[m,k]·Bᵀ with B [n,k] (transB) or A·B with B [k,n]. */
-export type Gemm64 = (a: Float64Array, b: Float64Array, m: number, n: number, k: number, transB: boolean) => Promise<Float64Array>;
+/** The backend's float64 gemm (Backend.matmul64): C[m,n] = A·Bᵀ with B [n,k] (transB) or A·B with B [k,n]. */
+export type Gemm64 = (
+  a: Float64Array,
+  b: Float64Array,
+  m: number,
+  n: number,
+  k: number,
+  transB: boolean,
+  more?: Gemm64Options,
+) => Promise<Float64Array>;
 
-/** At or below this size the blocked routine falls through to the plain ones above. */
-const BLOCK = 128;
+/** At or below this size the plain routines above factor a matrix. */
+const LEAF = 64;
+/** Rows per panel of the blocked routine: the small dimension of its gemms. */
+const PANEL = 256;
+/** A quarter of n, on a multiple of 8, between LEAF and PANEL: diagonal blocks recurse with smaller panels. */
+const panelWidth = (n: number): number => Math.min(PANEL, Math.max(LEAF, Math.ceil(n / 32) * 8));
+
+const EMPTY = new Float64Array(0);
 
 /** Rows r0..r1, columns c0..c1 of a row-major matrix with n columns, as a dense block. */
 function block(a: Float64Array, n: number, r0: number, r1: number, c0: number, c1: number): Float64Array {
@@ -70,116 +86,81 @@ function block(a: Float64Array, n: number, r0: number, r1: number, c0: number, c
   return out;
 }
 
-function putBlock(a: Float64Array, n: number, b: Float64Array, r0: number, c0: number, cols: number): void {
-  for (let i = 0; i < b.length / cols; i++) a.set(b.subarray(i * cols, (i + 1) * cols), (r0 + i) * n + c0);
-}
-
-/** Where the blocked routines split n: about half, on a multiple of BLOCK. */
-const half = (n: number): number => Math.ceil(n / 2 / BLOCK) * BLOCK;
-
-/*
- * Products with a lower-triangular or symmetric operand, recursively by halves: each splits into two products
- * of the same kind on the diagonal halves and one plain gemm on the off-diagonal block, so the zero (or
- * mirrored) half is never multiplied. At 2·BLOCK and below a plain gemm does it, trading a small product's
- * wasted half for fewer calls.
- */
-
-/** A·Xᵀ, A [m, n], X [n, n] lower triangular: [A1·X11ᵀ | A1·X21ᵀ + A2·X22ᵀ] */
-async function timesLowerT(a: Float64Array, x: Float64Array, m: number, n: number, gemm: Gemm64): Promise<Float64Array> {
-  if (n <= 2 * BLOCK) return gemm(a, x, m, n, n, true);
-  const q = half(n);
-  const a1 = block(a, n, 0, m, 0, q);
-  const left = await timesLowerT(a1, block(x, n, 0, q, 0, q), m, q, gemm);
-  const right = addTo(
-    await timesLowerT(block(a, n, 0, m, q, n), block(x, n, q, n, q, n), m, n - q, gemm),
-    await gemm(a1, block(x, n, q, n, 0, q), m, n - q, q, true),
-  );
-  return columns(left, right, m, q, n - q);
-}
-
-/** A·X, A [m, n], X [n, n] lower triangular: [A1·X11 + A2·X21 | A2·X22] */
-async function timesLower(a: Float64Array, x: Float64Array, m: number, n: number, gemm: Gemm64): Promise<Float64Array> {
-  if (n <= 2 * BLOCK) return gemm(a, x, m, n, n, false);
-  const q = half(n);
-  const a2 = block(a, n, 0, m, q, n);
-  const left = addTo(
-    await timesLower(block(a, n, 0, m, 0, q), block(x, n, 0, q, 0, q), m, q, gemm),
-    await gemm(a2, block(x, n, q, n, 0, q), m, q, n - q, false),
-  );
-  return columns(left, await timesLower(a2, block(x, n, q, n, q, n), m, n - q, gemm), m, q, n - q);
-}
-
-/** X·B, X [m, m] lower triangular, B [m, k]: [X11·B1; X21·B1 + X22·B2] */
-async function lowerTimes(x: Float64Array, b: Float64Array, m: number, k: number, gemm: Gemm64): Promise<Float64Array> {
-  if (m <= 2 * BLOCK) return gemm(x, b, m, k, m, false);
-  const q = half(m);
-  const b1 = b.subarray(0, q * k);
-  const out = new Float64Array(m * k);
-  out.set(await lowerTimes(block(x, m, 0, q, 0, q), b1, q, k, gemm));
-  const bottom = await lowerTimes(block(x, m, q, m, q, m), b.subarray(q * k), m - q, k, gemm);
-  out.set(addTo(bottom, await gemm(block(x, m, q, m, 0, q), b1, m - q, k, q, false)), q * k);
-  return out;
-}
-
-/** The lower triangle of L·Lᵀ, L [m, k]: [[L1·L1ᵀ, ·], [L2·L1ᵀ, L2·L2ᵀ]] (what lies above the diagonal is not defined) */
-async function lowerOfGram(l: Float64Array, m: number, k: number, gemm: Gemm64): Promise<Float64Array> {
-  if (m <= 2 * BLOCK) return gemm(l, l, m, m, k, true);
-  const q = half(m);
-  const [l1, l2] = [l.subarray(0, q * k), l.subarray(q * k)];
-  const out = new Float64Array(m * m);
-  putBlock(out, m, await lowerOfGram(l1, q, k, gemm), 0, 0, q);
-  putBlock(out, m, await gemm(l2, l1, m - q, q, k, true), q, 0, q);
-  putBlock(out, m, await lowerOfGram(l2, m - q, k, gemm), q, q, m - q);
-  return out;
-}
-
-function addTo(a: Float64Array, b: Float64Array): Float64Array {
-  for (let i = 0; i < a.length; i++) a[i]! += b[i]!;
-  return a;
-}
-
-/** [L | R] of L [m, p] and R [m, q] */
-function columns(l: Float64Array, r: Float64Array, m: number, p: number, q: number): Float64Array {
-  const out = new Float64Array(m * (p + q));
-  putBlock(out, p + q, l, 0, 0, p);
-  putBlock(out, p + q, r, 0, p, q);
-  return out;
-}
-
 /**
- * The inverse L⁻¹ of A's Cholesky factor, recursively by halves so that almost all flops are large gemms:
- * with A = [[A11, ·], [A21, A22]] and L11 = chol(A11),
- *   L21 = A21·L11⁻ᵀ,  L22 = chol(A22 − L21·L21ᵀ),  L⁻¹ = [[L11⁻¹, 0], [−L22⁻¹·L21·L11⁻¹, L22⁻¹]]
- * (L itself is never assembled). Blocks of at most BLOCK columns use the plain routines above. Reads only the
- * lower triangle of A. Undefined when A is not positive definite.
+ * The inverse L⁻¹ of A's Cholesky factor (A = L·Lᵀ), a panel of rows at a time, so that almost all flops are
+ * gemms whose operands are contiguous as they are kept: besides A's own blocks nothing is copied to be
+ * multiplied, and each product is written where it belongs. With J the rows of a panel and s its first row,
+ * from A = L·Lᵀ and L·L⁻¹ = I:
+ *   Y = L[J, :s]ᵀ = L⁻¹[:s, :s]·A[J, :s]ᵀ,  L[J, J] = chol(A[J, J] − Yᵀ·Y),
+ *   L⁻¹[J, J] = L[J, J]⁻¹,  L⁻¹[J, :s] = −L⁻¹[J, J]·Yᵀ·L⁻¹[:s, :s]
+ * (2n³/3 flop, as the unblocked routines, plus 2n²·w for panels of w rows). L⁻¹ is kept twice while it grows: as
+ * row panels L⁻¹[J, :end of J], whose products with a prefix of rows give Y a panel of rows at a time, and as
+ * column panels L⁻¹[s.., J], whose transposed products with a suffix of Y's rows give (Yᵀ·L⁻¹[:s, :s])ᵀ a panel
+ * of rows at a time. The diagonal block recurses with narrower panels down to LEAF. A must be symmetric: diagonal
+ * blocks are read from its lower triangle, the rest from its upper. Undefined when A is not positive definite.
  */
 export async function blockedCholeskyInverse(a: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array | undefined> {
-  if (n <= BLOCK) {
+  if (n <= LEAF) {
     const l = cholesky(a, n);
     return l && invertLower(l, n);
   }
-  const h = half(n);
-  const m = n - h;
-  const topInv = await blockedCholeskyInverse(block(a, n, 0, h, 0, h), h, gemm);
-  if (!topInv) return undefined;
-  const l21 = await timesLowerT(block(a, n, h, n, 0, h), topInv, m, h, gemm);
-  const a22 = await lowerOfGram(l21, m, h, gemm);
-  // A22 − L21·L21ᵀ, into the product's buffer (fresh memory is slow to touch; reuse what exists)
-  for (let i = 0; i < m; i++) {
-    const row = (h + i) * n + h;
-    for (let j = 0; j <= i; j++) a22[i * m + j] = a[row + j]! - a22[i * m + j]!;
+  const w = panelWidth(n);
+  const rowPanels: Float64Array[] = [];
+  const colPanels: Float64Array[] = [];
+  for (let s = 0; s < n; s += w) {
+    const e = Math.min(s + w, n);
+    const b = e - s;
+    const d = block(a, n, s, e, s, e);
+    let y: Float64Array | undefined;
+    if (s > 0) {
+      // A[J, :s]ᵀ is A[:s, J], A being symmetric
+      const at = block(a, n, 0, s, s, e);
+      y = new Float64Array(s * b);
+      for (let i = 0, r = 0; r < s; r += w, i++)
+        await gemm(rowPanels[i]!, at.subarray(0, (r + w) * b), w, b, r + w, false, { out: y.subarray(r * b, (r + w) * b) });
+      const g = await gemm(y, y, b, b, s, false, { transA: true });
+      // kept exactly symmetric, as the recursion reads both triangles
+      for (let i = 0; i < b; i++) for (let j = 0; j <= i; j++) d[i * b + j] = d[j * b + i] = d[i * b + j]! - g[i * b + j]!;
+    }
+    const inv = await blockedCholeskyInverse(d, b, gemm);
+    if (!inv) return undefined;
+    const row = new Float64Array(b * e);
+    for (let i = 0; i < b; i++) row.set(inv.subarray(i * b, (i + 1) * b), i * e + s);
+    if (y) {
+      const zt = new Float64Array(s * b);
+      for (let i = 0, r = 0; r < s; r += w, i++) {
+        await gemm(colPanels[i]!.subarray(0, (s - r) * w), y.subarray(r * b), w, b, s - r, false, {
+          transA: true,
+          out: zt.subarray(r * b, (r + w) * b),
+        });
+      }
+      // −L⁻¹[J, J]·Yᵀ·L⁻¹[:s, :s] = L⁻¹[J, :s]
+      const left = await gemm(
+        inv.map((v) => -v),
+        zt,
+        b,
+        s,
+        b,
+        true,
+      );
+      for (let k = 0; k < b; k++) row.set(left.subarray(k * s, (k + 1) * s), k * e);
+      for (let i = 0, r = 0; r < s; r += w, i++) {
+        for (let k = 0; k < b; k++) colPanels[i]!.set(row.subarray(k * e + r, k * e + r + w), (s - r + k) * w);
+      }
+    }
+    const col = new Float64Array((n - s) * b);
+    col.set(inv);
+    rowPanels.push(row);
+    colPanels.push(col);
   }
-  const bottomInv = await blockedCholeskyInverse(a22, m, gemm);
-  if (!bottomInv) return undefined;
-  const x21 = await lowerTimes(bottomInv, await timesLower(l21, topInv, m, h, gemm), m, h, gemm);
-  const inv = new Float64Array(n * n);
-  putBlock(inv, n, topInv, 0, 0, h);
-  for (let i = 0; i < m; i++) {
-    const row = (h + i) * n;
-    for (let j = 0; j < h; j++) inv[row + j] = -x21[i * h + j]!;
+  colPanels.length = 0;
+  const out = new Float64Array(n * n);
+  for (let i = 0, s = 0; s < n; s += w, i++) {
+    const [p, e] = [rowPanels[i]!, Math.min(s + w, n)];
+    for (let k = 0; k < e - s; k++) out.set(p.subarray(k * e, (k + 1) * e), (s + k) * n);
+    rowPanels[i] = EMPTY;
   }
-  putBlock(inv, n, bottomInv, h, h, m);
-  return inv;
+  return out;
 }
 
 /**

@@ -51,16 +51,18 @@ function graph(
   return ort.InferenceSession.create(encodeModel(nodes, inputs, outputs, initializers), sessionOptions(threads));
 }
 
-/** C = A·Bᵀ (B stored [n, k]) or A·B (B stored [k, n]), float32 or float64 */
-const gemmGraph = (elemType: typeof F | typeof ElemType.DOUBLE, transB: 0 | 1) => (): Promise<ort.InferenceSession> =>
-  graph(
-    [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transB } }],
-    [
-      { name: 'A', elemType, dims: ['m', 'k'] },
-      { name: 'B', elemType, dims: transB ? ['n', 'k'] : ['k', 'n'] },
-    ],
-    [{ name: 'C', elemType, dims: ['m', 'n'] }],
-  );
+/** C = A·Bᵀ (B stored [n, k]) or A·B (B stored [k, n]), float32 or float64; with transA, A is stored [k, m] */
+const gemmGraph =
+  (elemType: typeof F | typeof ElemType.DOUBLE, transB: 0 | 1, transA: 0 | 1 = 0) =>
+  (): Promise<ort.InferenceSession> =>
+    graph(
+      [{ opType: 'Gemm', inputs: ['A', 'B'], outputs: ['C'], intAttrs: { transA, transB } }],
+      [
+        { name: 'A', elemType, dims: transA ? ['k', 'm'] : ['m', 'k'] },
+        { name: 'B', elemType, dims: transB ? ['n', 'k'] : ['k', 'n'] },
+      ],
+      [{ name: 'C', elemType, dims: ['m', 'n'] }],
+    );
 
 const rmsNormGraph = (): Promise<ort.InferenceSession> =>
   graph(
@@ -259,8 +261,10 @@ function lazy(make: () => Promise<ort.InferenceSession>): () => Promise<ort.Infe
 const sessions = {
   matmul: lazy(gemmGraph(F, 1)),
   matmulNN: lazy(gemmGraph(F, 0)),
-  matmul64NT: lazy(gemmGraph(ElemType.DOUBLE, 1)),
-  matmul64NN: lazy(gemmGraph(ElemType.DOUBLE, 0)),
+  matmul64: [
+    [lazy(gemmGraph(ElemType.DOUBLE, 0)), lazy(gemmGraph(ElemType.DOUBLE, 1))],
+    [lazy(gemmGraph(ElemType.DOUBLE, 0, 1)), lazy(gemmGraph(ElemType.DOUBLE, 1, 1))],
+  ],
   gram: lazy(gramGraph),
   rmsNorm: lazy(rmsNormGraph),
   swiglu: lazy(swigluGraph),
@@ -435,10 +439,16 @@ export const ortBackend: Backend = {
     return r['C']!.data as Float32Array;
   },
 
-  async matmul64(a, b, m, n, k, transB) {
-    const s = await (transB ? sessions.matmul64NT : sessions.matmul64NN)();
-    const r = await s.run({ A: new ort.Tensor('float64', a, [m, k]), B: new ort.Tensor('float64', b, transB ? [n, k] : [k, n]) });
-    return r['C']!.data as Float64Array;
+  async matmul64(a, b, m, n, k, transB, more) {
+    const transA = more?.transA ?? false;
+    const s = await sessions.matmul64[+transA]![+transB]!();
+    const feeds = {
+      A: new ort.Tensor('float64', a, transA ? [k, m] : [m, k]),
+      B: new ort.Tensor('float64', b, transB ? [n, k] : [k, n]),
+    };
+    // onnxruntime writes a pre-allocated output in place, a view into a larger matrix included
+    if (more?.out) await s.run(feeds, { C: new ort.Tensor('float64', more.out, [m, n]) });
+    return more?.out ?? ((await s.run(feeds))['C']!.data as Float64Array);
   },
 
   async rmsNorm(x, w, rows, eps) {

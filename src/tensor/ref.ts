@@ -291,7 +291,12 @@ export const refBackend: Backend = {
     ),
   matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
   matmulNN: async (a, b, m, n, k) => matmulNT(a, transpose(b, k, n), m, n, k),
-  matmul64: async (a, b, m, n, k, transB) => matmulNT(a, transB ? b : transpose(b, k, n), m, n, k),
+  matmul64: async (a, b, m, n, k, transB, more) => {
+    const c = matmulNT(more?.transA ? transpose(a, k, m) : a, transB ? b : transpose(b, k, n), m, n, k);
+    if (!more?.out) return c;
+    more.out.set(c);
+    return more.out;
+  },
   rmsNorm: async (x, w, rows, eps) => rmsNorm(x, w, rows, eps),
   swiglu: async (h, wg, wu, m, n, k) => swiglu(h, wg, wu, m, n, k),
   gram: async (x, rows, cols, y) => gram(x, rows, cols, y),
