@@ -125,9 +125,8 @@ export async function prepareHessian(
   for (let i = 0; i < cols; i++) meanDiag += diag[at(i)]! / cols;
   let percdamp = opts.percdamp;
   let U: Float64Array | undefined;
-  // Without a permutation the blocked factorization works on H itself: it only reverses its input and reads it, so
-  // H is restored exactly afterwards (the damped diagonal put back too), sparing an n×n copy (1 GB at 11008
-  // columns) per attempt.
+  // Without a permutation the blocked factorization works on H itself: it only reads it, so H is restored exactly
+  // afterwards by putting the undamped diagonal back, sparing an n×n copy (1 GB at 11008 columns) per attempt.
   const inPlace = !perm && gemm64 !== undefined;
   const original = inPlace ? Float64Array.from({ length: cols }, (_, i) => hessian[i * cols + i]!) : undefined;
   for (let attempt = 0; ; attempt++) {
@@ -136,10 +135,7 @@ export async function prepareHessian(
     try {
       U = gemm64 ? await upperCholeskyOfInverseBlocked(Hd, cols, gemm64) : upperCholeskyOfInverse(Hd, cols);
     } finally {
-      if (original) {
-        hessian.reverse();
-        for (let i = 0; i < cols; i++) hessian[i * cols + i] = original[i]!;
-      }
+      if (original) for (let i = 0; i < cols; i++) hessian[i * cols + i] = original[i]!;
     }
     if (U) break;
     if (attempt === MAX_DAMP_RAISES) throw new Error(`Hessian is not positive definite even with damping ${percdamp}`);

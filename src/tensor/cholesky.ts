@@ -79,10 +79,30 @@ const panelWidth = (n: number): number => Math.min(PANEL, Math.max(LEAF, Math.ce
 
 const EMPTY = new Float64Array(0);
 
-/** Rows r0..r1, columns c0..c1 of a row-major matrix with n columns, as a dense block. */
-function block(a: Float64Array, n: number, r0: number, r1: number, c0: number, c1: number): Float64Array {
-  const out = new Float64Array((r1 - r0) * (c1 - c0));
-  for (let i = r0; i < r1; i++) out.set(a.subarray(i * n + c0, i * n + c1), (i - r0) * (c1 - c0));
+/**
+ * Rows r0..r1, columns c0..c1 of a row-major n×n matrix, or (reversed) of J·A·J, as a dense block. J·A·J is A's
+ * flat array reversed: its row i is A's row n−1−i backwards.
+ */
+function block(
+  a: Float64Array,
+  n: number,
+  r0: number,
+  r1: number,
+  c0: number,
+  c1: number,
+  reversed = false,
+  out = new Float64Array((r1 - r0) * (c1 - c0)),
+): Float64Array {
+  const w = c1 - c0;
+  for (let i = r0; i < r1; i++) {
+    const row = out.subarray((i - r0) * w, (i - r0 + 1) * w);
+    if (!reversed) {
+      row.set(a.subarray(i * n + c0, i * n + c1));
+    } else {
+      row.set(a.subarray((n - i) * n - c1, (n - i) * n - c0));
+      row.reverse();
+    }
+  }
   return out;
 }
 
@@ -98,24 +118,34 @@ function block(a: Float64Array, n: number, r0: number, r1: number, c0: number, c
  * column panels L⁻¹[s.., J], whose transposed products with a suffix of Y's rows give (Yᵀ·L⁻¹[:s, :s])ᵀ a panel
  * of rows at a time. The diagonal block recurses with narrower panels down to LEAF. A must be symmetric: diagonal
  * blocks are read from its lower triangle, the rest from its upper. Undefined when A is not positive definite.
+ * With `reversed`, A is read as J·a·J and J·L⁻¹·J is returned (J reversing the order: see
+ * upperCholeskyOfInverse); diagonal blocks, made fresh, recurse unreversed.
  */
-export async function blockedCholeskyInverse(a: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array | undefined> {
+export async function blockedCholeskyInverse(
+  a: Float64Array,
+  n: number,
+  gemm: Gemm64,
+  reversed = false,
+): Promise<Float64Array | undefined> {
   if (n <= LEAF) {
-    const l = cholesky(a, n);
-    return l && invertLower(l, n);
+    const l = cholesky(reversed ? a.slice().reverse() : a, n);
+    const inv = l && invertLower(l, n);
+    return reversed ? inv?.reverse() : inv;
   }
   const w = panelWidth(n);
   const rowPanels: Float64Array[] = [];
   const colPanels: Float64Array[] = [];
+  // each panel's [s, w] intermediates, made once: fresh memory costs more to touch than these products take
+  const [atAll, yAll, ztAll, leftAll] = Array.from({ length: 4 }, () => new Float64Array(n * w));
   for (let s = 0; s < n; s += w) {
     const e = Math.min(s + w, n);
     const b = e - s;
-    const d = block(a, n, s, e, s, e);
+    const d = block(a, n, s, e, s, e, reversed);
     let y: Float64Array | undefined;
     if (s > 0) {
       // A[J, :s]ᵀ is A[:s, J], A being symmetric
-      const at = block(a, n, 0, s, s, e);
-      y = new Float64Array(s * b);
+      const at = block(a, n, 0, s, s, e, reversed, atAll!.subarray(0, s * b));
+      y = yAll!.subarray(0, s * b);
       for (let i = 0, r = 0; r < s; r += w, i++)
         await gemm(rowPanels[i]!, at.subarray(0, (r + w) * b), w, b, r + w, false, { out: y.subarray(r * b, (r + w) * b) });
       const g = await gemm(y, y, b, b, s, false, { transA: true });
@@ -127,7 +157,7 @@ export async function blockedCholeskyInverse(a: Float64Array, n: number, gemm: G
     const row = new Float64Array(b * e);
     for (let i = 0; i < b; i++) row.set(inv.subarray(i * b, (i + 1) * b), i * e + s);
     if (y) {
-      const zt = new Float64Array(s * b);
+      const zt = ztAll!.subarray(0, s * b);
       for (let i = 0, r = 0; r < s; r += w, i++) {
         await gemm(colPanels[i]!.subarray(0, (s - r) * w), y.subarray(r * b), w, b, s - r, false, {
           transA: true,
@@ -142,6 +172,7 @@ export async function blockedCholeskyInverse(a: Float64Array, n: number, gemm: G
         s,
         b,
         true,
+        { out: leftAll!.subarray(0, b * s) },
       );
       for (let k = 0; k < b; k++) row.set(left.subarray(k * s, (k + 1) * s), k * e);
       for (let i = 0, r = 0; r < s; r += w, i++) {
@@ -157,18 +188,27 @@ export async function blockedCholeskyInverse(a: Float64Array, n: number, gemm: G
   const out = new Float64Array(n * n);
   for (let i = 0, s = 0; s < n; s += w, i++) {
     const [p, e] = [rowPanels[i]!, Math.min(s + w, n)];
-    for (let k = 0; k < e - s; k++) out.set(p.subarray(k * e, (k + 1) * e), (s + k) * n);
+    for (let k = 0; k < e - s; k++) {
+      const src = p.subarray(k * e, (k + 1) * e);
+      if (!reversed) {
+        out.set(src, (s + k) * n);
+      } else {
+        // row n−1−(s+k) of J·L⁻¹·J is row s+k of L⁻¹ backwards, in its last e columns
+        const dst = out.subarray((n - s - k) * n - e, (n - s - k) * n);
+        dst.set(src);
+        dst.reverse();
+      }
+    }
     rowPanels[i] = EMPTY;
   }
   return out;
 }
 
 /**
- * upperCholeskyOfInverse with the blocked routine (same identity, gemm-bound). Reverses `h` in place, sparing a
- * copy of an n×n matrix (fresh memory is slow to touch on some VMs: ~3 µs per page here), and writes nothing else
- * into it: reversing it again restores it.
+ * upperCholeskyOfInverse with the blocked routine (same identity, gemm-bound). Reads J·h·J from h as it stands
+ * and writes J·L⁻¹·J directly, so h is left as it was and no n×n matrix is reversed or copied (fresh memory is
+ * slow to touch on some VMs: ~3 µs per page here).
  */
 export async function upperCholeskyOfInverseBlocked(h: Float64Array, n: number, gemm: Gemm64): Promise<Float64Array | undefined> {
-  const inv = await blockedCholeskyInverse(h.reverse(), n, gemm);
-  return inv?.reverse();
+  return blockedCholeskyInverse(h, n, gemm, true);
 }
