@@ -127,7 +127,10 @@ const gramGraph = (): Promise<ort.InferenceSession> =>
 const GRAM_PANELS = 8;
 /** below this many columns the panels are too thin for the saving to beat the extra nodes */
 const PANELS_FROM = 512;
-/** the wide inputs' panel width: 16 panels at 11008 ran 1.09-1.19x as fast as 8, 24 (460 wide) 1.14x in one run */
+/**
+ * the wide inputs' panel width: 16 panels at 11008 with the in-graph transpose ran 1.09-1.19x as fast as 8 without it
+ * (the transpose alone, at 8 panels: 1.04x in one run); 24 panels (460 wide) measured 1.14x in one run
+ */
 const PANEL_WIDTH = 688;
 
 function gramPanels(cols: number): number[] {
