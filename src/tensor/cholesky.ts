@@ -116,8 +116,8 @@ function block(
  * (2n³/3 flop, as the unblocked routines, plus 2n²·w for panels of w rows). L⁻¹ is kept twice while it grows: as
  * row panels L⁻¹[J, :end of J], whose products with a prefix of rows give Y a panel of rows at a time, and as
  * column panels L⁻¹[s.., J], whose transposed products with a suffix of Y's rows give (Yᵀ·L⁻¹[:s, :s])ᵀ a panel
- * of rows at a time. The diagonal block recurses with narrower panels down to LEAF. A must be symmetric: diagonal
- * blocks are read from its lower triangle, the rest from its upper. Undefined when A is not positive definite.
+ * of rows at a time. The diagonal block recurses with narrower panels down to LEAF. A must be symmetric: both of
+ * its triangles are read. Undefined when A is not positive definite.
  * With `reversed`, A is read as J·a·J and J·L⁻¹·J is returned (J reversing the order: see
  * upperCholeskyOfInverse); diagonal blocks, made fresh, recurse unreversed.
  */
