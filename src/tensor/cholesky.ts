@@ -128,9 +128,9 @@ export async function blockedCholeskyInverse(
   reversed = false,
 ): Promise<Float64Array | undefined> {
   if (n <= LEAF) {
-    const l = cholesky(reversed ? a.slice().reverse() : a, n);
-    const inv = l && invertLower(l, n);
-    return reversed ? inv?.reverse() : inv;
+    if (reversed) return upperCholeskyOfInverse(a, n);
+    const l = cholesky(a, n);
+    return l && invertLower(l, n);
   }
   const w = panelWidth(n);
   const rowPanels: Float64Array[] = [];
