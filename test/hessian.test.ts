@@ -7,7 +7,8 @@ import { refBackend } from '../src/tensor/ref.js';
 
 /*
  * H = 2/n·Σ x·xᵀ streamed in batches equals the one-shot float64 definition (float32 products: 1e-5 of the
- * largest entry), and non-finite activations are refused naming their row.
+ * largest entry), whether the batches are held and multiplied as one or each folded in as it comes, and
+ * non-finite activations are refused naming their row among all the layer's inputs.
  */
 test('streamed Hessian equals 2/n·Σ xxᵀ; NaN/Inf activations are refused by row', async () => {
   const rnd = seededRandom(5);
@@ -20,13 +21,23 @@ test('streamed Hessian equals 2/n·Σ xxᵀ; NaN/Inf activations are refused by 
       for (let i = 0; i < cols; i++) for (let j = 0; j < cols; j++) want[i * cols + j]! += (2 / n) * x[r * cols + i]! * x[r * cols + j]!;
   const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
   for (const backend of [refBackend, ortBackend]) {
-    const acc = new HessianAccumulator(cols, backend);
-    for (const { seqs, rows, x } of batches) await acc.add(x, rows, seqs);
-    acc.h.forEach((v, i) => assert.ok(Math.abs(v - want[i]!) <= 1e-5 * scale, `${backend.name} H[${i}]: ${v} vs ${want[i]}`));
+    for (const foldEach of [false, true]) {
+      const acc = new HessianAccumulator(cols, backend);
+      for (const { seqs, rows, x } of batches) {
+        await acc.add(x, rows, seqs);
+        if (foldEach) await acc.flush();
+      }
+      if (!foldEach) assert.throws(() => acc.h, /flush\(\) before reading H/);
+      await acc.flush();
+      acc.h.forEach((v, i) => assert.ok(Math.abs(v - want[i]!) <= 1e-5 * scale, `${backend.name} H[${i}]: ${v} vs ${want[i]}`));
+    }
     for (const bad of [NaN, Infinity]) {
-      const x = batches[0]!.x.slice();
+      const x = batches[1]!.x.slice();
       x[3 * cols + 17] = bad;
-      await assert.rejects(new HessianAccumulator(cols, backend).add(x, batches[0]!.rows, 1), /NaN\/Inf \(row 3\)/);
+      const acc = new HessianAccumulator(cols, backend);
+      await acc.add(batches[0]!.x, batches[0]!.rows, batches[0]!.seqs);
+      await acc.add(x, batches[1]!.rows, batches[1]!.seqs);
+      await assert.rejects(acc.flush(), new RegExp(`NaN/Inf \\(row ${batches[0]!.rows + 3}\\)`));
     }
   }
 });

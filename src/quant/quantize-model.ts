@@ -240,6 +240,9 @@ export async function quantizeModel(
         // the group's layers share one Hessian: factor it once for all of them
         let prepared: PreparedHessian | undefined;
         if (hessian) {
+          const th = performance.now();
+          await hessian.flush();
+          timings.hessian += (performance.now() - th) / 1000;
           const tp = performance.now();
           const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
           const label = `${layerPrefix(cfg, l)}[${groups[g]!.join(', ')}]`;
