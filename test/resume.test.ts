@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test';
 import { checkOutputPath } from '../src/io/atomic.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { quantize, type PipelineOptions } from '../src/pipeline.js';
+import { RowFile } from '../src/quant/run-state.js';
 
 /**
  * A resumable run stopped after a block continues from its state and writes exactly the bytes an uninterrupted
@@ -118,4 +119,19 @@ test('a run without --resume leaves no state behind, and warns about an interrup
     ['.plain.partial'],
   );
   await assert.rejects(quantize(model, settings, undefined, { resume: true }), /--resume needs --out/);
+});
+
+test('calibration rows written behind read back as written, and a failed write fails the next call on its file', async () => {
+  const path = join(parent, 'rows.f32');
+  const rows = new RowFile(path, 3, 'create');
+  const chunks = [Float32Array.from([1, 2, 3, 4, 5, 6]), Float32Array.from([7, 8, 9])];
+  await rows.write(0, chunks[0]!);
+  await rows.write(2, chunks[1]!);
+  assert.deepEqual(await rows.read(1, 2), Float32Array.from([4, 5, 6, 7, 8, 9]));
+  await rows.close();
+  // every write to /dev/full fails with ENOSPC
+  const full = new RowFile('/dev/full', 3, 'open');
+  await full.write(0, chunks[0]!);
+  await assert.rejects(full.read(0, 1), /\/dev\/full: writing rows from 0: ENOSPC/);
+  await assert.rejects(full.close(), /ENOSPC/);
 });

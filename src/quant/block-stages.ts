@@ -58,36 +58,36 @@ export async function calibrateBlock(
     await cb.quantize(g);
   };
 
-  await stage(0, (s, row, rows) => model.attentionInput(s.weights, s.input.read(row, rows), rows));
+  await stage(0, async (s, row, rows) => model.attentionInput(s.weights, await s.input.read(row, rows), rows));
   await stage(1, async (s, row, rows) => {
-    const h = await model.attentionInput(s.weights, s.input.read(row, rows), rows);
+    const h = await model.attentionInput(s.weights, await s.input.read(row, rows), rows);
     const att = await model.attention(s.weights, layer, h, rows / seqlen, seqlen);
-    s.attention.write(row, att);
+    await s.attention.write(row, att);
     return att;
   });
   // a parallel block (GPT-NeoX, Falcon) feeds the MLP from the block's input: attention's output joins the
   // residual stream only at the end, with the MLP's
   const parallel = model.cfg.parallel;
   await stage(2, async (s, row, rows) => {
-    const x = s.input.read(row, rows);
-    if (!parallel) await model.addProjection(s.weights, 'o', x, s.attention.read(row, rows), rows);
-    s.output.write(row, x);
+    const x = await s.input.read(row, rows);
+    if (!parallel) await model.addProjection(s.weights, 'o', x, await s.attention.read(row, rows), rows);
+    await s.output.write(row, x);
     return model.mlpInput(s.weights, x, rows);
   });
   await stage(3, async (s, row, rows) => {
-    const x = s.output.read(row, rows);
+    const x = await s.output.read(row, rows);
     const act = await model.mlpActivation(s.weights, await model.mlpInput(s.weights, x, rows), rows);
-    s.activation.write(row, act);
+    await s.activation.write(row, act);
     return act;
   });
   // the block's output with all four groups quantized: the next block's calibration input
   await eachChunk(async (first, count) => {
     const [row, rows] = [first * seqlen, count * seqlen];
     for (const s of streams) {
-      const x = s.output.read(row, rows);
-      if (parallel) await model.addProjection(s.weights, 'o', x, s.attention.read(row, rows), rows);
-      await model.addProjection(s.weights, 'down', x, s.activation.read(row, rows), rows);
-      s.output.write(row, x);
+      const x = await s.output.read(row, rows);
+      if (parallel) await model.addProjection(s.weights, 'o', x, await s.attention.read(row, rows), rows);
+      await model.addProjection(s.weights, 'down', x, await s.activation.read(row, rows), rows);
+      await s.output.write(row, x);
     }
   });
 }

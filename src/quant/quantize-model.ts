@@ -313,9 +313,9 @@ export async function quantizeModel(
             },
             quantize: quantizeGroup,
           });
-          for (const s of streams) s.output.sync();
+          for (const s of streams) await s.output.sync();
         } finally {
-          for (const s of streams) for (const f of [s.input, s.output, s.attention, s.activation]) f.close();
+          await closeAll(streams.flatMap((s) => [s.input, s.output, s.attention, s.activation]));
         }
         timings.forward += (performance.now() - tb) / 1000 - (timings.hessian + timings.sweep - before.hessian - before.sweep);
       } else {
@@ -359,6 +359,13 @@ function roundOuterTensors(
   }
 }
 
+/** Closes every file, each after its writes, and then throws the first failure among them. */
+async function closeAll(files: RowFile[]): Promise<void> {
+  const results = await Promise.allSettled(files.map((f) => f.close()));
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 /** The calibration windows' embeddings, a chunk at a time, as every stream's input to block 0. */
 async function embedCalibration(
   st: SafetensorsModel,
@@ -375,11 +382,11 @@ async function embedCalibration(
     const step = chunk * calib.seqlen;
     for (let row = 0; row < calib.windows.length; row += step) {
       const x = await embedder.embedTokens(calib.windows.subarray(row, row + step), calib.seqlen);
-      for (const f of files) f.write(row, x);
+      for (const f of files) await f.write(row, x);
     }
-    for (const f of files) f.sync();
+    for (const f of files) await f.sync();
   } finally {
-    for (const f of files) f.close();
+    await closeAll(files);
   }
 }
 
