@@ -103,7 +103,7 @@ async function randomHessian(cols: number, n: number): Promise<Float64Array> {
   // a shared component so that H is not diagonally dominant
   for (let i = 0; i < x.length; i += 7) x[i]! += 0.3;
   await acc.add(x, n, 1);
-  await acc.flush?.();
+  await acc.flush();
   return acc.h;
 }
 
