@@ -77,9 +77,10 @@ export class RowFile {
       for (let done = 0; done < bytes.length;)
         done += (await writeAsync(this.fd, bytes, done, bytes.length - done, at + done)).bytesWritten;
     };
-    this.pending = writeAll().catch((e: unknown) => {
-      throw new Error(`${this.path}: writing rows from ${first}: ${e instanceof Error ? e.message : String(e)}`);
-    });
+    // a full or failing disk is the user's to fix: one line naming the file, no stack trace
+    this.pending = writeAll().catch((e: unknown) =>
+      fail(`${this.path}: writing rows from ${first}: ${e instanceof Error ? e.message : String(e)}`),
+    );
     // the failure is reported by the next call on the file; until then it is not an unhandled rejection
     this.pending.catch(() => {});
   }
