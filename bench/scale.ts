@@ -12,6 +12,7 @@ import { pullStories15m } from '../src/io/stories.js';
 import { linearGroups, linearShape, parseModelConfig, type ModelConfig } from '../src/models/index.js';
 import { loadModel } from '../src/models/load.js';
 import { quantize } from '../src/pipeline.js';
+import type { QuantizeTimings, StageSeconds } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
 import { printTable } from './table.js';
 
@@ -282,9 +283,11 @@ try {
       quantRows.push(() => [label, q]);
       continue;
     }
-    const t = q.timings as { forward: number; hessian: number; sweep: number; total: number };
+    const t = q.timings as QuantizeTimings;
     const fl = floors(cfg, nsamples, seqlen);
-    const per = { forward: t.forward / layers, hessian: t.hessian / layers, sweep: t.sweep / layers };
+    // a layer's cost is the last block's: the first also pays one-off costs (each kernel's and buffer's first use),
+    // which the whole model pays once, not once a layer
+    const [first, per] = [t.blocks[0]!, t.blocks.at(-1)!];
     quantRows.push(() => [
       label,
       `${f(per.forward)} / ${f(fl.forward / rate)}`,
@@ -295,12 +298,12 @@ try {
     ]);
     // forward by its flop count (attention grows with seqlen²), Hessians by tokens; sweeps do not depend on tokens
     const full = floors(cfg, FULL_TOKENS.nsamples, FULL_TOKENS.seqlen);
-    const estimate = {
-      forward: per.forward * (full.forward / fl.forward),
-      hessian: per.hessian * (full.hessian / fl.hessian),
-      sweep: per.sweep,
+    const scaled = (b: StageSeconds): StageSeconds => {
+      const [forward, hessian] = [b.forward * (full.forward / fl.forward), b.hessian * (full.hessian / fl.hessian)];
+      return { forward, hessian, sweep: b.sweep, total: forward + hessian + b.sweep };
     };
-    const perLayer = estimate.forward + estimate.hessian + estimate.sweep;
+    const estimate = scaled(per);
+    const perLayer = estimate.total;
     const fullFlop = full.forward + full.hessian + full.sweep;
     fullRows.push(() => [
       name,
@@ -308,7 +311,7 @@ try {
       f(estimate.forward),
       f(estimate.hessian),
       f(estimate.sweep),
-      f((perLayer * shape.fullLayers) / 3600, 2),
+      f((scaled(first).total + perLayer * (shape.fullLayers - 1)) / 3600, 2),
       f(((fullFlop / rate) * shape.fullLayers) / 3600, 2),
       f(perLayer / (fullFlop / rate), 2),
     ]);
@@ -334,12 +337,12 @@ try {
 }
 
 printTable(
-  `Quantize (${flags.method}) w4 g128 on ${nsamples} x ${seqlen} tokens: seconds per layer, measured / flop floor at ${(rate / 1e9).toFixed(0)} GFLOP/s, the best sgemm rate of the run (forward: 2·params·tokens + causal attention; Hessian: one triangle of XᵀX per group; sweep: rows·cols² + cols³ per group)`,
+  `Quantize (${flags.method}) w4 g128 on ${nsamples} x ${seqlen} tokens: seconds of the last block (with 2 or more layers, one past the first's one-off costs), measured / flop floor at ${(rate / 1e9).toFixed(0)} GFLOP/s, the best sgemm rate of the run (forward: 2·params·tokens + causal attention; Hessian: one triangle of XᵀX per group; sweep: rows·cols² + cols³ per group)`,
   ['model', 'forward s', 'Hessian s', 'sweep s', 'total s', 'peak RSS GB'],
   quantRows.map((row) => row()),
 );
 printTable(
-  `Extrapolated to the whole model at ${FULL_TOKENS.nsamples} x ${FULL_TOKENS.seqlen} tokens (per-layer seconds; forward scaled by its flop count, Hessian by tokens)`,
+  `Extrapolated to the whole model at ${FULL_TOKENS.nsamples} x ${FULL_TOKENS.seqlen} tokens (per-layer seconds: the last block's, forward scaled by its flop count, Hessian by tokens; total: the first block once, the last for every other layer)`,
   ['model', 'layers', 'forward s', 'Hessian s', 'sweep s', 'total h', 'floor h', 'x floor'],
   fullRows.map((row) => row()),
 );

@@ -18,7 +18,14 @@ export { pullStories15m } from './io/stories.js';
 export { loadText, DATASETS } from './calib/datasets.js';
 export { evaluate, referenceStates, type EvalOptions, type EvalResult, type ReferenceStates } from './eval/perplexity.js';
 export { quantize, PIPELINE_DEFAULTS, type PipelineOptions, type PipelineSummary, type QuantizeRun } from './pipeline.js';
-export { quantizeModel, QUANTIZE_REFERENCE, type QuantizeOptions, type QuantizeResult } from './quant/quantize-model.js';
+export {
+  quantizeModel,
+  QUANTIZE_REFERENCE,
+  type QuantizeOptions,
+  type QuantizeResult,
+  type QuantizeTimings,
+  type StageSeconds,
+} from './quant/quantize-model.js';
 export { gptq, GPTQ_REFERENCE, type GptqOptions } from './quant/gptq.js';
 export { rtn } from './quant/rtn.js';
 export { dequantize, type QuantizedLayer } from './quant/quantized-layer.js';

@@ -5,8 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { checkOutputPath } from '../src/io/atomic.js';
+import { UserError } from '../src/io/errors.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { quantize, type PipelineOptions } from '../src/pipeline.js';
+import type { StageSeconds } from '../src/quant/quantize-model.js';
 import { RowFile } from '../src/quant/run-state.js';
 
 /**
@@ -68,7 +70,7 @@ test('a run stopped after block 2 resumes to the same bytes as an uninterrupted 
   };
   await assert.rejects(quantize(model, settings, resumed, { resume: true, onBlock: stopAfter2 }), Stop);
   assert.ok(!existsSync(resumed), 'no output appears before the run is complete');
-  const progress = JSON.parse(readFileSync(join(partial, 'progress.json'), 'utf8')) as unknown[];
+  const progress = JSON.parse(readFileSync(join(partial, 'progress.json'), 'utf8')) as { seconds: StageSeconds }[];
   assert.equal(progress.length, 3);
   // disk holds block 3's input and one spare file for the next output (block 2's input, to be overwritten), not
   // every block's hidden states
@@ -85,8 +87,22 @@ test('a run stopped after block 2 resumes to the same bytes as an uninterrupted 
   await assert.rejects(quantize(model, { ...settings, bits: 3 }, resumed, { resume: true }), /had options .*"bits":4/);
 
   const blocks: number[] = [];
-  await quantize(model, settings, resumed, { resume: true, onBlock: (l) => blocks.push(l) });
+  const { summary } = await quantize(model, settings, resumed, { resume: true, onBlock: (l) => blocks.push(l) });
   assert.deepEqual(blocks, [3, 4, 5], 'only the unfinished blocks run again');
+  // every block's seconds, the adopted ones as the stopped run recorded them; the stages' totals are their sums
+  const { timings } = summary;
+  assert.equal(timings.blocks.length, 6);
+  assert.deepEqual(
+    timings.blocks.slice(0, 3),
+    progress.map((b) => b.seconds),
+  );
+  for (const k of ['forward', 'hessian', 'sweep'] as const) {
+    const sum = timings.blocks.reduce((a, b) => a + b[k], 0);
+    assert.ok(
+      timings.blocks.every((b) => b[k] > 0) && Math.abs(sum - timings[k]) < 1e-9 * timings[k],
+      `${k}: ${sum} against ${timings[k]}`,
+    );
+  }
   assert.ok(!existsSync(partial), 'the state goes once the output is written');
   assert.deepEqual(contents(resumed), contents(whole));
 });
@@ -132,6 +148,9 @@ test('calibration rows written behind read back as written, and a failed write f
   // every write to /dev/full fails with ENOSPC
   const full = new RowFile('/dev/full', 3, 'open');
   await full.write(0, chunks[0]!);
-  await assert.rejects(full.read(0, 1), /\/dev\/full: writing rows from 0: ENOSPC/);
+  await assert.rejects(
+    full.read(0, 1),
+    (e: Error) => e instanceof UserError && /^\/dev\/full: writing rows from 0: ENOSPC/.test(e.message),
+  );
   await assert.rejects(full.close(), /ENOSPC/);
 });

@@ -79,7 +79,23 @@ export interface QuantizeResult {
   /** GPTQT's binary-coded layers, by the same names */
   binaryLayers: ReadonlyMap<string, BinaryCodedLayer>;
   reports: LayerReport[];
-  timings: { forward: number; hessian: number; sweep: number; total: number };
+  timings: QuantizeTimings;
+}
+
+/** Seconds spent computing the calibration forward, accumulating Hessians and sweeping (factorizations included) */
+export interface StageSeconds {
+  forward: number;
+  hessian: number;
+  sweep: number;
+  total: number;
+}
+
+export interface QuantizeTimings extends StageSeconds {
+  /**
+   * each block's own, in order (those a resumed run adopted included): the first block also pays one-off costs
+   * (first use of every kernel and buffer), so a later block is what each further layer of the model costs
+   */
+  blocks: StageSeconds[];
 }
 
 export interface QuantizeProgress {
@@ -187,7 +203,7 @@ export async function quantizeModel(
   const binaryLayers = new LayerStore<BinaryCodedLayer>();
   const store = opts.method === 'gptqt' ? binaryLayers : layers;
   const reports: LayerReport[] = [];
-  const timings = { forward: 0, hessian: 0, sweep: 0, total: 0 };
+  const timings: QuantizeTimings = { forward: 0, hessian: 0, sweep: 0, total: 0, blocks: [] };
   const groups = linearGroups(cfg);
   const total = cfg.numLayers * groups.flat().length;
   const blockNames = (l: number): string[] => groups.flat().map((n) => `${layerPrefix(cfg, l)}${n}.weight`);
@@ -226,7 +242,7 @@ export async function quantizeModel(
     const runStart = performance.now();
     for (let l = finished; l < cfg.numLayers; l++) {
       const blockStart = performance.now();
-      const before = { ...timings };
+      const before: StageSeconds = { ...timings };
       const eta = (): number | undefined => {
         const done = l - finished;
         if (done === 0) return undefined;
@@ -334,6 +350,7 @@ export async function quantizeModel(
     state.dropRows(cfg.numLayers, nstreams);
     if (plan) roundOuterTensors(st, plan, layers);
     timings.total = state.finished.slice(0, finished).reduce((a, b) => a + b.seconds.total, 0) + (performance.now() - t0) / 1000;
+    timings.blocks = state.finished.map((b) => b.seconds);
   } finally {
     st.close();
     state?.release();
