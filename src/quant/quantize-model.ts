@@ -25,7 +25,9 @@ import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
 import { rtn, rtnBlocks } from './rtn.js';
 import { dequantizeBinary, gptqt, highBitsOf, type BinaryCodedLayer } from './gptqt.js';
-import { digest, LayerStore, modelFingerprint, RowFile, RunState } from './run-state.js';
+import { digest, LayerStore, modelFingerprint, RowFile, RunState, type StageSeconds } from './run-state.js';
+
+export type { StageSeconds };
 
 export type Method = 'gptq' | 'gptqv2' | 'gptqt' | 'rtn';
 export const METHODS: Method[] = ['gptq', 'gptqv2', 'gptqt', 'rtn'];
@@ -80,14 +82,6 @@ export interface QuantizeResult {
   binaryLayers: ReadonlyMap<string, BinaryCodedLayer>;
   reports: LayerReport[];
   timings: QuantizeTimings;
-}
-
-/** Seconds spent computing the calibration forward, accumulating Hessians and sweeping (factorizations included) */
-export interface StageSeconds {
-  forward: number;
-  hessian: number;
-  sweep: number;
-  total: number;
 }
 
 export interface QuantizeTimings extends StageSeconds {

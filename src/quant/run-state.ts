@@ -201,10 +201,18 @@ export class LayerStore<T extends object> implements ReadonlyMap<string, T> {
   }
 }
 
+/** Seconds spent computing the calibration forward, accumulating Hessians and sweeping (factorizations included) */
+export interface StageSeconds {
+  forward: number;
+  hessian: number;
+  sweep: number;
+  total: number;
+}
+
 /** What a finished block left: its layers' reports and the time it took. */
 export interface FinishedBlock<R> {
   reports: R[];
-  seconds: { forward: number; hessian: number; sweep: number; total: number };
+  seconds: StageSeconds;
 }
 
 const STATE_VERSION = 1;
