@@ -219,7 +219,6 @@ export async function quantizeModel(
     const finished = state.finished.length;
     for (const [l, b] of state.finished.entries()) {
       reports.push(...b.reports);
-      for (const k of ['forward', 'hessian', 'sweep'] as const) timings[k] += b.seconds[k];
       store.adopt(state.layersPath(l), blockNames(l));
     }
     if (finished > 0) onProgress(reports.length, total, reports.at(-1)!.name);
@@ -236,7 +235,7 @@ export async function quantizeModel(
     const runStart = performance.now();
     for (let l = finished; l < cfg.numLayers; l++) {
       const blockStart = performance.now();
-      const before: StageSeconds = { ...timings };
+      const seconds: StageSeconds = { forward: 0, hessian: 0, sweep: 0, total: 0 };
       const eta = (): number | undefined => {
         const done = l - finished;
         if (done === 0) return undefined;
@@ -252,12 +251,12 @@ export async function quantizeModel(
         if (hessian) {
           const th = performance.now();
           await hessian.flush();
-          timings.hessian += (performance.now() - th) / 1000;
+          seconds.hessian += (performance.now() - th) / 1000;
           const tp = performance.now();
           const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
           const label = `${layerPrefix(cfg, l)}[${groups[g]!.join(', ')}]`;
           prepared = await prepareHessian(hessian.h, hessian.cols, opts, (m) => warn(`${label}: ${m}`), asym, matmul64);
-          timings.sweep += (performance.now() - tp) / 1000;
+          seconds.sweep += (performance.now() - tp) / 1000;
         }
         for (const name of groups[g]!) {
           const ts = performance.now();
@@ -293,7 +292,7 @@ export async function quantizeModel(
             layers.set(full, q);
           }
           report.seconds = (performance.now() - ts) / 1000;
-          timings.sweep += report.seconds;
+          seconds.sweep += report.seconds;
           reports.push(report);
           onProgress(reports.length, total, full, eta());
         }
@@ -319,7 +318,7 @@ export async function quantizeModel(
               const th = performance.now();
               hessians[g] ??= new HessianAccumulator(input!.length / rows, backend, asymmetric);
               await hessians[g].add(input!, rows, count, fpInput);
-              timings.hessian += (performance.now() - th) / 1000;
+              seconds.hessian += (performance.now() - th) / 1000;
             },
             quantize: quantizeGroup,
           });
@@ -327,24 +326,21 @@ export async function quantizeModel(
         } finally {
           await closeAll(streams.flatMap((s) => [s.input, s.output, s.attention, s.activation]));
         }
-        timings.forward += (performance.now() - tb) / 1000 - (timings.hessian + timings.sweep - before.hessian - before.sweep);
+        seconds.forward = (performance.now() - tb) / 1000 - (seconds.hessian + seconds.sweep);
       } else {
         for (let g = 0; g < groups.length; g++) await quantizeGroup(g);
       }
       if (run.dir) await store.spill(state.layersPath(l), blockNames(l));
-      const seconds = {
-        forward: timings.forward - before.forward,
-        hessian: timings.hessian - before.hessian,
-        sweep: timings.sweep - before.sweep,
-        total: (performance.now() - blockStart) / 1000,
-      };
+      seconds.total = (performance.now() - blockStart) / 1000;
       state.finish(l, { reports: reports.slice(-blockNames(l).length), seconds });
       run.onBlock?.(l);
     }
     state.dropRows(cfg.numLayers, nstreams);
     if (plan) roundOuterTensors(st, plan, layers);
     timings.total = state.finished.slice(0, finished).reduce((a, b) => a + b.seconds.total, 0) + (performance.now() - t0) / 1000;
+    // each stage's seconds are its blocks' (a resumed run's adopted blocks included)
     timings.blocks = state.finished.map((b) => b.seconds);
+    for (const k of ['forward', 'hessian', 'sweep'] as const) timings[k] = timings.blocks.reduce((a, b) => a + b[k], 0);
   } finally {
     st.close();
     state?.release();
