@@ -51,6 +51,13 @@ test('matmulNT, matmulNN and prepared float linear kernels equal the definition 
     const bT = ref.transpose(b, n, k); // [k, n]
     assertClose(await ortBackend.matmulNN(a, bT, m, n, k), want, 1e-5 * Math.sqrt(k), `A·B ${m}x${n}x${k}`);
     assertClose(await refBackend.matmulNN(a, bT, m, n, k), want, 1e-5 * Math.sqrt(k), `reference A·B ${m}x${n}x${k}`);
+    // a residual update: the addend plus the product, the addend itself untouched
+    const addend = rand(m * n, r);
+    const kept = addend.slice();
+    const sum = want.map((v, i) => v + addend[i]!);
+    assertClose(await ortBackend.matmulNT(a, b, m, n, k, addend), sum, 1e-5 * Math.sqrt(k), `C + A·Bᵀ ${m}x${n}x${k}`);
+    assert.deepEqual(addend, kept, `C + A·Bᵀ ${m}x${n}x${k} left its addend`);
+    assert.deepEqual(await refBackend.matmulNT(a, b, m, n, k, addend), sum, `reference C + A·Bᵀ ${m}x${n}x${k}`);
   }
 });
 

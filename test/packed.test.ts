@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { calibrationWindows } from '../src/calib/windows.js';
 import { loadText } from '../src/calib/datasets.js';
+import { evaluate, referenceStates } from '../src/eval/perplexity.js';
 import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { Decoder, type LinearName } from '../src/models/index.js';
@@ -229,11 +230,17 @@ test('library: a packed stories15M checkpoint loads onto packed kernels and gene
   const prompt = tokenizer.encode('Once upon a time');
   const want = (await lib.generate(dequantized, prompt, { maxTokens: 32 })).tokens;
   assert.deepEqual((await lib.generate(packed, prompt, { maxTokens: 32 })).tokens, want);
-  // int8 activations: a different rounding of the same model, nearly always the same greedy choice
+  // int8 activations: a different rounding of the same model. Free-running greedy text parts ways at its first
+  // near-tie (a change of float32 summation order in the calibration's forward moved that into the first 8
+  // tokens), so the two are compared position by position on real text instead
   const int8 = (await lib.loadModel(out, { activations: 'int8' })).model;
-  const got = (await lib.generate(int8, prompt, { maxTokens: 32 })).tokens;
+  const text = tokenizer.encode(await loadText('sotu-test')).slice(0, 4 * 64);
+  const shape = { windows: 4, seqlen: 64 };
+  const int8Gap = await evaluate(int8, text, { ...shape, ref: await referenceStates(dequantized, text, shape) });
+  const w3Gap = await evaluate(dequantized, text, { ...shape, ref: await referenceStates(fp, text, shape) });
+  // measured: KL 0.0117 and top-1 0.913 against the 3-bit weights' own KL of 1.008 from float32
   assert.ok(
-    got.slice(0, 8).every((t, i) => t === want[i]),
-    `int8: ${tokenizer.decode(got)} vs ${tokenizer.decode(want)}`,
+    int8Gap.kl! < w3Gap.kl! / 20 && int8Gap.top1! > 0.85,
+    `int8 against its dequantized weights: KL ${int8Gap.kl}, top-1 ${int8Gap.top1}; the weights against float32: KL ${w3Gap.kl}`,
   );
 });

@@ -617,20 +617,25 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   ): Promise<void> {
     const { cfg } = this;
     const name = cfg.linear[role];
-    let y = 'qkv' in w ? await w[role].apply(input, rows) : await this.floatLinear(w, name, input, rows);
-    y = addBias(y, w.bias[name]);
     const out = role === 'o' ? cfg.norms.attnOut : cfg.norms.mlpOut;
-    if (out) y = await this.norm(w, out, y, rows);
     const s = cfg.residualScale;
-    if (s === 1) for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
-    else for (let i = 0; i < x.length; i++) x[i]! += s * y[i]!;
+    if (!('qkv' in w) && !w.bias[name] && !out && s === 1) {
+      // the plain residual update in the product's epilogue (see ortBackend's gemmAddGraph)
+      x.set(await this.floatLinear(w, name, input, rows, x));
+    } else {
+      let y = 'qkv' in w ? await w[role].apply(input, rows) : await this.floatLinear(w, name, input, rows);
+      y = addBias(y, w.bias[name]);
+      if (out) y = await this.norm(w, out, y, rows);
+      if (s === 1) for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
+      else for (let i = 0; i < x.length; i++) x[i]! += s * y[i]!;
+    }
     const post = role === 'o' ? cfg.norms.attnResidual : cfg.norms.mlpResidual;
     if (post) x.set(await this.norm(w, post, x, rows));
   }
 
-  private floatLinear(w: BlockWeights, name: LinearName, input: Float32Array, rows: number): Promise<Float32Array> {
+  private floatLinear(w: BlockWeights, name: LinearName, input: Float32Array, rows: number, addend?: Float32Array): Promise<Float32Array> {
     const [out, inp] = linearShape(this.cfg, name);
-    return this.backend.matmulNT(input, w.linear[name]!, rows, out, inp);
+    return this.backend.matmulNT(input, w.linear[name]!, rows, out, inp, addend);
   }
 
   /** The outputs of linear group g (q/k/v or gate/up) on input h, one per part of `widths` however they are stored. */

@@ -101,8 +101,11 @@ export interface Backend {
   floatLinear(w: Float32Array, rows: number, cols: number, opts?: LinearOptions): Promise<LinearKernel>;
   /** Prepare a GPTQ-packed layer; the float matrix is never formed. */
   packedLinear(p: PackedLinearWeights, activations: ActivationPrecision, opts?: LinearOptions): Promise<LinearKernel>;
-  /** C[m,n] = A[m,k] · B[n,k]ᵀ  (activations times a Linear weight stored [out, in]) */
-  matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
+  /**
+   * C[m,n] = A[m,k] · B[n,k]ᵀ (activations times a Linear weight stored [out, in]); with `addend` [m,n],
+   * addend + A·Bᵀ (a residual update, in the product's epilogue), as a new array: `addend` is left as it was.
+   */
+  matmulNT(a: Float32Array, b: Float32Array, m: number, n: number, k: number, addend?: Float32Array): Promise<Float32Array>;
   /** C[m,n] = A[m,k] · B[k,n] */
   matmulNN(a: Float32Array, b: Float32Array, m: number, n: number, k: number): Promise<Float32Array>;
   /**

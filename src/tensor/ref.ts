@@ -289,7 +289,11 @@ export const refBackend: Backend = {
       },
       opts,
     ),
-  matmulNT: async (a, b, m, n, k) => matmulNT(a, b, m, n, k),
+  matmulNT: async (a, b, m, n, k, addend) => {
+    const c = matmulNT(a, b, m, n, k);
+    if (addend) for (let i = 0; i < c.length; i++) c[i] = addend[i]! + c[i]!;
+    return c;
+  },
   matmulNN: async (a, b, m, n, k) => matmulNT(a, transpose(b, k, n), m, n, k),
   matmul64: async (a, b, m, n, k, transB, more) => {
     const c = matmulNT(more?.transA ? transpose(a, k, m) : a, transB ? b : transpose(b, k, n), m, n, k);
