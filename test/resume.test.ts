@@ -154,3 +154,25 @@ test('calibration rows written behind read back as written, and a failed write f
   );
   await assert.rejects(full.close(), /ENOSPC/);
 });
+
+test('calibration rows are read ahead, and a write over rows read ahead is what the next read returns', async () => {
+  const path = join(parent, 'ahead.f32');
+  const rows = new RowFile(path, 2, 'create');
+  await rows.write(
+    0,
+    Float32Array.from({ length: 16 }, (_, i) => i),
+  );
+  const pairs = (...v: number[]): Float32Array => Float32Array.from(v);
+  // each read starts the next range's: rows 2-3 are read ahead here, before they are overwritten
+  assert.deepEqual(await rows.read(0, 2), pairs(0, 1, 2, 3));
+  await rows.write(3, pairs(-6, -7));
+  assert.deepEqual(await rows.read(2, 2), pairs(4, 5, -6, -7));
+  // a write elsewhere leaves the range read ahead as it is
+  await rows.write(0, pairs(-0, -1));
+  assert.deepEqual(await rows.read(4, 2), pairs(8, 9, 10, 11));
+  assert.deepEqual(await rows.read(6, 2), pairs(12, 13, 14, 15));
+  // the read ahead past the end fails unseen; asking for those rows fails
+  await assert.rejects(rows.read(8, 1), /ahead\.f32: ends before row 9/);
+  assert.deepEqual(await rows.read(0, 1), pairs(-0, -1));
+  await rows.close();
+});

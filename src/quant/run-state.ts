@@ -8,7 +8,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
-  readSync,
+  read,
   renameSync,
   rmSync,
   statSync,
@@ -22,6 +22,7 @@ import { fail } from '../io/errors.js';
 import { SafetensorsFile, writeSafetensors, type DType, type SafetensorsModel, type TensorToWrite } from '../io/safetensors.js';
 
 const writeAsync = promisify(write);
+const readAsync = promisify(read);
 
 /**
  * What a quantization run keeps on disk: the calibration hidden states at the current block's input and output
@@ -45,6 +46,9 @@ export class RowFile {
   private fd: number;
   private readonly rowBytes: number;
   private pending: Promise<void> = Promise.resolve();
+  private ahead?: { first: number; rows: number; data: Promise<Float32Array> };
+  /** reads in flight, without their data (a range read ahead and dropped is not kept for them) */
+  private readonly reading = new Set<Promise<void>>();
 
   constructor(
     readonly path: string,
@@ -57,19 +61,46 @@ export class RowFile {
     this.rowBytes = width * 4;
   }
 
+  /**
+   * Rows [first, first + rows). The calibration reads each file front to back a chunk at a time, so every read
+   * also starts the next range's, on libuv's thread pool: the copy out of the page cache (or the disk) runs while
+   * this chunk is computed on. A write that overlaps a range read ahead drops it.
+   */
   async read(first: number, rows: number): Promise<Float32Array> {
-    await this.pending;
-    const out = new Float32Array(rows * this.width);
-    const bytes = new Uint8Array(out.buffer);
-    for (let done = 0; done < bytes.length;) {
-      const n = readSync(this.fd, bytes, done, bytes.length - done, first * this.rowBytes + done);
-      if (n === 0) throw new Error(`${this.path}: ends before row ${first + rows}`);
-      done += n;
-    }
-    return out;
+    const ahead = this.ahead;
+    const data = ahead && ahead.first === first && ahead.rows === rows ? ahead.data : this.readRange(first, rows);
+    this.ahead = { first: first + rows, rows, data: this.readRange(first + rows, rows) };
+    // past the file's end (the last chunk's next) it fails, and is only reported if those rows are asked for
+    this.ahead.data.catch(() => {});
+    return data;
+  }
+
+  private readRange(first: number, rows: number): Promise<Float32Array> {
+    const range = async (): Promise<Float32Array> => {
+      await this.pending;
+      const out = new Float32Array(rows * this.width);
+      const bytes = new Uint8Array(out.buffer);
+      for (let done = 0; done < bytes.length;) {
+        const { bytesRead } = await readAsync(this.fd, bytes, done, bytes.length - done, first * this.rowBytes + done);
+        if (bytesRead === 0) throw new Error(`${this.path}: ends before row ${first + rows}`);
+        done += bytesRead;
+      }
+      return out;
+    };
+    const data = range();
+    // the file stays open until every read issued on it has finished
+    const settled = data.then(
+      () => {},
+      () => {},
+    );
+    this.reading.add(settled);
+    void settled.then(() => this.reading.delete(settled));
+    return data;
   }
 
   async write(first: number, data: Float32Array): Promise<void> {
+    const [ahead, end] = [this.ahead, first + data.length / this.width];
+    if (ahead && first < ahead.first + ahead.rows && ahead.first < end) this.ahead = undefined;
     await this.pending;
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     const at = first * this.rowBytes;
@@ -96,6 +127,8 @@ export class RowFile {
     try {
       await this.pending;
     } finally {
+      this.ahead = undefined;
+      await Promise.all(this.reading);
       closeSync(this.fd);
     }
   }
