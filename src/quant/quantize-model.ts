@@ -392,7 +392,7 @@ async function embedCalibration(
       const x = await embedder.embedTokens(calib.windows.subarray(row, row + step), calib.seqlen);
       for (const f of files) await f.write(row, x);
     }
-    for (const f of files) await f.sync();
+    // not fsynced: only block 0 reads these rows, and a run resumed before block 0 is recorded embeds them again
   } finally {
     await closeAll(files);
   }
