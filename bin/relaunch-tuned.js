@@ -8,10 +8,10 @@
  * thresholds of 4 GiB) and backing large blocks with transparent huge pages, the same gemm returns in 22 ms, and
  * the float64 factorization of a 4096-wide Hessian takes 1.1 s instead of 1.7 s with a 16 MiB mmap threshold.
  * The main arena cannot grow by brk under Node on x64: V8 reserves its code range at the program break (for short
- * builtin calls), so each time the arena runs out glibc maps a new region the size of that one request, and the
- * next larger request finds no room in the freed pieces and maps again, each time fresh pages to fault in (about
- * 2.6 ms a 2 MB huge page on this VM). A top pad of 1 GiB makes every such region big enough for the requests
- * after it (untouched padding costs no memory): see the README's Scale section for the measured effect.
+ * builtin calls), so each time the arena runs out glibc maps a new region the size of that one request, whose
+ * pages are fresh (about 2.6 ms a 2 MB huge page to fault in on this VM). A top pad of 1 GiB gives each such region
+ * room for the requests after it (untouched padding costs no memory): fewer faults and less kernel time, measured
+ * in the README's Scale section; most fresh pages remain, presumably the arena's growth between collections.
  *
  * Evaluating, generating, inspecting: loading builds every packed layer's operator from transient buffers that
  * a 4 GiB threshold keeps for the life of the process (a whole Llama-2-7B shape, w4 g128: eval peak RSS 6.30 GB,

@@ -620,7 +620,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     const out = role === 'o' ? cfg.norms.attnOut : cfg.norms.mlpOut;
     const s = cfg.residualScale;
     if (!('qkv' in w) && !w.bias[name] && !out && s === 1) {
-      // the plain residual update in the product's epilogue (see ortBackend's gemmAddGraph)
+      // the plain residual update in the product's epilogue (ortBackend's gemmGraph with an addend)
       x.set(await this.floatLinear(w, name, input, rows, x));
     } else {
       let y = 'qkv' in w ? await w[role].apply(input, rows) : await this.floatLinear(w, name, input, rows);
