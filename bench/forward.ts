@@ -1,11 +1,12 @@
-import { execSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { seededRandom } from '../src/calib/windows.js';
 import * as modelsNow from '../src/models/index.js';
 import * as ortNow from '../src/tensor/ort.js';
+import { baselineTree } from './baseline.js';
 import { printTable } from './table.js';
 
 /**
@@ -36,14 +37,11 @@ interface Tree {
   model: modelsNow.Decoder<modelsNow.BlockWeights>;
 }
 const trees: Tree[] = [];
-let scratch: string | undefined;
-if (flags.baseline) {
-  scratch = mkdtempSync(join(tmpdir(), 'gptq-baseline-'));
-  execSync(`git -C ${root} archive ${flags.baseline} src | tar -x -C ${scratch}`);
-  symlinkSync(join(root, 'node_modules'), join(scratch, 'node_modules'));
-  const ort = (await import(join(scratch, 'src/tensor/ort.ts'))) as typeof ortNow;
-  const models = (await import(join(scratch, 'src/models/index.ts'))) as typeof modelsNow;
-  trees.push({ label: flags.baseline, ort, model: await models.Decoder.load(dir, ort.ortBackend) });
+const baseline = flags.baseline === undefined ? undefined : baselineTree(flags.baseline);
+if (baseline) {
+  const ort = await baseline.load<typeof ortNow>('src/tensor/ort.ts');
+  const models = await baseline.load<typeof modelsNow>('src/models/index.ts');
+  trees.push({ label: baseline.rev, ort, model: await models.Decoder.load(dir, ort.ortBackend) });
 }
 trees.push({ label: 'this tree', ort: ortNow, model: await modelsNow.Decoder.load(dir, ortNow.ortBackend) });
 
@@ -87,5 +85,5 @@ printTable(
   ['', ...trees.map((t) => t.label), ...(trees.length === 2 ? ['speedup'] : [])],
   rows,
 );
-if (scratch) rmSync(scratch, { recursive: true, force: true });
+baseline?.remove();
 if (!flags.dir) rmSync(work, { recursive: true, force: true });

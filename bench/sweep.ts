@@ -1,11 +1,8 @@
-import { execSync } from 'node:child_process';
-import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
 import { seededRandom } from '../src/calib/windows.js';
 import * as gptqNow from '../src/quant/gptq.js';
 import * as hessianNow from '../src/quant/hessian.js';
 import * as ortNow from '../src/tensor/ort.js';
+import { baselineTree } from './baseline.js';
 import { printTable } from './table.js';
 
 /**
@@ -35,16 +32,11 @@ interface Tree {
   backend: typeof ortNow.ortBackend;
 }
 const trees: Tree[] = [{ label: 'this tree', gptq: gptqNow, hessian: hessianNow, backend: ortNow.ortBackend }];
-let scratch: string | undefined;
-if (baselineRev) {
-  // the revision's src/ beside ours, resolving packages through our node_modules
-  const root = resolve(import.meta.dirname, '..');
-  scratch = mkdtempSync(join(tmpdir(), 'gptq-baseline-'));
-  execSync(`git -C ${root} archive ${baselineRev} src | tar -x -C ${scratch}`);
-  symlinkSync(join(root, 'node_modules'), join(scratch, 'node_modules'));
-  const load = async <T>(path: string): Promise<T> => (await import(join(scratch!, path))) as T;
+const baseline = baselineRev === undefined ? undefined : baselineTree(baselineRev);
+if (baseline) {
+  const { load } = baseline;
   trees.unshift({
-    label: baselineRev,
+    label: baseline.rev,
     gptq: await load('src/quant/gptq.ts'),
     hessian: await load('src/quant/hessian.ts'),
     backend: (await load<typeof ortNow>('src/tensor/ort.ts')).ortBackend,
@@ -177,7 +169,7 @@ for (const [out, cols, reps] of [[4096, 4096, REPS], [14336, 4096, REPS], ...(la
     ...ratio(total),
   ]);
 }
-if (scratch) rmSync(scratch, { recursive: true, force: true });
+baseline?.remove();
 for (let i = 0; i < REPS; i++) await sgemmOnce();
 const blank = trees.length === 2 ? ['', ''] : [];
 rows.unshift(
