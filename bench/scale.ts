@@ -23,8 +23,13 @@ import { printTable } from './table.js';
  * the extrapolation to the whole model at 128 x 2048 calibration tokens, and eval / generate speed and memory
  * (against llama.cpp via node-llama-cpp on a Q4_0 GGUF of the same weights, where it loads).
  *
- *   npm run bench:scale -- [--nsamples 4] [--seqlen 512] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
+ *   npm run bench:scale -- [--nsamples 4] [--seqlen 2048] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
  *                          [--eval-windows 4] [--gen-tokens 32] [--no-llama-cpp] [--dir DIR] [--method rtn]
+ *
+ * The default 4 x 2048 tokens is the smallest run whose per-token costs are those of the paper's 128 x 2048: windows
+ * of its length (attention grows with it) and one Hessian product of a full batch of 8192 rows per group (smaller
+ * products cost more per row: at 4 x 512 the 7B shape's Hessians extrapolated to 280 s a layer, where the full
+ * run measured 188).
  *
  * --method rtn rounds instead of running GPTQ (a minute instead of ten for the 8B shape): the same packed
  * checkpoint layout, so eval and generate measure the same; the quantize table then times RTN.
@@ -235,7 +240,7 @@ function runChild(step: string, args: Record<string, string | number>): Report |
 const { values: flags } = parseArgs({
   options: {
     nsamples: { type: 'string', default: process.env['SCALE_NSAMPLES'] ?? '4' },
-    seqlen: { type: 'string', default: process.env['SCALE_SEQLEN'] ?? '512' },
+    seqlen: { type: 'string', default: process.env['SCALE_SEQLEN'] ?? '2048' },
     cases: { type: 'string', default: Object.keys(SHAPES).join(',') },
     layers: { type: 'string' },
     'eval-windows': { type: 'string', default: '4' },
