@@ -31,8 +31,8 @@ import { printTable } from './table.js';
  * products cost more per row: at 4 x 512 the 7B shape's Hessians extrapolated to 280 s a layer, where the full
  * run measured 188).
  *
- * --method rtn rounds instead of running GPTQ (a minute instead of ten for the 8B shape): the same packed
- * checkpoint layout, so eval and generate measure the same; the quantize table then times RTN.
+ * --method rtn rounds instead of running GPTQ (no calibration pass, Hessians or sweeps): the same packed checkpoint
+ * layout, so eval and generate measure the same; the quantize table then times RTN.
  */
 
 interface Shape {
