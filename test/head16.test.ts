@@ -55,6 +55,35 @@ for (const dtype of ['BF16', 'F16'] as const) {
   });
 }
 
+test('F16 heads of trained-looking weights take the rebiased kernel and its correction: logits within float32 summation error', () => {
+  // N(0, 0.02) halves (about 0.24% of them subnormal) with zeros and negative zeros sprinkled in, as a trained head has;
+  // the kernel's integer rebias misreads every half whose exponent is 0, and the correction puts each one right
+  const [rows, cols] = [203, 2048];
+  const rnd = seededRandom(7);
+  const gauss = (): number => Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
+  const data = Uint16Array.from({ length: rows * cols }, () => {
+    const u = rnd();
+    return u < 0.001 ? 0 : u < 0.002 ? 0x8000 : floatToHalf(0.02 * gauss());
+  });
+  const exponentZero = data.filter((h) => (h & 0x7c00) === 0 && (h & 0x3ff) !== 0).length;
+  assert.ok(exponentZero > rows, `the table has subnormal halves (${exponentZero})`);
+  const wide = halfArrayToFloat(data);
+  const head = openHead16({ dtype: 'F16', data }, rows, cols);
+  assert.equal(head.kernel, 'f16r');
+  assert.equal(openHead16(table('F16', 37, 16, 53), 37, 16).kernel, 'f16', 'a table of many zeros and subnormals keeps the exact kernel');
+  const x = Float32Array.from({ length: cols }, () => gauss() * 4);
+  const y = head.logits(x);
+  for (let r = 0; r < rows; r++) {
+    let want = 0;
+    let scale = 0;
+    for (let c = 0; c < cols; c++) {
+      want += wide[r * cols + c]! * x[c]!;
+      scale += Math.abs(wide[r * cols + c]! * x[c]!);
+    }
+    assert.ok(Math.abs(y[r]! - want) <= 1e-6 * scale, `row ${r}: ${y[r]} vs ${want}`);
+  }
+});
+
 test('16-bit heads: several open at once each give their own logits; tables the kernel cannot take are refused', () => {
   const a = table('BF16', 64, 32, 1);
   const b = table('F16', 96, 48, 2);

@@ -16,6 +16,8 @@ export interface Head16 {
   readonly table: StoredRows;
   /** logits [rows] for one final hidden state [cols] */
   logits(h: Float32Array): Float32Array;
+  /** which of the wasm kernels runs it */
+  readonly kernel: KernelName;
 }
 
 /** a step of the kernel covers 16 columns */
@@ -33,8 +35,45 @@ let compiled: WebAssembly.Module | undefined;
 const kernelModule = (): WebAssembly.Module => (compiled ??= new WebAssembly.Module(Buffer.from(MATVEC16_WASM, 'base64')));
 
 type Kernel = (w: number, x: number, y: number, r0: number, r1: number, cols: number) => void;
-const kernelOf = (memory: WebAssembly.Memory, dtype: StoredRows['dtype']): Kernel =>
-  new WebAssembly.Instance(kernelModule(), { env: { memory } }).exports[dtype === 'F16' ? 'f16' : 'bf16'] as Kernel;
+/** the kernel's export: bf16, or for IEEE half f16 (exact) or f16r (rebiased, with the correction below) */
+export type KernelName = 'bf16' | 'f16' | 'f16r';
+const kernelOf = (memory: WebAssembly.Memory, fn: KernelName): Kernel =>
+  new WebAssembly.Instance(kernelModule(), { env: { memory } }).exports[fn] as Kernel;
+
+/**
+ * Above this fraction of halves with exponent 0 the exact f16 kernel runs instead of f16r: each such half costs the
+ * correction a term (a table of N(0, 0.02) weights has 0.24% of them).
+ */
+const MAX_CORRECTED = 1 / 128;
+
+/**
+ * What f16r gets wrong, row by row: a half with exponent 0 and mantissa m (value ±m·2^-24) comes out of the integer
+ * rebias as ±(1 + m/1024)·2^-15, so each such weight's term is off by (value − that)·x. Listed as CSR (row starts,
+ * columns, the differences), or undefined when there are too many for the rebiased kernel to pay.
+ */
+interface Correction {
+  start: Int32Array;
+  col: Int32Array;
+  delta: Float64Array;
+}
+
+function halfCorrection(t: Uint16Array, rows: number, cols: number): Correction | undefined {
+  let n = 0;
+  for (let i = 0; i < t.length; i++) if ((t[i]! & 0x7c00) === 0) n++;
+  if (n > t.length * MAX_CORRECTED) return undefined;
+  const c: Correction = { start: new Int32Array(rows + 1), col: new Int32Array(n), delta: new Float64Array(n) };
+  for (let r = 0, k = 0; r < rows; r++) {
+    for (let j = 0, i = r * cols; j < cols; j++, i++) {
+      const h = t[i]!;
+      if ((h & 0x7c00) !== 0) continue;
+      const m = h & 0x3ff;
+      c.col[k] = j;
+      c.delta[k++] = (h & 0x8000 ? -1 : 1) * (m * 2 ** -24 - (1 + m / 1024) * 2 ** -15);
+    }
+    c.start[r + 1] = k;
+  }
+  return c;
+}
 
 /*
  * Control words a worker shares with the main thread: SEQ counts requests (−1: exit), DONE the last one finished;
@@ -112,14 +151,16 @@ export function openHead16(w: StoredRows, rows: number, cols: number): Head16 {
   table.set(w.data as Uint16Array);
   const x = new Float32Array(memory.buffer, X, cols);
   const y = new Float32Array(memory.buffer, Y, rows);
-  const run = kernelOf(memory, w.dtype);
-  const fn = w.dtype === 'F16' ? 'f16' : 'bf16';
+  const correction = w.dtype === 'F16' ? halfCorrection(table, rows, cols) : undefined;
+  const fn: KernelName = w.dtype === 'F16' ? (correction ? 'f16r' : 'f16') : 'bf16';
+  const run = kernelOf(memory, fn);
   const id = nextId++;
   const pool = helperThreads();
   for (const h of pool) h.port.postMessage({ id, memory, fn });
   const share = Math.ceil(rows / (pool.length + 1));
   const head: Head16 = {
     table: { dtype: w.dtype, data: table },
+    kernel: fn,
     logits(h) {
       // each run of 8 as [0 2 4 6 1 3 5 7], the order the kernel's lanes take the weights in
       for (let b = 0; b < cols; b += 8) for (let i = 0; i < 4; i++) [x[b + i], x[b + 4 + i]] = [h[b + 2 * i]!, h[b + 2 * i + 1]!];
@@ -138,7 +179,16 @@ export function openHead16(w: StoredRows, rows: number, cols: number): Head16 {
             throw new Error(`the head's helper thread did not answer in ${ANSWER_MS / 1000} s`);
         }
       }
-      return y.slice();
+      const out = y.slice();
+      if (correction) {
+        const { start, col, delta } = correction;
+        for (let r = 0; r < rows; r++) {
+          let d = 0;
+          for (let k = start[r]!; k < start[r + 1]!; k++) d += delta[k]! * h[col[k]!]!;
+          if (d !== 0) out[r] = out[r]! + d;
+        }
+      }
+      return out;
     },
   };
   forget.register(head, id);
