@@ -25,6 +25,20 @@ function table(dtype: 'F16' | 'BF16', rows: number, cols: number, seed: number):
   return { dtype, data };
 }
 
+/** Each logit against the float64 dot product of its widened row, within float32 summation error. */
+function assertLogits(y: Float32Array, wide: Float32Array, x: Float32Array, rows: number, cols: number, what: string): void {
+  assert.equal(y.length, rows);
+  for (let r = 0; r < rows; r++) {
+    let want = 0;
+    let scale = 0;
+    for (let c = 0; c < cols; c++) {
+      want += wide[r * cols + c]! * x[c]!;
+      scale += Math.abs(wide[r * cols + c]! * x[c]!);
+    }
+    assert.ok(Math.abs(y[r]! - want) <= 1e-6 * scale + 1e-30, `${what} row ${r}: ${y[r]} vs ${want}`);
+  }
+}
+
 for (const dtype of ['BF16', 'F16'] as const) {
   test(`${dtype} head kernel: each logit is the float64 dot product of the widened row, within float32 summation error`, () => {
     for (const [rows, cols] of [
@@ -40,17 +54,7 @@ for (const dtype of ['BF16', 'F16'] as const) {
       assert.deepEqual(head.table.data, w.data, 'the table moves unchanged');
       const rnd = seededRandom(cols);
       const x = Float32Array.from({ length: cols }, () => (rnd() - 0.5) * 8);
-      const y = head.logits(x);
-      assert.equal(y.length, rows);
-      for (let r = 0; r < rows; r++) {
-        let want = 0;
-        let scale = 0;
-        for (let c = 0; c < cols; c++) {
-          want += wide[r * cols + c]! * x[c]!;
-          scale += Math.abs(wide[r * cols + c]! * x[c]!);
-        }
-        assert.ok(Math.abs(y[r]! - want) <= 1e-6 * scale + 1e-30, `${rows}x${cols} row ${r}: ${y[r]} vs ${want}`);
-      }
+      assertLogits(head.logits(x), wide, x, rows, cols, `${rows}x${cols}`);
     }
   });
 }
@@ -65,23 +69,14 @@ test('F16 heads of trained-looking weights take the rebiased kernel and its corr
     const u = rnd();
     return u < 0.001 ? 0 : u < 0.002 ? 0x8000 : floatToHalf(0.02 * gauss());
   });
-  const exponentZero = data.filter((h) => (h & 0x7c00) === 0 && (h & 0x3ff) !== 0).length;
-  assert.ok(exponentZero > rows, `the table has subnormal halves (${exponentZero})`);
+  const subnormals = data.filter((h) => (h & 0x7c00) === 0 && (h & 0x3ff) !== 0).length;
+  assert.ok(subnormals > rows, `the table has subnormal halves (${subnormals})`);
   const wide = halfArrayToFloat(data);
   const head = openHead16({ dtype: 'F16', data }, rows, cols);
   assert.equal(head.kernel, 'f16r');
   assert.equal(openHead16(table('F16', 37, 16, 53), 37, 16).kernel, 'f16', 'a table of many zeros and subnormals keeps the exact kernel');
   const x = Float32Array.from({ length: cols }, () => gauss() * 4);
-  const y = head.logits(x);
-  for (let r = 0; r < rows; r++) {
-    let want = 0;
-    let scale = 0;
-    for (let c = 0; c < cols; c++) {
-      want += wide[r * cols + c]! * x[c]!;
-      scale += Math.abs(wide[r * cols + c]! * x[c]!);
-    }
-    assert.ok(Math.abs(y[r]! - want) <= 1e-6 * scale, `row ${r}: ${y[r]} vs ${want}`);
-  }
+  assertLogits(head.logits(x), wide, x, rows, cols, 'N(0, 0.02)');
 });
 
 test('16-bit heads: several open at once each give their own logits; tables the kernel cannot take are refused', () => {
