@@ -77,6 +77,12 @@ test('F16 heads of trained-looking weights take the rebiased kernel and its corr
   assert.equal(openHead16(table('F16', 37, 16, 53), 37, 16).kernel, 'f16', 'a table of many zeros and subnormals keeps the exact kernel');
   const x = Float32Array.from({ length: cols }, () => gauss() * 4);
   assertLogits(head.logits(x), wide, x, rows, cols, 'N(0, 0.02)');
+  // rows with none of them between rows with some: each row's correction is its own
+  const sparse = Uint16Array.from({ length: 64 * 64 }, (_, i) => floatToHalf((1 + (i % 7)) / 1024));
+  [3 * 64 + 5, 40 * 64, 63 * 64 + 63].forEach((i, k) => (sparse[i] = [0x8000, 0x0001, 0x83ff][k]!));
+  const few = openHead16({ dtype: 'F16', data: sparse }, 64, 64);
+  assert.equal(few.kernel, 'f16r');
+  assertLogits(few.logits(x.subarray(0, 64)), halfArrayToFloat(sparse), x.subarray(0, 64), 64, 64, 'sparse');
 });
 
 test('16-bit heads: several open at once each give their own logits; tables the kernel cannot take are refused', () => {
