@@ -13,7 +13,7 @@
  * the exponent: exact wherever the half's exponent is not 0, and no float32 operation at all before the product.
  * Where it is 0 (zeros, subnormals) the result is off by an amount head16.ts corrects after the kernel (a head of
  * N(0, 0.02) halves, 0.24% subnormal, three rounds alternated, best of 80: 32000 x 4096 14.9-15.3 → 12.6-13.3 ms a
- * matvec, 32000 x 2048 7.2-8.2 → 6.7-7.9 ms; opening it scans the table, 0.2-0.3 s more). Four
+ * matvec, 32000 x 2048 7.2-8.2 → 6.7-7.9 ms; the list costs a scan when the head opens, see there). Four
  * accumulators of four lanes, 16 columns a step; V8 does not inline wasm calls here, so each format gets its own
  * loop, made from one template.
  */

@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { halfToFloat } from '../io/fp16.js';
 import { MATVEC16_WASM } from './matvec16-wasm.js';
 import type { StoredRows } from './rows.js';
 
@@ -66,7 +67,7 @@ function halfCorrection(t: Uint16Array, rows: number, cols: number): Correction 
   for (let p = 0; p < pairs.length; p++) {
     const w = pairs[p]!;
     if ((w & 0x7c00) !== 0 && (w & 0x7c000000) !== 0) continue;
-    for (const i of [2 * p, 2 * p + 1]) {
+    for (let i = 2 * p; i < 2 * p + 2; i++) {
       if ((t[i]! & 0x7c00) !== 0) continue;
       if (n === at.length) return undefined;
       at[n++] = i;
@@ -75,9 +76,9 @@ function halfCorrection(t: Uint16Array, rows: number, cols: number): Correction 
   const c: Correction = { start: new Int32Array(rows + 1), col: new Int32Array(n), delta: new Float64Array(n) };
   for (let k = 0; k < n; k++) {
     const [h, r] = [t[at[k]!]!, Math.floor(at[k]! / cols)];
-    const m = h & 0x3ff;
+    const misread = (h & 0x8000 ? -1 : 1) * (1 + (h & 0x3ff) / 1024) * 2 ** -15;
     c.col[k] = at[k]! - r * cols;
-    c.delta[k] = (h & 0x8000 ? -1 : 1) * (m * 2 ** -24 - (1 + m / 1024) * 2 ** -15);
+    c.delta[k] = halfToFloat(h) - misread;
     c.start[r + 1] = k + 1;
   }
   // rows without any such half start where the row before them ends
