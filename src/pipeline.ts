@@ -126,11 +126,18 @@ export async function quantize(
     if (why) fail(`--format gguf: ${why}`);
     for (const note of ggufLayout(cfg).notes) hooks.warn?.(note);
   } else if (opts.format !== 'fake') {
-    for (const cols of [cfg.hiddenSize, cfg.intermediateSize]) {
+    for (const cols of [cfg.hiddenSize, cfg.intermediateSize, ...(opts.lmHead ? [cfg.embedDim] : [])]) {
       if ((cols * opts.bits) % 32 !== 0)
         fail(`--format ${opts.format}: ${cols} input columns of ${opts.bits} bits do not pack into whole int32 words`);
     }
+    // qzeros packs a group's zero points across the head's output rows
+    if (opts.lmHead && (cfg.vocabSize * opts.bits) % 32 !== 0)
+      fail(
+        `--format ${opts.format} --lm-head: the head's ${cfg.vocabSize} rows of ${opts.bits}-bit zero points do not pack into whole int32 words`,
+      );
   }
+  if (opts.lmHead && opts.format === 'gguf')
+    fail("--lm-head: a GGUF's output tensor takes its type from the --gguf-type mix, not --lm-head");
   if (opts.format === 'gptq' || opts.format === 'gptq_v2') {
     const { refuse, warnings } = loaderCompatibility(opts.format, opts);
     if (refuse) fail(`--format ${opts.format}: ${refuse}`);

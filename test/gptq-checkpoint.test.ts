@@ -179,6 +179,7 @@ test('quantize --format gptq writes the ecosystem layout', () => {
       static_groups: false,
       checkpoint_format: 'gptq',
       model_file_base_name: 'model',
+      lm_head: false,
     },
   );
 });

@@ -283,6 +283,10 @@ export function buildCli(): Command {
     .option('--paper', "the GPTQ paper's reference setting: per-channel (--group-size -1) and --asym, unless those are given")
     .option('--mse', 'search shrunken grid ranges for the lowest error')
     .option(
+      '--lm-head',
+      "quantize the LM head too, with the same grid, calibrated on the final states (GPTQModel's lm_head: true; loads in GPTQModel and vLLM, not transformers; untied heads only)",
+    )
+    .option(
       '--fp32-scales',
       'keep float32 scales while quantizing, as the reference code does (default: fp16, exactly what a checkpoint stores)',
     )
@@ -343,6 +347,7 @@ export function buildCli(): Command {
             staticGroups: Boolean(o['staticGroups']),
             sym,
             mse: Boolean(o['mse']),
+            ...(o['lmHead'] ? { lmHead: true } : {}),
             fp16Scales: !o['fp32Scales'],
             percdamp: o['damp'] as number,
             alpha: o['alpha'] as number,

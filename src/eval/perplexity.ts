@@ -1,6 +1,6 @@
 import { softcap, type Decoder } from '../models/index.js';
 import { logitStats } from '../tensor/ref.js';
-import { headLogits, type HeadStats, type StoredRows } from '../tensor/index.js';
+import { concatArrays, headLogits, type Backend, type HeadStats, type LinearKernel, type StoredRows } from '../tensor/index.js';
 
 /**
  * Perplexity by the reference protocol: the first `windows` non-overlapping windows of `seqlen` tokens;
@@ -39,6 +39,8 @@ export interface EvalResult {
 /** A reference model's final hidden states over the eval windows, computed once and reused for every comparison. */
 export interface ReferenceStates {
   head: StoredRows;
+  /** the reference's quantized head, in place of `head` */
+  headKernel?: LinearKernel;
   /** the reference model's logit soft-cap (Gemma 2), if any */
   softcap?: number;
   /** [windows * seqlen, hidden] */
@@ -75,7 +77,15 @@ export async function referenceStates(model: Decoder, tokens: ArrayLike<number>,
     hidden.set(h, w0 * seqlen * D);
     for (let i = 0; i < b; i++) nll.set((await windowStats(model, h, ids, i, seqlen)).nll, (w0 + i) * (seqlen - 1));
   }
-  return { head: model.head, hidden, nll, windows, seqlen, ...(model.cfg.finalSoftcap ? { softcap: model.cfg.finalSoftcap } : {}) };
+  return {
+    head: model.head,
+    ...(model.outer.headKernel ? { headKernel: model.outer.headKernel } : {}),
+    hidden,
+    nll,
+    windows,
+    seqlen,
+    ...(model.cfg.finalSoftcap ? { softcap: model.cfg.finalSoftcap } : {}),
+  };
 }
 
 /**
@@ -96,16 +106,46 @@ async function windowStats(
   const rowsOf = (x: Float32Array, first: number): Float32Array => x.subarray(first * seqlen * D, (first * seqlen + rows) * D);
   const targets = ids.subarray(i * seqlen + 1, (i + 1) * seqlen);
   const refRows = ref && { h: rowsOf(ref.hidden, refWindow), w: ref.head };
-  if (!model.cfg.finalSoftcap && !ref?.softcap)
+  if (!model.cfg.finalSoftcap && !ref?.softcap && !model.outer.headKernel && !ref?.headKernel)
     return model.backend.headStats(rowsOf(h, i), model.head, rows, D, V, targets, refRows && { ref: refRows });
-  // soft-capped logits (Gemma 2): formed, capped, then scored; the fused head kernels have no cap
-  return logitStats(
-    softcap(await headLogits(model.backend, rowsOf(h, i), model.head, rows, D, V), model.cfg.finalSoftcap),
-    rows,
-    V,
-    targets,
-    refRows && softcap(await headLogits(model.backend, refRows.h, refRows.w, rows, D, V), ref.softcap),
-  );
+  // soft-capped logits (Gemma 2) and quantized heads: logits formed (capped), then scored, a slice of rows at a
+  // time (a whole window's over a 128256-token vocabulary would be 1 GB); the fused float head kernels have neither
+  const mine = headOf(model.backend, model.head, model.outer.headKernel, model.cfg.finalSoftcap, D, V);
+  const theirs = ref && headOf(model.backend, ref.head, ref.headKernel, ref.softcap, D, V);
+  const step = Math.max(1, Math.floor(LOGIT_FLOATS / V));
+  const parts: HeadStats[] = [];
+  for (let r0 = 0; r0 < rows; r0 += step) {
+    const n = Math.min(step, rows - r0);
+    const slice = (x: Float32Array): Float32Array => x.subarray(r0 * D, (r0 + n) * D);
+    const refLogits = theirs && (await theirs(slice(refRows!.h), n));
+    parts.push(logitStats(await mine(slice(rowsOf(h, i)), n), n, V, targets.subarray(r0, r0 + n), refLogits));
+  }
+  return joinStats(parts);
+}
+
+/** Bound on the logits one slice of rows forms (128 MB). */
+const LOGIT_FLOATS = 2 ** 25;
+
+/** Logits [n, vocab] from a head: a quantized head's kernel, else its rows a vocabulary slice at a time; capped. */
+function headOf(
+  backend: Backend,
+  head: StoredRows,
+  kernel: LinearKernel | undefined,
+  cap: number | undefined,
+  D: number,
+  V: number,
+): (x: Float32Array, n: number) => Promise<Float32Array> {
+  return async (x, n) => softcap(kernel ? await kernel.apply(x, n) : await headLogits(backend, x, head, n, D, V), cap);
+}
+
+/** The statistics of consecutive slices of rows as one. */
+function joinStats(parts: HeadStats[]): HeadStats {
+  const { kl, agree } = parts[0]!;
+  return {
+    nll: concatArrays(parts.map((p) => p.nll)),
+    ...(kl ? { kl: concatArrays(parts.map((p) => p.kl!)) } : {}),
+    ...(agree ? { agree: concatArrays(parts.map((p) => p.agree!)) } : {}),
+  };
 }
 
 /** The q-quantile of sorted values (nearest rank, as llama-perplexity's percentile). */

@@ -6,6 +6,7 @@ import { floatArrayToHalf } from '../io/fp16.js';
 import { SafetensorsModel, toFloat32, type RawTensor, type TensorToWrite } from '../io/safetensors.js';
 import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
 import { writeModelDir } from './model-dir.js';
+import { readModelConfig } from '../models/index.js';
 import { packedWeights, packLayer, unpackLayer, type CheckpointFormat, type GptqTensors } from './gptq-pack.js';
 import type { PackedLinearWeights } from '../tensor/backend.js';
 import { streamValue } from '../tensor/bit-stream.js';
@@ -23,6 +24,8 @@ export interface QuantConfig {
   descAct: boolean;
   sym: boolean;
   format: CheckpointFormat;
+  /** the LM head is quantized too (GPTQModel's `lm_head`), with the same settings */
+  lmHead: boolean;
 }
 
 export interface GptqExportOptions {
@@ -38,7 +41,7 @@ export interface GptqExportOptions {
 
 const linearPrefix = (weightName: string): string => weightName.replace(/\.weight$/, '');
 
-function quantizationConfig(o: GptqExportOptions): Record<string, unknown> {
+function quantizationConfig(o: GptqExportOptions, lmHead: boolean): Record<string, unknown> {
   return {
     quant_method: 'gptq',
     bits: o.quant.bits,
@@ -50,6 +53,7 @@ function quantizationConfig(o: GptqExportOptions): Record<string, unknown> {
     static_groups: o.quant.staticGroups,
     checkpoint_format: o.format,
     model_file_base_name: 'model',
+    lm_head: lmHead,
   };
 }
 
@@ -63,7 +67,7 @@ const ASYMMETRIC_V1 =
  */
 export function loaderCompatibility(
   format: CheckpointFormat,
-  q: { bits: number; groupSize: number; sym: boolean; percdamp: number },
+  q: { bits: number; groupSize: number; sym: boolean; percdamp: number; lmHead?: boolean },
 ): { refuse?: string; warnings: string[] } {
   const warnings: string[] = [];
   if (format === 'gptq' && !q.sym) return { refuse: ASYMMETRIC_V1, warnings };
@@ -84,6 +88,11 @@ export function loaderCompatibility(
   if (!q.sym) warnings.push('vLLM and AutoGPTQ do not load asymmetric (gptq_v2) checkpoints; GPTQModel and transformers do');
   if (![-1, 32, 64, 128].includes(q.groupSize))
     warnings.push(`vLLM's Marlin kernels take group sizes -1, 32, 64 and 128, not ${q.groupSize}`);
+  // optimum's convert_model swaps in packed layers under the decoder blocks only
+  if (q.lmHead)
+    warnings.push(
+      'a quantized lm_head loads in GPTQModel and vLLM; transformers (optimum) keeps lm_head a float layer and would leave it uninitialized',
+    );
   return { warnings };
 }
 
@@ -142,10 +151,11 @@ export async function writeGptqCheckpoint(
       tensors.set(`${p}.g_idx`, { dtype: 'I32', shape: [q.cols], data: part('gIdx') });
     }
     const config = readConfigJson(srcDir);
-    config['quantization_config'] = quantizationConfig(o);
+    const qc = quantizationConfig(o, layers.has(readModelConfig(srcDir).tensors.head));
+    config['quantization_config'] = qc;
     config['torch_dtype'] = o.floatDtype === 'F16' ? 'float16' : 'float32';
     await writeModelDir(srcDir, outDir, {
-      json: { 'config.json': config, 'quantize_config.json': quantizationConfig(o), 'quantize_summary.json': o.summary },
+      json: { 'config.json': config, 'quantize_config.json': qc, 'quantize_summary.json': o.summary },
       tensors,
       maxShardBytes: o.maxShardBytes,
     });
@@ -170,7 +180,13 @@ export function readQuantConfig(dir: string, config: Record<string, unknown>): Q
   const groupSize = qc['group_size'] ?? -1;
   if (typeof groupSize !== 'number' || !Number.isInteger(groupSize) || (groupSize <= 0 && groupSize !== -1))
     fail(`${where}: invalid group_size ${JSON.stringify(groupSize)}`);
-  return { bits, groupSize, descAct: qc['desc_act'] === true, sym: qc['sym'] !== false, format };
+  const lmHead = qc['lm_head'] ?? false;
+  if (typeof lmHead !== 'boolean') fail(`${where}: lm_head ${JSON.stringify(lmHead)} is not true or false`);
+  // GPTQModel's per-module overrides (other bits or groups for layers matching a pattern) would be read wrong
+  const dynamic = qc['dynamic'];
+  if (dynamic !== undefined && dynamic !== null && Object.keys(dynamic as object).length > 0)
+    fail(`${where}: dynamic (per-module overrides of the quantization settings) is not implemented`);
+  return { bits, groupSize, descAct: qc['desc_act'] === true, sym: qc['sym'] !== false, format, lmHead };
 }
 
 /** Read and check the packed tensors of one quantized linear layer ([rows=out, cols=in]) of a GPTQ checkpoint. */

@@ -237,7 +237,7 @@ export type Embedding = StoredRows;
 export const floatEmbedding = floatRows;
 
 /** A vocabulary table as stored when it is 16-bit (checked for shape and NaN/Inf as readFloat checks), else float32. */
-function readEmbedding(st: TensorReader, name: string, shape: [number, number]): Embedding {
+export function readEmbedding(st: TensorReader, name: string, shape: [number, number]): Embedding {
   const info = st.info(name);
   if (info.dtype !== 'F16' && info.dtype !== 'BF16') return floatEmbedding(st.readFloat(name, shape));
   if (info.shape.length !== 2 || info.shape[0] !== shape[0] || info.shape[1] !== shape[1]) st.readFloat(name, shape);
@@ -276,14 +276,32 @@ export interface OuterWeights {
   projectOut?: Float32Array;
   finalNorm?: Float32Array;
   finalNormBias?: Float32Array;
-  /** [vocab, embedDim]: lm_head (16-bit as stored, or float32), or the embedding itself when tied */
+  /** [vocab, embedDim]: lm_head (16-bit as stored, or float32), or the embedding itself when tied; empty when quantized */
   head: StoredRows;
+  /** a quantized lm_head (GPTQ's `lm_head: true`) as its checkpoint's linear kernel, in place of `head` */
+  headKernel?: LinearKernel;
+}
+
+/** What turns the last block's output into the head's input: the final norm and OPT-350m's projection down. */
+export type FinalWeights = Pick<OuterWeights, 'finalNorm' | 'finalNormBias' | 'projectOut'>;
+
+export function readFinal(st: TensorReader, cfg: ModelConfig): FinalWeights {
+  const T = cfg.tensors;
+  const D = cfg.hiddenSize;
+  const out: FinalWeights = {};
+  if (T.projectOut) out.projectOut = st.readFloat(T.projectOut, [cfg.embedDim, D]);
+  if (T.finalNorm) {
+    out.finalNorm = readNorm(st, cfg, T.finalNorm, D);
+    if (cfg.normKind === 'layer') out.finalNormBias = st.readFloat(T.finalNorm.replace(/weight$/, 'bias'), [D]);
+  }
+  return out;
 }
 
 /**
  * The weights outside the blocks. The head is lm_head, or the embedding when tied: an untied checkpoint without
  * a head is refused, and a tied one that also stores a head must store the embedding itself there. Without
- * `withHead` (the quantizer only embeds) an untied head is not read and `head` is empty.
+ * `withHead` (the quantizer only embeds; a quantized head is a kernel, made by the loader) an untied head is not
+ * read and `head` is empty.
  */
 export function readOuter(st: TensorReader, cfg: ModelConfig, withHead = true): OuterWeights {
   const T = cfg.tensors;
@@ -291,18 +309,13 @@ export function readOuter(st: TensorReader, cfg: ModelConfig, withHead = true): 
   const D = cfg.hiddenSize;
   // one table when tied: the head is the embedding object itself, as stored
   const embed = readEmbedding(st, T.embed, [cfg.vocabSize, E]);
-  const outer: OuterWeights = { embed, head: embed };
+  const outer: OuterWeights = { embed, head: embed, ...readFinal(st, cfg) };
   if (T.positions) outer.positions = st.readFloat(T.positions, [cfg.maxPositions + (cfg.positionOffset ?? 0), D]);
   if (T.embedNorm) {
     outer.embedNorm = st.readFloat(T.embedNorm, [E]);
     outer.embedNormBias = st.readFloat(T.embedNorm.replace(/weight$/, 'bias'), [E]);
   }
   if (T.projectIn) outer.projectIn = st.readFloat(T.projectIn, [D, E]);
-  if (T.projectOut) outer.projectOut = st.readFloat(T.projectOut, [E, D]);
-  if (T.finalNorm) {
-    outer.finalNorm = readNorm(st, cfg, T.finalNorm, D);
-    if (cfg.normKind === 'layer') outer.finalNormBias = st.readFloat(T.finalNorm.replace(/weight$/, 'bias'), [D]);
-  }
   if (!cfg.tieWordEmbeddings) outer.head = withHead ? readEmbedding(st, T.head, [cfg.vocabSize, E]) : floatRows(new Float32Array(0));
   else if (withHead && st.has(T.head)) {
     const i = firstDifference(readEmbedding(st, T.head, [cfg.vocabSize, E]), embed, cfg.vocabSize, E);
@@ -317,12 +330,14 @@ const IGNORABLE = /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/;
 /**
  * Every tensor of the checkpoint must be one this config reads, and every one it reads must be there: a layer
  * beyond num_hidden_layers, a stray or duplicated weight, a missing head are refused up front, by name.
- * `linear` names the tensors a linear layer is stored as (a float weight, or a quantized format's tensors).
+ * `linear` names the tensors a linear layer is stored as (a float weight, or a quantized format's tensors);
+ * with `quantizedHead` the (untied) head is stored that way too.
  */
 export function checkTensorNames(
   st: TensorReader,
   cfg: ModelConfig,
   linear: (weightName: string) => { required: string[]; optional?: string[] },
+  quantizedHead = false,
 ): void {
   const T = cfg.tensors;
   const present = st.names();
@@ -338,7 +353,11 @@ export function checkTensorNames(
   if (T.finalNorm && cfg.normKind === 'layer') required.add(T.finalNorm.replace(/weight$/, 'bias'));
   if (T.embedNorm) required.add(T.embedNorm.replace(/weight$/, 'bias'));
   const optional = new Set<string>();
-  if (cfg.tieWordEmbeddings) optional.add(T.head);
+  if (quantizedHead) {
+    const t = linear(T.head);
+    t.required.forEach((n) => required.add(n));
+    t.optional?.forEach((n) => optional.add(n));
+  } else if (cfg.tieWordEmbeddings) optional.add(T.head);
   else required.add(T.head);
   for (let i = 0; i < cfg.numLayers; i++) {
     const p = layerPrefix(cfg, i);
@@ -688,9 +707,17 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     const x = await this.embedTokens(tokens, seq, cache?.length ?? 0);
     for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache);
     if (cache) cache.length += seq;
+    return this.final(x, batch * seq);
+  }
+
+  /**
+   * The head's input for rows of the last block's output [rows, hidden]: the final norm, OPT-350m's projection
+   * down, and a family's logit divisor folded in. `x` may be overwritten.
+   */
+  async final(x: Float32Array, rows: number): Promise<Float32Array> {
     const { finalNorm, finalNormBias, projectOut } = this.outer;
-    let h = finalNorm ? await this.normWith(finalNorm, finalNormBias, x, batch * seq) : x;
-    if (projectOut) h = await this.backend.matmulNT(h, projectOut, batch * seq, this.cfg.embedDim, this.cfg.hiddenSize);
+    let h = finalNorm ? await this.normWith(finalNorm, finalNormBias, x, rows) : x;
+    if (projectOut) h = await this.backend.matmulNT(h, projectOut, rows, this.cfg.embedDim, this.cfg.hiddenSize);
     const d = this.cfg.logitsDivisor;
     if (d !== 1) for (let i = 0; i < h.length; i++) h[i]! /= d;
     return h;
@@ -717,11 +744,14 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
 
   /**
    * Logits [rows, vocab] for final hidden states (the head prepared on first use), soft-capped where the family caps
-   * them: one row on the 16-bit kernel where the head has one, else a vocabulary slice at a time on the backend.
+   * them: a quantized head's kernel; else one row on the 16-bit kernel where the head has one, else a vocabulary
+   * slice at a time on the backend.
    */
   async logits(h: Float32Array, rows: number): Promise<Float32Array> {
-    this.prepareHead();
     const { vocabSize, embedDim } = this.cfg;
+    const kernel = this.outer.headKernel;
+    if (kernel) return softcap(await kernel.apply(h, rows), this.cfg.finalSoftcap);
+    this.prepareHead();
     const z = rows === 1 && this.head16 ? this.head16.logits(h) : await headLogits(this.backend, h, this.head, rows, embedDim, vocabSize);
     return softcap(z, this.cfg.finalSoftcap);
   }

@@ -10,6 +10,8 @@ export {
   readBlock,
   readBlockExtras,
   readLinear,
+  readEmbedding,
+  readFinal,
   readOuter,
   storedLinear,
   layerPrefix,

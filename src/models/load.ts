@@ -77,8 +77,9 @@ async function assemble<R extends TensorReader>(
   backend: Backend,
   linear: LinearFormat<R>,
 ): Promise<Decoder<PreparedBlock>> {
-  checkTensorNames(st, cfg, linear.tensors);
-  const outer = readOuter(st, cfg);
+  checkTensorNames(st, cfg, linear.tensors, linear.quantizedHead);
+  const outer = readOuter(st, cfg, !linear.quantizedHead);
+  if (linear.quantizedHead) outer.headKernel = (await linear.make(st, [cfg.tensors.head], [[cfg.vocabSize, cfg.embedDim]]))[0]!;
   const blocks: PreparedBlock[] = [];
   const groups = linearGroups(cfg);
   for (let i = 0; i < cfg.numLayers; i++) {
@@ -98,7 +99,7 @@ async function assemble<R extends TensorReader>(
       down: (await kernels(groups[3]!))[0]!,
     });
   }
-  // the head stays as stored: eval reads it a slice at a time, generate() widens it (Decoder.prepareHead)
+  // a float head stays as stored: eval reads it a slice at a time, generate() widens it (Decoder.prepareHead)
   return new Decoder(cfg, backend, outer, blocks);
 }
 
@@ -196,6 +197,8 @@ function packedKernels(
 interface LinearFormat<R extends TensorReader = SafetensorsModel> {
   tensors: (weightName: string) => { required: string[]; optional?: string[] };
   make: KernelMaker<R>;
+  /** the LM head is stored as one of these layers (GPTQ's `lm_head: true`) */
+  quantizedHead?: boolean;
 }
 
 /** Float linear layers read as float32 [out, in]; layers that share an input stacked into one kernel. */
@@ -251,7 +254,13 @@ function kernelMaker(
   }
   const qc = readQuantConfig(dir, config);
   if (!qc) return floatFormat(cfg, backend);
+  // GPTQModel refuses to quantize a tied head: one table would be both the embedding and a packed layer
+  if (qc.lmHead && cfg.tieWordEmbeddings)
+    fail(
+      `${dir}/config.json: quantization_config has lm_head true but tie_word_embeddings is true (the head is the embedding table, not a quantized layer)`,
+    );
   return {
+    quantizedHead: qc.lmHead,
     tensors: gptqTensorNames,
     make: (st, names, shapes, opts) =>
       packedKernels(

@@ -20,6 +20,7 @@ import {
 import type { Backend } from '../tensor/index.js';
 import { gptq, GPTQ_REFERENCE, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
 import { calibrateBlock, type Stream } from './block-stages.js';
+import { quantizeHead } from './head-stage.js';
 import { HessianAccumulator } from './hessian.js';
 import { dequantize, type QuantizedLayer } from './quantized-layer.js';
 import { SUPPORTED_BITS } from './quantizer.js';
@@ -43,6 +44,8 @@ export interface QuantizeOptions extends GptqOptions {
    * token_embd / output, where the mix quantizes them, rounded to nearest on theirs (see mixPlan)
    */
   ggufMix?: GgufMixOptions;
+  /** quantize the (untied) LM head too, with the same grid, after the last block (GPTQModel's `lm_head: true`) */
+  lmHead?: boolean;
 }
 
 /**
@@ -90,6 +93,8 @@ export interface QuantizeTimings extends StageSeconds {
    * (first use of every kernel and buffer), so a later block is what each further layer of the model costs
    */
   blocks: StageSeconds[];
+  /** the LM head's stage (--lm-head), after the blocks */
+  head?: StageSeconds;
 }
 
 export interface QuantizeProgress {
@@ -122,6 +127,13 @@ export function validateOptions(cfg: ModelConfig, opts: QuantizeOptions, calib?:
         if (opts.groupSize > cols) fail(`--group-size ${opts.groupSize} is larger than ${name}'s ${cols} input columns`);
       }
     }
+  }
+  if (opts.lmHead) {
+    // GPTQModel refuses a tied head as well: its one table is also the embedding the first block reads
+    if (cfg.tieWordEmbeddings) fail('--lm-head: tie_word_embeddings is true: the head is the embedding table, which stays float');
+    if (opts.method === 'gptqt') fail('--lm-head: --method gptqt codes the decoder blocks only');
+    if (opts.blockType !== undefined || opts.ggufMix) fail("--lm-head: a GGUF's output tensor takes its type from the --gguf-type mix");
+    if (opts.groupSize > cfg.embedDim) fail(`--group-size ${opts.groupSize} is larger than the head's ${cfg.embedDim} input columns`);
   }
   if (opts.staticGroups && opts.groupSize === -1) fail('--static-groups needs a --group-size');
   if (!(opts.percdamp >= 0 && opts.percdamp < 1)) fail(`--damp ${opts.percdamp} must be in [0, 1)`);
@@ -199,7 +211,7 @@ export async function quantizeModel(
   const reports: LayerReport[] = [];
   const timings: QuantizeTimings = { forward: 0, hessian: 0, sweep: 0, total: 0, blocks: [] };
   const groups = linearGroups(cfg);
-  const total = cfg.numLayers * groups.flat().length;
+  const total = cfg.numLayers * groups.flat().length + (opts.lmHead ? 1 : 0);
   const blockNames = (l: number): string[] => groups.flat().map((n) => `${layerPrefix(cfg, l)}${n}.weight`);
   // a mix gives each layer its own block type (the resume identity holds the mix through `options`)
   const plan = opts.ggufMix && mixPlan(cfg, opts.ggufMix);
@@ -336,12 +348,26 @@ export async function quantizeModel(
       state.finish(l, { reports: reports.slice(-blockNames(l).length), seconds });
       run.onBlock?.(l);
     }
+    if (opts.lmHead) {
+      const files = calib ? Array.from({ length: nstreams }, (_, s) => new RowFile(state!.hiddenPath(cfg.numLayers, s), D, 'open')) : [];
+      try {
+        const rows = calib && { files, windows: nseq, seqlen: calib.seqlen, chunk };
+        const head = await quantizeHead(st, cfg, backend, opts, rows, warn, inspect);
+        layers.set(head.report.name, head.layer);
+        reports.push(head.report);
+        timings.head = head.seconds;
+        onProgress(reports.length, total, head.report.name, 0);
+      } finally {
+        await closeAll(files);
+      }
+    }
     state.dropRows(cfg.numLayers, nstreams);
     if (plan) roundOuterTensors(st, plan, layers);
     timings.total = state.finished.slice(0, finished).reduce((a, b) => a + b.seconds.total, 0) + (performance.now() - t0) / 1000;
-    // each stage's seconds are its blocks' (a resumed run's adopted blocks included)
+    // each stage's seconds are its blocks' (a resumed run's adopted blocks included) and the head's
     timings.blocks = state.finished.map((b) => b.seconds);
-    for (const k of ['forward', 'hessian', 'sweep'] as const) timings[k] = timings.blocks.reduce((a, b) => a + b[k], 0);
+    for (const k of ['forward', 'hessian', 'sweep'] as const)
+      timings[k] = timings.blocks.reduce((a, b) => a + b[k], 0) + (timings.head?.[k] ?? 0);
   } finally {
     st.close();
     state?.release();

@@ -12,7 +12,7 @@ export type {
   PackedLinearWeights,
   ActivationPrecision,
 } from './backend.js';
-export { floatRows, forVocabSlices, headLogits, rowsF32, widenRowsInto, SLICE_FLOATS, type StoredRows } from './rows.js';
+export { concatArrays, floatRows, forVocabSlices, headLogits, rowsF32, widenRowsInto, SLICE_FLOATS, type StoredRows } from './rows.js';
 
 /**
  * The backend the library uses: onnxruntime when it loads, else the plain-TS reference (slow but always

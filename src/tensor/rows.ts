@@ -92,3 +92,14 @@ export async function headLogits(
   });
   return out;
 }
+
+/** Typed arrays of one kind, end to end (row slices computed apart, as one). */
+export function concatArrays<T extends Float32Array | Int32Array | Uint8Array>(parts: readonly T[]): T {
+  const out = new (parts[0]!.constructor as new (n: number) => T)(parts.reduce((s, p) => s + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}

@@ -1,0 +1,183 @@
+import assert from 'node:assert/strict';
+import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { before, test } from 'node:test';
+import { loadText } from '../src/calib/datasets.js';
+import { calibrationWindows } from '../src/calib/windows.js';
+import { evaluate, referenceStates } from '../src/eval/perplexity.js';
+import { SafetensorsModel } from '../src/io/safetensors.js';
+import { loadModel, loadTokenizer } from '../src/models/load.js';
+import { Decoder, layerPrefix, linearGroups } from '../src/models/index.js';
+import { quantize } from '../src/pipeline.js';
+import { gptq, prepareHessian } from '../src/quant/gptq.js';
+import { quantizeHead } from '../src/quant/head-stage.js';
+import { QUANTIZE_REFERENCE, quantizeModel, type QuantizeOptions } from '../src/quant/quantize-model.js';
+import { dequantize, type QuantizedLayer } from '../src/quant/quantized-layer.js';
+import { RowFile } from '../src/quant/run-state.js';
+import { getBackend } from '../src/tensor/index.js';
+import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
+
+/*
+ * --lm-head (GPTQModel's lm_head: true) on the untied Llama fixture (vocabulary 256, head 256 x 64): the head is
+ * swept by GPTQ on the Hessian of the final states the quantized model gives it, written packed, read back as a
+ * kernel, and evaluated and generated from; a head that cannot be quantized is refused by name.
+ */
+const FIXTURE = join(import.meta.dirname, 'fixtures/families/llama');
+const OPTS: QuantizeOptions = { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 32, sym: true, lmHead: true };
+const SEQLEN = 32;
+const NSEQ = 8;
+
+let model: string;
+let windows: Int32Array;
+before(async () => {
+  model = join(mkdtempSync(join(tmpdir(), 'lm-head-')), 'llama');
+  cpSync(FIXTURE, model, { recursive: true });
+  writeByteTokenizer(model);
+  windows = calibrationWindows(loadTokenizer(model).encode(await loadText('sotu-calib')), NSEQ, SEQLEN, 0);
+});
+
+/** The last block's outputs for the windows, through a float decoder whose linear layers are the quantized ones. */
+async function lastBlockRows(layers: ReadonlyMap<string, QuantizedLayer>): Promise<{ dec: Decoder; x: Float32Array }> {
+  const dec = await Decoder.load(FIXTURE, await getBackend());
+  dec.blocks.forEach((b, l) => {
+    for (const name of linearGroups(dec.cfg).flat()) b.linear[name] = dequantize(layers.get(`${layerPrefix(dec.cfg, l)}${name}.weight`)!);
+  });
+  const x = await dec.embedTokens(windows, SEQLEN);
+  for (let l = 0; l < dec.blocks.length; l++) await dec.block(dec.blocks[l]!, l, x, NSEQ, SEQLEN);
+  return { dec, x };
+}
+
+test("GPTQ's head: the Hessian of the quantized model's final states (2/n·Σ hhᵀ), swept as any layer, in row slices or whole", async () => {
+  const backend = await getBackend();
+  let seen: { h: Float64Array; w: Float32Array; q: QuantizedLayer } | undefined;
+  const r = await quantizeModel(FIXTURE, backend, OPTS, { windows, seqlen: SEQLEN }, undefined, undefined, (name, w, h, q) => {
+    if (name === 'lm_head.weight') seen = { h: h!, w, q };
+  });
+  assert.ok(seen, 'the head went through the quantizer');
+  assert.equal(r.reports.at(-1)!.name, 'lm_head.weight');
+  assert.ok(r.timings.head && r.timings.head.hessian > 0);
+  assert.equal(r.layers.get('lm_head.weight'), seen.q);
+
+  // independently: the final states of a float decoder carrying the quantized blocks
+  const { dec, x } = await lastBlockRows(r.layers);
+  const E = dec.cfg.embedDim;
+  const rows = NSEQ * SEQLEN;
+  const h = await dec.final(x.slice(), rows);
+  const want = new Float64Array(E * E);
+  for (let t = 0; t < rows; t++)
+    for (let i = 0; i < E; i++) for (let j = 0; j < E; j++) want[i * E + j]! += (2 / NSEQ) * h[t * E + i]! * h[t * E + j]!;
+  const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  seen.h.forEach((v, i) => assert.ok(Math.abs(v - want[i]!) <= 1e-5 * scale, `H[${i}]: ${v} vs ${want[i]}`));
+
+  // the head is GPTQ of the stored weights on that Hessian (on the backend's products, as every layer)
+  const prepared = await prepareHessian(seen.h, E, OPTS, undefined, undefined, backend.matmul64.bind(backend));
+  const products = { matmulNT: backend.matmulNT.bind(backend), matmulNN: backend.matmulNN.bind(backend) };
+  const direct = await gptq(seen.w, seen.h, dec.cfg.vocabSize, E, OPTS, { prepared, ...products });
+  assert.deepEqual(seen.q.codes, direct.layer.codes);
+  assert.deepEqual(seen.q.scales, direct.layer.scales);
+  assert.ok(Math.abs(r.reports.at(-1)!.loss! - direct.loss) <= 1e-9 * direct.loss, `loss ${r.reports.at(-1)!.loss} vs ${direct.loss}`);
+
+  // rows are independent given H: 100-row slices (three, the last partial) give the same layer
+  const dir = mkdtempSync(join(tmpdir(), 'lm-head-rows-'));
+  const file = new RowFile(join(dir, 'final.f32'), dec.cfg.hiddenSize, 'create');
+  await file.write(0, x);
+  const st = new SafetensorsModel(FIXTURE);
+  try {
+    const final = { files: [file], windows: NSEQ, seqlen: SEQLEN, chunk: 3 };
+    const whole = await quantizeHead(st, dec.cfg, backend, OPTS, final, () => {});
+    const sliced = await quantizeHead(st, dec.cfg, backend, OPTS, final, () => {}, undefined, 100 * E);
+    for (const k of ['codes', 'scales', 'zeros', 'gIdx'] as const) assert.deepEqual(sliced.layer[k], whole.layer[k], k);
+    assert.equal(sliced.layer.rows, 256);
+    assert.ok(Math.abs(sliced.report.loss! - whole.report.loss!) <= 1e-9 * whole.report.loss!);
+  } finally {
+    st.close();
+    await file.close();
+  }
+});
+
+test('a GPTQ checkpoint with lm_head: packed head tensors, lm_head true, read back as a kernel that evaluates and generates as the dequantized head', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'lm-head-out-'));
+  const settings = { ...OPTS, nsamples: NSEQ, seqlen: SEQLEN, data: 'sotu-calib', floatDtype: 'F32' as const };
+  const warnings: string[] = [];
+  await quantize(model, { ...settings, format: 'gptq' }, join(root, 'gptq'), { warn: (m) => warnings.push(m) });
+  await quantize(model, { ...settings, format: 'fake' }, join(root, 'fake'));
+  assert.ok(
+    warnings.some((w) => /transformers .* lm_head/.test(w)),
+    warnings.join('\n'),
+  );
+
+  const config = JSON.parse(readFileSync(join(root, 'gptq', 'config.json'), 'utf8'));
+  assert.equal(config.quantization_config.lm_head, true);
+  const st = new SafetensorsModel(join(root, 'gptq'));
+  try {
+    for (const t of ['qweight', 'qzeros', 'scales', 'g_idx']) assert.ok(st.has(`lm_head.${t}`), t);
+    assert.ok(!st.has('lm_head.weight'));
+    assert.deepEqual(st.info('lm_head.qweight').shape, [(64 * 4) / 32, 256]);
+  } finally {
+    st.close();
+  }
+  writeByteTokenizer(join(root, 'gptq'));
+  writeByteTokenizer(join(root, 'fake'));
+  const packed = (await loadModel(join(root, 'gptq'))).model;
+  const fake = (await loadModel(join(root, 'fake'))).model;
+  const float = (await loadModel(model)).model;
+  assert.ok(packed.outer.headKernel, 'the head is a packed kernel');
+  assert.equal(fake.outer.headKernel, undefined);
+
+  // logits of one row (generation's path) and of many
+  const tokens = loadTokenizer(model).encode(await loadText('sotu-test'));
+  const ids = Int32Array.from(tokens.slice(0, 2 * SEQLEN));
+  const hp = await packed.hidden(ids, 2, SEQLEN);
+  const hf = await fake.hidden(ids, 2, SEQLEN);
+  for (const n of [1, 2 * SEQLEN]) {
+    const a = await packed.logits(hp.subarray(0, n * 64), n);
+    const b = await fake.logits(hf.subarray(0, n * 64), n);
+    const scale = b.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) <= 1e-4 * scale, `${n} rows, logit ${i}: ${v} vs ${b[i]}`));
+  }
+
+  // perplexity, and KL against the float model's states (the reference's head float, then quantized)
+  const opts = { windows: 6, seqlen: SEQLEN };
+  const ref = await referenceStates(float, tokens, opts);
+  const [p, f] = [await evaluate(packed, tokens, { ...opts, ref }), await evaluate(fake, tokens, { ...opts, ref })];
+  assert.ok(Math.abs(p.meanNll - f.meanNll) <= 1e-5 * f.meanNll, `${p.meanNll} vs ${f.meanNll}`);
+  assert.ok(Math.abs(p.kl! - f.kl!) <= 1e-3 * f.kl! && f.kl! > 0, `KL ${p.kl} vs ${f.kl}`);
+  const self = await evaluate(fake, tokens, { ...opts, ref: await referenceStates(packed, tokens, opts) });
+  assert.ok(self.kl! < 1e-3 * f.kl! && self.top1! > 0.99, `KL(packed || fake) ${self.kl}, top-1 ${self.top1}`);
+});
+
+test('--lm-head refusals: a tied head, GPTQT, GGUF; a checkpoint whose lm_head or dynamic settings cannot be read', async () => {
+  const backend = await getBackend();
+  const tied = join(import.meta.dirname, 'fixtures/families/llama-tied');
+  await assert.rejects(quantizeModel(tied, backend, { ...OPTS, method: 'rtn' }, undefined), /--lm-head: tie_word_embeddings is true/);
+  await assert.rejects(
+    quantizeModel(FIXTURE, backend, { ...OPTS, method: 'gptqt', bits: 2, groupSize: -1 }, undefined),
+    /--lm-head: --method gptqt/,
+  );
+  await assert.rejects(quantize(model, { ...OPTS, method: 'rtn', format: 'gguf' }), /--lm-head/);
+
+  const out = join(mkdtempSync(join(tmpdir(), 'lm-head-lies-')), 'gptq');
+  await quantize(model, { ...OPTS, method: 'rtn', floatDtype: 'F32' }, out);
+  assert.ok(existsSync(join(out, 'model.safetensors')));
+  const edit = (f: (qc: Record<string, unknown>) => void): void => {
+    for (const file of ['config.json', 'quantize_config.json']) {
+      const c = JSON.parse(readFileSync(join(out, file), 'utf8'));
+      f(file === 'config.json' ? c.quantization_config : c);
+      writeFileSync(join(out, file), JSON.stringify(c));
+    }
+  };
+  edit((qc) => (qc['lm_head'] = 'yes'));
+  await assert.rejects(loadModel(out), /lm_head "yes" is not true or false/);
+  edit((qc) => (qc['lm_head'] = false));
+  await assert.rejects(loadModel(out), /holds GPTQ tensors \(lm_head\.qweight\)|tensor lm_head\.qweight/);
+  edit((qc) => {
+    qc['lm_head'] = true;
+    qc['dynamic'] = { lm_head: { bits: 8 } };
+  });
+  await assert.rejects(loadModel(out), /dynamic .* not implemented/);
+  edit((qc) => delete qc['dynamic']);
+  const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+  writeFileSync(join(out, 'config.json'), JSON.stringify({ ...config, tie_word_embeddings: true }));
+  await assert.rejects(loadModel(out), /lm_head true but tie_word_embeddings is true/);
+});
