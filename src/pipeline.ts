@@ -136,8 +136,6 @@ export async function quantize(
         `--format ${opts.format} --lm-head: the head's ${cfg.vocabSize} rows of ${opts.bits}-bit zero points do not pack into whole int32 words`,
       );
   }
-  if (opts.lmHead && opts.format === 'gguf')
-    fail("--lm-head: a GGUF's output tensor takes its type from the --gguf-type mix, not --lm-head");
   if (opts.format === 'gptq' || opts.format === 'gptq_v2') {
     const { refuse, warnings } = loaderCompatibility(opts.format, opts);
     if (refuse) fail(`--format ${opts.format}: ${refuse}`);

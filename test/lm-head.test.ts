@@ -16,6 +16,7 @@ import { QUANTIZE_REFERENCE, quantizeModel, type QuantizeOptions } from '../src/
 import { dequantize, type QuantizedLayer } from '../src/quant/quantized-layer.js';
 import { RowFile } from '../src/quant/run-state.js';
 import { getBackend } from '../src/tensor/index.js';
+import { openGgufModel } from '../src/models/gguf-import.js';
 import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
 
 /*
@@ -147,7 +148,7 @@ test('a GPTQ checkpoint with lm_head: packed head tensors, lm_head true, read ba
   assert.ok(self.kl! < 1e-3 * f.kl! && self.top1! > 0.99, `KL(packed || fake) ${self.kl}, top-1 ${self.top1}`);
 });
 
-test('--lm-head refusals: a tied head, GPTQT, GGUF; a checkpoint whose lm_head or dynamic settings cannot be read', async () => {
+test('--lm-head refusals: a tied head, GPTQT, a --gguf-type mix; a checkpoint whose lm_head or dynamic settings cannot be read', async () => {
   const backend = await getBackend();
   const tied = join(import.meta.dirname, 'fixtures/families/llama-tied');
   await assert.rejects(quantizeModel(tied, backend, { ...OPTS, method: 'rtn' }, undefined), /--lm-head: tie_word_embeddings is true/);
@@ -155,7 +156,10 @@ test('--lm-head refusals: a tied head, GPTQT, GGUF; a checkpoint whose lm_head o
     quantizeModel(FIXTURE, backend, { ...OPTS, method: 'gptqt', bits: 2, groupSize: -1 }, undefined),
     /--lm-head: --method gptqt/,
   );
-  await assert.rejects(quantize(model, { ...OPTS, method: 'rtn', format: 'gguf' }), /--lm-head/);
+  await assert.rejects(
+    quantizeModel(FIXTURE, backend, { ...OPTS, method: 'rtn', blockType: 'Q4_K' }, undefined),
+    /--lm-head: a GGUF's output/,
+  );
 
   const out = join(mkdtempSync(join(tmpdir(), 'lm-head-lies-')), 'gptq');
   await quantize(model, { ...OPTS, method: 'rtn', floatDtype: 'F32' }, out);
@@ -180,4 +184,26 @@ test('--lm-head refusals: a tied head, GPTQT, GGUF; a checkpoint whose lm_head o
   const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
   writeFileSync(join(out, 'config.json'), JSON.stringify({ ...config, tie_word_embeddings: true }));
   await assert.rejects(loadModel(out), /lm_head true but tie_word_embeddings is true/);
+});
+
+test('--format gguf --lm-head: output.weight as Q4_0, read back as a packed head giving the GPTQ checkpoint logits', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'lm-head-gguf-'));
+  const rtn = { ...OPTS, method: 'rtn' as const, floatDtype: 'F32' as const };
+  await quantize(model, { ...rtn, format: 'gguf' }, join(root, 'm.gguf'));
+  await quantize(model, { ...rtn, format: 'gptq' }, join(root, 'gptq'));
+  writeByteTokenizer(join(root, 'gptq'));
+  const g = openGgufModel(join(root, 'm.gguf'));
+  try {
+    assert.equal(g.file.info('output.weight').typeName, 'Q4_0');
+  } finally {
+    g.tensors.close();
+  }
+  const gguf = (await loadModel(join(root, 'm.gguf'))).model;
+  const gptqModel = (await loadModel(join(root, 'gptq'))).model;
+  assert.ok(gguf.outer.headKernel && gptqModel.outer.headKernel);
+  const ids = Int32Array.from(loadTokenizer(model).encode('The state of the union is strong.').slice(0, 16));
+  const [a, b] = [await gguf.hidden(ids, 1, ids.length), await gptqModel.hidden(ids, 1, ids.length)];
+  const [za, zb] = [await gguf.logits(a, ids.length), await gptqModel.logits(b, ids.length)];
+  const scale = zb.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  za.forEach((v, i) => assert.ok(Math.abs(v - zb[i]!) <= 1e-4 * scale, `logit ${i}: ${v} vs ${zb[i]}`));
 });

@@ -370,21 +370,30 @@ export class GgufTensors implements TensorReader {
     if (bad >= 0) fail(`${this.dir}: tensor ${s.name} contains NaN/Inf at element ${bad}`);
     return w;
   }
-  /** A linear layer held as Q4_0 / Q8_0, as packed GPTQ weights in the checkpoint's row order; undefined for other types. */
-  packed(name: string): PackedLinearWeights | undefined {
+  /** whether tensor `name` is a linear layer (or the output head) held as Q4_0 / Q8_0: see packed() */
+  isPacked(name: string): boolean {
     const s = this.source(name);
     const t = this.file.info(s.name);
-    if (!s.linear || !PACKED_TYPES[t.typeName] || t.shape.length !== 2) return undefined;
+    return Boolean(s.linear || s.head) && Boolean(PACKED_TYPES[t.typeName]) && t.shape.length === 2;
+  }
+  /**
+   * A linear layer (or the output head) held as Q4_0 / Q8_0, as packed GPTQ weights in the checkpoint's row order;
+   * undefined for other types.
+   */
+  packed(name: string): PackedLinearWeights | undefined {
+    if (!this.isPacked(name)) return undefined;
+    const s = this.source(name);
+    const t = this.file.info(s.name);
     const order = s.rowOrder;
     return packedFromBlocks(t.typeName, this.file.readRaw(s.name), t.shape[0]!, t.shape[1]!, (i) => (order ? order[i]! : i));
   }
 
-  /** Bytes the loaded model holds: packed linear layers as stored, every other tensor as float32. */
+  /** Bytes the loaded model holds: packed linear layers (and head) as stored, every other tensor as float32. */
   loadedBytes(): number {
     let bytes = 0;
-    for (const s of this.sources.values()) {
+    for (const [name, s] of this.sources) {
       const t = this.file.info(s.name);
-      bytes += s.linear && PACKED_TYPES[t.typeName] ? t.bytes : 4 * t.elements;
+      bytes += this.isPacked(name) ? t.bytes : 4 * t.elements;
     }
     return bytes;
   }

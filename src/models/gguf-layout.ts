@@ -68,6 +68,8 @@ export interface GgufTensorSource {
   addOne?: boolean;
   /** a linear layer's weight: written from its quantized layer ([out, in], whatever the checkpoint's layout) */
   linear?: boolean;
+  /** the untied output head, [vocab, in] in every layout: read as a packed kernel where it is Q4_0/Q8_0 */
+  head?: boolean;
 }
 
 export interface GgufLayout {
@@ -235,7 +237,7 @@ export function ggufLayout(cfg: ModelConfig): GgufLayout {
     }
   }
   if (T.finalNorm) norm('output_norm', T.finalNorm);
-  if (!cfg.tieWordEmbeddings) tensors.push({ name: 'output.weight', source: T.head });
+  if (!cfg.tieWordEmbeddings) tensors.push({ name: 'output.weight', source: T.head, head: true });
 
   const u32 = (v: number): GgufScalar => ({ u32: v });
   const f32 = (v: number): GgufScalar => ({ f32: v });

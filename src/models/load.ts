@@ -132,10 +132,14 @@ async function loadGgufModel(
     const gb = g.tensors.loadedBytes() / 1e9;
     if (gb > limit)
       fail(
-        `${path}: gptq-ts would hold ${gb.toPrecision(3)} GB of its weights (Q4_0/Q8_0 layers packed, every other type dequantized to float32), more than the limit of ${limit} GB (GPTQ_TS_GGUF_MAX_GB raises it)`,
+        `${path}: gptq-ts would hold ${gb.toPrecision(3)} GB of its weights (Q4_0/Q8_0 layers and head packed, every other type dequantized to float32), more than the limit of ${limit} GB (GPTQ_TS_GGUF_MAX_GB raises it)`,
       );
     const backend = await getBackend();
-    const model = await assemble(g.tensors, g.cfg, backend, ggufFormat(g.cfg, backend, activations));
+    const format = ggufFormat(g.cfg, backend, activations);
+    // an untied Q4_0/Q8_0 output head (ours with --lm-head, llama-quantize --pure) runs packed as well
+    const head = g.cfg.tensors.head;
+    if (!g.cfg.tieWordEmbeddings && g.tensors.has(head) && g.tensors.isPacked(head)) format.quantizedHead = true;
+    const model = await assemble(g.tensors, g.cfg, backend, format);
     const tokenizer = LlamaTokenizer.fromGguf(g.file);
     return { model, tokenizer: checkedTokenizer(tokenizer, g.cfg, `${path}: the vocabulary`, "the embedding's row count") };
   } finally {
