@@ -16,6 +16,8 @@ const SETTINGS: Setting[] = [
   { label: 'w4 g128', opts: { bits: 4, groupSize: 128 } },
   { label: 'w4 g128 act-order', opts: { bits: 4, groupSize: 128, actOrder: true } },
   { label: 'w4 g128 sym', opts: { bits: 4, groupSize: 128, sym: true } },
+  // the head quantized too, on the same grid (stories15M's head is its embedding: an untied copy, the same model)
+  { label: 'w4 g128 sym --lm-head', opts: { bits: 4, groupSize: 128, sym: true, lmHead: true } },
   { label: 'w3 per-channel', opts: { bits: 3 } },
   { label: 'w3 g128', opts: { bits: 3, groupSize: 128 } },
   { label: 'w3 g128 act-order', opts: { bits: 3, groupSize: 128, actOrder: true } },

@@ -21,7 +21,8 @@ import { printTable } from './table.js';
  * and Llama-3-8B with 2 of their 32 layers), each step in its own child process so its peak RSS is its own. Prints
  * per-layer forward / Hessian / sweep seconds beside their flop floors at the sgemm rate measured in the same run,
  * the extrapolation to the whole model at 128 x 2048 calibration tokens, and eval / generate speed and memory
- * (against llama.cpp via node-llama-cpp on a Q4_0 GGUF of the same weights, where it loads).
+ * (against llama.cpp via node-llama-cpp on a Q4_0 GGUF of the same weights, where it loads). Generation runs twice:
+ * with the head float (ours F16, the GGUF's F32) and quantized (--lm-head: ours w4 g128, the GGUF's Q4_0).
  *
  *   npm run bench:scale -- [--nsamples 4] [--seqlen 2048] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
  *                          [--eval-windows 4] [--gen-tokens 32] [--no-llama-cpp] [--dir DIR] [--method rtn]
@@ -169,9 +170,12 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       const gguf = args.format === 'gguf';
       const { summary } = await quantize(
         args.dir!,
-        gguf
-          ? { method: 'rtn', bits: 4, groupSize: 32, sym: true, format: 'gguf' }
-          : { method: args.method as 'gptq' | 'rtn', nsamples: Number(args.nsamples), seqlen: Number(args.seqlen) },
+        {
+          ...(gguf
+            ? { method: 'rtn', bits: 4, groupSize: 32, sym: true, format: 'gguf' }
+            : { method: args.method as 'gptq' | 'rtn', nsamples: Number(args.nsamples), seqlen: Number(args.seqlen) }),
+          ...(args.lmhead ? { lmHead: true } : {}),
+        },
         args.out!,
         { warn: (m) => process.stderr.write(`warning: ${m}\n`) },
       );
@@ -326,16 +330,29 @@ try {
     const gen = runChild('generate', { model: out, tokens: flags['gen-tokens'] });
     const row = (what: string, r: Report | string): (string | number)[] =>
       typeof r === 'string' ? [label, what, r, ''] : [label, what, f(r.tokensPerSecond as number), f(r.rssGB as number, 2)];
-    inferRows.push(row(`eval w4 g128, ${flags['eval-windows']} x ${evalSeq}`, ev), row('generate w4 g128, int8 act', gen));
-    if (!flags['no-llama-cpp']) {
-      const gguf = join(work, `${name}-q4_0.gguf`);
-      rmSync(gguf, { force: true });
-      const made = runChild('quantize', { dir, out: gguf, format: 'gguf' });
-      const cpp = typeof made === 'string' ? made : runChild('llama-cpp', { model: gguf, tokens: flags['gen-tokens'] });
-      inferRows.push(row('llama.cpp Q4_0 generate (RTN, same weights)', cpp));
-      rmSync(gguf, { force: true });
-    }
+    inferRows.push(row(`eval w4 g128, ${flags['eval-windows']} x ${evalSeq}`, ev), row('generate w4 g128, head F16, int8 act', gen));
     rmSync(out, { recursive: true, force: true });
+    // the head quantized as well (--lm-head, RTN: the same bytes as GPTQ's): a fifth of a token's bytes at 1.1B
+    const outHead = `${out}-head`;
+    rmSync(outHead, { recursive: true, force: true });
+    const qh = runChild('quantize', { dir, out: outHead, method: 'rtn', lmhead: 1 });
+    const genHead = typeof qh === 'string' ? qh : runChild('generate', { model: outHead, tokens: flags['gen-tokens'] });
+    inferRows.push(row('generate w4 g128, head w4 g128 (--lm-head), int8 act', genHead));
+    rmSync(outHead, { recursive: true, force: true });
+    if (!flags['no-llama-cpp']) {
+      // our GGUF export keeps every tensor it does not quantize float32, the head included, unless --lm-head
+      for (const [head, what] of [
+        [false, 'llama.cpp Q4_0, output F32, generate (RTN, same weights)'],
+        [true, 'llama.cpp Q4_0, output Q4_0, generate (RTN, same weights)'],
+      ] as const) {
+        const gguf = join(work, `${name}-q4_0${head ? '-head' : ''}.gguf`);
+        rmSync(gguf, { force: true });
+        const made = runChild('quantize', { dir, out: gguf, format: 'gguf', ...(head ? { lmhead: 1 } : {}) });
+        const cpp = typeof made === 'string' ? made : runChild('llama-cpp', { model: gguf, tokens: flags['gen-tokens'] });
+        inferRows.push(row(what, cpp));
+        rmSync(gguf, { force: true });
+      }
+    }
   }
 } finally {
   if (!flags.dir) rmSync(work, { recursive: true, force: true });

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -206,4 +207,30 @@ test('--format gguf --lm-head: output.weight as Q4_0, read back as a packed head
   const [za, zb] = [await gguf.logits(a, ids.length), await gptqModel.logits(b, ids.length)];
   const scale = zb.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
   za.forEach((v, i) => assert.ok(Math.abs(v - zb[i]!) <= 1e-4 * scale, `logit ${i}: ${v} vs ${zb[i]}`));
+});
+
+test('gptq quantize --lm-head: the flag reaches the checkpoint; on a tied model it is refused in one line', () => {
+  const cli = (...a: string[]) =>
+    spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', 'quantize', ...a], {
+      encoding: 'utf8',
+      cwd: join(import.meta.dirname, '..'),
+    });
+  const out = join(mkdtempSync(join(tmpdir(), 'lm-head-cli-')), 'q');
+  const ok = cli(model, '--lm-head', '--method', 'rtn', '--group-size', '32', '--out', out);
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.equal(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization_config.lm_head, true);
+  const tied = cli(
+    join(import.meta.dirname, 'fixtures/families/llama-tied'),
+    '--lm-head',
+    '--method',
+    'rtn',
+    '--group-size',
+    '32',
+    '--json',
+  );
+  assert.notEqual(tied.status, 0);
+  assert.match(
+    tied.stderr.trim(),
+    /^gptq: error: --lm-head: tie_word_embeddings is true: the head is the embedding table, which stays float$/,
+  );
 });
