@@ -234,3 +234,53 @@ test('gptq quantize --lm-head: the flag reaches the checkpoint; on a tied model 
     /^gptq: error: --lm-head: tie_word_embeddings is true: the head is the embedding table, which stays float$/,
   );
 });
+
+test('a --resume run stopped after its last block quantizes the head from the kept final states: the same bytes', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'lm-head-resume-'));
+  const settings = { ...OPTS, nsamples: NSEQ, seqlen: SEQLEN, data: 'sotu-calib' };
+  await quantize(model, settings, join(root, 'whole'));
+  const stop = new Error('stopped');
+  const last = (l: number): void => {
+    if (l === 1) throw stop;
+  };
+  await assert.rejects(quantize(model, settings, join(root, 'resumed'), { resume: true, onBlock: last }), (e) => e === stop);
+  assert.ok(existsSync(join(root, '.resumed.partial', 'hidden-0-2.f32')), 'the final states are kept for the head');
+  await quantize(model, settings, join(root, 'resumed'), { resume: true });
+  for (const f of ['model.safetensors', 'config.json'])
+    assert.ok(readFileSync(join(root, 'resumed', f)).equals(readFileSync(join(root, 'whole', f))), f);
+});
+
+test('GPTQv2 --lm-head: the head is calibrated against the full-precision final states as well', async () => {
+  const backend = await getBackend();
+  const v2opts = { ...OPTS, sym: false, method: 'gptqv2' as const };
+  const r = await quantizeModel(FIXTURE, backend, v2opts, { windows, seqlen: SEQLEN });
+  assert.equal(r.reports.at(-1)!.name, 'lm_head.weight');
+  // the head stage on the two streams' rows: the quantized blocks' and the float model's last outputs
+  const { dec, x } = await lastBlockRows(r.layers);
+  const fp = await Decoder.load(FIXTURE, backend);
+  const xfp = await fp.embedTokens(windows, SEQLEN);
+  for (let l = 0; l < fp.blocks.length; l++) await fp.block(fp.blocks[l]!, l, xfp, NSEQ, SEQLEN);
+  const dir = mkdtempSync(join(tmpdir(), 'lm-head-v2-'));
+  const file = async (name: string, rows: Float32Array): Promise<RowFile> => {
+    const f = new RowFile(join(dir, name), dec.cfg.hiddenSize, 'create');
+    await f.write(0, rows);
+    return f;
+  };
+  const files = [await file('q.f32', x), await file('fp.f32', xfp), await file('q2.f32', x)];
+  const st = new SafetensorsModel(FIXTURE);
+  try {
+    const head = (f: RowFile[], o: QuantizeOptions) =>
+      quantizeHead(st, dec.cfg, backend, o, { files: f, windows: NSEQ, seqlen: SEQLEN, chunk: 3 }, () => {});
+    const withFp = await head([files[0]!, files[1]!], v2opts);
+    assert.deepEqual(withFp.layer.codes, r.layers.get('lm_head.weight')!.codes, "the pipeline's head is this one");
+    // with the quantized rows as their own reference there is nothing to correct: GPTQ's head exactly
+    const same = await head([files[0]!, files[2]!], v2opts);
+    const plain = await head([files[0]!], { ...v2opts, method: 'gptq' });
+    assert.deepEqual(same.layer.codes, plain.layer.codes);
+    const differ = withFp.layer.codes.reduce((n, c, i) => n + (c !== plain.layer.codes[i] ? 1 : 0), 0);
+    assert.ok(differ > 0, 'the full-precision stream changes the head');
+  } finally {
+    st.close();
+    for (const f of files) await f.close();
+  }
+});
