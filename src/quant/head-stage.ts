@@ -1,7 +1,7 @@
 import type { SafetensorsModel } from '../io/safetensors.js';
 import { Decoder, floatEmbedding, readEmbedding, readFinal, type ModelConfig } from '../models/index.js';
 import { concatArrays, rowsF32, type Backend } from '../tensor/index.js';
-import { gptq, prepareHessian, type PreparedHessian } from './gptq.js';
+import { gptq, type PreparedHessian } from './gptq.js';
 import { HessianAccumulator } from './hessian.js';
 import type { QuantizedLayer } from './quantized-layer.js';
 import { rtn } from './rtn.js';
@@ -66,8 +66,7 @@ export async function quantizeHead(
     await hessian.flush();
     seconds.hessian += (performance.now() - th) / 1000;
     const tp = performance.now();
-    const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
-    prepared = await prepareHessian(hessian.h, E, opts, (m) => warn(`${name}: ${m}`), asym, backend.matmul64.bind(backend));
+    prepared = await hessian.prepare(opts, (m) => warn(`${name}: ${m}`), backend.matmul64.bind(backend));
     seconds.sweep += (performance.now() - tp) / 1000;
   }
   const ts = performance.now();

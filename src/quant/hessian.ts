@@ -1,4 +1,6 @@
 import type { Backend } from '../tensor/index.js';
+import type { Gemm64 } from '../tensor/cholesky.js';
+import { prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
 
 /**
  * Rows of activations per XᵀX product at most. The forward hands over chunks its activation budget allows (2048
@@ -49,6 +51,18 @@ export class HessianAccumulator {
     if (!this.mirrored) mirrorUpper(this.upper, this.cols);
     this.mirrored = true;
     return this.upper;
+  }
+
+  /**
+   * What the sweep needs from H (prepareHessian), for every layer that shares it; GPTQv2's correction from dXXᵀ,
+   * weighted by `alpha`, when accumulated asymmetrically. `flush` first.
+   */
+  prepare(
+    opts: Pick<GptqOptions, 'actOrder' | 'order' | 'percdamp'> & { alpha: number },
+    warn: (msg: string) => void,
+    gemm64: Gemm64,
+  ): Promise<PreparedHessian> {
+    return prepareHessian(this.h, this.cols, opts, warn, this.dXXt && { dXXt: this.dXXt, alpha: opts.alpha }, gemm64);
   }
 
   /** x: [rows, cols] activations belonging to `sequences` sequences; xfp: the full-precision model's (asymmetric only) */

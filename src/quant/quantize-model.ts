@@ -18,7 +18,7 @@ import {
   type ModelConfig,
 } from '../models/index.js';
 import type { Backend } from '../tensor/index.js';
-import { gptq, GPTQ_REFERENCE, prepareHessian, type GptqOptions, type PreparedHessian } from './gptq.js';
+import { gptq, GPTQ_REFERENCE, type GptqOptions, type PreparedHessian } from './gptq.js';
 import { calibrateBlock, type Stream } from './block-stages.js';
 import { quantizeHead } from './head-stage.js';
 import { HessianAccumulator } from './hessian.js';
@@ -265,9 +265,8 @@ export async function quantizeModel(
           await hessian.flush();
           seconds.hessian += (performance.now() - th) / 1000;
           const tp = performance.now();
-          const asym = hessian.dXXt && { dXXt: hessian.dXXt, alpha: opts.alpha };
           const label = `${layerPrefix(cfg, l)}[${groups[g]!.join(', ')}]`;
-          prepared = await prepareHessian(hessian.h, hessian.cols, opts, (m) => warn(`${label}: ${m}`), asym, matmul64);
+          prepared = await hessian.prepare(opts, (m) => warn(`${label}: ${m}`), matmul64);
           seconds.sweep += (performance.now() - tp) / 1000;
         }
         for (const name of groups[g]!) {
