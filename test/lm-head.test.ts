@@ -39,12 +39,23 @@ before(async () => {
   windows = calibrationWindows(loadTokenizer(model).encode(await loadText('sotu-calib')), NSEQ, SEQLEN, 0);
 });
 
-/** The last block's outputs for the windows, through a float decoder whose linear layers are the quantized ones. */
-async function lastBlockRows(layers: ReadonlyMap<string, QuantizedLayer>): Promise<{ dec: Decoder; x: Float32Array }> {
+/** Rows [rows, width] written to a new row file in `dir`, as the quantizer keeps the last block's outputs. */
+async function rowFile(dir: string, name: string, width: number, rows: Float32Array): Promise<RowFile> {
+  const f = new RowFile(join(dir, name), width, 'create');
+  await f.write(0, rows);
+  return f;
+}
+
+/**
+ * The last block's outputs for the windows, through a float decoder whose linear layers are the quantized ones
+ * (the float model's own without `layers`).
+ */
+async function lastBlockRows(layers?: ReadonlyMap<string, QuantizedLayer>): Promise<{ dec: Decoder; x: Float32Array }> {
   const dec = await Decoder.load(FIXTURE, await getBackend());
-  dec.blocks.forEach((b, l) => {
-    for (const name of linearGroups(dec.cfg).flat()) b.linear[name] = dequantize(layers.get(`${layerPrefix(dec.cfg, l)}${name}.weight`)!);
-  });
+  if (layers)
+    dec.blocks.forEach((b, l) => {
+      for (const name of linearGroups(dec.cfg).flat()) b.linear[name] = dequantize(layers.get(`${layerPrefix(dec.cfg, l)}${name}.weight`)!);
+    });
   const x = await dec.embedTokens(windows, SEQLEN);
   for (let l = 0; l < dec.blocks.length; l++) await dec.block(dec.blocks[l]!, l, x, NSEQ, SEQLEN);
   return { dec, x };
@@ -82,8 +93,7 @@ test("GPTQ's head: the Hessian of the quantized model's final states (2/n·Σ hh
 
   // rows are independent given H: 100-row slices (three, the last partial) give the same layer
   const dir = mkdtempSync(join(tmpdir(), 'lm-head-rows-'));
-  const file = new RowFile(join(dir, 'final.f32'), dec.cfg.hiddenSize, 'create');
-  await file.write(0, x);
+  const file = await rowFile(dir, 'final.f32', dec.cfg.hiddenSize, x);
   const st = new SafetensorsModel(FIXTURE);
   try {
     const final = { files: [file], windows: NSEQ, seqlen: SEQLEN, chunk: 3 };
@@ -257,16 +267,10 @@ test('GPTQv2 --lm-head: the head is calibrated against the full-precision final 
   assert.equal(r.reports.at(-1)!.name, 'lm_head.weight');
   // the head stage on the two streams' rows: the quantized blocks' and the float model's last outputs
   const { dec, x } = await lastBlockRows(r.layers);
-  const fp = await Decoder.load(FIXTURE, backend);
-  const xfp = await fp.embedTokens(windows, SEQLEN);
-  for (let l = 0; l < fp.blocks.length; l++) await fp.block(fp.blocks[l]!, l, xfp, NSEQ, SEQLEN);
+  const xfp = (await lastBlockRows()).x;
   const dir = mkdtempSync(join(tmpdir(), 'lm-head-v2-'));
-  const file = async (name: string, rows: Float32Array): Promise<RowFile> => {
-    const f = new RowFile(join(dir, name), dec.cfg.hiddenSize, 'create');
-    await f.write(0, rows);
-    return f;
-  };
-  const files = [await file('q.f32', x), await file('fp.f32', xfp), await file('q2.f32', x)];
+  const D = dec.cfg.hiddenSize;
+  const files = [await rowFile(dir, 'q.f32', D, x), await rowFile(dir, 'fp.f32', D, xfp), await rowFile(dir, 'q2.f32', D, x)];
   const st = new SafetensorsModel(FIXTURE);
   try {
     const head = (f: RowFile[], o: QuantizeOptions) =>
