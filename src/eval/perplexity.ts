@@ -1,6 +1,14 @@
 import { softcap, type Decoder } from '../models/index.js';
 import { logitStats } from '../tensor/ref.js';
-import { concatArrays, headLogits, type Backend, type HeadStats, type LinearKernel, type StoredRows } from '../tensor/index.js';
+import {
+  concatArrays,
+  headLogits,
+  SLICE_FLOATS,
+  type Backend,
+  type HeadStats,
+  type LinearKernel,
+  type StoredRows,
+} from '../tensor/index.js';
 
 /**
  * Perplexity by the reference protocol: the first `windows` non-overlapping windows of `seqlen` tokens;
@@ -109,10 +117,11 @@ async function windowStats(
   if (!model.cfg.finalSoftcap && !ref?.softcap && !model.outer.headKernel && !ref?.headKernel)
     return model.backend.headStats(rowsOf(h, i), model.head, rows, D, V, targets, refRows && { ref: refRows });
   // soft-capped logits (Gemma 2) and quantized heads: logits formed (capped), then scored, a slice of rows at a
-  // time (a whole window's over a 128256-token vocabulary would be 1 GB); the fused float head kernels have neither
+  // time within SLICE_FLOATS (a whole window's over a 128256-token vocabulary would be 1 GB); the fused float head
+  // kernels have neither
   const mine = headOf(model.backend, model.head, model.outer.headKernel, model.cfg.finalSoftcap, D, V);
   const theirs = ref && headOf(model.backend, ref.head, ref.headKernel, ref.softcap, D, V);
-  const step = Math.max(1, Math.floor(LOGIT_FLOATS / V));
+  const step = Math.max(1, Math.floor(SLICE_FLOATS / V));
   const parts: HeadStats[] = [];
   for (let r0 = 0; r0 < rows; r0 += step) {
     const n = Math.min(step, rows - r0);
@@ -122,9 +131,6 @@ async function windowStats(
   }
   return joinStats(parts);
 }
-
-/** Bound on the logits one slice of rows forms (128 MB). */
-const LOGIT_FLOATS = 2 ** 25;
 
 /** Logits [n, vocab] from a head: a quantized head's kernel, else its rows a vocabulary slice at a time; capped. */
 function headOf(
