@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -97,10 +97,12 @@ function pythonTokenizers(
   const python = process.env['GPTQ_TS_PYTHON'] ?? 'python3';
   const probe = spawnSync(python, ['-c', 'import tokenizers'], { encoding: 'utf8' });
   if (probe.status !== 0) return { why: `${python} has no \`tokenizers\`; set GPTQ_TS_PYTHON to one that has`, rows };
-  const file = join(mkdtempSync(join(tmpdir(), 'bench-tok-')), 'corpus.txt');
+  const scratch = mkdtempSync(join(tmpdir(), 'bench-tok-'));
+  const file = join(scratch, 'corpus.txt');
   writeFileSync(file, text);
   const script = join(import.meta.dirname, '..', 'scripts', 'tokenizers', 'bench.py');
   const r = spawnSync(python, [script, file, ...args], { encoding: 'utf8', maxBuffer: 1 << 24 });
+  rmSync(scratch, { recursive: true, force: true });
   if (r.status !== 0) return { why: `bench.py failed: ${r.stderr.trim().split('\n').pop()}`, rows };
   let version: string | undefined;
   for (const line of r.stdout.trim().split('\n')) {

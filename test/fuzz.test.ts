@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { seededRandom } from '../src/calib/windows.js';
@@ -10,6 +9,7 @@ import { loadModel } from '../src/models/load.js';
 import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { QUANTIZE_REFERENCE, quantizeModel } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
+import { tempDir } from './helpers/temp.js';
 
 /**
  * Seeded fuzzing of the files a model directory is read from (config.json values, the safetensors header and the
@@ -83,7 +83,7 @@ async function fuzz(base: string, count: number, seed: number): Promise<{ refuse
 }
 
 test('fuzzed config.json, safetensors headers and tokenizer.json of a float and a GPTQ checkpoint: a one-line UserError or a finite perplexity, never a crash', async () => {
-  const root = mkdtempSync(join(tmpdir(), 'fuzz-'));
+  const root = tempDir('fuzz-');
   const float = join(root, 'float');
   cpSync(FIXTURE, float, { recursive: true });
   writeByteTokenizer(float);

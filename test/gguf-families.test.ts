@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { getLlama } from 'node-llama-cpp';
@@ -11,6 +10,7 @@ import { loadModel, loadTokenizer } from '../src/models/load.js';
 import { getBackend } from '../src/tensor/index.js';
 import { ggufUnsupported, readModelConfig } from '../src/models/index.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
+import { tempDir } from './helpers/temp.js';
 
 /*
  * Every family llama.cpp has an architecture for, exported to GGUF from the transformers-checked fixtures, runs in
@@ -61,7 +61,7 @@ const CASES: Case[] = [
 ];
 
 function prepare(c: Case): string {
-  const dir = join(mkdtempSync(join(tmpdir(), `ggufam-${c.fixture}-`)), 'model');
+  const dir = join(tempDir(`ggufam-${c.fixture}-`), 'model');
   cpSync(join(ROOT, c.fixture), dir, { recursive: true });
   if (c.edit) {
     const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { FTYPE_IDS, ggufMixOf, planGgufTypes, tensorTypeOf, type GgufMixOptions } from '../src/formats/gguf-mix.js';
 import { readModelConfig } from '../src/models/index.js';
+import { tempDir } from './helpers/temp.js';
 
 /*
  * Our choice of type for every tensor, per llama-quantize name and flag, against what llama-quantize itself chose
@@ -31,7 +31,7 @@ function optionsOf(key: string): GgufMixOptions {
 
 for (const [name, { config, runs, fileTypes }] of Object.entries(FIXTURE)) {
   test(`${name}: every tensor's type is llama-quantize's, for each of ${Object.keys(runs).length} names and flags`, () => {
-    const dir = mkdtempSync(join(tmpdir(), 'mix-'));
+    const dir = tempDir('mix-');
     writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
     const cfg = readModelConfig(dir);
     for (const [key, want] of Object.entries(runs)) {

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
@@ -19,6 +18,7 @@ import { loadModel } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
 import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
+import { tempDir } from './helpers/temp.js';
 
 /*
  * Reading GGUF files: ours (the same quantized layers as a float checkpoint give the same logits) and llama.cpp's
@@ -30,7 +30,7 @@ import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'gguf');
 const TOKENIZERS = join(import.meta.dirname, 'fixtures', 'tokenizers');
 const SEGMENTS = JSON.parse(readFileSync(join(TOKENIZERS, 'corpus.json'), 'utf8')) as string[];
-const tmp = (prefix: string): string => mkdtempSync(join(tmpdir(), prefix));
+const tmp = (prefix: string): string => tempDir(prefix);
 
 test('our GGUF runs in our engine exactly as the same quantized layers from a checkpoint: Q4_K (dequantized) and Q4_0 (packed)', async () => {
   const dir = await pullStories15m();

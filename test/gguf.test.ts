@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { getLlama, type Llama } from 'node-llama-cpp';
@@ -14,6 +13,7 @@ import { pullStories15m } from '../src/io/stories.js';
 import type { Decoder, PreparedBlock } from '../src/models/decoder.js';
 import { loadModel } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
+import { tempDir } from './helpers/temp.js';
 
 /*
  * The exported GGUF runs in llama.cpp (node-llama-cpp's prebuilt binary) and greedy-decodes the same tokens as
@@ -26,11 +26,11 @@ for (const bits of [4, 8]) {
     const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 100_000)), 8, 256, 0);
     const opts = { ...QUANTIZE_REFERENCE, bits, groupSize: 32, sym: true };
     const { layers, config } = await quantizeModel(dir, model.backend, opts, { windows, seqlen: 256 });
-    const file = join(mkdtempSync(join(tmpdir(), 'gguf-')), 'model.gguf');
+    const file = join(tempDir('gguf-'), 'model.gguf');
     await writeGguf(dir, config, tokenizer, layers, file);
 
     // our engine runs the same layers from a GPTQ checkpoint on its packed kernels
-    const packedDir = join(mkdtempSync(join(tmpdir(), 'gptq-')), 'model');
+    const packedDir = join(tempDir('gptq-'), 'model');
     await writeGptqCheckpoint(dir, packedDir, layers, { format: 'gptq_v2', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
     const ours = (await loadModel(packedDir)).model;
     const prompt = tokenizer.encode('Once upon a time');
@@ -52,7 +52,7 @@ for (const bits of [4, 8]) {
 }
 
 test('GGUF export refuses settings it cannot hold exactly, before any work', () => {
-  const parent = mkdtempSync(join(tmpdir(), 'ggufbad-'));
+  const parent = tempDir('ggufbad-');
   const out = join(parent, 'x.gguf');
   const run = (...a: string[]) =>
     spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', 'quantize', 'stories15m', '--format', 'gguf', '--out', out, ...a], {
@@ -83,7 +83,7 @@ test('GGUF export refuses settings it cannot hold exactly, before any work', () 
 test('GGUF export refuses, before any work, a tokenizer llama.cpp would run differently (a pre-tokenizer it lacks)', async () => {
   const { cpSync, writeFileSync: write, readFileSync: read } = await import('node:fs');
   const { gunzipSync } = await import('node:zlib');
-  const parent = mkdtempSync(join(tmpdir(), 'ggufbpe-'));
+  const parent = tempDir('ggufbpe-');
   const model = join(parent, 'model');
   cpSync(await pullStories15m(), model, { recursive: true });
   const gpt2 = JSON.parse(gunzipSync(read(join(import.meta.dirname, 'fixtures/tokenizers/gpt2/tokenizer.json.gz'))).toString()) as object;
@@ -198,7 +198,7 @@ test('GPTQ on llama.cpp block grids: every type holds exactly the weights GPTQ e
   for (const blockType of types) {
     const opts = { ...QUANTIZE_REFERENCE, blockType, sym: true };
     const { layers, config } = await quantizeModel(dir, model.backend, opts, { windows, seqlen: 128 });
-    const file = join(mkdtempSync(join(tmpdir(), 'gguf-k-')), 'model.gguf');
+    const file = join(tempDir('gguf-k-'), 'model.gguf');
     await writeGguf(dir, config, tokenizer, layers, file);
     const info = await readGgufFileInfo(file);
     const bytes = readFileSync(file);
@@ -261,7 +261,7 @@ test("--gguf-type Q4_K_M: llama-quantize's mix, every tensor in the file (embedd
   const ggufMix = { mix: 'Q4_K_M' as const };
   const opts = { ...QUANTIZE_REFERENCE, sym: true, ggufMix };
   const { layers, config } = await quantizeModel(dir, model.backend, opts, { windows, seqlen: 128 });
-  const parent = mkdtempSync(join(tmpdir(), 'gguf-mix-'));
+  const parent = tempDir('gguf-mix-');
   const file = join(parent, 'model.gguf');
   await writeGguf(dir, config, tokenizer, layers, file);
   await writeFakeQuant(dir, join(parent, 'fake'), layers, {});

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import { calibrationWindows } from '../src/calib/windows.js';
@@ -15,6 +14,7 @@ import { loadModel, loadTokenizer } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE, type QuantizeOptions } from '../src/quant/quantize-model.js';
 import { dequantize } from '../src/quant/quantized-layer.js';
 import { getBackend } from '../src/tensor/index.js';
+import { tempDir } from './helpers/temp.js';
 
 let model: string;
 let windows: Int32Array;
@@ -44,7 +44,7 @@ for (const c of CASES) {
   test(`export -> load round trip is exact: ${JSON.stringify(c)}`, async () => {
     const opts = { ...QUANTIZE_REFERENCE, ...c };
     const { layers } = await quantizeModel(model, await getBackend(), opts, { windows, seqlen: 256 });
-    const dir = mkdtempSync(join(tmpdir(), 'rt-'));
+    const dir = tempDir('rt-');
     await writeFakeQuant(model, join(dir, 'fake'), layers, {});
     const fake = (await loadModel(join(dir, 'fake'))).model;
     const want = await evaluate(fake, evalTokens, { windows: 4 });
@@ -82,7 +82,7 @@ function assertOneLineError(r: ReturnType<typeof cli>, pattern: RegExp): void {
 test('broken GPTQ checkpoints are refused with one line', async () => {
   const opts = { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 128, sym: true };
   const { layers } = await quantizeModel(model, await getBackend(), { ...opts, method: 'rtn' }, undefined);
-  const dir = mkdtempSync(join(tmpdir(), 'bad-'));
+  const dir = tempDir('bad-');
   const good = join(dir, 'good');
   await writeGptqCheckpoint(model, good, layers, exportOpts(opts, 'gptq'));
   const variant = async (name: string, edit: (d: string) => Promise<void> | void): Promise<string> => {
@@ -130,7 +130,7 @@ test('broken GPTQ checkpoints are refused with one line', async () => {
 });
 
 test('quantize --format gptq writes the ecosystem layout', () => {
-  const parent = mkdtempSync(join(tmpdir(), 'fmt-'));
+  const parent = tempDir('fmt-');
   const out = join(parent, 'm');
   const r = cli('quantize', model, '--method', 'rtn', '--bits', '4', '--group-size', '128', '--out', out);
   assert.equal(r.status, 0, r.stderr);

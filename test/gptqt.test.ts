@@ -1,13 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { seededRandom } from '../src/calib/windows.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { GPTQ_REFERENCE } from '../src/quant/gptq.js';
 import { binaryLevel, dequantizeBinary, fitBinaryCoding, fitRowCodings, gptqt } from '../src/quant/gptqt.js';
+import { tempDir } from './helpers/temp.js';
 
 test('binary coding recovers values it can represent exactly', async () => {
   // β = 0.5, α = (2, 1): levels −2.5, −0.5, 1.5, 3.5
@@ -59,7 +58,7 @@ const cli = (...a: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 
 
 test('gptq quantize --method gptqt writes its own format that eval and inspect read', async () => {
   const model = await pullStories15m();
-  const out = join(mkdtempSync(join(tmpdir(), 'gptqt-')), 'm');
+  const out = join(tempDir('gptqt-'), 'm');
   const q = cli('quantize', model, '--method', 'gptqt', '--bits', '3', '--format', 'gptqt', '--nsamples', '8', '--out', out);
   assert.equal(q.status, 0, q.stderr);
   const e = cli('eval', out, '--windows', '2', '--ref', model, '--json');
@@ -72,7 +71,7 @@ test('gptq quantize --method gptqt writes its own format that eval and inspect r
 });
 
 test('gptqt refuses what it does not support', async () => {
-  const out = join(mkdtempSync(join(tmpdir(), 'gptqt-bad-')), 'm');
+  const out = join(tempDir('gptqt-bad-'), 'm');
   for (const [args, msg] of [
     [['--bits', '4', '--format', 'gptqt'], /codes 2 or 3 bits/],
     [['--bits', '3', '--group-size', '64', '--format', 'gptqt'], /no --group-size/],

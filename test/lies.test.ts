@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import { writeGptqCheckpoint } from '../src/formats/gptq.js';
@@ -10,6 +9,7 @@ import { loadModel } from '../src/models/load.js';
 import { Decoder } from '../src/models/index.js';
 import { QUANTIZE_REFERENCE, quantizeModel } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
+import { tempDir } from './helpers/temp.js';
 
 /**
  * Files that contradict themselves or the format are refused with one message naming the file and what is wrong,
@@ -22,13 +22,13 @@ before(async () => {
   const opts = { ...QUANTIZE_REFERENCE, bits: 4, groupSize: 32, sym: true, actOrder: true, method: 'rtn' as const };
   // RTN has no column order: act-order is only in what the config claims below
   const { layers } = await quantizeModel(FIXTURE, await getBackend(), { ...opts, actOrder: false }, undefined);
-  gptqDir = join(mkdtempSync(join(tmpdir(), 'lies-')), 'gptq');
+  gptqDir = join(tempDir('lies-'), 'gptq');
   await writeGptqCheckpoint(FIXTURE, gptqDir, layers, { format: 'gptq', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
 });
 
 /** A copy of `src` with a tokenizer (loadModel loads one) and `edit` applied to it. */
 async function variant(src: string, edit: (dir: string) => void | Promise<void>): Promise<string> {
-  const dir = join(mkdtempSync(join(tmpdir(), 'lie-')), 'm');
+  const dir = join(tempDir('lie-'), 'm');
   cpSync(src, dir, { recursive: true });
   writeByteTokenizer(dir);
   await edit(dir);
@@ -272,7 +272,7 @@ test('llama2.c checkpoints that contradict their header are refused by convert, 
   const { stories15mLlama2cFiles } = await import('../src/io/stories.js');
   const { convertLlama2c } = await import('../src/io/llama2c.js');
   const { checkpoint } = await stories15mLlama2cFiles();
-  const dir = mkdtempSync(join(tmpdir(), 'l2c-'));
+  const dir = tempDir('l2c-');
   const withHeader = (i: number, v: number): Buffer => {
     const b = Buffer.from(checkpoint);
     b.writeInt32LE(v, 4 * i);

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { convertLlama2c } from '../src/io/llama2c.js';
@@ -10,6 +9,7 @@ import { KvCache, Decoder } from '../src/models/index.js';
 import { loadModel } from '../src/models/load.js';
 import { getBackend } from '../src/tensor/index.js';
 import { Llama2cReference, randomLlama2c } from './helpers/llama2c-forward.js';
+import { tempDir } from './helpers/temp.js';
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   assert.equal(a.length, b.length);
@@ -20,7 +20,7 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 
 /** Our batched HF-layout forward vs the token-at-a-time llama2.c transcription on the raw checkpoint. */
 async function compareLayouts(bin: Uint8Array, tokens: number[]): Promise<number> {
-  const dir = mkdtempSync(join(tmpdir(), 'gptq-conv-'));
+  const dir = tempDir('gptq-conv-');
   const binPath = join(dir, 'model.bin');
   writeFileSync(binPath, bin);
   await convertLlama2c(binPath, undefined, join(dir, 'hf'));

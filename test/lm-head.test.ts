@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import { loadText } from '../src/calib/datasets.js';
@@ -19,6 +18,7 @@ import { RowFile } from '../src/quant/run-state.js';
 import { getBackend } from '../src/tensor/index.js';
 import { openGgufModel } from '../src/models/gguf-import.js';
 import { writeByteTokenizer } from './helpers/byte-tokenizer.js';
+import { tempDir } from './helpers/temp.js';
 
 /*
  * --lm-head (GPTQModel's lm_head: true) on the untied Llama fixture (vocabulary 256, head 256 x 64): the head is
@@ -33,7 +33,7 @@ const NSEQ = 8;
 let model: string;
 let windows: Int32Array;
 before(async () => {
-  model = join(mkdtempSync(join(tmpdir(), 'lm-head-')), 'llama');
+  model = join(tempDir('lm-head-'), 'llama');
   cpSync(FIXTURE, model, { recursive: true });
   writeByteTokenizer(model);
   windows = calibrationWindows(loadTokenizer(model).encode(await loadText('sotu-calib')), NSEQ, SEQLEN, 0);
@@ -92,7 +92,7 @@ test("GPTQ's head: the Hessian of the quantized model's final states (2/n·Σ hh
   assert.ok(Math.abs(r.reports.at(-1)!.loss! - direct.loss) <= 1e-9 * direct.loss, `loss ${r.reports.at(-1)!.loss} vs ${direct.loss}`);
 
   // rows are independent given H: 100-row slices (three, the last partial) give the same layer
-  const dir = mkdtempSync(join(tmpdir(), 'lm-head-rows-'));
+  const dir = tempDir('lm-head-rows-');
   const file = await rowFile(dir, 'final.f32', dec.cfg.hiddenSize, x);
   const st = new SafetensorsModel(FIXTURE);
   try {
@@ -109,7 +109,7 @@ test("GPTQ's head: the Hessian of the quantized model's final states (2/n·Σ hh
 });
 
 test('a GPTQ checkpoint with lm_head: packed head tensors, lm_head true, read back as a kernel that evaluates and generates as the dequantized head', async () => {
-  const root = mkdtempSync(join(tmpdir(), 'lm-head-out-'));
+  const root = tempDir('lm-head-out-');
   const settings = { ...OPTS, nsamples: NSEQ, seqlen: SEQLEN, data: 'sotu-calib', floatDtype: 'F32' as const };
   const warnings: string[] = [];
   await quantize(model, { ...settings, format: 'gptq' }, join(root, 'gptq'), { warn: (m) => warnings.push(m) });
@@ -172,7 +172,7 @@ test('--lm-head refusals: a tied head, GPTQT, a --gguf-type mix; a checkpoint wh
     /--lm-head: a GGUF's output/,
   );
 
-  const out = join(mkdtempSync(join(tmpdir(), 'lm-head-lies-')), 'gptq');
+  const out = join(tempDir('lm-head-lies-'), 'gptq');
   await quantize(model, { ...OPTS, method: 'rtn', floatDtype: 'F32' }, out);
   assert.ok(existsSync(join(out, 'model.safetensors')));
   const edit = (f: (qc: Record<string, unknown>) => void): void => {
@@ -198,7 +198,7 @@ test('--lm-head refusals: a tied head, GPTQT, a --gguf-type mix; a checkpoint wh
 });
 
 test('--format gguf --lm-head: output.weight as Q4_0, read back as a packed head giving the GPTQ checkpoint logits', async () => {
-  const root = mkdtempSync(join(tmpdir(), 'lm-head-gguf-'));
+  const root = tempDir('lm-head-gguf-');
   const rtn = { ...OPTS, method: 'rtn' as const, floatDtype: 'F32' as const };
   await quantize(model, { ...rtn, format: 'gguf' }, join(root, 'm.gguf'));
   await quantize(model, { ...rtn, format: 'gptq' }, join(root, 'gptq'));
@@ -225,7 +225,7 @@ test('gptq quantize --lm-head: the flag reaches the checkpoint; on a tied model 
       encoding: 'utf8',
       cwd: join(import.meta.dirname, '..'),
     });
-  const out = join(mkdtempSync(join(tmpdir(), 'lm-head-cli-')), 'q');
+  const out = join(tempDir('lm-head-cli-'), 'q');
   const ok = cli(model, '--lm-head', '--method', 'rtn', '--group-size', '32', '--out', out);
   assert.equal(ok.status, 0, ok.stderr);
   assert.equal(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization_config.lm_head, true);
@@ -246,7 +246,7 @@ test('gptq quantize --lm-head: the flag reaches the checkpoint; on a tied model 
 });
 
 test('a --resume run stopped after its last block quantizes the head from the kept final states: the same bytes', async () => {
-  const root = mkdtempSync(join(tmpdir(), 'lm-head-resume-'));
+  const root = tempDir('lm-head-resume-');
   const settings = { ...OPTS, nsamples: NSEQ, seqlen: SEQLEN, data: 'sotu-calib' };
   await quantize(model, settings, join(root, 'whole'));
   const stop = new Error('stopped');
@@ -268,7 +268,7 @@ test('GPTQv2 --lm-head: the head is calibrated against the full-precision final 
   // the head stage on the two streams' rows: the quantized blocks' and the float model's last outputs
   const { dec, x } = await lastBlockRows(r.layers);
   const xfp = (await lastBlockRows()).x;
-  const dir = mkdtempSync(join(tmpdir(), 'lm-head-v2-'));
+  const dir = tempDir('lm-head-v2-');
   const D = dec.cfg.hiddenSize;
   const files = [await rowFile(dir, 'q.f32', D, x), await rowFile(dir, 'fp.f32', D, xfp), await rowFile(dir, 'q2.f32', D, x)];
   const st = new SafetensorsModel(FIXTURE);

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { seededRandom } from '../src/calib/windows.js';
@@ -12,6 +11,7 @@ import { floatRows, rowsF32, type StoredRows } from '../src/tensor/rows.js';
 import * as ref from '../src/tensor/ref.js';
 import { evaluate } from '../src/eval/perplexity.js';
 import { pullStories15m } from '../src/io/stories.js';
+import { tempDir } from './helpers/temp.js';
 
 /** What eval and generate hold: a 16-bit embedding stays 16-bit, and the KV cache grows with the sequence. */
 const config = {
@@ -52,7 +52,7 @@ async function writeModel(embedding: Uint16Array): Promise<void> {
 }
 
 before(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'memory-'));
+  dir = tempDir('memory-');
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
   const rnd = seededRandom(7);
   embed = Uint16Array.from({ length: 300 * 64 }, () => 0x3c00 + Math.floor(rnd() * 0x0400) - (rnd() < 0.5 ? 0 : 0x8000));

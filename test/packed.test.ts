@@ -8,8 +8,6 @@ import { nbitsLayout } from '../src/tensor/ort-linear.js';
 import { matmulNT, packedMatmul, refBackend, siluMul } from '../src/tensor/ref.js';
 import { seededRandom } from '../src/calib/windows.js';
 import { floatToHalf, halfToFloat } from '../src/io/fp16.js';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { calibrationWindows } from '../src/calib/windows.js';
 import { loadText } from '../src/calib/datasets.js';
@@ -20,6 +18,7 @@ import { Decoder, type LinearName } from '../src/models/index.js';
 import { loadTokenizer } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
+import { tempDir } from './helpers/temp.js';
 
 /*
  * Packed kernels against dequantize-then-matmul. Tolerances:
@@ -203,7 +202,7 @@ test('library: a packed stories15M checkpoint loads onto packed kernels and gene
   const windows = calibrationWindows(tokenizer.encode((await loadText('sotu-calib')).slice(0, 100_000)), 4, 256, 0);
   const opts = { ...QUANTIZE_REFERENCE, bits: 3, groupSize: 128, actOrder: true };
   const { layers } = await quantizeModel(dir, await getBackend(), opts, { windows, seqlen: 256 });
-  const out = join(mkdtempSync(join(tmpdir(), 'packed-')), 'w3');
+  const out = join(tempDir('packed-'), 'w3');
   // asymmetric, so the v2 format (v1 holds symmetric grids only)
   await writeGptqCheckpoint(dir, out, layers, { format: 'gptq_v2', floatDtype: 'F32', maxShardBytes: 2 ** 40, quant: opts });
 

@@ -4,6 +4,7 @@ import { loadText } from '../src/calib/datasets.js';
 import { evaluate, referenceStates } from '../src/eval/perplexity.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { loadModel } from '../src/models/load.js';
+import { tempDir } from './helpers/temp.js';
 
 /*
  * Independent figures for fp32 stories15M (first 128 windows of 256 tokens):
@@ -43,13 +44,11 @@ test('a model compared with itself has zero KL and full top-1 agreement', async 
 test("against a reference, llama-perplexity's statistics equal their definitions on the full distributions", async () => {
   const { quantizeModel, QUANTIZE_REFERENCE } = await import('../src/quant/quantize-model.js');
   const { writeFakeQuant } = await import('../src/formats/fake-quant.js');
-  const { mkdtempSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
   const dir = await pullStories15m();
   const { model: fp, tokenizer } = await loadModel(dir);
   const { layers } = await quantizeModel(dir, fp.backend, { ...QUANTIZE_REFERENCE, method: 'rtn', bits: 3, groupSize: 32 }, undefined);
-  const qdir = join(mkdtempSync(join(tmpdir(), 'klstats-')), 'q');
+  const qdir = join(tempDir('klstats-'), 'q');
   await writeFakeQuant(dir, qdir, layers, {});
   const q = (await loadModel(qdir)).model;
   const tokens = tokenizer.encode(await loadText('sotu-test')).slice(0, 2 * 64);

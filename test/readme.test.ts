@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { tempDir } from './helpers/temp.js';
 
 const ROOT = join(import.meta.dirname, '..');
 
@@ -13,7 +13,7 @@ test("the README's library example runs: quantize with partial options, load, ev
   const block = /## Library\n[\s\S]*?```ts\n([\s\S]*?)```/.exec(readme)?.[1];
   assert.ok(block, 'README has a ts block under "## Library"');
   assert.match(block, /quantize\(dir, \{ bits: 4, groupSize: 128/);
-  const cwd = mkdtempSync(join(tmpdir(), 'readme-'));
+  const cwd = tempDir('readme-');
   const file = join(cwd, 'example.mts');
   writeFileSync(file, block.replaceAll("from 'gptq-ts'", `from ${JSON.stringify(join(ROOT, 'src/index.ts'))}`));
   const run = () =>

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { checkOutputPath } from '../src/io/atomic.js';
@@ -10,6 +9,7 @@ import { pullStories15m } from '../src/io/stories.js';
 import { quantize, type PipelineOptions } from '../src/pipeline.js';
 import type { StageSeconds } from '../src/quant/quantize-model.js';
 import { RowFile } from '../src/quant/run-state.js';
+import { tempDir } from './helpers/temp.js';
 
 /**
  * A resumable run stopped after a block continues from its state and writes exactly the bytes an uninterrupted
@@ -21,7 +21,7 @@ const settings: Partial<PipelineOptions> = { nsamples: 8, bits: 4, groupSize: 64
 
 before(async () => {
   model = await pullStories15m();
-  parent = mkdtempSync(join(tmpdir(), 'resume-'));
+  parent = tempDir('resume-');
 });
 after(() => rmSync(parent, { recursive: true, force: true }));
 

