@@ -127,6 +127,40 @@ test('broken GPTQ checkpoints are refused with one line', async () => {
   assertOneLineError(cli('eval', badFormat, '--windows', '1'), /unknown checkpoint_format "marlin"/);
   const badMethod = await variant('method', (d) => editConfig(d, (qc) => (qc['quant_method'] = 'awq')));
   assertOneLineError(cli('eval', badMethod, '--windows', '1'), /unsupported quant_method "awq"/);
+  // settings that change what the tensors mean are refused by name (GPTQModel's newer keys and transformers')
+  const refusals: [string, (qc: Record<string, unknown>) => void, RegExp][] = [
+    ['alias', (qc) => (qc['format'] = 'gptq_v2'), /checkpoint_format "gptq" and format "gptq_v2" disagree/],
+    ['marlin', (qc) => (qc['is_marlin_format'] = true), /is_marlin_format .* is not implemented/],
+    ['pack', (qc) => (qc['pack_dtype'] = 'int16'), /pack_dtype "int16" is not implemented/],
+    ['rotation', (qc) => (qc['rotation'] = 'hadamard'), /rotation "hadamard" .* is not implemented/],
+    [
+      'modules',
+      (qc) => (qc['modules_in_block_to_quantize'] = [['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'], ['self_attn.o_proj']]),
+      /modules_in_block_to_quantize leaves mlp\.gate_proj, mlp\.up_proj, mlp\.down_proj unquantized/,
+    ],
+  ];
+  for (const [name, edit, message] of refusals)
+    assertOneLineError(cli('eval', await variant(name, (d) => editConfig(d, edit)), '--windows', '1'), message);
+  // the same settings under GPTQModel's newer key names, and a modules_in_block_to_quantize naming every layer, load
+  const renamed = await variant('renamed', (d) =>
+    editConfig(d, (qc) => {
+      qc['method'] = qc['quant_method'];
+      qc['format'] = qc['checkpoint_format'];
+      delete qc['quant_method'];
+      delete qc['checkpoint_format'];
+      qc['pack_dtype'] = 'int32';
+      qc['modules_in_block_to_quantize'] = [
+        ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'],
+        ['self_attn.o_proj'],
+        ['mlp.gate_proj', 'mlp.up_proj'],
+        ['mlp.down_proj'],
+      ];
+    }),
+  );
+  const asWritten = cli('eval', good, '--windows', '1', '--json');
+  const asRenamed = cli('eval', renamed, '--windows', '1', '--json');
+  assert.equal(asRenamed.status, 0, asRenamed.stderr);
+  assert.equal(JSON.parse(asRenamed.stdout).ppl, JSON.parse(asWritten.stdout).ppl);
 });
 
 test('quantize --format gptq writes the ecosystem layout', () => {

@@ -26,6 +26,11 @@ export interface QuantConfig {
   format: CheckpointFormat;
   /** the LM head is quantized too (GPTQModel's `lm_head`), with the same settings */
   lmHead: boolean;
+  /**
+   * transformers' `modules_in_block_to_quantize`: the block layers that were quantized (names after
+   * `model.layers.N.`), in groups; absent when all were
+   */
+  modulesInBlock?: string[];
 }
 
 export interface GptqExportOptions {
@@ -170,11 +175,26 @@ export function readQuantConfig(dir: string, config: Record<string, unknown>): Q
   const where = qc ? `${dir}/config.json quantization_config` : `${dir}/quantize_config.json`;
   if (!qc && existsSync(join(dir, 'quantize_config.json'))) qc = JSON.parse(readFileSync(join(dir, 'quantize_config.json'), 'utf8'));
   if (!qc) return undefined;
-  const method = qc['quant_method'] ?? 'gptq';
+  // GPTQModel writes each of these under two names (the second one newer); both must say the same
+  const aliased = (older: string, newer: string): unknown => {
+    const a = qc![older];
+    const b = qc![newer];
+    if (a !== undefined && b !== undefined && a !== b)
+      fail(`${where}: ${older} ${JSON.stringify(a)} and ${newer} ${JSON.stringify(b)} disagree`);
+    return a ?? b;
+  };
+  const method = aliased('quant_method', 'method') ?? 'gptq';
   if (method !== 'gptq') fail(`${where}: unsupported quant_method ${JSON.stringify(method)} (supported: gptq, gptqt)`);
-  const format = (qc['checkpoint_format'] ?? 'gptq') as CheckpointFormat;
+  const format = (aliased('checkpoint_format', 'format') ?? 'gptq') as CheckpointFormat;
   if (!CHECKPOINT_FORMATS.includes(format))
     fail(`${where}: unknown checkpoint_format ${JSON.stringify(format)} (supported: ${CHECKPOINT_FORMATS.join(', ')})`);
+  // settings that change what the tensors mean: each one we do not implement is refused by its name
+  if (qc['is_marlin_format'] === true) fail(`${where}: is_marlin_format (Marlin's repacked layout) is not implemented`);
+  const packDtype = qc['pack_dtype'] ?? 'int32';
+  if (packDtype !== 'int32') fail(`${where}: pack_dtype ${JSON.stringify(packDtype)} is not implemented (codes packed in int32 only)`);
+  const rotation = qc['rotation'];
+  if (rotation !== undefined && rotation !== null)
+    fail(`${where}: rotation ${JSON.stringify(rotation)} (online Hadamard rotations at inference) is not implemented`);
   const bits = qc['bits'];
   if (typeof bits !== 'number' || ![2, 3, 4, 8].includes(bits)) fail(`${where}: bits ${JSON.stringify(bits)} is not one of 2, 3, 4, 8`);
   const groupSize = qc['group_size'] ?? -1;
@@ -186,7 +206,16 @@ export function readQuantConfig(dir: string, config: Record<string, unknown>): Q
   const dynamic = qc['dynamic'];
   if (dynamic !== undefined && dynamic !== null && Object.keys(dynamic as object).length > 0)
     fail(`${where}: dynamic (per-module overrides of the quantization settings) is not implemented`);
-  return { bits, groupSize, descAct: qc['desc_act'] === true, sym: qc['sym'] !== false, format, lmHead };
+  const modules = qc['modules_in_block_to_quantize'];
+  let modulesInBlock: string[] | undefined;
+  if (modules !== undefined && modules !== null) {
+    const flat = Array.isArray(modules) ? modules.flat() : [];
+    if (!Array.isArray(modules) || flat.length === 0 || flat.some((m) => typeof m !== 'string'))
+      fail(`${where}: modules_in_block_to_quantize ${JSON.stringify(modules)} is not a list of lists of module names`);
+    modulesInBlock = flat as string[];
+  }
+  const base = { bits, groupSize, descAct: qc['desc_act'] === true, sym: qc['sym'] !== false, format, lmHead };
+  return modulesInBlock ? { ...base, modulesInBlock } : base;
 }
 
 /** Read and check the packed tensors of one quantized linear layer ([rows=out, cols=in]) of a GPTQ checkpoint. */

@@ -258,6 +258,16 @@ function kernelMaker(
   }
   const qc = readQuantConfig(dir, config);
   if (!qc) return floatFormat(cfg, backend);
+  // a block layer left float by transformers' modules_in_block_to_quantize would be read as packed, and is missing
+  const floatLayers =
+    qc.modulesInBlock &&
+    linearGroups(cfg)
+      .flat()
+      .filter((n) => !qc.modulesInBlock!.includes(n));
+  if (floatLayers?.length)
+    fail(
+      `${dir}/config.json: quantization_config modules_in_block_to_quantize leaves ${floatLayers.join(', ')} unquantized; a block mixing float and packed layers is not implemented`,
+    );
   // GPTQModel refuses to quantize a tied head: one table would be both the embedding and a packed layer
   if (qc.lmHead && cfg.tieWordEmbeddings)
     fail(
