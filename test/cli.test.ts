@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import { pullStories15m } from '../src/io/stories.js';
@@ -36,6 +37,12 @@ test('eval --json on a real model gives a machine-readable summary', () => {
   const j = JSON.parse(r.stdout);
   assert.equal(j.windows, 2);
   assert.ok(j.ppl > 100 && j.ppl < 5000);
+});
+
+test('a run leaves no onnxruntime telemetry file in the temp folder (its mat-debug-<pid>.log, one per process)', () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', 'eval', model, '--windows', '1'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(r.pid && !existsSync(join(tmpdir(), `mat-debug-${r.pid}.log`)));
 });
 
 test('generate prints the continuation', () => {

@@ -22,6 +22,10 @@ import { attentionJs } from './attention-js.js';
 
 const F = ElemType.FLOAT;
 
+// onnxruntime's telemetry reads the machine id at its first session and leaves an empty /tmp/mat-debug-<pid>.log
+// behind every process (thousands over a test suite); read before that first session, so set here
+process.env['ORT_DISABLE_TELEMETRY'] ??= '1';
+
 const sessionOptions = (threads = availableParallelism()): ort.InferenceSession.SessionOptions => ({
   intraOpNumThreads: threads,
   interOpNumThreads: 1,
