@@ -11,7 +11,7 @@ import { generate } from '../src/infer/generate.js';
 import { parseModelConfig, readModelConfig } from '../src/models/index.js';
 import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { linearGroups, linearShape } from '../src/models/index.js';
+import { linearGroups, linearShape, preparedBytes } from '../src/models/index.js';
 import { loadModel, loadTokenizer, type LoadOptions } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend, type ActivationPrecision, type LinearKernel, type PackedLinearWeights } from '../src/tensor/index.js';
@@ -34,7 +34,7 @@ if (process.argv[2] === '--rss') {
   // one token through the model: onnxruntime releases its load-time buffers after a session's first run
   await model.logits(await model.hidden([1], 1, 1), 1);
   (globalThis as { gc?: () => void }).gc?.();
-  const linearBytes = model.blocks.reduce((s, b) => s + [...b.qkv, b.o, ...b.gateUp, b.down].reduce((t, k) => t + k.weightBytes, 0), 0);
+  const linearBytes = model.blocks.reduce((s, b) => s + preparedBytes(b), 0);
   console.log(JSON.stringify({ rss: process.memoryUsage().rss - before, linearBytes }));
   process.exit(0);
 }

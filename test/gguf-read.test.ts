@@ -14,6 +14,7 @@ import { GgufFile, GGUF_VALUE_TYPES, type GgufMetaEntry } from '../src/formats/g
 import { UserError } from '../src/io/errors.js';
 import { pullStories15m } from '../src/io/stories.js';
 import { LlamaTokenizer, loadTokenizerDir } from '../src/io/tokenizer.js';
+import { linearGroups, linearShape, preparedBytes } from '../src/models/index.js';
 import { loadModel } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
@@ -63,8 +64,12 @@ test('our GGUF runs in our engine exactly as the same quantized layers from a ch
     const g = await loadModel(file);
     const f = await loadModel(fake);
     // packed: the kernel keeps about half a byte per weight, not float32's four
-    const down = g.model.blocks[0]!.down;
-    if (blockType === 'Q4_0') assert.ok(down.weightBytes < down.rows * down.cols, `Q4_0 kernel holds ${down.weightBytes} bytes`);
+    const block = g.model.blocks[0]!;
+    const weights = linearGroups(g.model.cfg)
+      .flat()
+      .reduce((s, n) => s + linearShape(g.model.cfg, n)[0] * linearShape(g.model.cfg, n)[1], 0);
+    if (blockType === 'Q4_0')
+      assert.ok(preparedBytes(block) < weights, `Q4_0 kernels hold ${preparedBytes(block)} bytes for ${weights} weights`);
     const ids = f.tokenizer.encode(text);
     assert.deepEqual(g.tokenizer.encode(text), ids, `${blockType}: the GGUF's vocabulary tokenizes as tokenizer.json`);
     const seq = ids.slice(0, 64);

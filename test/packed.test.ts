@@ -5,7 +5,7 @@ import { dequantize, numGroups, type QuantizedLayer } from '../src/quant/quantiz
 import type { ActivationPrecision } from '../src/tensor/backend.js';
 import { ortBackend } from '../src/tensor/ort.js';
 import { nbitsLayout } from '../src/tensor/ort-linear.js';
-import { matmulNT, packedMatmul, refBackend, siluMul } from '../src/tensor/ref.js';
+import { matmulNT, packedMatmul, refBackend, residualMlpSteps, siluMul } from '../src/tensor/ref.js';
 import { seededRandom } from '../src/calib/windows.js';
 import { floatToHalf, halfToFloat } from '../src/io/fp16.js';
 import { join } from 'node:path';
@@ -14,7 +14,7 @@ import { loadText } from '../src/calib/datasets.js';
 import { evaluate, referenceStates } from '../src/eval/perplexity.js';
 import { writeGptqCheckpoint } from '../src/formats/gptq.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { Decoder, type LinearName } from '../src/models/index.js';
+import { Decoder, preparedBytes, type LinearName } from '../src/models/index.js';
 import { loadTokenizer } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
@@ -121,6 +121,57 @@ for (const activations of ['fp32', 'int8'] as const) {
   });
 }
 
+/*
+ * The fused block tail (o_proj + residual, RMSNorm, gated gate/up, down_proj + residual in one graph) against its
+ * definition, the same steps one kernel at a time (residualMlpSteps): on onnxruntime's own per-layer kernels the
+ * products are the same operators, so only the norm's and adds' float32 rounding may differ (1e-5 of the largest
+ * output); against the plain-TS steps (float64 accumulation) the float32 products' error bound of `check` above,
+ * carried through two layers, stays under 1e-4 of the largest output at these sizes.
+ */
+test('fused block tail equals its steps one kernel at a time, on onnxruntime and in plain TypeScript', async () => {
+  const D = 64;
+  const F = 96;
+  for (const { bits, groupSize, actOrder } of [
+    { bits: 4, groupSize: 32, actOrder: false },
+    { bits: 3, groupSize: 32, actOrder: true },
+    { bits: 8, groupSize: -1, actOrder: false },
+  ]) {
+    const layer = (rows: number, cols: number, seed: number) => {
+      const q = randomLayer(rows, cols, bits, groupSize, actOrder, seed);
+      return packedWeights(packLayer(q, 'gptq'), q, 'gptq');
+    };
+    const rnd = seededRandom(bits);
+    const w = {
+      o: layer(D, D, 1),
+      gateUp: layer(2 * F, D, 2),
+      down: layer(D, F, 3),
+      norm: Float32Array.from({ length: D }, () => 0.5 + rnd()),
+      eps: 1e-5,
+    };
+    for (const activations of ['fp32', 'int8'] as const) {
+      const fused = (await ortBackend.packedResidualMlp(w, activations))!;
+      assert.ok(fused, 'every layer has a MatMulNBits layout');
+      const steps = await residualMlpSteps(ortBackend, w, activations);
+      const plain = await residualMlpSteps(refBackend, w, activations);
+      for (const m of [1, 5]) {
+        const x = Float32Array.from({ length: m * D }, () => rnd() - 0.5);
+        const att = Float32Array.from({ length: m * D }, () => rnd() - 0.5);
+        const got = await fused.apply(x, att, m);
+        const want = await steps.apply(x, att, m);
+        const scale = Math.max(...want.map(Math.abs));
+        const what = `w${bits} g${groupSize}${actOrder ? ' act-order' : ''} ${activations} m=${m}`;
+        const worst = (ref: Float32Array): number => Math.max(...got.map((v, i) => Math.abs(v - ref[i]!)));
+        assert.ok(worst(want) <= 1e-5 * scale, `${what}: fused vs onnxruntime steps, max error ${worst(want)} of ${scale}`);
+        if (activations === 'fp32') {
+          const exact = await plain.apply(x, att, m);
+          assert.ok(worst(exact) <= 1e-4 * scale, `${what}: fused vs plain-TS steps, max error ${worst(exact)} of ${scale}`);
+        }
+      }
+      await Promise.all([fused.dispose(), steps.dispose()]);
+    }
+  }
+});
+
 test('layers sharing an input stack into one packed layer only when their bits, groups and g_idx agree', () => {
   for (const bits of [2, 3, 4, 8]) {
     const parts = [64, 32, 32].map((rows, i) => randomLayer(rows, 128, bits, 32, false, 40 + i));
@@ -210,10 +261,11 @@ test('library: a packed stories15M checkpoint loads onto packed kernels and gene
   const packed = (await lib.loadModel(out)).model;
   // stacked q/k/v and gate/up (act-order shares one column order per group); 3-bit codes in 4-bit slots, 288
   // columns padded to 3 blocks of 128, a float32 scale and a 4-bit zero per block: under a quarter of float32
+  // (Llama's plain pre-norm block: o_proj, the norm, gate/up and down_proj as one fused kernel)
   const block = packed.blocks[0]!;
   assert.equal(block.qkv.length, 1);
-  assert.equal(block.gateUp.length, 1);
-  const kernelBytes = packed.blocks.reduce((s, b) => s + [...b.qkv, b.o, ...b.gateUp, b.down].reduce((t, k) => t + k.weightBytes, 0), 0);
+  assert.ok(block.tail && !block.gateUp);
+  const kernelBytes = packed.blocks.reduce((s, b) => s + preparedBytes(b), 0);
   const floatBytes = [...layers.values()].reduce((s, q) => s + 4 * q.rows * q.cols, 0);
   assert.ok(kernelBytes < floatBytes / 4, `packed kernels hold ${kernelBytes} bytes vs ${floatBytes} as float32`);
 

@@ -8,6 +8,7 @@ import {
   type AttentionShape,
   type Backend,
   type LinearKernel,
+  type ResidualMlpKernel,
   type StoredRows,
 } from '../tensor/index.js';
 import { activate, gatedActivation, layerNorm, transpose } from '../tensor/ref.js';
@@ -92,9 +93,18 @@ export interface BlockWeights extends BlockCommon {
  */
 export interface PreparedBlock extends BlockCommon {
   qkv: LinearKernel[];
-  o: LinearKernel;
-  gateUp: LinearKernel[];
-  down: LinearKernel;
+  /** o, gateUp and down, or in a plain pre-norm block with packed layers, `tail` in their place */
+  o?: LinearKernel;
+  gateUp?: LinearKernel[];
+  down?: LinearKernel;
+  /** everything after attention as one kernel (Backend.packedResidualMlp) */
+  tail?: ResidualMlpKernel;
+}
+
+/** Bytes of weights a prepared block's kernels hold. */
+export function preparedBytes(b: PreparedBlock): number {
+  const kernels = [...b.qkv, ...(b.o ? [b.o] : []), ...(b.gateUp ?? []), ...(b.down ? [b.down] : []), ...(b.tail ? [b.tail] : [])];
+  return kernels.reduce((s, k) => s + k.weightBytes, 0);
 }
 
 /** One output per part of `widths`: the outputs as they are, or a single stacked or fused output split by column. */
@@ -511,6 +521,10 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   async block(w: BlockWeights | PreparedBlock, layer: number, x: Float32Array, batch: number, seq: number, cache?: KvCache): Promise<void> {
     const rows = batch * seq;
     const att = await this.attention(w, layer, await this.attentionInput(w, x, rows), batch, seq, cache);
+    if ('tail' in w && w.tail) {
+      x.set(await w.tail.apply(x, att, rows));
+      return;
+    }
     if (this.cfg.parallel) {
       // GPT-NeoX, Falcon: the MLP reads the block's input too; both outputs join the stream at the end
       const act = await this.mlpActivation(w, await this.mlpInput(w, x, rows), rows);
@@ -616,9 +630,9 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       return activate(cfg.activation, addBias(up!, w.bias[L.up]));
     }
     // a stacked kernel that forms the activation itself (load.ts: silu, no biases)
-    if ('gateUp' in w && w.gateUp.length === 1 && w.gateUp[0]!.gated === 'silu') return w.gateUp[0]!.apply(h2, rows);
+    if ('qkv' in w && w.gateUp!.length === 1 && w.gateUp![0]!.gated === 'silu') return w.gateUp![0]!.apply(h2, rows);
     const swiglu = cfg.activation === 'silu' && !cfg.fusedGateUp && !w.bias[L.gate!] && !w.bias[L.up];
-    if (!('gateUp' in w) && swiglu) return this.backend.swiglu(h2, w.linear[L.gate!]!, w.linear[L.up]!, rows, hidden, cfg.hiddenSize);
+    if (!('qkv' in w) && swiglu) return this.backend.swiglu(h2, w.linear[L.gate!]!, w.linear[L.up]!, rows, hidden, cfg.hiddenSize);
     const [gate, up] = (await this.project(w, 2, 'gateUp', h2, rows, [hidden, hidden])) as [Float32Array, Float32Array];
     return gatedActivation(cfg.activation, addBias(gate, w.bias[L.gate!]), addBias(up, w.bias[L.up]));
   }
@@ -642,7 +656,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       // the plain residual update in the product's epilogue (ortBackend's gemmGraph with an addend)
       x.set(await this.floatLinear(w, name, input, rows, x));
     } else {
-      let y = 'qkv' in w ? await w[role].apply(input, rows) : await this.floatLinear(w, name, input, rows);
+      let y = 'qkv' in w ? await w[role]!.apply(input, rows) : await this.floatLinear(w, name, input, rows);
       y = addBias(y, w.bias[name]);
       if (out) y = await this.norm(w, out, y, rows);
       if (s === 1) for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
@@ -669,7 +683,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     const names = linearGroups(this.cfg)[g]!;
     const outputs =
       'qkv' in w
-        ? await Promise.all(w[prepared].map((k) => k.apply(h, rows)))
+        ? await Promise.all(w[prepared]!.map((k) => k.apply(h, rows)))
         : await Promise.all(names.map((name) => this.floatLinear(w, name, h, rows)));
     if (names.length === 1 && widths.length > 1) {
       // one fused layer: its bias, then its columns apart

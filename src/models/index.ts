@@ -18,6 +18,7 @@ export {
   EMBED,
   FINAL_NORM,
   floatEmbedding,
+  preparedBytes,
   softcap,
 } from './decoder.js';
 export type { BlockWeights, Embedding, PreparedBlock, LinearName } from './decoder.js';

@@ -8,6 +8,7 @@ import {
   type LinearKernel,
   type LinearOptions,
   type PackedLinearWeights,
+  type ResidualMlpKernel,
 } from '../tensor/index.js';
 import { readConfigJson } from '../io/config.js';
 import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
@@ -91,13 +92,20 @@ async function assemble<R extends TensorReader>(
         names.map((n) => linearShape(cfg, n)),
         opts,
       );
-    blocks.push({
-      ...readBlockExtras(st, cfg, i),
-      qkv: await kernels(groups[0]!),
-      o: (await kernels(groups[1]!))[0]!,
-      gateUp: await kernels(groups[2]!, gatedOutput(cfg)),
-      down: (await kernels(groups[3]!))[0]!,
-    });
+    const extras = readBlockExtras(st, cfg, i);
+    const qkv = await kernels(groups[0]!);
+    const tail = await linear.tail?.(st, p, extras.norms);
+    blocks.push(
+      tail
+        ? { ...extras, qkv, tail }
+        : {
+            ...extras,
+            qkv,
+            o: (await kernels(groups[1]!))[0]!,
+            gateUp: await kernels(groups[2]!, gatedOutput(cfg)),
+            down: (await kernels(groups[3]!))[0]!,
+          },
+    );
   }
   // a float head stays as stored: eval reads it a slice at a time, generate() widens it (Decoder.prepareHead)
   return new Decoder(cfg, backend, outer, blocks);
@@ -162,7 +170,8 @@ function ggufFormat(cfg: ModelConfig, backend: Backend, activations: ActivationP
       }),
     );
   };
-  return { tensors: floats.tensors, make };
+  const tail = packedTail<GgufTensors>(cfg, backend, activations, (st, n) => st.packed(n));
+  return { tensors: floats.tensors, make, ...(tail ? { tail } : {}) };
 }
 
 /**
@@ -197,10 +206,45 @@ function packedKernels(
   return Promise.all(parts.map((p) => backend.packedLinear(p, activations)));
 }
 
+/** A block's tail as one kernel (Backend.packedResidualMlp), for the block at `prefix` with these norms. */
+type TailMaker<R extends TensorReader> = (
+  st: R,
+  prefix: string,
+  norms: Record<string, Float32Array>,
+) => Promise<ResidualMlpKernel | undefined>;
+
+/**
+ * Where the family's block is plain pre-norm (block() in decoder.ts: o_proj's residual, RMSNorm, silu(gate) ⊙ up,
+ * down_proj's residual, and nothing else: no bias, no extra norm, no residual scale) and the layers are packed,
+ * the tail of each block as one kernel; undefined for any other block.
+ */
+function packedTail<R extends TensorReader>(
+  cfg: ModelConfig,
+  backend: Backend,
+  activations: ActivationPrecision,
+  packed: (st: R, weightName: string, shape: [number, number]) => PackedLinearWeights | undefined,
+): TailMaker<R> | undefined {
+  const { norms: n, linear: L } = cfg;
+  const extra = n.attnOut || n.mlpOut || n.attnResidual || n.mlpResidual;
+  const plain = !cfg.parallel && cfg.normKind === 'rms' && n.mlpIn && !extra && cfg.residualScale === 1;
+  if (!plain || !gatedOutput(cfg) || cfg.biases.has(L.o) || cfg.biases.has(L.down)) return undefined;
+  return async (st, prefix, norms) => {
+    const read = (name: LinearName): PackedLinearWeights | undefined => packed(st, `${prefix}${name}.weight`, linearShape(cfg, name));
+    const [o, down] = [read(L.o), read(L.down)];
+    const parts = linearGroups(cfg)[2]!.map(read);
+    if (!o || !down || parts.some((x) => !x)) return undefined;
+    const gateUp = parts.length > 1 ? stackPackedRows(parts as PackedLinearWeights[]) : parts[0];
+    if (!gateUp) return undefined;
+    return backend.packedResidualMlp({ o, gateUp, down, norm: norms[n.mlpIn!]!, eps: cfg.rmsNormEps }, activations);
+  };
+}
+
 /** How the checkpoint stores its linear layers: the tensors of one, and kernels made from them. */
 interface LinearFormat<R extends TensorReader = SafetensorsModel> {
   tensors: (weightName: string) => { required: string[]; optional?: string[] };
   make: KernelMaker<R>;
+  /** the block's tail as one kernel, where the block and its layers allow it (else `make` per layer) */
+  tail?: TailMaker<R>;
   /** the LM head is stored as one of these layers (GPTQ's `lm_head: true`) */
   quantizedHead?: boolean;
 }
@@ -273,15 +317,19 @@ function kernelMaker(
     fail(
       `${dir}/config.json: quantization_config has lm_head true but tie_word_embeddings is true (the head is the embedding table, not a quantized layer)`,
     );
+  const packed = (st: SafetensorsModel, n: string, [rows, cols]: [number, number]): PackedLinearWeights =>
+    readGptqPacked(st, n, rows, cols, qc);
+  const tail = packedTail(cfg, backend, activations, packed);
   return {
     quantizedHead: qc.lmHead,
     tensors: gptqTensorNames,
     make: (st, names, shapes, opts) =>
       packedKernels(
         backend,
-        names.map((n, i) => readGptqPacked(st, n, shapes[i]![0], shapes[i]![1], qc)),
+        names.map((n, i) => packed(st, n, shapes[i]!)),
         activations,
         opts,
       ),
+    ...(tail ? { tail } : {}),
   };
 }

@@ -89,6 +89,27 @@ export interface LinearKernel {
   dispose(): Promise<void>;
 }
 
+/**
+ * The rest of a plain pre-norm block after attention (no biases, no extra norms, RMSNorm, silu-gated MLP), as
+ * one kernel: x₁ = x + att·Woᵀ, then x₁ + (silu(n·Wgᵀ) ⊙ n·Wuᵀ)·Wdᵀ with n = RMSNorm(x₁)·norm. In generation
+ * these four steps were three engine calls and JavaScript between them for each block.
+ */
+export interface ResidualMlpKernel {
+  readonly weightBytes: number;
+  /** the block's output for its input x [m, hidden] and attention output att [m, o_proj's input] */
+  apply(x: Float32Array, att: Float32Array, m: number): Promise<Float32Array>;
+  dispose(): Promise<void>;
+}
+
+/** The packed layers and norm a ResidualMlpKernel is made from: gateUp stacks gate's rows over up's. */
+export interface ResidualMlpWeights {
+  o: PackedLinearWeights;
+  gateUp: PackedLinearWeights;
+  down: PackedLinearWeights;
+  norm: Float32Array;
+  eps: number;
+}
+
 /** matmul64's optional layout of A and destination of C */
 export interface Gemm64Options {
   transA?: boolean;
@@ -101,6 +122,8 @@ export interface Backend {
   floatLinear(w: Float32Array, rows: number, cols: number, opts?: LinearOptions): Promise<LinearKernel>;
   /** Prepare a GPTQ-packed layer; the float matrix is never formed. */
   packedLinear(p: PackedLinearWeights, activations: ActivationPrecision, opts?: LinearOptions): Promise<LinearKernel>;
+  /** A block's tail as one kernel (ResidualMlpKernel), or undefined where a layer's layout has no fused form. */
+  packedResidualMlp(w: ResidualMlpWeights, activations: ActivationPrecision): Promise<ResidualMlpKernel | undefined>;
   /**
    * C[m,n] = A[m,k] · B[n,k]ᵀ (activations times a Linear weight stored [out, in]); with `addend` [m,n],
    * addend + A·Bᵀ (a residual update, in the product's epilogue), as a new array: `addend` is left as it was.

@@ -11,6 +11,8 @@ export type {
   LinearOptions,
   PackedLinearWeights,
   ActivationPrecision,
+  ResidualMlpKernel,
+  ResidualMlpWeights,
 } from './backend.js';
 export { concatArrays, floatRows, forVocabSlices, headLogits, rowsF32, widenRowsInto, SLICE_FLOATS, type StoredRows } from './rows.js';
 

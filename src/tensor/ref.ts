@@ -1,5 +1,6 @@
 import { streamValue } from './bit-stream.js';
 import type {
+  ActivationPrecision,
   Activation,
   AttentionShape,
   Backend,
@@ -8,6 +9,8 @@ import type {
   LinearKernel,
   LinearOptions,
   PackedLinearWeights,
+  ResidualMlpKernel,
+  ResidualMlpWeights,
 } from './backend.js';
 import { rowsF32, type StoredRows } from './rows.js';
 
@@ -265,6 +268,29 @@ export function withGatedOutput(k: LinearKernel, opts: LinearOptions = {}): Line
   };
 }
 
+/**
+ * ResidualMlpKernel as its definition: the backend's own kernels and norm, one step after another (the reference
+ * backend's form of it, and what tests hold a fused kernel to).
+ */
+export async function residualMlpSteps(b: Backend, w: ResidualMlpWeights, activations: ActivationPrecision): Promise<ResidualMlpKernel> {
+  const o = await b.packedLinear(w.o, activations);
+  const gateUp = await b.packedLinear(w.gateUp, activations, { gated: 'silu' });
+  const down = await b.packedLinear(w.down, activations);
+  return {
+    weightBytes: o.weightBytes + gateUp.weightBytes + down.weightBytes,
+    async apply(x, att, m) {
+      const x1 = await o.apply(att, m);
+      for (let i = 0; i < x1.length; i++) x1[i] = x[i]! + x1[i]!;
+      const y = await down.apply(await gateUp.apply(await b.rmsNorm(x1, w.norm, m, w.eps), m), m);
+      for (let i = 0; i < y.length; i++) y[i] = x1[i]! + y[i]!;
+      return y;
+    },
+    dispose: async () => {
+      await Promise.all([o.dispose(), gateUp.dispose(), down.dispose()]);
+    },
+  };
+}
+
 export const refBackend: Backend = {
   name: 'ref',
   floatLinear: async (w, rows, cols, opts): Promise<LinearKernel> =>
@@ -289,6 +315,7 @@ export const refBackend: Backend = {
       },
       opts,
     ),
+  packedResidualMlp: (w, activations) => residualMlpSteps(refBackend, w, activations),
   matmulNT: async (a, b, m, n, k, addend) => {
     const c = matmulNT(a, b, m, n, k);
     if (addend) for (let i = 0; i < c.length; i++) c[i] = addend[i]! + c[i]!;
