@@ -387,13 +387,13 @@ export async function openLinear(e: EncodedLinear): Promise<LinearKernel> {
   };
 }
 
-/** A graph's names under a prefix, but for those `io` maps (its input and output, wired to the graph around it). */
+/** A layer's graph (input x, output y) wired to `io`'s names, its other names under a prefix. */
 function renamed(
   g: { nodes: NodeSpec[]; inits: Initializer[] },
   prefix: string,
-  io: Map<string, string>,
+  io: { x: string; y: string },
 ): { nodes: NodeSpec[]; inits: Initializer[] } {
-  const name = (n: string): string => io.get(n) ?? `${prefix}${n}`;
+  const name = (n: string): string => (n === 'x' ? io.x : n === 'y' ? io.y : `${prefix}${n}`);
   return {
     nodes: g.nodes.map((n) => ({ ...n, inputs: n.inputs.map(name), outputs: n.outputs.map(name) })),
     inits: g.inits.map((t) => ({ ...t, name: name(t.name) })),
@@ -415,30 +415,9 @@ async function openResidualMlp(w: ResidualMlpWeights, activations: ActivationPre
   if (!o || !gateUp || !down) return undefined;
   const D = w.norm.length;
   const parts = [
-    renamed(
-      o,
-      'o_',
-      new Map([
-        ['x', 'att'],
-        ['y', 'ao'],
-      ]),
-    ),
-    renamed(
-      { nodes: gatedEpilogue(gateUp.nodes), inits: gateUp.inits },
-      'gu_',
-      new Map([
-        ['x', 'h'],
-        ['y', 'act'],
-      ]),
-    ),
-    renamed(
-      down,
-      'd_',
-      new Map([
-        ['x', 'act'],
-        ['y', 'dy'],
-      ]),
-    ),
+    renamed(o, 'o_', { x: 'att', y: 'ao' }),
+    renamed({ nodes: gatedEpilogue(gateUp.nodes), inits: gateUp.inits }, 'gu_', { x: 'h', y: 'act' }),
+    renamed(down, 'd_', { x: 'act', y: 'dy' }),
   ];
   const nodes: NodeSpec[] = [
     ...parts[0]!.nodes,
