@@ -134,13 +134,14 @@ function digits(bits: number, activations: ActivationPrecision): Digit[] {
 
 /**
  * The graph of one packed layer: input 'x' [m, cols] → output 'y' [m, rows]; the weights are initializers,
- * so onnxruntime packs them once at session creation.
+ * so onnxruntime packs them once at session creation. Undefined when its groups fit no MatMulNBits layout.
  */
 export function packedLinearGraph(
   p: PackedLinearWeights,
-  layout: NBitsLayout,
   activations: ActivationPrecision,
-): { nodes: NodeSpec[]; inits: Initializer[] } {
+): { nodes: NodeSpec[]; inits: Initializer[] } | undefined {
+  const layout = nbitsLayout(p.gIdx);
+  if (!layout) return undefined;
   const nodes: NodeSpec[] = [];
   const inits: Initializer[] = [];
   let input = 'x';

@@ -13,7 +13,7 @@ import type {
 } from './backend.js';
 import { ElemType, encodeModel, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
-import { initializerBytes, nbitsLayout, packedLinearGraph } from './ort-linear.js';
+import { initializerBytes, packedLinearGraph } from './ort-linear.js';
 import { refBackend } from './ref.js';
 import { attentionJs } from './attention-js.js';
 
@@ -364,10 +364,8 @@ export function encodePackedLinear(
   activations: ActivationPrecision,
   opts?: LinearOptions,
 ): EncodedLinear | undefined {
-  const layout = nbitsLayout(p.gIdx);
-  if (!layout) return undefined;
-  const { nodes, inits } = packedLinearGraph(p, layout, activations);
-  return encodeLinear(nodes, inits, p.rows, p.cols, opts);
+  const g = packedLinearGraph(p, activations);
+  return g && encodeLinear(g.nodes, g.inits, p.rows, p.cols, opts);
 }
 
 /** A session of an encoded layer; onnxruntime packs the weights into its own layout once, here. */
@@ -407,11 +405,7 @@ function renamed(
  * JavaScript between them (the experiment in the README's Scale section).
  */
 async function openResidualMlp(w: ResidualMlpWeights, activations: ActivationPrecision): Promise<ResidualMlpKernel | undefined> {
-  const graphOf = (p: PackedLinearWeights): { nodes: NodeSpec[]; inits: Initializer[] } | undefined => {
-    const layout = nbitsLayout(p.gIdx);
-    return layout && packedLinearGraph(p, layout, activations);
-  };
-  const [o, gateUp, down] = [graphOf(w.o), graphOf(w.gateUp), graphOf(w.down)];
+  const [o, gateUp, down] = [w.o, w.gateUp, w.down].map((p) => packedLinearGraph(p, activations));
   if (!o || !gateUp || !down) return undefined;
   const D = w.norm.length;
   const parts = [
