@@ -118,6 +118,9 @@ function node(n: NodeSpec, index: number): ProtoWriter {
   return w;
 }
 
+/** A float32 array's bytes, as an Initializer holds them (a view, not a copy). */
+export const float32Bytes = (x: Float32Array): Uint8Array => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+
 /** A constant baked into the graph (weights the engine may pre-pack into its own layout at session creation). */
 export interface Initializer {
   name: string;

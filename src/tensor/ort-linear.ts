@@ -1,6 +1,6 @@
 import type { ActivationPrecision, PackedLinearWeights } from './backend.js';
 import { streamValue } from './bit-stream.js';
-import { ElemType, MS_DOMAIN, type Initializer, type NodeSpec } from './onnx-graph.js';
+import { ElemType, float32Bytes, MS_DOMAIN, type Initializer, type NodeSpec } from './onnx-graph.js';
 
 /**
  * GPTQ-packed layers as onnxruntime MatMulNBits operators (com.microsoft). MatMulNBits stores each output row's
@@ -102,11 +102,10 @@ function nbitsOperand(
     packBits(codes, codes.length, d.bits, B, r * blocks * blob);
     packBits(zeros, blocks, d.bits, zp, r * zpBytes);
   }
-  const u8 = (x: Float32Array): Uint8Array => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
   return {
     inits: [
       { name: `${io.output}_B`, elemType: ElemType.UINT8, dims: [rows, blocks, blob], data: B },
-      { name: `${io.output}_s`, elemType: ElemType.FLOAT, dims: [rows * blocks], data: u8(scales) },
+      { name: `${io.output}_s`, elemType: ElemType.FLOAT, dims: [rows * blocks], data: float32Bytes(scales) },
       { name: `${io.output}_z`, elemType: ElemType.UINT8, dims: [rows * zpBytes], data: zp },
     ],
     node: {

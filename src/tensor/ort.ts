@@ -11,7 +11,7 @@ import type {
   ResidualMlpKernel,
   ResidualMlpWeights,
 } from './backend.js';
-import { ElemType, encodeModel, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
+import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, packedLinearGraph } from './ort-linear.js';
 import { refBackend } from './ref.js';
@@ -348,10 +348,9 @@ function encodeLinear(nodes: NodeSpec[], inits: Initializer[], rows: number, col
 }
 
 export function encodeFloatLinear(w: Float32Array, rows: number, cols: number, opts?: LinearOptions): EncodedLinear {
-  const data = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
   return encodeLinear(
     [{ opType: 'Gemm', inputs: ['x', 'W'], outputs: ['y'], intAttrs: { transB: 1 } }],
-    [{ name: 'W', elemType: F, dims: [rows, cols], data }],
+    [{ name: 'W', elemType: F, dims: [rows, cols], data: float32Bytes(w) }],
     rows,
     cols,
     opts,
@@ -421,11 +420,10 @@ async function openResidualMlp(w: ResidualMlpWeights, activations: ActivationPre
     ...parts[2]!.nodes,
     { opType: 'Add', inputs: ['x1', 'dy'], outputs: ['y'] },
   ];
-  const bytes = (x: Float32Array): Uint8Array => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
   const inits = [
     ...parts.flatMap((p) => p.inits),
-    { name: 'norm', elemType: F, dims: [D], data: bytes(w.norm) },
-    { name: 'eps', elemType: F, dims: [], data: bytes(new Float32Array([w.eps])) },
+    { name: 'norm', elemType: F, dims: [D], data: float32Bytes(w.norm) },
+    { name: 'eps', elemType: F, dims: [], data: float32Bytes(new Float32Array([w.eps])) },
   ];
   const weightBytes = initializerBytes(inits);
   const cols = w.o.cols;
