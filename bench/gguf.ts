@@ -9,9 +9,8 @@
  * The llama.cpp tools are built from the source node-llama-cpp ships (scripts/gguf/build-llama-tools.sh), into
  * GPTQ_TS_CACHE/llama-tools, or taken from LLAMA_TOOLS.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadText } from '../src/calib/datasets.js';
 import { BLOCK_LAYOUTS, GGML_TYPES, type BlockType } from '../src/formats/ggml-blocks.js';
@@ -20,6 +19,7 @@ import { pullStories15m } from '../src/io/stories.js';
 import { loadTokenizer } from '../src/models/load.js';
 import { readModelConfig } from '../src/models/index.js';
 import { PIPELINE_DEFAULTS, quantize } from '../src/pipeline.js';
+import { llamaTools, runLlamaTool } from './llama-tools.js';
 import { printTable } from './table.js';
 
 const arg = (name: string): string | undefined => {
@@ -30,25 +30,8 @@ const TYPES = (arg('--types')?.split(',') ?? Object.keys(GGML_TYPES)) as BlockTy
 const CHUNKS = Number(arg('--chunks') ?? 128);
 const CTX = 256;
 
-function tools(): string {
-  const given = process.env['LLAMA_TOOLS'];
-  if (given) return given;
-  const dir = join(process.env['GPTQ_TS_CACHE'] ?? join(homedir(), '.cache', 'gptq-ts'), 'llama-tools');
-  if (!existsSync(join(dir, 'llama-perplexity'))) {
-    console.error(`building llama.cpp's tools into ${dir} ...`);
-    execFileSync('bash', [join(import.meta.dirname, '..', 'scripts', 'gguf', 'build-llama-tools.sh'), dir], { stdio: 'inherit' });
-  }
-  return dir;
-}
-
-const bin = tools();
-const runLog = (tool: string, args: string[]): string => {
-  try {
-    return execFileSync(join(bin, tool), args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (e) {
-    throw new Error(`${tool} ${args.join(' ')} failed: ${(e as { stderr?: string }).stderr?.slice(-400) ?? e}`);
-  }
-};
+const bin = llamaTools();
+const runLog = (tool: string, args: string[]): string => runLlamaTool(bin, tool, args);
 
 interface Stats {
   ppl: number;
@@ -60,16 +43,21 @@ interface Stats {
 }
 
 function klStats(file: string, base: string, text: string): Stats {
-  let out: string;
-  try {
-    out = execFileSync(
-      join(bin, 'llama-perplexity'),
-      ['-m', file, '-f', text, '-c', String(CTX), '--chunks', String(CHUNKS), '--kl-divergence-base', base, '--kl-divergence', '-t', '2'],
-      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-  } catch (e) {
-    throw new Error(`llama-perplexity on ${file} failed: ${(e as { stderr?: string }).stderr?.slice(-400) ?? e}`);
-  }
+  const out = runLog('llama-perplexity', [
+    '-m',
+    file,
+    '-f',
+    text,
+    '-c',
+    String(CTX),
+    '--chunks',
+    String(CHUNKS),
+    '--kl-divergence-base',
+    base,
+    '--kl-divergence',
+    '-t',
+    '2',
+  ]);
   const num = (re: RegExp): number => {
     const m = re.exec(out);
     if (!m) throw new Error(`llama-perplexity on ${file}: no ${re.source} in its output:\n${out.slice(-1500)}`);

@@ -9,11 +9,13 @@ import { evaluate } from '../src/eval/perplexity.js';
 import { generate } from '../src/infer/generate.js';
 import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { linearGroups, linearShape, parseModelConfig, type ModelConfig } from '../src/models/index.js';
-import { loadModel } from '../src/models/load.js';
+import { linearGroups, linearShape, parseModelConfig, readModelConfig, type ModelConfig } from '../src/models/index.js';
+import { loadModel, loadTokenizer } from '../src/models/load.js';
+import { writeGguf } from '../src/formats/gguf.js';
 import { quantize } from '../src/pipeline.js';
 import type { QuantizeTimings, StageSeconds } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
+import { llamaTools, runLlamaTool } from './llama-tools.js';
 import { printTable } from './table.js';
 
 /**
@@ -22,10 +24,13 @@ import { printTable } from './table.js';
  * per-layer forward / Hessian / sweep seconds beside their flop floors at the sgemm rate measured in the same run,
  * the extrapolation to the whole model at 128 x 2048 calibration tokens, and eval / generate speed and memory
  * (against llama.cpp via node-llama-cpp on a Q4_0 GGUF of the same weights, where it loads). Generation runs twice:
- * with the head float (ours F16, the GGUF's F32) and quantized (--lm-head: ours w4 g128, the GGUF's Q4_0).
+ * with the head float (ours F16, the GGUF's F32) and quantized (--lm-head: ours w4 g128, the GGUF's Q4_0); llama.cpp
+ * also runs what its own llama-quantize makes of the float weights at Q4_0 (its mix: output.weight Q6_K), with the
+ * tools built as bench:gguf builds them (bench/llama-tools.ts).
  *
  *   npm run bench:scale -- [--nsamples 4] [--seqlen 2048] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
- *                          [--eval-windows 4] [--gen-tokens 32] [--no-llama-cpp] [--dir DIR] [--method rtn]
+ *                          [--eval-windows 4] [--gen-tokens 32] [--gen-rounds 3] [--no-llama-cpp] [--dir DIR]
+ *                          [--method rtn]
  *
  * The default 4 x 2048 tokens is the smallest run whose per-token costs are those of the paper's 128 x 2048: windows
  * of its length (attention grows with it) and one Hessian product of a full batch of 8192 rows per group (smaller
@@ -181,6 +186,11 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       );
       return { timings: summary.timings, rssGB: maxRssGB() };
     }
+    case 'gguf-float': {
+      // every tensor float32, the input llama-quantize expects (as convert_hf_to_gguf.py --outtype f32 writes it)
+      await writeGguf(args.dir!, readModelConfig(args.dir!), loadTokenizer(args.dir!), new Map(), args.out!, { floatLinears: true });
+      return {};
+    }
     case 'eval': {
       const { model, tokenizer } = await loadModel(args.model!);
       const loadGB = maxRssGB();
@@ -224,6 +234,11 @@ if (process.argv[2] === '--child') {
   process.exit(0);
 }
 
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
 function runChild(step: string, args: Record<string, string | number>): Report | string {
   const strArgs = Object.fromEntries(Object.entries(args).map(([k, v]) => [k, String(v)]));
   // each child relaunches with the malloc tunables gptq itself picks for the step (bin/relaunch-tuned.js)
@@ -249,6 +264,7 @@ const { values: flags } = parseArgs({
     layers: { type: 'string' },
     'eval-windows': { type: 'string', default: '4' },
     'gen-tokens': { type: 'string', default: '32' },
+    'gen-rounds': { type: 'string', default: '3' },
     'no-llama-cpp': { type: 'boolean', default: false },
     dir: { type: 'string' },
     method: { type: 'string', default: 'gptq' },
@@ -327,32 +343,69 @@ try {
 
     const evalSeq = Math.min(seqlen, shape.ctx);
     const ev = runChild('eval', { model: out, windows: flags['eval-windows'], seqlen: evalSeq });
-    const gen = runChild('generate', { model: out, tokens: flags['gen-tokens'] });
     const row = (what: string, r: Report | string): (string | number)[] =>
-      typeof r === 'string' ? [label, what, r, ''] : [label, what, f(r.tokensPerSecond as number), f(r.rssGB as number, 2)];
-    inferRows.push(row(`eval w4 g128, ${flags['eval-windows']} x ${evalSeq}`, ev), row('generate w4 g128, head F16, int8 act', gen));
-    rmSync(out, { recursive: true, force: true });
+      typeof r === 'string' ? [label, what, r, '', ''] : [label, what, f(r.tokensPerSecond as number), '', f(r.rssGB as number, 2)];
+    inferRows.push(row(`eval w4 g128, ${flags['eval-windows']} x ${evalSeq}`, ev));
+
+    // Generation: every variant is made first and then they run in turns, round after round. This machine's speed
+    // drifts by a fifth from one minute to the next, so one reading each would compare moments, not programs.
+    const variants: { what: string; step: 'generate' | 'llama-cpp'; model: string; made: Report | string }[] = [
+      { what: 'generate w4 g128, head F16, int8 act', step: 'generate', model: out, made: q },
+    ];
     // the head quantized as well (--lm-head, RTN: the same bytes as GPTQ's): a fifth of a token's bytes at 1.1B
     const outHead = `${out}-head`;
     rmSync(outHead, { recursive: true, force: true });
-    const qh = runChild('quantize', { dir, out: outHead, method: 'rtn', lmhead: 1 });
-    const genHead = typeof qh === 'string' ? qh : runChild('generate', { model: outHead, tokens: flags['gen-tokens'] });
-    inferRows.push(row('generate w4 g128, head w4 g128 (--lm-head), int8 act', genHead));
-    rmSync(outHead, { recursive: true, force: true });
+    variants.push({
+      what: 'generate w4 g128, head w4 g128 (--lm-head), int8 act',
+      step: 'generate',
+      model: outHead,
+      made: runChild('quantize', { dir, out: outHead, method: 'rtn', lmhead: 1 }),
+    });
     if (!flags['no-llama-cpp']) {
       // our GGUF export keeps every tensor it does not quantize float32, the head included, unless --lm-head
       for (const [head, what] of [
-        [false, 'llama.cpp Q4_0, output F32, generate (RTN, same weights)'],
-        [true, 'llama.cpp Q4_0, output Q4_0, generate (RTN, same weights)'],
+        [false, 'llama.cpp Q4_0, output F32 (RTN, same weights)'],
+        [true, 'llama.cpp Q4_0, output Q4_0 (RTN, same weights)'],
       ] as const) {
         const gguf = join(work, `${name}-q4_0${head ? '-head' : ''}.gguf`);
         rmSync(gguf, { force: true });
         const made = runChild('quantize', { dir, out: gguf, format: 'gguf', ...(head ? { lmhead: 1 } : {}) });
-        const cpp = typeof made === 'string' ? made : runChild('llama-cpp', { model: gguf, tokens: flags['gen-tokens'] });
-        inferRows.push(row(what, cpp));
-        rmSync(gguf, { force: true });
+        variants.push({ what, step: 'llama-cpp', model: gguf, made });
       }
+      // what a llama.cpp user gets: llama-quantize's Q4_0 mix from a float GGUF, which keeps output.weight in Q6_K
+      const float = join(work, `${name}-f32.gguf`);
+      const mix = join(work, `${name}-q4_0-mix.gguf`);
+      rmSync(mix, { force: true });
+      let made = runChild('gguf-float', { dir, out: float });
+      if (typeof made !== 'string') {
+        try {
+          runLlamaTool(llamaTools(), 'llama-quantize', [float, mix, 'Q4_0', String(availableParallelism())]);
+        } catch (e) {
+          made = `failed (${(e as Error).message.split('\n')[0]})`;
+        }
+      }
+      rmSync(float, { force: true });
+      variants.push({ what: 'llama.cpp llama-quantize Q4_0 (its mix: output Q6_K)', step: 'llama-cpp', model: mix, made });
     }
+    const readings = variants.map(() => [] as Report[]);
+    const failures: (string | undefined)[] = variants.map((v) => (typeof v.made === 'string' ? v.made : undefined));
+    for (let round = 0; round < Number(flags['gen-rounds']); round++) {
+      variants.forEach((v, i) => {
+        if (failures[i]) return;
+        const r = runChild(v.step, { model: v.model, tokens: flags['gen-tokens'] });
+        if (typeof r === 'string') failures[i] = r;
+        else readings[i]!.push(r);
+      });
+    }
+    variants.forEach((v, i) => {
+      const tps = readings[i]!.map((r) => r.tokensPerSecond as number);
+      inferRows.push(
+        failures[i]
+          ? [label, v.what, failures[i]!, '', '']
+          : [label, v.what, f(median(tps)), tps.map((x) => f(x)).join(' '), f(Math.max(...readings[i]!.map((r) => r.rssGB as number)), 2)],
+      );
+      rmSync(v.model, { recursive: true, force: true });
+    });
   }
 } finally {
   if (!flags.dir) rmSync(work, { recursive: true, force: true });
@@ -369,7 +422,7 @@ printTable(
   fullRows.map((row) => row()),
 );
 printTable(
-  'Eval and generation (tokens/s; generate: after the prompt, greedy) and peak RSS of the process',
-  ['model', 'run', 'tokens/s', 'peak RSS GB'],
+  `Eval and generation (tokens/s; generate: after the prompt, greedy, the median of ${flags['gen-rounds']} rounds in which the variants take turns) and peak RSS of the process`,
+  ['model', 'run', 'tokens/s', 'each round', 'peak RSS GB'],
   inferRows,
 );
