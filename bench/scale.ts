@@ -23,10 +23,10 @@ import { printTable } from './table.js';
  * and Llama-3-8B with 2 of their 32 layers), each step in its own child process so its peak RSS is its own. Prints
  * per-layer forward / Hessian / sweep seconds beside their flop floors at the sgemm rate measured in the same run,
  * the extrapolation to the whole model at 128 x 2048 calibration tokens, and eval / generate speed and memory
- * (against llama.cpp via node-llama-cpp on a Q4_0 GGUF of the same weights, where it loads). Generation runs twice:
- * with the head float (ours F16, the GGUF's F32) and quantized (--lm-head: ours w4 g128, the GGUF's Q4_0); llama.cpp
- * also runs what its own llama-quantize makes of the float weights at Q4_0 (its mix: output.weight Q6_K), with the
- * tools built as bench:gguf builds them (bench/llama-tools.ts).
+ * (against llama.cpp via node-llama-cpp on the same weights). Generation variants: ours with the head float (F16) and
+ * quantized (--lm-head, w4 g128); llama.cpp on our Q4_0 GGUF export with the head F32 or Q4_0, and on what its own
+ * llama-quantize makes of the float weights at Q4_0 (its mix: output.weight Q6_K; the tools are found or built by
+ * bench/llama-tools.ts). They take turns for --gen-rounds rounds, each reporting its median.
  *
  *   npm run bench:scale -- [--nsamples 4] [--seqlen 2048] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
  *                          [--eval-windows 4] [--gen-tokens 32] [--gen-rounds 3] [--no-llama-cpp] [--dir DIR]
