@@ -42,22 +42,19 @@ interface Stats {
   sameTop: number;
 }
 
-function klStats(file: string, base: string, text: string): Stats {
-  const out = runLog('llama-perplexity', [
-    '-m',
-    file,
-    '-f',
-    text,
-    '-c',
-    String(CTX),
-    '--chunks',
-    String(CHUNKS),
-    '--kl-divergence-base',
-    base,
-    '--kl-divergence',
-    '-t',
-    '2',
+/**
+ * llama-perplexity over CHUNKS windows of CTX tokens of `text`: writing the float model's logits to `base`, or
+ * (`compare`) scoring `model` against them.
+ */
+const perplexity = (model: string, text: string, base: string, compare: boolean): string =>
+  runLog('llama-perplexity', [
+    ...['-m', model, '-f', text, '-c', String(CTX), '--chunks', String(CHUNKS), '--kl-divergence-base', base],
+    ...(compare ? ['--kl-divergence'] : []),
+    ...['-t', '2'],
   ]);
+
+function klStats(file: string, base: string, text: string): Stats {
+  const out = perplexity(file, text, base, true);
   const num = (re: RegExp): number => {
     const m = re.exec(out);
     if (!m) throw new Error(`llama-perplexity on ${file}: no ${re.source} in its output:\n${out.slice(-1500)}`);
@@ -87,20 +84,7 @@ try {
   const imatrix = join(work, 'imatrix.gguf');
   runLog('llama-imatrix', ['-m', f32, '-f', calib, '-o', imatrix, '-c', String(CTX), '--chunks', String(CHUNKS), '-t', '2']);
   const base = join(work, 'base.kld');
-  runLog('llama-perplexity', [
-    '-m',
-    f32,
-    '-f',
-    test,
-    '-c',
-    String(CTX),
-    '--chunks',
-    String(CHUNKS),
-    '--kl-divergence-base',
-    base,
-    '-t',
-    '2',
-  ]);
+  perplexity(f32, test, base, false);
 
   const rows: (string | number)[][] = [];
   // bits per weight over the whole file (float32 embeddings and output included): 32 × size / float32 size
