@@ -7,6 +7,7 @@ export type {
   AttentionShape,
   HeadStats,
   HeadStatsOptions,
+  KernelUse,
   LinearKernel,
   LinearOptions,
   PackedLinearWeights,
