@@ -199,7 +199,7 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       return { tokensPerSecond: r.tokens / r.seconds, ppl: r.ppl, loadGB, rssGB: maxRssGB() };
     }
     case 'generate': {
-      const { model, tokenizer } = await loadModel(args.model!, { activations: 'int8' });
+      const { model, tokenizer } = await loadModel(args.model!, { activations: 'int8', use: 'generate' });
       const prompt = tokenizer.encode(PROMPT);
       await generate(model, prompt, { maxTokens: 4, stop: [] });
       const r = await generate(model, prompt, { maxTokens: Number(args.tokens), stop: [] });
