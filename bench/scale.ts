@@ -24,8 +24,7 @@ import { printTable } from './table.js';
  * per-layer forward / Hessian / sweep seconds beside their flop floors at the sgemm rate measured in the same run,
  * the extrapolation to the whole model at 128 x 2048 calibration tokens, and eval / generate speed and memory
  * (against llama.cpp via node-llama-cpp on the same weights). Generation variants: ours with the head float (F16) and
- * quantized (--lm-head, w4 g128), on the batch-1 kernel (tensor/matvec4.ts), and the float-head one also on
- * onnxruntime's MatMulNBits as an eval load runs it; llama.cpp on our Q4_0 GGUF export with the head F32 or Q4_0, and on what its own
+ * quantized (--lm-head, w4 g128); llama.cpp on our Q4_0 GGUF export with the head F32 or Q4_0, and on what its own
  * llama-quantize makes of the float weights at Q4_0 (its mix: output.weight Q6_K; the tools are found or built by
  * bench/llama-tools.ts). They take turns for --gen-rounds rounds, each reporting its median.
  *
@@ -200,7 +199,7 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       return { tokensPerSecond: r.tokens / r.seconds, ppl: r.ppl, loadGB, rssGB: maxRssGB() };
     }
     case 'generate': {
-      const { model, tokenizer } = await loadModel(args.model!, { activations: 'int8', use: args.use === 'eval' ? 'eval' : 'generate' });
+      const { model, tokenizer } = await loadModel(args.model!, { activations: 'int8' });
       const prompt = tokenizer.encode(PROMPT);
       await generate(model, prompt, { maxTokens: 4, stop: [] });
       const r = await generate(model, prompt, { maxTokens: Number(args.tokens), stop: [] });
@@ -350,10 +349,8 @@ try {
 
     // Generation: every variant is made first and then they run in turns, round after round. This machine's speed
     // drifts by a fifth from one minute to the next, so one reading each would compare moments, not programs.
-    const variants: { what: string; step: 'generate' | 'llama-cpp'; model: string; made: Report | string; use?: 'eval' }[] = [
+    const variants: { what: string; step: 'generate' | 'llama-cpp'; model: string; made: Report | string }[] = [
       { what: 'generate w4 g128, head F16, int8 act', step: 'generate', model: out, made: q },
-      // the same checkpoint on onnxruntime's MatMulNBits, as an eval load runs it (the kernel before matvec4.ts)
-      { what: 'generate w4 g128, head F16, int8 act, MatMulNBits', step: 'generate', model: out, made: q, use: 'eval' },
     ];
     // the head quantized as well (--lm-head, RTN: the same bytes as GPTQ's): a fifth of a token's bytes at 1.1B
     const outHead = `${out}-head`;
@@ -395,7 +392,7 @@ try {
     for (let round = 0; round < Number(flags['gen-rounds']); round++) {
       variants.forEach((v, i) => {
         if (failures[i]) return;
-        const r = runChild(v.step, { model: v.model, tokens: flags['gen-tokens'], ...(v.use ? { use: v.use } : {}) });
+        const r = runChild(v.step, { model: v.model, tokens: flags['gen-tokens'] });
         if (typeof r === 'string') failures[i] = r;
         else readings[i]!.push(r);
       });
@@ -407,8 +404,8 @@ try {
           ? [label, v.what, failures[i]!, '', '']
           : [label, v.what, f(median(tps)), tps.map((x) => f(x)).join(' '), f(Math.max(...readings[i]!.map((r) => r.rssGB as number)), 2)],
       );
+      rmSync(v.model, { recursive: true, force: true });
     });
-    for (const v of variants) rmSync(v.model, { recursive: true, force: true });
   }
 } finally {
   if (!flags.dir) rmSync(work, { recursive: true, force: true });

@@ -2,13 +2,11 @@
 // src/tensor/. `npm run build:wasm`; test/wasm.test.ts checks that the committed bytes are these.
 import { writeFileSync } from 'node:fs';
 import wabt from 'wabt';
-import * as matvec4 from './wasm/matvec4.mjs';
 import * as matvec16 from './wasm/matvec16.mjs';
 import * as sweepColumn from './wasm/sweep-column.mjs';
 
 /** Each kernel: its text, the constant its bytes are exported as, and the file that holds them. */
 export const KERNELS = {
-  matvec4: { wat: matvec4.WAT, name: 'MATVEC4_WASM', output: new URL('../src/tensor/matvec4-wasm.ts', import.meta.url) },
   matvec16: { wat: matvec16.WAT, name: 'MATVEC16_WASM', output: new URL('../src/tensor/matvec16-wasm.ts', import.meta.url) },
   sweepColumn: {
     wat: sweepColumn.WAT,
@@ -20,7 +18,7 @@ export const KERNELS = {
 /** A kernel's bytes, as wabt assembles its text. */
 export async function assemble(kernel) {
   const w = await wabt();
-  const m = w.parseWat(`${kernel}.wat`, KERNELS[kernel].wat, { simd: true, threads: true, relaxed_simd: true });
+  const m = w.parseWat(`${kernel}.wat`, KERNELS[kernel].wat, { simd: true, threads: true });
   try {
     return new Uint8Array(m.toBinary({}).buffer);
   } finally {

@@ -10,7 +10,6 @@ import { SweepColumns } from '../src/tensor/sweep-column.js';
 const root = new URL('..', import.meta.url);
 
 for (const [kernel, file] of [
-  ['matvec4', 'matvec4-wasm.ts'],
   ['matvec16', 'matvec16-wasm.ts'],
   ['sweepColumn', 'sweep-column-wasm.ts'],
 ] as const) {

@@ -118,7 +118,7 @@ async function runGenerate(
 ): Promise<{ text: string; tokensPerSecond: number; tokens: number; promptTokens: number; stopReason: StopReason }> {
   validateSampling(opts);
   if (opts.system !== undefined && !opts.chat) throw new UserError('--system needs --chat');
-  const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations, use: 'generate' });
+  const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
   // --chat: the prompt is the user's message in the model's chat template, which writes its own special tokens;
   // only the reply is printed, and every EOS the tokenizer names (e.g. <|im_end|>, <end_of_turn>) ends it
   const messages: ChatMessage[] = [

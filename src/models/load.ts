@@ -5,7 +5,6 @@ import {
   getBackend,
   type ActivationPrecision,
   type Backend,
-  type KernelUse,
   type LinearKernel,
   type LinearOptions,
   type PackedLinearWeights,
@@ -41,12 +40,6 @@ export interface LoadOptions {
    * rounding; 'int8' is faster for generation (llama.cpp's choice) at a small extra error.
    */
   activations?: ActivationPrecision;
-  /**
-   * What the model is loaded for (default 'eval'). 'generate': one token a step, so packed 4-bit layers with int8
-   * activations run on the batch-1 matvec kernel (tensor/matvec4.ts), faster there and slower on many positions
-   * at once (a prompt's tokens each take a pass over the weights).
-   */
-  use?: 'eval' | 'generate';
 }
 
 /**
@@ -57,13 +50,12 @@ export async function loadModel(
   dir: string,
   opts: LoadOptions = {},
 ): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
-  const use: KernelUse = { oneRow: opts.use === 'generate' };
-  if (isGgufFile(dir)) return loadGgufModel(dir, opts.activations ?? 'fp32', use);
+  if (isGgufFile(dir)) return loadGgufModel(dir, opts.activations ?? 'fp32');
   if (!existsSync(dir)) fail(`${dir}: model directory not found`);
   const backend = await getBackend();
   const config = readConfigJson(dir);
   const cfg = readModelConfig(dir);
-  const linear = kernelMaker(dir, config, cfg, backend, opts.activations ?? 'fp32', use);
+  const linear = kernelMaker(dir, config, cfg, backend, opts.activations ?? 'fp32');
   const st = new SafetensorsModel(dir);
   try {
     const model = await assemble(st, cfg, backend, linear);
@@ -141,7 +133,6 @@ const GGUF_LOADED_LIMIT_GB = 16;
 async function loadGgufModel(
   path: string,
   activations: ActivationPrecision,
-  use: KernelUse,
 ): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
   const g = openGgufModel(path);
   try {
@@ -152,7 +143,7 @@ async function loadGgufModel(
         `${path}: gptq-ts would hold ${gb.toPrecision(3)} GB of its weights (Q4_0/Q8_0 layers and head packed, every other type dequantized to float32), more than the limit of ${limit} GB (GPTQ_TS_GGUF_MAX_GB raises it)`,
       );
     const backend = await getBackend();
-    const format = ggufFormat(g.cfg, backend, activations, use);
+    const format = ggufFormat(g.cfg, backend, activations);
     // an untied Q4_0/Q8_0 output head (ours with --lm-head, llama-quantize --pure) runs packed as well
     const head = g.cfg.tensors.head;
     if (!g.cfg.tieWordEmbeddings && g.tensors.has(head) && g.tensors.isPacked(head)) format.quantizedHead = true;
@@ -165,21 +156,21 @@ async function loadGgufModel(
 }
 
 /** A GGUF's linear layers: packed kernels where every part of a group is Q4_0/Q8_0, float32 ones where none is. */
-function ggufFormat(cfg: ModelConfig, backend: Backend, activations: ActivationPrecision, use: KernelUse): LinearFormat<GgufTensors> {
+function ggufFormat(cfg: ModelConfig, backend: Backend, activations: ActivationPrecision): LinearFormat<GgufTensors> {
   const floats = floatFormat<GgufTensors>(cfg, backend);
   const make: KernelMaker<GgufTensors> = async (st, names, shapes, opts) => {
     const packed = names.map((n) => st.packed(n));
-    if (packed.every((p) => p !== undefined)) return packedKernels(backend, packed, activations, { ...opts, ...use });
+    if (packed.every((p) => p !== undefined)) return packedKernels(backend, packed, activations, opts);
     if (packed.every((p) => p === undefined)) return floats.make(st, names, shapes, opts);
     // a mix (llama-quantize may give q, k and v different types): one kernel each
     return Promise.all(
       names.map(async (n, i) => {
         const p = packed[i];
-        return p ? backend.packedLinear(p, activations, use) : (await floats.make(st, [n], [shapes[i]!]))[0]!;
+        return p ? backend.packedLinear(p, activations) : (await floats.make(st, [n], [shapes[i]!]))[0]!;
       }),
     );
   };
-  const tail = packedTail<GgufTensors>(cfg, backend, activations, use, (st, n) => st.packed(n));
+  const tail = packedTail<GgufTensors>(cfg, backend, activations, (st, n) => st.packed(n));
   return { tensors: floats.tensors, make, ...(tail ? { tail } : {}) };
 }
 
@@ -203,17 +194,16 @@ type KernelMaker<R extends TensorReader> = (
   opts?: LinearOptions,
 ) => Promise<LinearKernel[]>;
 
-/** Packed layers sharing an input as one kernel when their layouts stack, else one each (without `opts.gated`). */
+/** Packed layers sharing an input as one kernel when their layouts stack, else one each (without `opts`). */
 function packedKernels(
   backend: Backend,
   parts: PackedLinearWeights[],
   activations: ActivationPrecision,
-  opts: LinearOptions,
+  opts: LinearOptions | undefined,
 ): Promise<LinearKernel[]> {
   const one = parts.length > 1 ? stackPackedRows(parts) : parts[0];
   if (one) return Promise.all([backend.packedLinear(one, activations, opts)]);
-  const use: KernelUse = opts.oneRow ? { oneRow: true } : {};
-  return Promise.all(parts.map((p) => backend.packedLinear(p, activations, use)));
+  return Promise.all(parts.map((p) => backend.packedLinear(p, activations)));
 }
 
 /** A block's tail as one kernel (Backend.packedResidualMlp), for the block at `prefix` with these norms. */
@@ -232,7 +222,6 @@ function packedTail<R extends TensorReader>(
   cfg: ModelConfig,
   backend: Backend,
   activations: ActivationPrecision,
-  use: KernelUse,
   packed: (st: R, weightName: string, shape: [number, number]) => PackedLinearWeights | undefined,
 ): TailMaker<R> | undefined {
   const { norms: n, linear: L } = cfg;
@@ -246,7 +235,7 @@ function packedTail<R extends TensorReader>(
     if (!o || !down || parts.some((x) => !x)) return undefined;
     const gateUp = parts.length > 1 ? stackPackedRows(parts as PackedLinearWeights[]) : parts[0];
     if (!gateUp) return undefined;
-    return backend.packedResidualMlp({ o, gateUp, down, norm: norms[n.mlpIn!]!, eps: cfg.rmsNormEps }, activations, use);
+    return backend.packedResidualMlp({ o, gateUp, down, norm: norms[n.mlpIn!]!, eps: cfg.rmsNormEps }, activations);
   };
 }
 
@@ -294,7 +283,6 @@ function kernelMaker(
   cfg: ModelConfig,
   backend: Backend,
   activations: ActivationPrecision,
-  use: KernelUse,
 ): LinearFormat {
   const floats = (ws: Float32Array[], shapes: [number, number][], opts?: LinearOptions): Promise<LinearKernel[]> =>
     stackedFloats(backend, ws, shapes, opts);
@@ -331,7 +319,7 @@ function kernelMaker(
     );
   const packed = (st: SafetensorsModel, n: string, [rows, cols]: [number, number]): PackedLinearWeights =>
     readGptqPacked(st, n, rows, cols, qc);
-  const tail = packedTail(cfg, backend, activations, use, packed);
+  const tail = packedTail(cfg, backend, activations, packed);
   return {
     quantizedHead: qc.lmHead,
     tensors: gptqTensorNames,
@@ -340,7 +328,7 @@ function kernelMaker(
         backend,
         names.map((n, i) => packed(st, n, shapes[i]!)),
         activations,
-        { ...opts, ...use },
+        opts,
       ),
     ...(tail ? { tail } : {}),
   };

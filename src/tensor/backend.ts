@@ -72,17 +72,8 @@ export type ActivationPrecision = 'fp32' | 'int8';
  * activation silu(y[:, :rows/2]) ⊙ y[:, rows/2:] ([m, rows/2]) formed inside the kernel (in JavaScript the
  * elementwise silu cost 2.9 ms of a TinyLlama token's ~39).
  */
-export interface LinearOptions extends KernelUse {
+export interface LinearOptions {
   gated?: 'silu';
-}
-
-/**
- * How a prepared kernel will be applied. `oneRow`: to one row at a time, as generation's steps do; the backend may
- * then choose a batch-1 kernel that is faster there and slower on many rows (ortBackend: packed 4-bit layers with
- * int8 activations on tensor/matvec4.ts).
- */
-export interface KernelUse {
-  oneRow?: boolean;
 }
 
 /** A linear layer prepared once and applied many times: y[m, rows] = x[m, cols] · Wᵀ (or its gated activation). */
@@ -132,7 +123,7 @@ export interface Backend {
   /** Prepare a GPTQ-packed layer; the float matrix is never formed. */
   packedLinear(p: PackedLinearWeights, activations: ActivationPrecision, opts?: LinearOptions): Promise<LinearKernel>;
   /** A block's tail as one kernel (ResidualMlpKernel), or undefined where a layer's layout has no fused form. */
-  packedResidualMlp(w: ResidualMlpWeights, activations: ActivationPrecision, use?: KernelUse): Promise<ResidualMlpKernel | undefined>;
+  packedResidualMlp(w: ResidualMlpWeights, activations: ActivationPrecision): Promise<ResidualMlpKernel | undefined>;
   /**
    * C[m,n] = A[m,k] · B[n,k]ᵀ (activations times a Linear weight stored [out, in]); with `addend` [m,n],
    * addend + A·Bᵀ (a residual update, in the product's epilogue), as a new array: `addend` is left as it was.

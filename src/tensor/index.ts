@@ -7,7 +7,6 @@ export type {
   AttentionShape,
   HeadStats,
   HeadStatsOptions,
-  KernelUse,
   LinearKernel,
   LinearOptions,
   PackedLinearWeights,

@@ -14,8 +14,7 @@ import type {
 import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, packedLinearGraph } from './ort-linear.js';
-import { refBackend, residualMlpSteps, withGatedOutput } from './ref.js';
-import { matvec4Layout, openMatvec4 } from './matvec4.js';
+import { refBackend } from './ref.js';
 import { attentionJs } from './attention-js.js';
 
 /**
@@ -498,9 +497,7 @@ export const ortBackend: Backend = {
 
   floatLinear: (w, rows, cols, opts) => openLinear(encodeFloatLinear(w, rows, cols, opts)),
 
-  async packedLinear(p, activations, opts) {
-    const batch1 = opts?.oneRow && activations === 'int8' ? openMatvec4(p) : undefined;
-    if (batch1) return withGatedOutput(batch1, opts);
+  packedLinear(p, activations, opts) {
     const e = encodePackedLinear(p, activations, opts);
     if (e) return openLinear(e);
     if (!warnedLayout) {
@@ -510,11 +507,7 @@ export const ortBackend: Backend = {
     return refBackend.packedLinear(p, activations, opts);
   },
 
-  packedResidualMlp(w, activations, use) {
-    // generation's batch-1 kernel runs the tail's three layers, with the residual adds and norm in between in JS
-    const batch1 = use?.oneRow && activations === 'int8' && [w.o, w.gateUp, w.down].every((p) => matvec4Layout(p));
-    return batch1 ? residualMlpSteps(ortBackend, w, activations, use) : openResidualMlp(w, activations);
-  },
+  packedResidualMlp: openResidualMlp,
 
   async matmulNT(a, b, m, n, k, addend) {
     const feeds = { A: f32(a, [m, k]), B: f32(b, [n, k]) };

@@ -6,14 +6,12 @@ import type {
   Backend,
   HeadStats,
   HeadStatsOptions,
-  KernelUse,
   LinearKernel,
   LinearOptions,
   PackedLinearWeights,
   ResidualMlpKernel,
   ResidualMlpWeights,
 } from './backend.js';
-import { int8Blocks, quantizeInt8Blocks } from './int8-activations.js';
 import { rowsF32, type StoredRows } from './rows.js';
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
@@ -250,33 +248,6 @@ export function packedMatmul(p: PackedLinearWeights, x: Float32Array, m: number)
   return Float32Array.from(acc);
 }
 
-/**
- * packedMatmul with int8 activations, the definition of the batch-1 kernel (matvec4.ts): each row of x, read in the
- * kernel's column `order`, quantized per block of `blockSize` columns (int8-activations.ts), then Σ over columns of
- * scale·(code − zero)·(activation scale·activation code) in float64.
- */
-export function packedMatmulInt8(p: PackedLinearWeights, x: Float32Array, m: number, blockSize: number, order?: Int32Array): Float32Array {
-  const { rows, cols, bits, qweight, qzeros, scales, gIdx } = p;
-  const zeroWords = (rows * bits) / 32;
-  const q = int8Blocks(cols, blockSize);
-  const out = new Float32Array(m * rows);
-  for (let i = 0; i < m; i++) {
-    quantizeInt8Blocks(x.subarray(i * cols, (i + 1) * cols), blockSize, q, order);
-    for (let r = 0; r < rows; r++) {
-      let acc = 0;
-      for (let k = 0; k < cols; k++) {
-        const c = order ? order[k]! : k;
-        const g = gIdx[c]!;
-        const code = streamValue((w) => qweight[w * rows + r]!, c, bits);
-        const zero = streamValue((w) => qzeros[g * zeroWords + w]!, r, bits);
-        acc += scales[g * rows + r]! * (code - zero) * q.scale[Math.floor(k / blockSize)]! * q.codes[k]!;
-      }
-      out[i * rows + r] = acc;
-    }
-  }
-  return out;
-}
-
 /** A kernel whose output becomes the gated activation when `opts.gated` asks for it (LinearOptions). */
 export function withGatedOutput(k: LinearKernel, opts: LinearOptions = {}): LinearKernel {
   if (!opts.gated) return k;
@@ -301,15 +272,10 @@ export function withGatedOutput(k: LinearKernel, opts: LinearOptions = {}): Line
  * ResidualMlpKernel as its definition: the backend's own kernels and norm, one step after another (the reference
  * backend's form of it, and what tests hold a fused kernel to).
  */
-export async function residualMlpSteps(
-  b: Backend,
-  w: ResidualMlpWeights,
-  activations: ActivationPrecision,
-  use: KernelUse = {},
-): Promise<ResidualMlpKernel> {
-  const o = await b.packedLinear(w.o, activations, use);
-  const gateUp = await b.packedLinear(w.gateUp, activations, { ...use, gated: 'silu' });
-  const down = await b.packedLinear(w.down, activations, use);
+export async function residualMlpSteps(b: Backend, w: ResidualMlpWeights, activations: ActivationPrecision): Promise<ResidualMlpKernel> {
+  const o = await b.packedLinear(w.o, activations);
+  const gateUp = await b.packedLinear(w.gateUp, activations, { gated: 'silu' });
+  const down = await b.packedLinear(w.down, activations);
   return {
     weightBytes: o.weightBytes + gateUp.weightBytes + down.weightBytes,
     async apply(x, att, m) {

@@ -1,9 +1,8 @@
 /**
- * The part of the WebAssembly JS API that the kernels of tensor/ use. Node has it as a global, but TypeScript declares it only
+ * The part of the WebAssembly JS API that head16.ts and sweep-column.ts use. Node has it as a global, but TypeScript declares it only
  * in the DOM library, which this project does not load.
  */
 declare namespace WebAssembly {
-  function validate(bytes: BufferSource): boolean;
   interface MemoryDescriptor {
     initial: number;
     maximum?: number;
@@ -12,7 +11,6 @@ declare namespace WebAssembly {
   class Memory {
     constructor(descriptor: MemoryDescriptor);
     readonly buffer: ArrayBuffer | SharedArrayBuffer;
-    grow(pages: number): number;
   }
   class Module {
     constructor(bytes: BufferSource);
