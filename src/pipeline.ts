@@ -122,24 +122,28 @@ export async function quantize(
   if ((opts.blockType !== undefined || opts.ggufMix) && opts.format !== 'gguf' && opts.format !== 'fake')
     fail(`--gguf-type ${opts.ggufMix?.mix ?? opts.blockType} is written as --format gguf (or fake), not ${opts.format}`);
   if (opts.format === 'gguf') {
+    if (opts.lmHeadBits !== undefined) fail("--format gguf: --lm-head-bits is a GPTQ checkpoint's per-module rule; a GGUF's head type is --output-tensor-type");
     const why = (opts.blockType === undefined && !opts.ggufMix ? ggufIncompatibility(opts) : undefined) ?? ggufUnsupported(cfg);
     if (why) fail(`--format gguf: ${why}`);
     for (const note of ggufLayout(cfg).notes) hooks.warn?.(note);
   } else if (opts.format !== 'fake') {
-    for (const cols of [cfg.hiddenSize, cfg.intermediateSize, ...(opts.lmHead ? [cfg.embedDim] : [])]) {
-      if ((cols * opts.bits) % 32 !== 0)
-        fail(`--format ${opts.format}: ${cols} input columns of ${opts.bits} bits do not pack into whole int32 words`);
+    const headBits = opts.lmHeadBits ?? opts.bits;
+    const packs: [number, number][] = [[cfg.hiddenSize, opts.bits], [cfg.intermediateSize, opts.bits], ...(opts.lmHead ? [[cfg.embedDim, headBits] as [number, number]] : [])];
+    for (const [cols, bits] of packs) {
+      if ((cols * bits) % 32 !== 0) fail(`--format ${opts.format}: ${cols} input columns of ${bits} bits do not pack into whole int32 words`);
     }
     // qzeros packs a group's zero points across the head's output rows
-    if (opts.lmHead && (cfg.vocabSize * opts.bits) % 32 !== 0)
+    if (opts.lmHead && (cfg.vocabSize * headBits) % 32 !== 0)
       fail(
-        `--format ${opts.format} --lm-head: the head's ${cfg.vocabSize} rows of ${opts.bits}-bit zero points do not pack into whole int32 words`,
+        `--format ${opts.format} --lm-head: the head's ${cfg.vocabSize} rows of ${headBits}-bit zero points do not pack into whole int32 words`,
       );
   }
   if (opts.format === 'gptq' || opts.format === 'gptq_v2') {
+    // the head's own bits (written as a `dynamic` rule) face the loaders as well
     const { refuse, warnings } = loaderCompatibility(opts.format, opts);
+    const head = opts.lmHeadBits !== undefined ? loaderCompatibility(opts.format, { ...opts, bits: opts.lmHeadBits }).warnings : [];
     if (refuse) fail(`--format ${opts.format}: ${refuse}`);
-    for (const w of warnings) hooks.warn?.(w);
+    for (const w of [...warnings, ...head.filter((w) => !warnings.includes(w)).map((w) => `--lm-head-bits: ${w}`)]) hooks.warn?.(w);
   }
   let calib: { windows: Int32Array; seqlen: number } | undefined;
   let calibration: PipelineSummary['calibration'];

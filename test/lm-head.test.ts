@@ -8,7 +8,7 @@ import { calibrationWindows } from '../src/calib/windows.js';
 import { evaluate, referenceStates } from '../src/eval/perplexity.js';
 import { SafetensorsModel } from '../src/io/safetensors.js';
 import { loadModel, loadTokenizer } from '../src/models/load.js';
-import { Decoder, layerPrefix, linearGroups } from '../src/models/index.js';
+import { Decoder, layerPrefix, linearGroups, type PreparedBlock } from '../src/models/index.js';
 import { quantize } from '../src/pipeline.js';
 import { gptq, prepareHessian } from '../src/quant/gptq.js';
 import { quantizeHead } from '../src/quant/head-stage.js';
@@ -159,6 +159,45 @@ test('a GPTQ checkpoint with lm_head: packed head tensors, lm_head true, read ba
   assert.ok(self.kl! < 1e-3 * f.kl! && self.top1! > 0.99, `KL(packed || fake) ${self.kl}, top-1 ${self.top1}`);
 });
 
+test('--lm-head-bits 8: an 8-bit head beside 4-bit blocks, written as a dynamic rule for lm_head, read back at its own bits', async () => {
+  const root = tempDir('lm-head-bits-');
+  const settings = { ...OPTS, method: 'rtn' as const, floatDtype: 'F32' as const };
+  await quantize(model, { ...settings, format: 'gptq', lmHeadBits: 8 }, join(root, 'h8'));
+  await quantize(model, { ...settings, format: 'fake', lmHeadBits: 8 }, join(root, 'fake'));
+  await quantize(model, { ...settings, format: 'gptq' }, join(root, 'h4'));
+  const config = JSON.parse(readFileSync(join(root, 'h8', 'config.json'), 'utf8'));
+  assert.equal(config.quantization_config.bits, 4);
+  assert.deepEqual(config.quantization_config.dynamic, { '+:lm_head$': { bits: 8 } });
+  assert.deepEqual(JSON.parse(readFileSync(join(root, 'h8', 'quantize_config.json'), 'utf8')).dynamic, { '+:lm_head$': { bits: 8 } });
+  assert.equal(JSON.parse(readFileSync(join(root, 'h4', 'config.json'), 'utf8')).quantization_config.dynamic, undefined);
+  const st = new SafetensorsModel(join(root, 'h8'));
+  try {
+    assert.deepEqual(st.info('lm_head.qweight').shape, [(64 * 8) / 32, 256]);
+    assert.deepEqual(st.info('lm_head.qzeros').shape, [2, (256 * 8) / 32]);
+    assert.deepEqual(st.info('model.layers.0.mlp.down_proj.qweight').shape, [(128 * 4) / 32, 64]);
+  } finally {
+    st.close();
+  }
+  for (const d of ['h8', 'fake', 'h4']) writeByteTokenizer(join(root, d));
+  const load = async (d: string): Promise<Decoder<PreparedBlock>> => (await loadModel(join(root, d))).model;
+  const [h8, fake, h4] = [await load('h8'), await load('fake'), await load('h4')];
+  const float = (await loadModel(model)).model;
+  // the packed 8-bit head gives the dequantized model's logits
+  const tokens = loadTokenizer(model).encode(await loadText('sotu-test'));
+  const ids = Int32Array.from(tokens.slice(0, SEQLEN));
+  const [a, b] = [await h8.logits(await h8.hidden(ids, 1, SEQLEN), SEQLEN), await fake.logits(await fake.hidden(ids, 1, SEQLEN), SEQLEN)];
+  const scale = b.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) <= 1e-4 * scale, `logit ${i}: ${v} vs ${b[i]}`));
+  // and is closer to the float model than the 4-bit head
+  const opts = { windows: 6, seqlen: SEQLEN };
+  const ref = await referenceStates(float, tokens, opts);
+  const [k8, k4] = [(await evaluate(h8, tokens, { ...opts, ref })).kl!, (await evaluate(h4, tokens, { ...opts, ref })).kl!];
+  assert.ok(k8 < k4, `KL with the 8-bit head ${k8}, with the 4-bit head ${k4}`);
+  await assert.rejects(quantize(model, { ...settings, lmHead: false, lmHeadBits: 8 }), /--lm-head-bits needs --lm-head/);
+  await assert.rejects(quantize(model, { ...settings, lmHeadBits: 5 }), /--lm-head-bits 5 is not one of 2, 3, 4, 8/);
+  await assert.rejects(quantize(model, { ...settings, format: 'gguf', lmHeadBits: 8 }), /--format gguf: --lm-head-bits/);
+});
+
 test('--lm-head refusals: a tied head, GPTQT, a --gguf-type mix; a checkpoint whose lm_head or dynamic settings cannot be read', async () => {
   const backend = await getBackend();
   const tied = join(import.meta.dirname, 'fixtures/families/llama-tied');
@@ -186,11 +225,25 @@ test('--lm-head refusals: a tied head, GPTQT, a --gguf-type mix; a checkpoint wh
   await assert.rejects(loadModel(out), /lm_head "yes" is not true or false/);
   edit((qc) => (qc['lm_head'] = false));
   await assert.rejects(loadModel(out), /holds GPTQ tensors \(lm_head\.qweight\)|tensor lm_head\.qweight/);
-  edit((qc) => {
-    qc['lm_head'] = true;
-    qc['dynamic'] = { lm_head: { bits: 8 } };
-  });
-  await assert.rejects(loadModel(out), /dynamic .* not implemented/);
+  // `dynamic` (GPTQModel's per-module rules): a rule the tensors contradict, and rules we cannot read, by name
+  const rejects = async (dynamic: unknown, why: RegExp): Promise<void> => {
+    edit((qc) => {
+      qc['lm_head'] = true;
+      qc['dynamic'] = dynamic;
+    });
+    await assert.rejects(loadModel(out), why);
+  };
+  await rejects({ lm_head: { bits: 8 } }, /lm_head\.qweight has shape \[8,256\] but the config \(bits 8, group_size 32\) implies \[16,256\]/);
+  await rejects({ '+:.*down_proj': { group_size: 16 } }, /down_proj\.qweight|down_proj\.qzeros|down_proj\.scales/);
+  await rejects({ '-:model\\.layers\\.1\\..*': {} }, /dynamic -:model\\\.layers\\\.1\\\.\.\* leaves model\.layers\.1\.self_attn\.q_proj unquantized/);
+  await rejects({ '+:(?P<name>lm_head)': { bits: 4 } }, /dynamic pattern "\+:\(\?P<name>lm_head\)" uses Python-only regex syntax/);
+  await rejects({ '+:lm_head(': { bits: 4 } }, /dynamic pattern "\+:lm_head\(" is not a regular expression/);
+  await rejects({ lm_head: { bits: 5 } }, /dynamic "lm_head": bits 5 is not valid/);
+  await rejects({ lm_head: { adapter: { rank: 8 } } }, /dynamic "lm_head": the override adapter is not implemented/);
+  await rejects([{ lm_head: { bits: 8 } }], /dynamic .* is not an object of module patterns/);
+  // settings that only steered the quantizer, and a rule matching nothing, change nothing
+  edit((qc) => (qc['dynamic'] = { lm_head: { damp_percent: 0.05 }, 'model\\.nothing': { bits: 8 } }));
+  assert.ok((await loadModel(out)).model.outer.headKernel);
   edit((qc) => delete qc['dynamic']);
   const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
   writeFileSync(join(out, 'config.json'), JSON.stringify({ ...config, tie_word_embeddings: true }));

@@ -287,6 +287,11 @@ export function buildCli(): Command {
       "quantize the LM head too, with the same grid, calibrated on the final states (GPTQModel's lm_head: true; loads in GPTQModel and vLLM, not transformers; untied heads only)",
     )
     .option(
+      '--lm-head-bits <n>',
+      "--lm-head: the head's own bits (e.g. 8 beside 4-bit blocks), written as a GPTQModel dynamic rule (GPTQ formats only)",
+      integer,
+    )
+    .option(
       '--fp32-scales',
       'keep float32 scales while quantizing, as the reference code does (default: fp16, exactly what a checkpoint stores)',
     )
@@ -348,6 +353,7 @@ export function buildCli(): Command {
             sym,
             mse: Boolean(o['mse']),
             ...(o['lmHead'] ? { lmHead: true } : {}),
+            ...(o['lmHeadBits'] !== undefined ? { lmHeadBits: o['lmHeadBits'] as number } : {}),
             fp16Scales: !o['fp32Scales'],
             percdamp: o['damp'] as number,
             alpha: o['alpha'] as number,

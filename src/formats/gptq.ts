@@ -31,6 +31,78 @@ export interface QuantConfig {
    * `model.layers.N.`), in groups; absent when all were
    */
   modulesInBlock?: string[];
+  /** GPTQModel's `dynamic`: per-module overrides of these settings, the first matching rule deciding (layerQuantConfig) */
+  dynamic?: DynamicRule[];
+}
+
+/**
+ * One `dynamic` entry: a regular expression over module names (`model.layers.3.mlp.down_proj`, `lm_head`), matched
+ * from the name's start as Python's re.match does; `+:` (or no prefix) overrides the settings of the modules it
+ * matches, `-:` leaves them unquantized.
+ */
+export interface DynamicRule {
+  /** the rule's key as the checkpoint spells it */
+  key: string;
+  skip: boolean;
+  overrides: Partial<Pick<QuantConfig, 'bits' | 'groupSize' | 'descAct' | 'sym'>>;
+}
+
+/** each rule's pattern, compiled when its config is read (the rules stay plain data, as the JSON of inspect shows them) */
+const patterns = new Map<string, RegExp>();
+const matches = (rule: DynamicRule, module: string): boolean => patterns.get(rule.key)!.test(module);
+
+/** The rule that decides a module's settings, if any. */
+export const dynamicRule = (qc: QuantConfig, module: string): DynamicRule | undefined => qc.dynamic?.find((r) => matches(r, module));
+
+/** The settings of one module (its name without `.weight`), or undefined where a `-:` rule leaves it float. */
+export function layerQuantConfig(qc: QuantConfig, module: string): QuantConfig | undefined {
+  const rule = dynamicRule(qc, module);
+  if (!rule) return qc;
+  return rule.skip ? undefined : { ...qc, ...rule.overrides };
+}
+
+/** `dynamic` keys that change what a module's tensors mean, with their names in QuantConfig */
+const DYNAMIC_SETTINGS = { bits: 'bits', group_size: 'groupSize', desc_act: 'descAct', sym: 'sym' } as const;
+/** `dynamic` keys that only steered how a module was quantized: nothing to read differently */
+const DYNAMIC_QUANTIZER_ONLY = new Set(['damp_percent', 'damp_auto_increment', 'static_groups', 'true_sequential', 'mse']);
+
+function parseDynamic(where: string, dynamic: unknown): DynamicRule[] {
+  if (typeof dynamic !== 'object' || dynamic === null || Array.isArray(dynamic))
+    fail(`${where}: dynamic ${JSON.stringify(dynamic)} is not an object of module patterns`);
+  return Object.entries(dynamic).map(([key, value]) => {
+    const source = key.replace(/^[+-]:/, '');
+    // Python re syntax that JavaScript reads differently or not at all: named groups, inline flags, \A and \Z
+    if (/\(\?P|\(\?[aiLmsux]|\\[AZ]/.test(source)) fail(`${where}: dynamic pattern ${JSON.stringify(key)} uses Python-only regex syntax`);
+    try {
+      patterns.set(key, new RegExp(`^(?:${source})`));
+    } catch {
+      fail(`${where}: dynamic pattern ${JSON.stringify(key)} is not a regular expression`);
+    }
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(`${where}: dynamic ${JSON.stringify(key)} is not an object of settings`);
+    const overrides: DynamicRule['overrides'] = {};
+    for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+      if (DYNAMIC_QUANTIZER_ONLY.has(k)) continue;
+      const bad = (): never => fail(`${where}: dynamic ${JSON.stringify(key)}: ${k} ${JSON.stringify(v)} is not valid`);
+      if (k === 'bits') overrides.bits = typeof v === 'number' && [2, 3, 4, 8].includes(v) ? v : bad();
+      else if (k === 'group_size') overrides.groupSize = typeof v === 'number' && Number.isInteger(v) && (v > 0 || v === -1) ? v : bad();
+      else if (k === 'desc_act' || k === 'sym') overrides[DYNAMIC_SETTINGS[k]] = typeof v === 'boolean' ? v : bad();
+      else fail(`${where}: dynamic ${JSON.stringify(key)}: the override ${k} is not implemented`);
+    }
+    return { key, skip: key.startsWith('-:'), overrides };
+  });
+}
+
+/**
+ * `dynamic` for the layers whose settings differ from the checkpoint's (say an 8-bit head beside 4-bit blocks): one
+ * rule each, its module name matched whole.
+ */
+function dynamicFor(o: GptqExportOptions, layers: ReadonlyMap<string, QuantizedLayer>): Record<string, Record<string, number>> | undefined {
+  const rules: Record<string, Record<string, number>> = {};
+  for (const [name, q] of layers) {
+    const differs = { ...(q.bits !== o.quant.bits ? { bits: q.bits } : {}), ...(q.groupSize !== o.quant.groupSize ? { group_size: q.groupSize } : {}) };
+    if (Object.keys(differs).length) rules[`+:${linearPrefix(name).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`] = differs;
+  }
+  return Object.keys(rules).length ? rules : undefined;
 }
 
 export interface GptqExportOptions {
@@ -46,7 +118,8 @@ export interface GptqExportOptions {
 
 const linearPrefix = (weightName: string): string => weightName.replace(/\.weight$/, '');
 
-function quantizationConfig(o: GptqExportOptions, lmHead: boolean): Record<string, unknown> {
+function quantizationConfig(o: GptqExportOptions, lmHead: boolean, layers: ReadonlyMap<string, QuantizedLayer>): Record<string, unknown> {
+  const dynamic = dynamicFor(o, layers);
   return {
     quant_method: 'gptq',
     bits: o.quant.bits,
@@ -59,6 +132,7 @@ function quantizationConfig(o: GptqExportOptions, lmHead: boolean): Record<strin
     checkpoint_format: o.format,
     model_file_base_name: 'model',
     lm_head: lmHead,
+    ...(dynamic ? { dynamic } : {}),
   };
 }
 
@@ -156,7 +230,7 @@ export async function writeGptqCheckpoint(
       tensors.set(`${p}.g_idx`, { dtype: 'I32', shape: [q.cols], data: part('gIdx') });
     }
     const config = readConfigJson(srcDir);
-    const qc = quantizationConfig(o, layers.has(readModelConfig(srcDir).tensors.head));
+    const qc = quantizationConfig(o, layers.has(readModelConfig(srcDir).tensors.head), layers);
     config['quantization_config'] = qc;
     config['torch_dtype'] = o.floatDtype === 'F16' ? 'float16' : 'float32';
     await writeModelDir(srcDir, outDir, {
@@ -202,10 +276,7 @@ export function readQuantConfig(dir: string, config: Record<string, unknown>): Q
     fail(`${where}: invalid group_size ${JSON.stringify(groupSize)}`);
   const lmHead = qc['lm_head'] ?? false;
   if (typeof lmHead !== 'boolean') fail(`${where}: lm_head ${JSON.stringify(lmHead)} is not true or false`);
-  // GPTQModel's per-module overrides (other bits or groups for layers matching a pattern) would be read wrong
-  const dynamic = qc['dynamic'];
-  if (dynamic !== undefined && dynamic !== null && Object.keys(dynamic as object).length > 0)
-    fail(`${where}: dynamic (per-module overrides of the quantization settings) is not implemented`);
+  const dynamic = qc['dynamic'] === undefined || qc['dynamic'] === null ? [] : parseDynamic(where, qc['dynamic']);
   const modules = qc['modules_in_block_to_quantize'];
   let modulesInBlock: string[] | undefined;
   if (modules !== undefined && modules !== null) {
@@ -215,7 +286,7 @@ export function readQuantConfig(dir: string, config: Record<string, unknown>): Q
     modulesInBlock = flat as string[];
   }
   const base = { bits, groupSize, descAct: qc['desc_act'] === true, sym: qc['sym'] !== false, format, lmHead };
-  return modulesInBlock ? { ...base, modulesInBlock } : base;
+  return { ...base, ...(modulesInBlock ? { modulesInBlock } : {}), ...(dynamic.length ? { dynamic } : {}) };
 }
 
 /** Read and check the packed tensors of one quantized linear layer ([rows=out, cols=in]) of a GPTQ checkpoint. */

@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import { readConfigJson } from '../io/config.js';
 import { readModelConfig } from '../models/index.js';
 import { SafetensorsModel, type DType } from '../io/safetensors.js';
-import { readQuantConfig, type QuantConfig } from './gptq.js';
+import { layerQuantConfig, readQuantConfig, type QuantConfig } from './gptq.js';
 import { GgufFile, type GgufMetaEntry } from './gguf-read.js';
 import { openGgufModel } from '../models/gguf-import.js';
 
@@ -54,7 +54,10 @@ export function inspectModel(dir: string): Inspection {
       const base = t.name.replace(/\.(qweight|qzeros|scales|g_idx|bcq_qweight|bcq_alpha|bcq_beta)$/, '');
       if (t.name.endsWith('qweight')) {
         // qweight is [in·bits/32, out]: the layer has in·out weights
-        const params = ((t.shape[0]! * 32) / quantization!.bits) * t.shape[1]!;
+        // a `dynamic` rule may give the layer its own bits (an 8-bit head beside 4-bit blocks)
+        const q = quantization!;
+        const bits = 'method' in q ? q.bits : (layerQuantConfig(q, base)?.bits ?? q.bits);
+        const params = ((t.shape[0]! * 32) / bits) * t.shape[1]!;
         quantizedParams += params;
         totalParams += params;
       } else if (base === t.name) {
@@ -102,7 +105,8 @@ export function formatInspection(r: Inspection): string {
     r.quantization && 'method' in r.quantization
       ? `quantization: gptqt ${r.quantization.bits}-bit binary coding (from ${r.quantization.highBits}-bit linear), one coding per output row`
       : r.quantization
-        ? `quantization: gptq ${r.quantization.bits}-bit, group size ${r.quantization.groupSize}, ${r.quantization.sym ? 'sym' : 'asym'}, desc_act ${r.quantization.descAct}, format ${r.quantization.format}`
+        ? `quantization: gptq ${r.quantization.bits}-bit, group size ${r.quantization.groupSize}, ${r.quantization.sym ? 'sym' : 'asym'}, desc_act ${r.quantization.descAct}, format ${r.quantization.format}` +
+          (r.quantization.dynamic ? `; dynamic: ${r.quantization.dynamic.map((d) => `${d.key} ${d.skip ? 'float' : JSON.stringify(d.overrides)}`).join(', ')}` : '')
         : 'quantization: none (float checkpoint)',
     `parameters: ${r.totalParams.toLocaleString('en-US')} (${r.quantizedParams.toLocaleString('en-US')} in quantized linear layers)`,
   ];

@@ -15,7 +15,7 @@ import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
 import { isGgufFile } from '../formats/gguf-read.js';
 import { openGgufModel, type GgufTensors } from './gguf-import.js';
 import { LlamaTokenizer } from '../io/tokenizer.js';
-import { gptqTensorNames, readGptqPacked, readQuantConfig } from '../formats/gptq.js';
+import { dynamicRule, gptqTensorNames, layerQuantConfig, readGptqPacked, readQuantConfig, type QuantConfig } from '../formats/gptq.js';
 import { stackPackedRows } from '../formats/gptq-pack.js';
 import { dequantizeBinary } from '../quant/gptqt.js';
 import { gptqtTensorNames, readGptqtLinear } from '../formats/gptqt.js';
@@ -317,8 +317,19 @@ function kernelMaker(
     fail(
       `${dir}/config.json: quantization_config has lm_head true but tie_word_embeddings is true (the head is the embedding table, not a quantized layer)`,
     );
+  // `dynamic` may give a layer its own settings, or leave it float: refused like the above, before any tensor is read
+  const modules = [
+    ...Array.from({ length: cfg.numLayers }, (_, i) => linearGroups(cfg).flatMap((g) => g.map((n) => `${layerPrefix(cfg, i)}${n}`))).flat(),
+    ...(qc.lmHead ? [cfg.tensors.head.replace(/\.weight$/, '')] : []),
+  ];
+  const left = modules.find((m) => !layerQuantConfig(qc, m));
+  if (left)
+    fail(
+      `${dir}/config.json: quantization_config dynamic ${dynamicRule(qc, left)!.key} leaves ${left} unquantized; a model mixing float and packed linear layers is not implemented`,
+    );
+  const layerQc = (n: string): QuantConfig => layerQuantConfig(qc, n.replace(/\.weight$/, ''))!;
   const packed = (st: SafetensorsModel, n: string, [rows, cols]: [number, number]): PackedLinearWeights =>
-    readGptqPacked(st, n, rows, cols, qc);
+    readGptqPacked(st, n, rows, cols, layerQc(n));
   const tail = packedTail(cfg, backend, activations, packed);
   return {
     quantizedHead: qc.lmHead,

@@ -46,6 +46,8 @@ export interface QuantizeOptions extends GptqOptions {
   ggufMix?: GgufMixOptions;
   /** quantize the (untied) LM head too, with the same grid, after the last block (GPTQModel's `lm_head: true`) */
   lmHead?: boolean;
+  /** the head's bits where they differ from the blocks' (an 8-bit head beside 4-bit blocks; GPTQModel's `dynamic`) */
+  lmHeadBits?: number;
 }
 
 /**
@@ -134,6 +136,10 @@ export function validateOptions(cfg: ModelConfig, opts: QuantizeOptions, calib?:
     if (opts.method === 'gptqt') fail('--lm-head: --method gptqt codes the decoder blocks only');
     if (opts.blockType !== undefined || opts.ggufMix) fail("--lm-head: a GGUF's output tensor takes its type from the --gguf-type mix");
     if (opts.groupSize > cfg.embedDim) fail(`--group-size ${opts.groupSize} is larger than the head's ${cfg.embedDim} input columns`);
+  }
+  if (opts.lmHeadBits !== undefined) {
+    if (!opts.lmHead) fail('--lm-head-bits needs --lm-head');
+    if (![2, 3, 4, 8].includes(opts.lmHeadBits)) fail(`--lm-head-bits ${opts.lmHeadBits} is not one of 2, 3, 4, 8`);
   }
   if (opts.staticGroups && opts.groupSize === -1) fail('--static-groups needs a --group-size');
   if (!(opts.percdamp >= 0 && opts.percdamp < 1)) fail(`--damp ${opts.percdamp} must be in [0, 1)`);
@@ -351,7 +357,7 @@ export async function quantizeModel(
       const files = calib ? Array.from({ length: nstreams }, (_, s) => new RowFile(state!.hiddenPath(cfg.numLayers, s), D, 'open')) : [];
       try {
         const rows = calib && { files, windows: nseq, seqlen: calib.seqlen, chunk };
-        const head = await quantizeHead(st, cfg, backend, opts, rows, warn, inspect);
+        const head = await quantizeHead(st, cfg, backend, { ...opts, bits: opts.lmHeadBits ?? opts.bits }, rows, warn, inspect);
         layers.set(head.report.name, head.layer);
         reports.push(head.report);
         timings.head = head.seconds;
