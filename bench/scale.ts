@@ -23,8 +23,8 @@ import { printTable } from './table.js';
  * and Llama-3-8B with 2 of their 32 layers), each step in its own child process so its peak RSS is its own. Prints
  * per-layer forward / Hessian / sweep seconds beside their flop floors at the sgemm rate measured in the same run,
  * the extrapolation to the whole model at 128 x 2048 calibration tokens, and eval / generate speed and memory
- * (against llama.cpp via node-llama-cpp on the same weights). Generation variants: ours with the head float (F16) and
- * quantized (--lm-head, w4 g128); llama.cpp on our Q4_0 GGUF export with the head F32 or Q4_0, and on what its own
+ * (against llama.cpp via node-llama-cpp on the same weights). Generation variants: ours with the head float (F16),
+ * quantized (--lm-head, w4 g128) and at 8 bits (--lm-head-bits 8); llama.cpp on our Q4_0 GGUF export with the head F32 or Q4_0, and on what its own
  * llama-quantize makes of the float weights at Q4_0 (its mix: output.weight Q6_K; the tools are found or built by
  * bench/llama-tools.ts). They take turns for --gen-rounds rounds, each reporting its median.
  *
@@ -180,6 +180,7 @@ async function child(step: string, args: Record<string, string>): Promise<Report
             ? { method: 'rtn', bits: 4, groupSize: 32, sym: true, format: 'gguf' }
             : { method: args.method as 'gptq' | 'rtn', nsamples: Number(args.nsamples), seqlen: Number(args.seqlen) }),
           ...(args.lmhead ? { lmHead: true } : {}),
+          ...(args.lmheadbits ? { lmHeadBits: Number(args.lmheadbits) } : {}),
         },
         args.out!,
         { warn: (m) => process.stderr.write(`warning: ${m}\n`) },
@@ -360,6 +361,15 @@ try {
       step: 'generate',
       model: outHead,
       made: runChild('quantize', { dir, out: outHead, method: 'rtn', lmhead: 1 }),
+    });
+    // an 8-bit head (--lm-head-bits 8): more precise than llama-quantize's Q6_K output, in fewer bytes than float16
+    const outHead8 = `${out}-head8`;
+    rmSync(outHead8, { recursive: true, force: true });
+    variants.push({
+      what: 'generate w4 g128, head w8 g128 (--lm-head-bits 8), int8 act',
+      step: 'generate',
+      model: outHead8,
+      made: runChild('quantize', { dir, out: outHead8, method: 'rtn', lmhead: 1, lmheadbits: 8 }),
     });
     if (!flags['no-llama-cpp']) {
       // our GGUF export keeps every tensor it does not quantize float32, the head included, unless --lm-head
