@@ -122,15 +122,21 @@ export async function quantize(
   if ((opts.blockType !== undefined || opts.ggufMix) && opts.format !== 'gguf' && opts.format !== 'fake')
     fail(`--gguf-type ${opts.ggufMix?.mix ?? opts.blockType} is written as --format gguf (or fake), not ${opts.format}`);
   if (opts.format === 'gguf') {
-    if (opts.lmHeadBits !== undefined) fail("--format gguf: --lm-head-bits is a GPTQ checkpoint's per-module rule; a GGUF's head type is --output-tensor-type");
+    if (opts.lmHeadBits !== undefined)
+      fail("--format gguf: --lm-head-bits is a GPTQ checkpoint's per-module rule; a GGUF's head type is --output-tensor-type");
     const why = (opts.blockType === undefined && !opts.ggufMix ? ggufIncompatibility(opts) : undefined) ?? ggufUnsupported(cfg);
     if (why) fail(`--format gguf: ${why}`);
     for (const note of ggufLayout(cfg).notes) hooks.warn?.(note);
   } else if (opts.format !== 'fake') {
     const headBits = opts.lmHeadBits ?? opts.bits;
-    const packs: [number, number][] = [[cfg.hiddenSize, opts.bits], [cfg.intermediateSize, opts.bits], ...(opts.lmHead ? [[cfg.embedDim, headBits] as [number, number]] : [])];
+    const packs: [number, number][] = [
+      [cfg.hiddenSize, opts.bits],
+      [cfg.intermediateSize, opts.bits],
+      ...(opts.lmHead ? [[cfg.embedDim, headBits] as [number, number]] : []),
+    ];
     for (const [cols, bits] of packs) {
-      if ((cols * bits) % 32 !== 0) fail(`--format ${opts.format}: ${cols} input columns of ${bits} bits do not pack into whole int32 words`);
+      if ((cols * bits) % 32 !== 0)
+        fail(`--format ${opts.format}: ${cols} input columns of ${bits} bits do not pack into whole int32 words`);
     }
     // qzeros packs a group's zero points across the head's output rows
     if (opts.lmHead && (cfg.vocabSize * headBits) % 32 !== 0)

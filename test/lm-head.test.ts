@@ -233,9 +233,15 @@ test('--lm-head refusals: a tied head, GPTQT, a --gguf-type mix; a checkpoint wh
     });
     await assert.rejects(loadModel(out), why);
   };
-  await rejects({ lm_head: { bits: 8 } }, /lm_head\.qweight has shape \[8,256\] but the config \(bits 8, group_size 32\) implies \[16,256\]/);
+  await rejects(
+    { lm_head: { bits: 8 } },
+    /lm_head\.qweight has shape \[8,256\] but the config \(bits 8, group_size 32\) implies \[16,256\]/,
+  );
   await rejects({ '+:.*down_proj': { group_size: 16 } }, /down_proj\.qweight|down_proj\.qzeros|down_proj\.scales/);
-  await rejects({ '-:model\\.layers\\.1\\..*': {} }, /dynamic -:model\\\.layers\\\.1\\\.\.\* leaves model\.layers\.1\.self_attn\.q_proj unquantized/);
+  await rejects(
+    { '-:model\\.layers\\.1\\..*': {} },
+    /dynamic -:model\\\.layers\\\.1\\\.\.\* leaves model\.layers\.1\.self_attn\.q_proj unquantized/,
+  );
   await rejects({ '+:(?P<name>lm_head)': { bits: 4 } }, /dynamic pattern "\+:\(\?P<name>lm_head\)" uses Python-only regex syntax/);
   await rejects({ '+:lm_head(': { bits: 4 } }, /dynamic pattern "\+:lm_head\(" is not a regular expression/);
   await rejects({ lm_head: { bits: 5 } }, /dynamic "lm_head": bits 5 is not valid/);

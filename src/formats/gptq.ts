@@ -78,7 +78,8 @@ function parseDynamic(where: string, dynamic: unknown): DynamicRule[] {
     } catch {
       fail(`${where}: dynamic pattern ${JSON.stringify(key)} is not a regular expression`);
     }
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(`${where}: dynamic ${JSON.stringify(key)} is not an object of settings`);
+    if (typeof value !== 'object' || value === null || Array.isArray(value))
+      fail(`${where}: dynamic ${JSON.stringify(key)} is not an object of settings`);
     const overrides: DynamicRule['overrides'] = {};
     for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
       if (DYNAMIC_QUANTIZER_ONLY.has(k)) continue;
@@ -99,7 +100,10 @@ function parseDynamic(where: string, dynamic: unknown): DynamicRule[] {
 function dynamicFor(o: GptqExportOptions, layers: ReadonlyMap<string, QuantizedLayer>): Record<string, Record<string, number>> | undefined {
   const rules: Record<string, Record<string, number>> = {};
   for (const [name, q] of layers) {
-    const differs = { ...(q.bits !== o.quant.bits ? { bits: q.bits } : {}), ...(q.groupSize !== o.quant.groupSize ? { group_size: q.groupSize } : {}) };
+    const differs = {
+      ...(q.bits !== o.quant.bits ? { bits: q.bits } : {}),
+      ...(q.groupSize !== o.quant.groupSize ? { group_size: q.groupSize } : {}),
+    };
     if (Object.keys(differs).length) rules[`+:${linearPrefix(name).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`] = differs;
   }
   return Object.keys(rules).length ? rules : undefined;

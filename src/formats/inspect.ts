@@ -106,7 +106,9 @@ export function formatInspection(r: Inspection): string {
       ? `quantization: gptqt ${r.quantization.bits}-bit binary coding (from ${r.quantization.highBits}-bit linear), one coding per output row`
       : r.quantization
         ? `quantization: gptq ${r.quantization.bits}-bit, group size ${r.quantization.groupSize}, ${r.quantization.sym ? 'sym' : 'asym'}, desc_act ${r.quantization.descAct}, format ${r.quantization.format}` +
-          (r.quantization.dynamic ? `; dynamic: ${r.quantization.dynamic.map((d) => `${d.key} ${d.skip ? 'float' : JSON.stringify(d.overrides)}`).join(', ')}` : '')
+          (r.quantization.dynamic
+            ? `; dynamic: ${r.quantization.dynamic.map((d) => `${d.key} ${d.skip ? 'float' : JSON.stringify(d.overrides)}`).join(', ')}`
+            : '')
         : 'quantization: none (float checkpoint)',
     `parameters: ${r.totalParams.toLocaleString('en-US')} (${r.quantizedParams.toLocaleString('en-US')} in quantized linear layers)`,
   ];
