@@ -24,9 +24,10 @@ import { printTable } from './table.js';
  * per-layer forward / Hessian / sweep seconds beside their flop floors at the sgemm rate measured in the same run,
  * the extrapolation to the whole model at 128 x 2048 calibration tokens, and eval / generate speed and memory
  * (against llama.cpp via node-llama-cpp on the same weights). Generation variants: ours with the head float (F16),
- * quantized (--lm-head, w4 g128) and at 8 bits (--lm-head-bits 8); llama.cpp on our Q4_0 GGUF export with the head F32 or Q4_0, and on what its own
- * llama-quantize makes of the float weights at Q4_0 (its mix: output.weight Q6_K; the tools are found or built by
- * bench/llama-tools.ts). They take turns for --gen-rounds rounds, each reporting its median.
+ * quantized (--lm-head, w4 g128) and at 8 bits (--lm-head-bits 8); llama.cpp on our Q4_0 GGUF export with the head
+ * F32 or Q4_0, and on what its own llama-quantize makes of the float weights at Q4_0 (its mix: output.weight Q6_K;
+ * the tools are found or built by bench/llama-tools.ts). They take turns for --gen-rounds rounds, each reporting its
+ * median.
  *
  *   npm run bench:scale -- [--nsamples 4] [--seqlen 2048] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
  *                          [--eval-windows 4] [--gen-tokens 32] [--gen-rounds 3] [--no-llama-cpp] [--dir DIR]
