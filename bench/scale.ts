@@ -354,24 +354,21 @@ try {
     const variants: { what: string; step: 'generate' | 'llama-cpp'; model: string; made: Report | string }[] = [
       { what: 'generate w4 g128, head F16, int8 act', step: 'generate', model: out, made: q },
     ];
-    // the head quantized as well (--lm-head, RTN: the same bytes as GPTQ's): a fifth of a token's bytes at 1.1B
-    const outHead = `${out}-head`;
-    rmSync(outHead, { recursive: true, force: true });
-    variants.push({
-      what: 'generate w4 g128, head w4 g128 (--lm-head), int8 act',
-      step: 'generate',
-      model: outHead,
-      made: runChild('quantize', { dir, out: outHead, method: 'rtn', lmhead: 1 }),
-    });
-    // an 8-bit head (--lm-head-bits 8): more precise than llama-quantize's Q6_K output, in fewer bytes than float16
-    const outHead8 = `${out}-head8`;
-    rmSync(outHead8, { recursive: true, force: true });
-    variants.push({
-      what: 'generate w4 g128, head w8 g128 (--lm-head-bits 8), int8 act',
-      step: 'generate',
-      model: outHead8,
-      made: runChild('quantize', { dir, out: outHead8, method: 'rtn', lmhead: 1, lmheadbits: 8 }),
-    });
+    // the head quantized as well (--lm-head, RTN: the same bytes as GPTQ's): a fifth of a token's bytes at 1.1B; at
+    // 8 bits (--lm-head-bits 8) more precise than llama-quantize's Q6_K output, in fewer bytes than float16
+    for (const [bits, suffix, what] of [
+      [4, 'head', 'head w4 g128 (--lm-head)'],
+      [8, 'head8', 'head w8 g128 (--lm-head-bits 8)'],
+    ] as const) {
+      const model = `${out}-${suffix}`;
+      rmSync(model, { recursive: true, force: true });
+      variants.push({
+        what: `generate w4 g128, ${what}, int8 act`,
+        step: 'generate',
+        model,
+        made: runChild('quantize', { dir, out: model, method: 'rtn', lmhead: 1, lmheadbits: bits }),
+      });
+    }
     if (!flags['no-llama-cpp']) {
       // our GGUF export keeps every tensor it does not quantize float32, the head included, unless --lm-head
       for (const [head, what] of [

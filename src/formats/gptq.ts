@@ -5,6 +5,7 @@ import { fail } from '../io/errors.js';
 import { floatArrayToHalf } from '../io/fp16.js';
 import { SafetensorsModel, toFloat32, type RawTensor, type TensorToWrite } from '../io/safetensors.js';
 import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
+import { SUPPORTED_BITS } from '../quant/quantizer.js';
 import { writeModelDir } from './model-dir.js';
 import { readModelConfig } from '../models/index.js';
 import { packedWeights, packLayer, unpackLayer, type CheckpointFormat, type GptqTensors } from './gptq-pack.js';
@@ -84,7 +85,7 @@ function parseDynamic(where: string, dynamic: unknown): DynamicRule[] {
     for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
       if (DYNAMIC_QUANTIZER_ONLY.has(k)) continue;
       const bad = (): never => fail(`${where}: dynamic ${JSON.stringify(key)}: ${k} ${JSON.stringify(v)} is not valid`);
-      if (k === 'bits') overrides.bits = typeof v === 'number' && [2, 3, 4, 8].includes(v) ? v : bad();
+      if (k === 'bits') overrides.bits = typeof v === 'number' && SUPPORTED_BITS.includes(v) ? v : bad();
       else if (k === 'group_size') overrides.groupSize = typeof v === 'number' && Number.isInteger(v) && (v > 0 || v === -1) ? v : bad();
       else if (k === 'desc_act' || k === 'sym') overrides[DYNAMIC_SETTINGS[k]] = typeof v === 'boolean' ? v : bad();
       else fail(`${where}: dynamic ${JSON.stringify(key)}: the override ${k} is not implemented`);
@@ -120,7 +121,8 @@ export interface GptqExportOptions {
   warn?: (msg: string) => void;
 }
 
-const linearPrefix = (weightName: string): string => weightName.replace(/\.weight$/, '');
+/** a linear layer's module name (its `dynamic` rules match it; its packed tensors are named under it) */
+export const linearPrefix = (weightName: string): string => weightName.replace(/\.weight$/, '');
 
 function quantizationConfig(o: GptqExportOptions, lmHead: boolean, layers: ReadonlyMap<string, QuantizedLayer>): Record<string, unknown> {
   const dynamic = dynamicFor(o, layers);
@@ -274,7 +276,8 @@ export function readQuantConfig(dir: string, config: Record<string, unknown>): Q
   if (rotation !== undefined && rotation !== null)
     fail(`${where}: rotation ${JSON.stringify(rotation)} (online Hadamard rotations at inference) is not implemented`);
   const bits = qc['bits'];
-  if (typeof bits !== 'number' || ![2, 3, 4, 8].includes(bits)) fail(`${where}: bits ${JSON.stringify(bits)} is not one of 2, 3, 4, 8`);
+  if (typeof bits !== 'number' || !SUPPORTED_BITS.includes(bits))
+    fail(`${where}: bits ${JSON.stringify(bits)} is not one of ${SUPPORTED_BITS.join(', ')}`);
   const groupSize = qc['group_size'] ?? -1;
   if (typeof groupSize !== 'number' || !Number.isInteger(groupSize) || (groupSize <= 0 && groupSize !== -1))
     fail(`${where}: invalid group_size ${JSON.stringify(groupSize)}`);

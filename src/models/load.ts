@@ -15,7 +15,15 @@ import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
 import { isGgufFile } from '../formats/gguf-read.js';
 import { openGgufModel, type GgufTensors } from './gguf-import.js';
 import { LlamaTokenizer } from '../io/tokenizer.js';
-import { dynamicRule, gptqTensorNames, layerQuantConfig, readGptqPacked, readQuantConfig, type QuantConfig } from '../formats/gptq.js';
+import {
+  dynamicRule,
+  gptqTensorNames,
+  layerQuantConfig,
+  linearPrefix,
+  readGptqPacked,
+  readQuantConfig,
+  type QuantConfig,
+} from '../formats/gptq.js';
 import { stackPackedRows } from '../formats/gptq-pack.js';
 import { dequantizeBinary } from '../quant/gptqt.js';
 import { gptqtTensorNames, readGptqtLinear } from '../formats/gptqt.js';
@@ -320,14 +328,14 @@ function kernelMaker(
   // `dynamic` may give a layer its own settings, or leave it float: refused like the above, before any tensor is read
   const modules = [
     ...Array.from({ length: cfg.numLayers }, (_, i) => linearGroups(cfg).flatMap((g) => g.map((n) => `${layerPrefix(cfg, i)}${n}`))).flat(),
-    ...(qc.lmHead ? [cfg.tensors.head.replace(/\.weight$/, '')] : []),
+    ...(qc.lmHead ? [linearPrefix(cfg.tensors.head)] : []),
   ];
   const left = modules.find((m) => !layerQuantConfig(qc, m));
   if (left)
     fail(
       `${dir}/config.json: quantization_config dynamic ${dynamicRule(qc, left)!.key} leaves ${left} unquantized; a model mixing float and packed linear layers is not implemented`,
     );
-  const layerQc = (n: string): QuantConfig => layerQuantConfig(qc, n.replace(/\.weight$/, ''))!;
+  const layerQc = (n: string): QuantConfig => layerQuantConfig(qc, linearPrefix(n))!;
   const packed = (st: SafetensorsModel, n: string, [rows, cols]: [number, number]): PackedLinearWeights =>
     readGptqPacked(st, n, rows, cols, layerQc(n));
   const tail = packedTail(cfg, backend, activations, packed);

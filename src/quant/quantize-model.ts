@@ -139,7 +139,7 @@ export function validateOptions(cfg: ModelConfig, opts: QuantizeOptions, calib?:
   }
   if (opts.lmHeadBits !== undefined) {
     if (!opts.lmHead) fail('--lm-head-bits needs --lm-head');
-    if (![2, 3, 4, 8].includes(opts.lmHeadBits)) fail(`--lm-head-bits ${opts.lmHeadBits} is not one of 2, 3, 4, 8`);
+    if (!SUPPORTED_BITS.includes(opts.lmHeadBits)) fail(`--lm-head-bits ${opts.lmHeadBits} is not one of ${SUPPORTED_BITS.join(', ')}`);
   }
   if (opts.staticGroups && opts.groupSize === -1) fail('--static-groups needs a --group-size');
   if (!(opts.percdamp >= 0 && opts.percdamp < 1)) fail(`--damp ${opts.percdamp} must be in [0, 1)`);
