@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readConfigJson } from '../io/config.js';
 import { fail } from '../io/errors.js';
-import { floatArrayToHalf } from '../io/fp16.js';
+import { firstNonFinite16, floatArrayToHalf } from '../io/fp16.js';
 import { SafetensorsModel, toFloat32, type RawTensor, type TensorToWrite } from '../io/safetensors.js';
 import { numGroups, type QuantizedLayer } from '../quant/quantized-layer.js';
 import { SUPPORTED_BITS } from '../quant/quantizer.js';
@@ -313,8 +313,7 @@ export function readGptqTensors(st: SafetensorsModel, weightName: string, rows: 
   const qweight = get('qweight', 'I32', [(cols * bits) / 32, rows]) as Int32Array;
   const qzeros = get('qzeros', 'I32', [G, (rows * bits) / 32]) as Int32Array;
   const scales = get('scales', 'F16', [G, rows]) as Uint16Array;
-  // fp16 with all exponent bits set is Inf or NaN
-  const bad = scales.findIndex((h) => (h & 0x7c00) === 0x7c00);
+  const bad = firstNonFinite16(scales, 0x7c00);
   if (bad >= 0) fail(`${st.info(`${p}.scales`).file}: ${p}.scales has NaN/Inf at element ${bad}`);
   // without g_idx, groups are contiguous columns: only what desc_act false promises
   if (!st.has(`${p}.g_idx`) && qc.descAct)

@@ -1,4 +1,5 @@
 import { fail } from '../io/errors.js';
+import { firstNonFinite16 } from '../io/fp16.js';
 import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
 import {
   floatRows,
@@ -252,9 +253,7 @@ export function readEmbedding(st: TensorReader, name: string, shape: [number, nu
   if (info.dtype !== 'F16' && info.dtype !== 'BF16') return floatEmbedding(st.readFloat(name, shape));
   if (info.shape.length !== 2 || info.shape[0] !== shape[0] || info.shape[1] !== shape[1]) st.readFloat(name, shape);
   const data = st.read(name).data as Uint16Array;
-  // all exponent bits set: Inf or NaN
-  const exponent = info.dtype === 'BF16' ? 0x7f80 : 0x7c00;
-  const bad = data.findIndex((h) => (h & exponent) === exponent);
+  const bad = firstNonFinite16(data, info.dtype === 'BF16' ? 0x7f80 : 0x7c00);
   if (bad >= 0) fail(`${info.file}: tensor ${name} contains NaN/Inf at element ${bad}`);
   return { dtype: info.dtype, data };
 }
