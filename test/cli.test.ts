@@ -37,6 +37,7 @@ test('eval --json on a real model gives a machine-readable summary', () => {
   const j = JSON.parse(r.stdout);
   assert.equal(j.windows, 2);
   assert.ok(j.ppl > 100 && j.ppl < 5000);
+  assert.ok(j.loadSeconds > 0 && j.loadSeconds < j.seconds + 60, `loadSeconds ${j.loadSeconds}`);
 });
 
 test('a run leaves no onnxruntime telemetry file in the temp folder (its mat-debug-<pid>.log, one per process)', () => {
@@ -165,7 +166,7 @@ test('generate stops at end of sequence and says why it stopped', () => {
   assert.ok(j.tokens < 250, `${j.tokens} tokens`);
   assert.equal(j.text.split('Once upon a time').length, 2, 'one story');
   const short = cli('generate', model, 'Once upon a time', '--max-tokens', '8');
-  assert.match(short.stderr, /8 tokens, [\d.]+ tokens\/s, stopped at --max-tokens/);
+  assert.match(short.stderr, /8 tokens, [\d.]+ tokens\/s, stopped at --max-tokens; the model loaded in [\d.]+ s/);
 });
 
 test('the default checkpoint is what the loaders expect; settings they refuse or misread are refused with the reason', () => {

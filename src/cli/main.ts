@@ -76,12 +76,22 @@ function activations(name: string): ActivationPrecision {
 const ACTIVATIONS_HELP =
   'packed (GPTQ) layers: fp32 multiplies float activations (equal to the dequantized model), int8 quantizes them per block first (faster, llama.cpp-style)';
 
+/** The model and its load time: at 7B the load is seconds a user waits before anything else, worth reporting. */
+async function timedLoad(
+  modelArg: string,
+  activations: ActivationPrecision,
+): Promise<Awaited<ReturnType<typeof loadModel>> & { loadSeconds: number }> {
+  const t0 = performance.now();
+  const loaded = await loadModel(await resolveModel(modelArg), { activations });
+  return { ...loaded, loadSeconds: (performance.now() - t0) / 1000 };
+}
+
 async function runEval(
   modelArg: string,
   data: string,
   opts: { ref?: string; windows: number; seqlen?: number; activations: ActivationPrecision; dummyPrefix: boolean },
-): Promise<EvalResult> {
-  const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
+): Promise<EvalResult & { loadSeconds: number }> {
+  const { model, tokenizer, loadSeconds } = await timedLoad(modelArg, opts.activations);
   const tokens = tokenizer.encode(await loadText(data), { dummyPrefix: opts.dummyPrefix });
   const warning = tokenizationWarning(tokenizer, tokens, data);
   if (warning) log(`warning: ${warning}`);
@@ -89,18 +99,21 @@ async function runEval(
   const ref = opts.ref ? await referenceStates((await loadModel(await resolveModel(opts.ref))).model, tokens, plan) : undefined;
   const bar = progressBar(`eval ${data}`);
   try {
-    return await evaluate(model, tokens, {
+    const r = await evaluate(model, tokens, {
       ...plan,
       ...(ref ? { ref } : {}),
       onProgress: bar.update,
     });
+    return { ...r, loadSeconds };
   } finally {
     bar.stop();
   }
 }
 
-function formatEval(data: string, r: EvalResult): string {
-  let s = `${data}: perplexity ${r.ppl.toFixed(2)} over ${r.windows} windows x ${r.seqlen} tokens (${r.seconds.toFixed(1)} s)`;
+function formatEval(data: string, r: EvalResult & { loadSeconds: number }): string {
+  let s =
+    `${data}: perplexity ${r.ppl.toFixed(2)} over ${r.windows} windows x ${r.seqlen} tokens ` +
+    `(${r.seconds.toFixed(1)} s, the model loaded in ${r.loadSeconds.toFixed(1)} s)`;
   if (r.kl !== undefined) {
     const p = r.klPercentiles!;
     s +=
@@ -115,10 +128,17 @@ async function runGenerate(
   modelArg: string,
   prompt: string,
   opts: { maxTokens: number; activations: ActivationPrecision; quiet?: boolean; chat?: boolean; system?: string } & SamplingOptions,
-): Promise<{ text: string; tokensPerSecond: number; tokens: number; promptTokens: number; stopReason: StopReason }> {
+): Promise<{
+  text: string;
+  tokensPerSecond: number;
+  tokens: number;
+  promptTokens: number;
+  stopReason: StopReason;
+  loadSeconds: number;
+}> {
   validateSampling(opts);
   if (opts.system !== undefined && !opts.chat) throw new UserError('--system needs --chat');
-  const { model, tokenizer } = await loadModel(await resolveModel(modelArg), { activations: opts.activations });
+  const { model, tokenizer, loadSeconds } = await timedLoad(modelArg, opts.activations);
   // --chat: the prompt is the user's message in the model's chat template, which writes its own special tokens;
   // only the reply is printed, and every EOS the tokenizer names (e.g. <|im_end|>, <end_of_turn>) ends it
   const messages: ChatMessage[] = [
@@ -155,6 +175,7 @@ async function runGenerate(
     tokens: r.tokens.length,
     promptTokens: ids.length,
     stopReason: r.stopReason,
+    loadSeconds,
   };
 }
 
@@ -165,7 +186,7 @@ const STOP_REASONS: Record<StopReason, string> = {
 };
 
 function generationLine(r: Awaited<ReturnType<typeof runGenerate>>): string {
-  return `${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s, ${STOP_REASONS[r.stopReason]}`;
+  return `${r.tokens} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s, ${STOP_REASONS[r.stopReason]}; the model loaded in ${r.loadSeconds.toFixed(1)} s`;
 }
 
 export function buildCli(): Command {
