@@ -3,7 +3,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { calibrationWindows } from './calib/windows.js';
 import { loadText } from './calib/datasets.js';
 import { writeFakeQuant } from './formats/fake-quant.js';
-import { loaderCompatibility, writeGptqCheckpoint } from './formats/gptq.js';
+import { checkHalfRange, loaderCompatibility, writeGptqCheckpoint } from './formats/gptq.js';
 import { writeGptqtCheckpoint } from './formats/gptqt.js';
 import { checkGgufTokenizer, ggufIncompatibility, writeGguf } from './formats/gguf.js';
 import { FTYPE_IDS } from './formats/gguf-mix.js';
@@ -11,7 +11,7 @@ import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { fail } from './io/errors.js';
 import { loadTokenizer } from './models/load.js';
 import type { LlamaTokenizer } from './io/tokenizer.js';
-import { ggufLayout, ggufUnsupported, readModelConfig, type ModelConfig } from './models/index.js';
+import { ggufLayout, ggufUnsupported, layerPrefix, linearGroups, readModelConfig, type ModelConfig } from './models/index.js';
 import { checkOutputPath, onExit, writeAtomically, type OutputPolicy } from './io/atomic.js';
 import {
   QUANTIZE_REFERENCE,
@@ -150,6 +150,7 @@ export async function quantize(
     const head = opts.lmHeadBits !== undefined ? loaderCompatibility(opts.format, { ...opts, bits: opts.lmHeadBits }).warnings : [];
     if (refuse) fail(`--format ${opts.format}: ${refuse}`);
     for (const w of [...warnings, ...head.filter((w) => !warnings.includes(w)).map((w) => `--lm-head-bits: ${w}`)]) hooks.warn?.(w);
+    if (out && opts.floatDtype === 'F16') checkHalfRange(modelDir, quantizedTensors(cfg, Boolean(opts.lmHead)));
   }
   let calib: { windows: Int32Array; seqlen: number } | undefined;
   let calibration: PipelineSummary['calibration'];
@@ -183,6 +184,14 @@ export async function quantize(
     if (state && !hooks.resume) rmSync(state.dir, { recursive: true, force: true });
     state?.unregister();
   }
+}
+
+/** The tensors a run quantizes: every block's linear weights, and the head with --lm-head. */
+function quantizedTensors(cfg: ModelConfig, lmHead: boolean): Set<string> {
+  const blocks = Array.from({ length: cfg.numLayers }, (_, l) =>
+    linearGroups(cfg).flatMap((g) => g.map((n) => `${layerPrefix(cfg, l)}${n}.weight`)),
+  );
+  return new Set([...blocks.flat(), ...(lmHead ? [cfg.tensors.head] : [])]);
 }
 
 /**

@@ -13,6 +13,7 @@ import { pullStories15m } from '../src/io/stories.js';
 import { loadModel, loadTokenizer } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE, type QuantizeOptions } from '../src/quant/quantize-model.js';
 import { dequantize } from '../src/quant/quantized-layer.js';
+import { quantize } from '../src/pipeline.js';
 import { getBackend } from '../src/tensor/index.js';
 import { tempDir } from './helpers/temp.js';
 
@@ -161,6 +162,39 @@ test('broken GPTQ checkpoints are refused with one line', async () => {
   const asRenamed = cli('eval', renamed, '--windows', '1', '--json');
   assert.equal(asRenamed.status, 0, asRenamed.stderr);
   assert.equal(JSON.parse(asRenamed.stdout).ppl, JSON.parse(asWritten.stdout).ppl);
+});
+
+test('a float tensor beyond float16 is refused before any quantization, and kept whole with --dtype float32', async () => {
+  const parent = tempDir('range-');
+  const src = join(parent, 'src');
+  cpSync(model, src, { recursive: true });
+  const file = join(src, 'model.safetensors');
+  const f = new SafetensorsFile(file);
+  const all = new Map([...f.tensors.keys()].map((n) => [n, f.read(n)]));
+  f.close();
+  // 65504 is float16's largest value; 65520 and above round to Inf
+  const norm = all.get('model.norm.weight')!.data as Float32Array;
+  norm[3] = 65504;
+  norm[5] = 70000;
+  rmSync(file);
+  await writeSafetensors(file, all);
+  const out = join(parent, 'half');
+  const r = cli('quantize', src, '--method', 'rtn', '--out', out);
+  assert.notEqual(r.status, 0);
+  assert.match(
+    r.stderr.trim(),
+    /^gptq: error: .*src: model\.norm\.weight: element 5 \(70000\) is beyond float16's range \(±65504\); keep the float tensors float32 \(--dtype float32\)$/,
+  );
+  assert.deepEqual(readdirSync(parent), ['src']);
+  // refused before any block was quantized, not after hours of work
+  let blocks = 0;
+  await assert.rejects(quantize(src, { method: 'rtn' }, out, { onBlock: () => blocks++ }), /model\.norm\.weight: element 5/);
+  assert.equal(blocks, 0);
+  const kept = join(parent, 'f32');
+  const k = cli('quantize', src, '--method', 'rtn', '--dtype', 'float32', '--out', kept);
+  assert.equal(k.status, 0, k.stderr);
+  const w = new SafetensorsFile(join(kept, 'model.safetensors')).read('model.norm.weight').data as Float32Array;
+  assert.deepEqual([w[3], w[5]], [65504, 70000]);
 });
 
 test('quantize --format gptq writes the ecosystem layout', () => {

@@ -183,7 +183,8 @@ export function loaderCompatibility(
 
 /**
  * A float tensor as float16, widened a slice at a time: only the stored tensor and the result are held whole (a
- * bf16 embedding of 128256 x 4096 through one float32 copy would hold 4.2 GB instead of 2.1).
+ * bf16 embedding of 128256 x 4096 through one float32 copy would hold 4.2 GB instead of 2.1). A value float16
+ * cannot hold (|v| ≥ 65520 rounds to Inf) is refused by name, not written as Inf.
  */
 function halfTensor(t: RawTensor, what: string): Uint16Array {
   const SLICE = 1 << 22;
@@ -191,9 +192,31 @@ function halfTensor(t: RawTensor, what: string): Uint16Array {
   const out = new Uint16Array(n);
   for (let a = 0; a < n; a += SLICE) {
     const slice = { dtype: t.dtype, shape: [Math.min(n, a + SLICE) - a], data: t.data.subarray(a, a + SLICE) };
-    out.set(floatArrayToHalf(toFloat32(slice, what)), a);
+    const wide = toFloat32(slice, what);
+    const half = floatArrayToHalf(wide);
+    const bad = firstNonFinite16(half, 0x7c00);
+    if (bad >= 0)
+      fail(
+        `${what}: element ${a + bad} (${wide[bad]}) is beyond float16's range (±65504); keep the float tensors float32 (--dtype float32)`,
+      );
+    out.set(half, a);
   }
   return out;
+}
+
+/**
+ * The tensors a float16 GPTQ checkpoint keeps float, converted as the writer will convert them, before any
+ * quantization work: a value beyond float16's range is refused now, not after hours of work.
+ */
+export function checkHalfRange(srcDir: string, quantized: ReadonlySet<string>): void {
+  const st = new SafetensorsModel(srcDir);
+  try {
+    for (const name of st.names()) {
+      if (!quantized.has(name) && st.info(name).dtype !== 'F16') halfTensor(st.read(name), `${srcDir}: ${name}`);
+    }
+  } finally {
+    st.close();
+  }
 }
 
 export async function writeGptqCheckpoint(
