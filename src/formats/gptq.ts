@@ -181,38 +181,48 @@ export function loaderCompatibility(
   return { warnings };
 }
 
+/** float16's largest value is 65504; from halfway to the next power of two up, a value rounds to Inf */
+const HALF_OVERFLOW = 65520;
+const beyondHalf = (what: string, i: number, v: number): never =>
+  fail(`${what}: element ${i} (${v}) is beyond float16's range (±65504); keep the float tensors float32 (--dtype float32)`);
+
 /**
- * A float tensor as float16, widened a slice at a time: only the stored tensor and the result are held whole (a
- * bf16 embedding of 128256 x 4096 through one float32 copy would hold 4.2 GB instead of 2.1). A value float16
- * cannot hold (|v| ≥ 65520 rounds to Inf) is refused by name, not written as Inf.
+ * A float tensor widened to float32 a slice at a time, each slice handed to `use` with its first element's index:
+ * only the stored tensor is held whole (a bf16 embedding of 128256 x 4096 widened at once would hold 2.1 GB more).
  */
-function halfTensor(t: RawTensor, what: string): Uint16Array {
+function forSlices(t: RawTensor, what: string, use: (wide: Float32Array, at: number) => void): void {
   const SLICE = 1 << 22;
   const n = t.data.length;
-  const out = new Uint16Array(n);
   for (let a = 0; a < n; a += SLICE) {
-    const slice = { dtype: t.dtype, shape: [Math.min(n, a + SLICE) - a], data: t.data.subarray(a, a + SLICE) };
-    const wide = toFloat32(slice, what);
+    use(toFloat32({ dtype: t.dtype, shape: [Math.min(n, a + SLICE) - a], data: t.data.subarray(a, a + SLICE) }, what), a);
+  }
+}
+
+/** A float tensor as float16; a value float16 cannot hold is refused by name, not written as Inf. */
+function halfTensor(t: RawTensor, what: string): Uint16Array {
+  const out = new Uint16Array(t.data.length);
+  forSlices(t, what, (wide, at) => {
     const half = floatArrayToHalf(wide);
     const bad = firstNonFinite16(half, 0x7c00);
-    if (bad >= 0)
-      fail(
-        `${what}: element ${a + bad} (${wide[bad]}) is beyond float16's range (±65504); keep the float tensors float32 (--dtype float32)`,
-      );
-    out.set(half, a);
-  }
+    if (bad >= 0) beyondHalf(what, at + bad, wide[bad]!);
+    out.set(half, at);
+  });
   return out;
 }
 
 /**
- * The tensors a float16 GPTQ checkpoint keeps float, converted as the writer will convert them, before any
- * quantization work: a value beyond float16's range is refused now, not after hours of work.
+ * The tensors a float16 GPTQ checkpoint keeps float, checked against float16's range before any quantization
+ * work: a value the writer would have to refuse is refused now, not after hours of work (a comparison, not the
+ * conversion: a 7B's bf16 embedding and head in 3.7 s, 6.8 converted).
  */
 export function checkHalfRange(srcDir: string, quantized: ReadonlySet<string>): void {
   const st = new SafetensorsModel(srcDir);
   try {
     for (const name of st.names()) {
-      if (!quantized.has(name) && st.info(name).dtype !== 'F16') halfTensor(st.read(name), `${srcDir}: ${name}`);
+      if (quantized.has(name) || st.info(name).dtype === 'F16') continue;
+      forSlices(st.read(name), `${srcDir}: ${name}`, (wide, at) => {
+        for (let i = 0; i < wide.length; i++) if (Math.abs(wide[i]!) >= HALF_OVERFLOW) beyondHalf(`${srcDir}: ${name}`, at + i, wide[i]!);
+      });
     }
   } finally {
     st.close();
