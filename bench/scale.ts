@@ -194,25 +194,31 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       return {};
     }
     case 'eval': {
+      const t0 = performance.now();
       const { model, tokenizer } = await loadModel(args.model!);
+      const loadSeconds = (performance.now() - t0) / 1000;
       const loadGB = maxRssGB();
       const tokens = tokenizer.encode(await loadText('sotu-test'));
       const r = await evaluate(model, tokens, { windows: Number(args.windows), seqlen: Number(args.seqlen), batch: 1 });
-      return { tokensPerSecond: r.tokens / r.seconds, ppl: r.ppl, loadGB, rssGB: maxRssGB() };
+      return { tokensPerSecond: r.tokens / r.seconds, ppl: r.ppl, loadSeconds, loadGB, rssGB: maxRssGB() };
     }
     case 'generate': {
+      const t0 = performance.now();
       const { model, tokenizer } = await loadModel(args.model!, { activations: 'int8' });
+      const loadSeconds = (performance.now() - t0) / 1000;
       const prompt = tokenizer.encode(PROMPT);
       await generate(model, prompt, { maxTokens: 4, stop: [] });
       const r = await generate(model, prompt, { maxTokens: Number(args.tokens), stop: [] });
-      return { tokensPerSecond: r.tokensPerSecond, rssGB: maxRssGB() };
+      return { tokensPerSecond: r.tokensPerSecond, loadSeconds, rssGB: maxRssGB() };
     }
     case 'llama-cpp': {
       const { getLlama } = await import('node-llama-cpp');
       const llama = await getLlama({ gpu: false, build: 'never' });
+      const tl = performance.now();
       const lm = await llama.loadModel({ modelPath: args.model! });
       const prompt = lm.tokenize(PROMPT);
       const ctx = await lm.createContext({ contextSize: 512, threads: availableParallelism() });
+      const loadSeconds = (performance.now() - tl) / 1000;
       const seq = ctx.getSequence();
       let n = 0;
       // timed as generate() times itself: the prompt's prefill included
@@ -224,7 +230,7 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       const tps = n / ((performance.now() - t0) / 1000);
       await ctx.dispose();
       await lm.dispose();
-      return { tokensPerSecond: tps, rssGB: maxRssGB() };
+      return { tokensPerSecond: tps, loadSeconds, rssGB: maxRssGB() };
     }
   }
   throw new Error(`unknown step ${step}`);
@@ -346,7 +352,9 @@ try {
     const evalSeq = Math.min(seqlen, shape.ctx);
     const ev = runChild('eval', { model: out, windows: flags['eval-windows'], seqlen: evalSeq });
     const row = (what: string, r: Report | string): (string | number)[] =>
-      typeof r === 'string' ? [label, what, r, '', ''] : [label, what, f(r.tokensPerSecond as number), '', f(r.rssGB as number, 2)];
+      typeof r === 'string'
+        ? [label, what, r, '', '', '']
+        : [label, what, f(r.tokensPerSecond as number), '', f(r.loadSeconds as number), f(r.rssGB as number, 2)];
     inferRows.push(row(`eval w4 g128, ${flags['eval-windows']} x ${evalSeq}`, ev));
 
     // Generation: every variant is made first and then they run in turns, round after round. This machine's speed
@@ -409,8 +417,15 @@ try {
       const tps = readings[i]!.map((r) => r.tokensPerSecond as number);
       inferRows.push(
         failures[i]
-          ? [label, v.what, failures[i]!, '', '']
-          : [label, v.what, f(median(tps)), tps.map((x) => f(x)).join(' '), f(Math.max(...readings[i]!.map((r) => r.rssGB as number)), 2)],
+          ? [label, v.what, failures[i]!, '', '', '']
+          : [
+              label,
+              v.what,
+              f(median(tps)),
+              tps.map((x) => f(x)).join(' '),
+              f(median(readings[i]!.map((r) => r.loadSeconds as number))),
+              f(Math.max(...readings[i]!.map((r) => r.rssGB as number)), 2),
+            ],
       );
       rmSync(v.model, { recursive: true, force: true });
     });
@@ -430,7 +445,7 @@ printTable(
   fullRows.map((row) => row()),
 );
 printTable(
-  `Eval and generation (tokens/s; generate: after the prompt, greedy, the median of ${flags['gen-rounds']} rounds in which the variants take turns) and peak RSS of the process`,
-  ['model', 'run', 'tokens/s', 'each round', 'peak RSS GB'],
+  `Eval and generation (tokens/s; generate: after the prompt, greedy, the median of ${flags['gen-rounds']} rounds in which the variants take turns), the model's load seconds (median) and peak RSS of the process`,
+  ['model', 'run', 'tokens/s', 'each round', 'load s', 'peak RSS GB'],
   inferRows,
 );
