@@ -195,6 +195,15 @@ test('a float tensor beyond float16 is refused before any quantization, and kept
   assert.equal(k.status, 0, k.stderr);
   const w = new SafetensorsFile(join(kept, 'model.safetensors')).read('model.norm.weight').data as Float32Array;
   assert.deepEqual([w[3], w[5]], [65504, 70000]);
+  // a NaN is named as one, also before any work
+  norm[5] = NaN;
+  rmSync(file);
+  await writeSafetensors(file, all);
+  await assert.rejects(
+    quantize(src, { method: 'rtn' }, join(parent, 'nan'), { onBlock: () => blocks++ }),
+    /model\.norm\.weight: contains NaN\/Inf at element 5$/,
+  );
+  assert.equal(blocks, 0);
 });
 
 test('quantize --format gptq writes the ecosystem layout', () => {

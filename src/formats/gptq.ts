@@ -184,7 +184,11 @@ export function loaderCompatibility(
 /** float16's largest value is 65504; from halfway to the next power of two up, a value rounds to Inf */
 const HALF_OVERFLOW = 65520;
 const beyondHalf = (what: string, i: number, v: number): never =>
-  fail(`${what}: element ${i} (${v}) is beyond float16's range (±65504); keep the float tensors float32 (--dtype float32)`);
+  fail(
+    Number.isFinite(v)
+      ? `${what}: element ${i} (${v}) is beyond float16's range (±65504); keep the float tensors float32 (--dtype float32)`
+      : `${what}: contains NaN/Inf at element ${i}`,
+  );
 
 /**
  * A float tensor widened to float32 a slice at a time, each slice handed to `use` with its first element's index:
@@ -221,7 +225,8 @@ export function checkHalfRange(srcDir: string, quantized: ReadonlySet<string>): 
     for (const name of st.names()) {
       if (quantized.has(name) || st.info(name).dtype === 'F16') continue;
       forSlices(st.read(name), `${srcDir}: ${name}`, (wide, at) => {
-        for (let i = 0; i < wide.length; i++) if (Math.abs(wide[i]!) >= HALF_OVERFLOW) beyondHalf(`${srcDir}: ${name}`, at + i, wide[i]!);
+        // NaN fails the comparison too
+        for (let i = 0; i < wide.length; i++) if (!(Math.abs(wide[i]!) < HALF_OVERFLOW)) beyondHalf(`${srcDir}: ${name}`, at + i, wide[i]!);
       });
     }
   } finally {

@@ -85,8 +85,8 @@ function unpackRow(qwT: Int32Array, r: number, words: number, bits: number, out:
 function rowMajorWords(p: PackedLinearWeights): Int32Array {
   const words = (p.cols * p.bits) / 32;
   const qwT = new Int32Array(p.rows * words);
-  // sixteen rows at a time, so the writes of a word's column land in lines still cached for the next word (a plain
-  // double loop: 130 ms a 7B MLP layer, this 10-20)
+  // sixteen rows at a time, so the writes of a word's column land in lines still cached for the next word (an
+  // 11008 x 4096 4-bit layer's words, best of 8: 33 ms by a plain double loop, 14 in strips)
   const T = 16;
   for (let r0 = 0; r0 < p.rows; r0 += T) {
     const r1 = Math.min(r0 + T, p.rows);
