@@ -563,15 +563,15 @@ test('files that lie about themselves, and what gptq-ts does not implement, are 
     true,
   );
   // more weights than the memory limit allows: refused before any is read, with the figure
-  process.env['GPTQ_TS_GGUF_MAX_GB'] = '0.001';
+  process.env['GPTQ_TS_MAX_LOADED_GB'] = '0.001';
   try {
     await refuses(
       whole,
-      /gptq-ts would hold 0\.0\d+ GB of its weights .* more than the limit of 0\.001 GB \(GPTQ_TS_GGUF_MAX_GB raises it\)/,
+      /gptq-ts would hold 0\.0\d+ GB of its weights .* more than the limit of 0\.001 GB \(GPTQ_TS_MAX_LOADED_GB raises it\)/,
       true,
     );
   } finally {
-    delete process.env['GPTQ_TS_GGUF_MAX_GB'];
+    delete process.env['GPTQ_TS_MAX_LOADED_GB'];
   }
   // a type it has no dequantizer for: refused when the tensor is read, by name
   const iq = buildGguf({

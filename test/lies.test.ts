@@ -268,6 +268,23 @@ test('the unedited copies load: the lies above are what is refused', async () =>
   await Decoder.load(FIXTURE, await getBackend());
 });
 
+test('a float model whose layers would exceed the memory limit as float32 is refused up front, with the figure', async () => {
+  // the fixture's 2 blocks: 36864 weights each, 294912 bytes as float32
+  process.env['GPTQ_TS_MAX_LOADED_GB'] = '0.0002';
+  try {
+    await assert.rejects(
+      loadModel(await variant(FIXTURE, () => {})),
+      /: gptq-ts would hold 0\.000295 GB of its weights \(its linear layers as float32; a quantized checkpoint of it loads packed\), more than the limit of 0\.0002 GB \(GPTQ_TS_MAX_LOADED_GB raises it\)$/,
+    );
+    // its quantized checkpoint loads packed, under the same limit
+    await loadModel(await variant(gptqDir, () => {}));
+    process.env['GPTQ_TS_MAX_LOADED_GB'] = '0.0003';
+    await loadModel(await variant(FIXTURE, () => {}));
+  } finally {
+    delete process.env['GPTQ_TS_MAX_LOADED_GB'];
+  }
+});
+
 test('llama2.c checkpoints that contradict their header are refused by convert, one line each', async () => {
   const { stories15mLlama2cFiles } = await import('../src/io/stories.js');
   const { convertLlama2c } = await import('../src/io/llama2c.js');

@@ -128,8 +128,19 @@ function gatedOutput(cfg: ModelConfig): LinearOptions | undefined {
   return cfg.mlp === 'gated' && cfg.activation === 'silu' && !biased ? { gated: 'silu' } : undefined;
 }
 
-/** bytes of loaded weights above which a GGUF is refused rather than dequantized (GPTQ_TS_GGUF_MAX_GB overrides) */
-const GGUF_LOADED_LIMIT_GB = 16;
+/**
+ * GB of weights a model may take once loaded (float32 for layers held as float) before it is refused up front, with
+ * the figure, rather than run out of memory minutes into loading (GPTQ_TS_MAX_LOADED_GB overrides)
+ */
+const LOADED_LIMIT_GB = 16;
+function checkLoadedSize(what: string, bytes: number, held: string): void {
+  const limit = Number(process.env['GPTQ_TS_MAX_LOADED_GB'] ?? LOADED_LIMIT_GB);
+  const gb = bytes / 1e9;
+  if (gb > limit)
+    fail(
+      `${what}: gptq-ts would hold ${gb.toPrecision(3)} GB of its weights (${held}), more than the limit of ${limit} GB (GPTQ_TS_MAX_LOADED_GB raises it)`,
+    );
+}
 
 /**
  * A llama.cpp GGUF file (ours or llama.cpp's) for inference: its architecture and metadata read back into our
@@ -144,12 +155,7 @@ async function loadGgufModel(
 ): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
   const g = openGgufModel(path);
   try {
-    const limit = Number(process.env['GPTQ_TS_GGUF_MAX_GB'] ?? GGUF_LOADED_LIMIT_GB);
-    const gb = g.tensors.loadedBytes() / 1e9;
-    if (gb > limit)
-      fail(
-        `${path}: gptq-ts would hold ${gb.toPrecision(3)} GB of its weights (Q4_0/Q8_0 layers and head packed, every other type dequantized to float32), more than the limit of ${limit} GB (GPTQ_TS_GGUF_MAX_GB raises it)`,
-      );
+    checkLoadedSize(path, g.tensors.loadedBytes(), 'Q4_0/Q8_0 layers and head packed, every other type dequantized to float32');
     const backend = await getBackend();
     const format = ggufFormat(g.cfg, backend, activations);
     // an untied Q4_0/Q8_0 output head (ours with --lm-head, llama-quantize --pure) runs packed as well
@@ -258,6 +264,14 @@ interface LinearFormat<R extends TensorReader = SafetensorsModel> {
 }
 
 /** Float linear layers read as float32 [out, in]; layers that share an input stacked into one kernel. */
+/** A model's block linear layers as float32 (the float kernels' storage), in bytes. */
+function floatLinearBytes(cfg: ModelConfig): number {
+  const perBlock = linearGroups(cfg)
+    .flat()
+    .reduce((sum, n) => sum + linearShape(cfg, n)[0] * linearShape(cfg, n)[1], 0);
+  return 4 * cfg.numLayers * perBlock;
+}
+
 function floatFormat<R extends TensorReader>(cfg: ModelConfig, backend: Backend): LinearFormat<R> {
   return {
     tensors: (w) => ({ required: [w] }),
@@ -296,6 +310,7 @@ function kernelMaker(
     stackedFloats(backend, ws, shapes, opts);
   const bcq = config['quantization_config'] as { quant_method?: string; bits?: number } | undefined;
   if (bcq?.quant_method === 'gptqt') {
+    checkLoadedSize(dir, floatLinearBytes(cfg), 'its binary-coded linear layers dequantized to float32');
     const bits = bcq.bits;
     if (bits !== 2 && bits !== 3) fail(`${dir}/config.json: gptqt bits ${JSON.stringify(bits)} is not 2 or 3`);
     return {
@@ -309,7 +324,10 @@ function kernelMaker(
     };
   }
   const qc = readQuantConfig(dir, config);
-  if (!qc) return floatFormat(cfg, backend);
+  if (!qc) {
+    checkLoadedSize(dir, floatLinearBytes(cfg), 'its linear layers as float32; a quantized checkpoint of it loads packed');
+    return floatFormat(cfg, backend);
+  }
   // a block layer left float by transformers' modules_in_block_to_quantize would be read as packed, and is missing
   const floatLayers =
     qc.modulesInBlock &&
