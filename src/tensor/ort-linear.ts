@@ -131,10 +131,11 @@ function nbitsOperand(
     packBits(zeros, d.bits, zp, r * zpBytes);
     if (sameBytes) continue;
     unpackRow(qwT, r, words, bits, row);
-    for (let i = 0; i < codes.length; i++) {
-      // padding past the last column holds the block's zero point, so it adds nothing
-      codes[i] = i < cols ? d.value(row[order ? order[i]! : i]!) : zeros[Math.floor(i / blockSize)]!;
-    }
+    if (order) for (let i = 0; i < cols; i++) codes[i] = row[order[i]!]!;
+    else codes.set(row);
+    if (d.value !== sameCode) for (let i = 0; i < cols; i++) codes[i] = d.value(codes[i]!);
+    // padding past the last column holds the block's zero point, so it adds nothing
+    for (let i = cols; i < codes.length; i++) codes[i] = zeros[Math.floor(i / blockSize)]!;
     packBits(codes, d.bits, B, r * blocks * blob);
   }
   return {
