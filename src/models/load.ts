@@ -263,7 +263,6 @@ interface LinearFormat<R extends TensorReader = SafetensorsModel> {
   quantizedHead?: boolean;
 }
 
-/** Float linear layers read as float32 [out, in]; layers that share an input stacked into one kernel. */
 /** A model's block linear layers as float32 (the float kernels' storage), in bytes. */
 function floatLinearBytes(cfg: ModelConfig): number {
   const perBlock = linearGroups(cfg)
@@ -272,6 +271,7 @@ function floatLinearBytes(cfg: ModelConfig): number {
   return 4 * cfg.numLayers * perBlock;
 }
 
+/** Float linear layers read as float32 [out, in]; layers that share an input stacked into one kernel. */
 function floatFormat<R extends TensorReader>(cfg: ModelConfig, backend: Backend): LinearFormat<R> {
   return {
     tensors: (w) => ({ required: [w] }),
