@@ -11,7 +11,7 @@ import type { CheckpointFormat } from './formats/gptq-pack.js';
 import { fail } from './io/errors.js';
 import { loadTokenizer } from './models/load.js';
 import type { LlamaTokenizer } from './io/tokenizer.js';
-import { ggufLayout, ggufUnsupported, layerPrefix, linearGroups, readModelConfig, type ModelConfig } from './models/index.js';
+import { blockLinearWeights, ggufLayout, ggufUnsupported, readModelConfig, type ModelConfig } from './models/index.js';
 import { checkOutputPath, onExit, writeAtomically, type OutputPolicy } from './io/atomic.js';
 import {
   QUANTIZE_REFERENCE,
@@ -188,9 +188,7 @@ export async function quantize(
 
 /** The tensors a run quantizes: every block's linear weights, and the head with --lm-head. */
 function quantizedTensors(cfg: ModelConfig, lmHead: boolean): Set<string> {
-  const blocks = Array.from({ length: cfg.numLayers }, (_, l) =>
-    linearGroups(cfg).flatMap((g) => g.map((n) => `${layerPrefix(cfg, l)}${n}.weight`)),
-  );
+  const blocks = Array.from({ length: cfg.numLayers }, (_, l) => blockLinearWeights(cfg, l));
   return new Set([...blocks.flat(), ...(lmHead ? [cfg.tensors.head] : [])]);
 }
 

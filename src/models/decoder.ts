@@ -74,6 +74,11 @@ export const FINAL_NORM = 'model.norm.weight';
 export const HEAD = 'lm_head.weight';
 export const LLAMA_TENSORS: TensorLayout = { embed: EMBED, finalNorm: FINAL_NORM, head: HEAD, layers: 'model.layers.' };
 export const layerPrefix = (cfg: ModelConfig, i: number): string => `${cfg.tensors.layers}${i}.`;
+/** Block i's linear weights by tensor name, in linearGroups' order. */
+export const blockLinearWeights = (cfg: ModelConfig, i: number): string[] =>
+  linearGroups(cfg)
+    .flat()
+    .map((n) => `${layerPrefix(cfg, i)}${n}.weight`);
 
 interface BlockCommon {
   norms: Record<string, Float32Array>;

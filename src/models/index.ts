@@ -15,6 +15,7 @@ export {
   readOuter,
   storedLinear,
   layerPrefix,
+  blockLinearWeights,
   EMBED,
   FINAL_NORM,
   floatEmbedding,

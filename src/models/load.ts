@@ -28,6 +28,7 @@ import { stackPackedRows } from '../formats/gptq-pack.js';
 import { dequantizeBinary } from '../quant/gptqt.js';
 import { gptqtTensorNames, readGptqtLinear } from '../formats/gptqt.js';
 import {
+  blockLinearWeights,
   checkTensorNames,
   Decoder,
   layerPrefix,
@@ -345,9 +346,9 @@ function kernelMaker(
     );
   // `dynamic` may give a layer its own settings, or leave it float: refused like the above, before any tensor is read
   const modules = [
-    ...Array.from({ length: cfg.numLayers }, (_, i) => linearGroups(cfg).flatMap((g) => g.map((n) => `${layerPrefix(cfg, i)}${n}`))).flat(),
-    ...(qc.lmHead ? [linearPrefix(cfg.tensors.head)] : []),
-  ];
+    ...Array.from({ length: cfg.numLayers }, (_, i) => blockLinearWeights(cfg, i)).flat(),
+    ...(qc.lmHead ? [cfg.tensors.head] : []),
+  ].map(linearPrefix);
   const left = modules.find((m) => !layerQuantConfig(qc, m));
   if (left)
     fail(

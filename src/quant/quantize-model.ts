@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fail } from '../io/errors.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import {
+  blockLinearWeights,
   checkTensorNames,
   Decoder,
   floatEmbedding,
@@ -218,7 +219,6 @@ export async function quantizeModel(
   const timings: QuantizeTimings = { forward: 0, hessian: 0, sweep: 0, total: 0, blocks: [] };
   const groups = linearGroups(cfg);
   const total = cfg.numLayers * groups.flat().length + (opts.lmHead ? 1 : 0);
-  const blockNames = (l: number): string[] => groups.flat().map((n) => `${layerPrefix(cfg, l)}${n}.weight`);
   // a mix gives each layer its own block type (the resume identity holds the mix through `options`)
   const plan = opts.ggufMix && mixPlan(cfg, opts.ggufMix);
   const optsFor = (full: string): QuantizeOptions => (plan ? { ...opts, blockType: plan.get(full)!.type as BlockType } : opts);
@@ -237,7 +237,7 @@ export async function quantizeModel(
     const finished = state.finished.length;
     for (const [l, b] of state.finished.entries()) {
       reports.push(...b.reports);
-      store.adopt(state.layersPath(l), blockNames(l));
+      store.adopt(state.layersPath(l), blockLinearWeights(cfg, l));
     }
     if (finished > 0) onProgress(reports.length, total, reports.at(-1)!.name);
     // the stages read nothing outside the blocks: no embedding or head held while they run
@@ -348,9 +348,9 @@ export async function quantizeModel(
       } else {
         for (let g = 0; g < groups.length; g++) await quantizeGroup(g);
       }
-      if (run.dir) await store.spill(state.layersPath(l), blockNames(l));
+      if (run.dir) await store.spill(state.layersPath(l), blockLinearWeights(cfg, l));
       seconds.total = (performance.now() - blockStart) / 1000;
-      state.finish(l, { reports: reports.slice(-blockNames(l).length), seconds });
+      state.finish(l, { reports: reports.slice(-blockLinearWeights(cfg, l).length), seconds });
       run.onBlock?.(l);
     }
     if (opts.lmHead) {
