@@ -224,9 +224,10 @@ export function checkHalfRange(srcDir: string, quantized: ReadonlySet<string>): 
   try {
     for (const name of st.names()) {
       if (quantized.has(name) || st.info(name).dtype === 'F16') continue;
-      forSlices(st.read(name), `${srcDir}: ${name}`, (wide, at) => {
+      const what = `${srcDir}: ${name}`;
+      forSlices(st.read(name), what, (wide, at) => {
         // NaN fails the comparison too
-        for (let i = 0; i < wide.length; i++) if (!(Math.abs(wide[i]!) < HALF_OVERFLOW)) beyondHalf(`${srcDir}: ${name}`, at + i, wide[i]!);
+        for (let i = 0; i < wide.length; i++) if (!(Math.abs(wide[i]!) < HALF_OVERFLOW)) beyondHalf(what, at + i, wide[i]!);
       });
     }
   } finally {
