@@ -40,6 +40,29 @@ test('eval --json on a real model gives a machine-readable summary', () => {
   assert.ok(j.loadSeconds > 0 && j.loadSeconds < j.seconds + 60, `loadSeconds ${j.loadSeconds}`);
 });
 
+test('eval of a model over the loaded-size limit streams its blocks: said on stderr, "streamed" in --json, the same perplexity; generate refuses it', () => {
+  const held = cli('eval', model, '--windows', '3', '--json');
+  assert.equal(held.code, 0, held.stderr);
+  process.env['GPTQ_TS_MAX_LOADED_GB'] = '0.01';
+  let streamed, gen;
+  try {
+    streamed = cli('eval', model, '--windows', '3', '--json', '--ref', model);
+    gen = cli('generate', model, 'Once', '--max-tokens', '2');
+  } finally {
+    delete process.env['GPTQ_TS_MAX_LOADED_GB'];
+  }
+  assert.equal(streamed.code, 0, streamed.stderr);
+  const [h, s] = [JSON.parse(held.stdout), JSON.parse(streamed.stdout)];
+  assert.equal(h.streamed, false);
+  assert.equal(s.streamed, true);
+  assert.equal(s.ppl, h.ppl);
+  assert.equal(s.kl, 0, 'against itself, streamed as the reference too');
+  // one note for the model, one for the reference
+  const notes = streamed.stderr.split('\n').filter((l) => / would hold 0\.0239 GB .*: its blocks are streamed/.test(l));
+  assert.equal(notes.length, 2, streamed.stderr);
+  assertOneLineError(gen, /stories15M: gptq-ts would hold 0\.0239 GB of its weights .*more than the limit of 0\.01 GB/);
+});
+
 test('a run leaves no onnxruntime telemetry file in the temp folder (its mat-debug-<pid>.log, one per process)', () => {
   const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/entry.ts', 'eval', model, '--windows', '1'], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);

@@ -44,6 +44,38 @@ for (const name of FIXTURES) {
   });
 }
 
+test("every family fixture, opened streamed (over the loaded-size limit), evaluates to its held model's NLL exactly and to transformers'", async () => {
+  const { loadModel } = await import('../src/models/load.js');
+  const { cpSync } = await import('node:fs');
+  for (const name of FIXTURES) {
+    const golden = JSON.parse(readFileSync(join(ROOT, name, 'golden.json'), 'utf8')) as Golden;
+    const [batch, seq] = golden.logits_shape;
+    const dir = join(tempDir(`stream-${name}-`), 'model');
+    cpSync(join(ROOT, name), dir, { recursive: true });
+    writeByteTokenizer(dir);
+    const held = (await loadModel(dir)).model;
+    if (seq > held.cfg.maxPositions) continue;
+    process.env['GPTQ_TS_MAX_LOADED_GB'] = '0';
+    let opened;
+    try {
+      opened = await loadModel(dir, { stream: true });
+    } finally {
+      delete process.env['GPTQ_TS_MAX_LOADED_GB'];
+    }
+    const { model, stream } = opened;
+    assert.ok(stream && model.blocks.length === 0, name);
+    try {
+      // one window a batch: the streamed forward runs every window through a block before the next
+      const plan = { windows: batch, seqlen: seq, batch: 1 };
+      const r = await evaluate(model, golden.input_ids.flat(), { ...plan, stream });
+      assert.equal(r.meanNll, (await evaluate(held, golden.input_ids.flat(), plan)).meanNll, name);
+      assert.ok(Math.abs(r.meanNll - golden.nll) < 1e-5, `${name}: mean NLL ${r.meanNll} vs transformers ${golden.nll}`);
+    } finally {
+      stream.close();
+    }
+  }
+});
+
 test('every fixture is a supported family: none is skipped above', () => {
   const types = FIXTURES.map((n) => (JSON.parse(readFileSync(join(ROOT, n, 'golden.json'), 'utf8')) as Golden).model_type);
   assert.deepEqual(

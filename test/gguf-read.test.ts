@@ -81,6 +81,15 @@ test('our GGUF runs in our engine exactly as the same quantized layers from a ch
     const pg = (await evaluate(g.model, ids, plan)).ppl;
     const pf = (await evaluate(f.model, ids, plan)).ppl;
     assert.equal(pg, pf, blockType);
+    // over the loaded-size limit the file is opened streamed, and evaluates the same
+    process.env['GPTQ_TS_MAX_LOADED_GB'] = '0';
+    const s = await loadModel(file, { stream: true }).finally(() => delete process.env['GPTQ_TS_MAX_LOADED_GB']);
+    assert.ok(s.stream && s.model.blocks.length === 0, blockType);
+    try {
+      assert.equal((await evaluate(s.model, ids, { ...plan, stream: s.stream })).ppl, pg, `${blockType} streamed`);
+    } finally {
+      s.stream.close();
+    }
     // and it is a different model from the float one: quantization moved the perplexity
     const p0 = (await evaluate(model, ids, plan)).ppl;
     assert.ok(Math.abs(pg - p0) > 1e-3 * p0, `${blockType}: ppl ${pg} vs float ${p0}`);

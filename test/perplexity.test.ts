@@ -33,6 +33,46 @@ for (const { data, dummyPrefix, ppl, tol, source } of CASES) {
   });
 }
 
+test('a float model over the loaded-size limit, opened streamed, evaluates block by block to the held model\'s perplexity, bit for bit', async () => {
+  const dir = await pullStories15m();
+  const { model: held, tokenizer } = await loadModel(dir);
+  const tokens = tokenizer.encode(await loadText('sotu-test'), { dummyPrefix: false });
+  // its 6 blocks as float32 are 0.0239 GB: over this limit, a plain load is refused and a streamed one holds none
+  process.env['GPTQ_TS_MAX_LOADED_GB'] = '0.01';
+  let opened;
+  try {
+    await assert.rejects(loadModel(dir), /more than the limit of 0\.01 GB/);
+    opened = await loadModel(dir, { stream: true });
+  } finally {
+    delete process.env['GPTQ_TS_MAX_LOADED_GB'];
+  }
+  const { model, stream } = opened;
+  assert.ok(stream, 'opened streamed');
+  assert.match(stream.reason, /stories15M: gptq-ts would hold 0\.0239 GB of its weights/);
+  assert.equal(model.blocks.length, 0);
+  await assert.rejects(model.hidden([1, 2], 1, 2), /holds 0 of its 6 blocks/);
+  const prepared: number[] = [];
+  const counting = { ...stream, prepare: (i: number) => (prepared.push(i), stream.prepare(i)) };
+  try {
+    // 7 windows in batches of 3: a last, partial batch
+    const plan = { windows: 7, batch: 3, seqlen: 256 };
+    const blocks: number[] = [];
+    const r = await evaluate(model, tokens, { ...plan, stream: counting, onBlock: (d) => blocks.push(d) });
+    assert.deepEqual(prepared, [0, 1, 2, 3, 4, 5], 'each block prepared once, in order');
+    assert.deepEqual(blocks, [1, 2, 3, 4, 5, 6]);
+    assert.equal(r.ppl, (await evaluate(held, tokens, plan)).ppl);
+    // the same hidden states as reference states: zero KL against the held model, exactly
+    const ref = await referenceStates(model, tokens, { ...plan, stream });
+    assert.deepEqual(ref.hidden, (await referenceStates(held, tokens, plan)).hidden);
+    // and the protocol's figure over its 128 windows
+    const full = await evaluate(model, tokens, { stream });
+    assert.equal(full.windows, 128);
+    assert.ok(Math.abs(full.ppl / 632.53 - 1) < 1e-4, `ppl ${full.ppl} vs the protocol's 632.53`);
+  } finally {
+    stream.close();
+  }
+});
+
 test('a model compared with itself has zero KL and full top-1 agreement', async () => {
   const { model, tokenizer } = await loadModel(await pullStories15m());
   const tokens = tokenizer.encode(await loadText('sotu-test'));

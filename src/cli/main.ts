@@ -2,14 +2,14 @@ import { ggufMixOf, tensorTypeOf, type GgufMixOptions } from '../formats/gguf-mi
 import { existsSync, readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { loadText } from '../calib/datasets.js';
-import { evaluate, referenceStates, type EvalResult } from '../eval/perplexity.js';
+import { evaluate, referenceStates, type EvalOptions, type EvalResult, type ReferenceStates } from '../eval/perplexity.js';
 import { UserError } from '../io/errors.js';
 import { renderChat, tokenizationWarning, type ChatMessage } from '../io/tokenizer.js';
 import { convertLlama2c } from '../io/llama2c.js';
 import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
 import { checkPrompt, generate, type StopReason } from '../infer/generate.js';
 import { validateSampling, type SamplingOptions } from '../infer/sampling.js';
-import { loadModel } from '../models/load.js';
+import { loadModel, type BlockStream, type LoadedModel, type LoadOptions } from '../models/load.js';
 import { PIPELINE_DEFAULTS, quantize, type PipelineOptions } from '../pipeline.js';
 import type { Method } from '../quant/quantize-model.js';
 import { formatGgufInspection, formatInspection, inspectGguf, inspectModel } from '../formats/inspect.js';
@@ -77,43 +77,72 @@ const ACTIVATIONS_HELP =
   'packed (GPTQ) layers: fp32 multiplies float activations (equal to the dequantized model), int8 quantizes them per block first (faster, llama.cpp-style)';
 
 /** The model and its load time: at 7B the load is seconds a user waits before anything else, worth reporting. */
-async function timedLoad(
-  modelArg: string,
-  activations: ActivationPrecision,
-): Promise<Awaited<ReturnType<typeof loadModel>> & { loadSeconds: number }> {
+async function timedLoad(modelArg: string, opts: LoadOptions): Promise<LoadedModel & { loadSeconds: number }> {
   const t0 = performance.now();
-  const loaded = await loadModel(await resolveModel(modelArg), { activations });
+  const loaded = await loadModel(await resolveModel(modelArg), opts);
   return { ...loaded, loadSeconds: (performance.now() - t0) / 1000 };
+}
+
+/**
+ * Eval's options for a model opened streamed (too large to hold: its blocks run one at a time over every window),
+ * said on stderr, with a bar over the blocks; none for a model held whole.
+ */
+function streamedEval(stream: BlockStream | undefined): Pick<EvalOptions, 'stream' | 'onBlock'> {
+  if (!stream) return {};
+  log(`${stream.reason}: its blocks are streamed, each run over every window before the next is read`);
+  const bar = progressBar('blocks (streamed)');
+  return {
+    stream,
+    onBlock: (done, total) => {
+      bar.update(done, total);
+      if (done === total) bar.stop();
+    },
+  };
 }
 
 async function runEval(
   modelArg: string,
   data: string,
   opts: { ref?: string; windows: number; seqlen?: number; activations: ActivationPrecision; dummyPrefix: boolean },
-): Promise<EvalResult & { loadSeconds: number }> {
-  const { model, tokenizer, loadSeconds } = await timedLoad(modelArg, opts.activations);
-  const tokens = tokenizer.encode(await loadText(data), { dummyPrefix: opts.dummyPrefix });
-  const warning = tokenizationWarning(tokenizer, tokens, data);
-  if (warning) log(`warning: ${warning}`);
-  const plan = { windows: opts.windows, source: data, ...(opts.seqlen ? { seqlen: opts.seqlen } : {}) };
-  const ref = opts.ref ? await referenceStates((await loadModel(await resolveModel(opts.ref))).model, tokens, plan) : undefined;
-  const bar = progressBar(`eval ${data}`);
+): Promise<EvalResult & { loadSeconds: number; streamed: boolean }> {
+  const { model, tokenizer, stream, loadSeconds } = await timedLoad(modelArg, { activations: opts.activations, stream: true });
   try {
-    const r = await evaluate(model, tokens, {
-      ...plan,
-      ...(ref ? { ref } : {}),
-      onProgress: bar.update,
-    });
-    return { ...r, loadSeconds };
+    const tokens = tokenizer.encode(await loadText(data), { dummyPrefix: opts.dummyPrefix });
+    const warning = tokenizationWarning(tokenizer, tokens, data);
+    if (warning) log(`warning: ${warning}`);
+    const plan = { windows: opts.windows, source: data, ...(opts.seqlen ? { seqlen: opts.seqlen } : {}) };
+    const ref = opts.ref ? await referenceOf(opts.ref, tokens, plan) : undefined;
+    const bar = progressBar(`eval ${data}`);
+    try {
+      const r = await evaluate(model, tokens, {
+        ...plan,
+        ...(ref ? { ref } : {}),
+        ...streamedEval(stream),
+        onProgress: bar.update,
+      });
+      return { ...r, loadSeconds, streamed: stream !== undefined };
+    } finally {
+      bar.stop();
+    }
   } finally {
-    bar.stop();
+    stream?.close();
   }
 }
 
-function formatEval(data: string, r: EvalResult & { loadSeconds: number }): string {
+/** The reference model's states over the eval windows (streamed where it is too large to hold). */
+async function referenceOf(refArg: string, tokens: ArrayLike<number>, plan: EvalOptions): Promise<ReferenceStates> {
+  const { model, stream } = await loadModel(await resolveModel(refArg), { stream: true });
+  try {
+    return await referenceStates(model, tokens, { ...plan, ...streamedEval(stream) });
+  } finally {
+    stream?.close();
+  }
+}
+
+function formatEval(data: string, r: EvalResult & { loadSeconds: number; streamed: boolean }): string {
   let s =
     `${data}: perplexity ${r.ppl.toFixed(2)} over ${r.windows} windows x ${r.seqlen} tokens ` +
-    `(${r.seconds.toFixed(1)} s, the model loaded in ${r.loadSeconds.toFixed(1)} s)`;
+    `(${r.seconds.toFixed(1)} s, the model loaded in ${r.loadSeconds.toFixed(1)} s${r.streamed ? ', its blocks streamed' : ''})`;
   if (r.kl !== undefined) {
     const p = r.klPercentiles!;
     s +=
@@ -138,7 +167,7 @@ async function runGenerate(
 }> {
   validateSampling(opts);
   if (opts.system !== undefined && !opts.chat) throw new UserError('--system needs --chat');
-  const { model, tokenizer, loadSeconds } = await timedLoad(modelArg, opts.activations);
+  const { model, tokenizer, loadSeconds } = await timedLoad(modelArg, { activations: opts.activations });
   // --chat: the prompt is the user's message in the model's chat template, which writes its own special tokens;
   // only the reply is printed, and every EOS the tokenizer names (e.g. <|im_end|>, <end_of_turn>) ends it
   const messages: ChatMessage[] = [

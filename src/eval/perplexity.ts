@@ -1,4 +1,5 @@
 import { softcap, type Decoder } from '../models/index.js';
+import type { BlockStream } from '../models/load.js';
 import { logitStats } from '../tensor/ref.js';
 import {
   concatArrays,
@@ -27,6 +28,10 @@ export interface EvalOptions {
   /** names the text in errors (a dataset name or file path) */
   source?: string;
   onProgress?: (done: number, total: number) => void;
+  /** the blocks of a model opened streamed (loadModel's `stream`): every window goes through one block before the next */
+  stream?: BlockStream;
+  /** blocks done, for a streamed model, which runs them all before its first window is scored */
+  onBlock?: (done: number, total: number) => void;
 }
 
 export interface EvalResult {
@@ -73,15 +78,34 @@ function windowTokens(tokens: ArrayLike<number>, first: number, count: number, s
   return Int32Array.from({ length: count * seqlen }, (_, i) => tokens[first * seqlen + i]!);
 }
 
+/**
+ * The head's input for windows [w0, w0 + b) (ids: their tokens): a batch at a time through the model, or for a
+ * streamed one, from every window's run through the blocks, made before the first batch is asked for.
+ */
+async function finalStates(
+  model: Decoder,
+  tokens: ArrayLike<number>,
+  { seqlen, windows, batch }: { seqlen: number; windows: number; batch: number },
+  opts: EvalOptions,
+): Promise<(w0: number, b: number, ids: Int32Array) => Promise<Float32Array>> {
+  if (!opts.stream) return (_, b, ids) => model.hidden(ids, b, seqlen);
+  const rows = seqlen * model.cfg.hiddenSize;
+  const ids = windowTokens(tokens, 0, windows, seqlen);
+  const x = await model.streamedHidden((l) => opts.stream!.prepare(l), ids, windows, seqlen, batch, opts.onBlock);
+  return (w0, b) => model.final(x.slice(w0 * rows, (w0 + b) * rows), b * seqlen);
+}
+
 export async function referenceStates(model: Decoder, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<ReferenceStates> {
-  const { seqlen, windows, batch } = windowPlan(model, tokens, opts);
+  const plan = windowPlan(model, tokens, opts);
+  const { seqlen, windows, batch } = plan;
   const D = model.cfg.embedDim;
   const hidden = new Float32Array(windows * seqlen * D);
   const nll = new Float32Array(windows * (seqlen - 1));
+  const states = await finalStates(model, tokens, plan, opts);
   for (let w0 = 0; w0 < windows; w0 += batch) {
     const b = Math.min(batch, windows - w0);
     const ids = windowTokens(tokens, w0, b, seqlen);
-    const h = await model.hidden(ids, b, seqlen);
+    const h = await states(w0, b, ids);
     hidden.set(h, w0 * seqlen * D);
     for (let i = 0; i < b; i++) nll.set((await windowStats(model, h, ids, i, seqlen)).nll, (w0 + i) * (seqlen - 1));
   }
@@ -160,7 +184,8 @@ function percentile(sorted: Float64Array, q: number): number {
 }
 
 export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: EvalOptions = {}): Promise<EvalResult> {
-  const { seqlen, windows, batch } = windowPlan(model, tokens, opts);
+  const plan = windowPlan(model, tokens, opts);
+  const { seqlen, windows, batch } = plan;
   const ref = opts.ref;
   if (ref && (ref.windows < windows || ref.seqlen !== seqlen)) throw new RangeError('reference states cover different windows');
   const t0 = performance.now();
@@ -169,10 +194,11 @@ export async function evaluate(model: Decoder, tokens: ArrayLike<number>, opts: 
   const rows = seqlen - 1;
   const kls = ref && new Float64Array(windows * rows);
   let dp2 = 0;
+  const states = await finalStates(model, tokens, plan, opts);
   for (let w0 = 0; w0 < windows; w0 += batch) {
     const b = Math.min(batch, windows - w0);
     const ids = windowTokens(tokens, w0, b, seqlen);
-    const h = await model.hidden(ids, b, seqlen);
+    const h = await states(w0, b, ids);
     for (let i = 0; i < b; i++) {
       const st = await windowStats(model, h, ids, i, seqlen, ref, w0 + i);
       nllSum += st.nll.reduce((a, x) => a + x, 0);

@@ -107,10 +107,18 @@ export interface PreparedBlock extends BlockCommon {
   tail?: ResidualMlpKernel;
 }
 
+function preparedKernels(b: PreparedBlock): (LinearKernel | ResidualMlpKernel)[] {
+  return [...b.qkv, ...(b.o ? [b.o] : []), ...(b.gateUp ?? []), ...(b.down ? [b.down] : []), ...(b.tail ? [b.tail] : [])];
+}
+
 /** Bytes of weights a prepared block's kernels hold. */
 export function preparedBytes(b: PreparedBlock): number {
-  const kernels = [...b.qkv, ...(b.o ? [b.o] : []), ...(b.gateUp ?? []), ...(b.down ? [b.down] : []), ...(b.tail ? [b.tail] : [])];
-  return kernels.reduce((s, k) => s + k.weightBytes, 0);
+  return preparedKernels(b).reduce((s, k) => s + k.weightBytes, 0);
+}
+
+/** Frees the engine's copies of a prepared block's weights (a streamed block, once every window has been through it). */
+export async function disposeBlock(b: PreparedBlock): Promise<void> {
+  await Promise.all(preparedKernels(b).map((k) => k.dispose()));
 }
 
 /** One output per part of `widths`: the outputs as they are, or a single stacked or fused output split by column. */
@@ -718,6 +726,9 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
    * [batch*seq, embedDim]; a family's logit divisor is folded in, so head · h is the logits.
    */
   async hidden(tokens: ArrayLike<number>, batch: number, seq: number, cache?: KvCache): Promise<Float32Array> {
+    // a streamed model holds none of its blocks (streamedHidden runs them): embeddings alone are not its output
+    if (this.blocks.length !== this.cfg.numLayers)
+      throw new Error(`this model holds ${this.blocks.length} of its ${this.cfg.numLayers} blocks: its blocks are streamed (streamedHidden)`);
     if (cache && cache.length + seq > cache.capacity) {
       throw new RangeError(`context full: ${cache.length + seq} positions exceed ${cache.capacity}`);
     }
@@ -726,6 +737,45 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     for (let l = 0; l < this.blocks.length; l++) await this.block(this.blocks[l]!, l, x, batch, seq, cache);
     if (cache) cache.length += seq;
     return this.final(x, batch * seq);
+  }
+
+  /**
+   * The last block's output [windows*seq, hidden] for `windows` token windows of `seq`, a model too large to hold
+   * streamed: every window goes through block l, `batch` windows a call, before block l+1 is prepared, and each
+   * block's kernels are disposed once used. Memory holds one block and every window's hidden states (as eval's
+   * reference states do); the arithmetic is hidden()'s, in another order. `final` makes the head's input of it.
+   */
+  async streamedHidden(
+    prepare: (layer: number) => Promise<PreparedBlock>,
+    tokens: Int32Array,
+    windows: number,
+    seq: number,
+    batch: number,
+    onBlock?: (done: number, total: number) => void,
+  ): Promise<Float32Array> {
+    const D = this.cfg.hiddenSize;
+    const x = new Float32Array(windows * seq * D);
+    const rows = (w0: number, b: number): [number, number] => [w0 * seq, (w0 + b) * seq];
+    const eachBatch = async (fn: (w0: number, b: number) => Promise<void>): Promise<void> => {
+      for (let w0 = 0; w0 < windows; w0 += batch) await fn(w0, Math.min(batch, windows - w0));
+    };
+    await eachBatch(async (w0, b) => x.set(await this.embedTokens(tokens.subarray(...rows(w0, b)), seq), w0 * seq * D));
+    for (let l = 0; l < this.cfg.numLayers; l++) {
+      const block = await prepare(l);
+      try {
+        await eachBatch(async (w0, b) => {
+          const [r0, r1] = rows(w0, b);
+          // a copy, not a view: the engine is handed whole arrays everywhere else
+          const xb = x.slice(r0 * D, r1 * D);
+          await this.block(block, l, xb, b, seq);
+          x.set(xb, r0 * D);
+        });
+      } finally {
+        await disposeBlock(block);
+      }
+      onBlock?.(l + 1, this.cfg.numLayers);
+    }
+    return x;
   }
 
   /**

@@ -20,6 +20,7 @@ export {
   FINAL_NORM,
   floatEmbedding,
   preparedBytes,
+  disposeBlock,
   softcap,
 } from './decoder.js';
 export type { BlockWeights, Embedding, PreparedBlock, LinearName } from './decoder.js';

@@ -49,29 +49,44 @@ export interface LoadOptions {
    * rounding; 'int8' is faster for generation (llama.cpp's choice) at a small extra error.
    */
   activations?: ActivationPrecision;
+  /**
+   * A model whose weights would pass the loaded-size limit (GPTQ_TS_MAX_LOADED_GB) is opened streamed instead of
+   * refused: its outer weights loaded, none of its blocks, which `stream` prepares one at a time (eval runs every
+   * window through a block before the next: Decoder.streamedHidden).
+   */
+  stream?: boolean;
+}
+
+/** The blocks of a model opened streamed (LoadOptions.stream), read and prepared when asked for. */
+export interface BlockStream {
+  /** why it is streamed: the GB its weights would take held and the limit they pass */
+  readonly reason: string;
+  /** block i's kernels, read and prepared now: the caller disposes them (disposeBlock) once used */
+  prepare(i: number): Promise<PreparedBlock>;
+  /** closes the checkpoint's files */
+  close(): void;
+}
+
+export interface LoadedModel {
+  model: Decoder<PreparedBlock>;
+  tokenizer: LlamaTokenizer;
+  /** set when the model was opened streamed: `model` then holds no blocks */
+  stream?: BlockStream;
 }
 
 /**
  * A model directory ready for inference on the default backend: float checkpoints as prepared float kernels,
  * GPTQ checkpoints as packed kernels that never form the float matrix, GPTQT (binary-coded) ones dequantized.
  */
-export async function loadModel(
-  dir: string,
-  opts: LoadOptions = {},
-): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
-  if (isGgufFile(dir)) return loadGgufModel(dir, opts.activations ?? 'fp32');
+export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  if (isGgufFile(dir)) return loadGgufModel(dir, opts);
   if (!existsSync(dir)) fail(`${dir}: model directory not found`);
   const backend = await getBackend();
   const config = readConfigJson(dir);
   const cfg = readModelConfig(dir);
   const linear = kernelMaker(dir, config, cfg, backend, opts.activations ?? 'fp32');
-  const st = new SafetensorsModel(dir);
-  try {
-    const model = await assemble(st, cfg, backend, linear);
-    return { model, tokenizer: checkedTokenizer(loadTokenizer(dir), cfg, `${dir}: the tokenizer`, "config.json's vocab_size") };
-  } finally {
-    st.close();
-  }
+  const tokenizer = (): LlamaTokenizer => checkedTokenizer(loadTokenizer(dir), cfg, `${dir}: the tokenizer`, "config.json's vocab_size");
+  return assemble(dir, () => new SafetensorsModel(dir), cfg, backend, linear, tokenizer, opts.stream ?? false);
 }
 
 /** Every id the tokenizer can produce must index the embedding (a model's vocab_size may be padded beyond it). */
@@ -80,44 +95,66 @@ function checkedTokenizer(tokenizer: LlamaTokenizer, cfg: ModelConfig, what: str
   return tokenizer;
 }
 
-/** The decoder from a checkpoint's tensors: names checked, outer weights and each block's kernels. */
-async function assemble<R extends TensorReader>(
-  st: R,
+/**
+ * The decoder from a checkpoint's tensors: names checked, outer weights and each block's kernels. A model whose
+ * weights would pass the loaded-size limit is refused up front, with the figure, rather than run out of memory
+ * minutes into loading; or with `stream`, returned without its blocks, its files left open for `BlockStream`.
+ */
+async function assemble<R extends TensorReader & { close(): void }>(
+  what: string,
+  open: () => R,
   cfg: ModelConfig,
   backend: Backend,
   linear: LinearFormat<R>,
-): Promise<Decoder<PreparedBlock>> {
-  checkTensorNames(st, cfg, linear.tensors, linear.quantizedHead);
-  const outer = readOuter(st, cfg, !linear.quantizedHead);
-  if (linear.quantizedHead) outer.headKernel = (await linear.make(st, [cfg.tensors.head], [[cfg.vocabSize, cfg.embedDim]]))[0]!;
-  const blocks: PreparedBlock[] = [];
-  const groups = linearGroups(cfg);
-  for (let i = 0; i < cfg.numLayers; i++) {
-    const p = layerPrefix(cfg, i);
-    const kernels = (names: readonly LinearName[], opts?: LinearOptions): Promise<LinearKernel[]> =>
-      linear.make(
-        st,
-        names.map((n) => `${p}${n}.weight`),
-        names.map((n) => linearShape(cfg, n)),
-        opts,
-      );
-    const extras = readBlockExtras(st, cfg, i);
-    const qkv = await kernels(groups[0]!);
-    const tail = await linear.tail?.(st, p, extras.norms);
-    blocks.push(
-      tail
-        ? { ...extras, qkv, tail }
-        : {
-            ...extras,
-            qkv,
-            o: (await kernels(groups[1]!))[0]!,
-            gateUp: await kernels(groups[2]!, gatedOutput(cfg)),
-            down: (await kernels(groups[3]!))[0]!,
-          },
-    );
+  tokenizer: (st: R) => LlamaTokenizer,
+  stream: boolean,
+): Promise<LoadedModel> {
+  const tooLarge = linear.held && overLimit(what, linear.held.bytes, linear.held.what);
+  if (tooLarge && !stream) fail(tooLarge);
+  const st = open();
+  let streamed = false;
+  try {
+    checkTensorNames(st, cfg, linear.tensors, linear.quantizedHead);
+    const outer = readOuter(st, cfg, !linear.quantizedHead);
+    if (linear.quantizedHead) outer.headKernel = (await linear.make(st, [cfg.tensors.head], [[cfg.vocabSize, cfg.embedDim]]))[0]!;
+    const prepare = (i: number): Promise<PreparedBlock> => prepareBlock(st, cfg, linear, i);
+    // a float head stays as stored: eval reads it a slice at a time, generate() widens it (Decoder.prepareHead)
+    if (tooLarge) {
+      const model = new Decoder<PreparedBlock>(cfg, backend, outer, []);
+      const loaded = { model, tokenizer: tokenizer(st), stream: { reason: tooLarge, prepare, close: () => st.close() } };
+      streamed = true;
+      return loaded;
+    }
+    const blocks: PreparedBlock[] = [];
+    for (let i = 0; i < cfg.numLayers; i++) blocks.push(await prepare(i));
+    return { model: new Decoder(cfg, backend, outer, blocks), tokenizer: tokenizer(st) };
+  } finally {
+    if (!streamed) st.close();
   }
-  // a float head stays as stored: eval reads it a slice at a time, generate() widens it (Decoder.prepareHead)
-  return new Decoder(cfg, backend, outer, blocks);
+}
+
+/** Block i's kernels, from the checkpoint's tensors. */
+async function prepareBlock<R extends TensorReader>(st: R, cfg: ModelConfig, linear: LinearFormat<R>, i: number): Promise<PreparedBlock> {
+  const groups = linearGroups(cfg);
+  const p = layerPrefix(cfg, i);
+  const kernels = (names: readonly LinearName[], opts?: LinearOptions): Promise<LinearKernel[]> =>
+    linear.make(
+      st,
+      names.map((n) => `${p}${n}.weight`),
+      names.map((n) => linearShape(cfg, n)),
+      opts,
+    );
+  const extras = readBlockExtras(st, cfg, i);
+  const qkv = await kernels(groups[0]!);
+  const tail = await linear.tail?.(st, p, extras.norms);
+  if (tail) return { ...extras, qkv, tail };
+  return {
+    ...extras,
+    qkv,
+    o: (await kernels(groups[1]!))[0]!,
+    gateUp: await kernels(groups[2]!, gatedOutput(cfg)),
+    down: (await kernels(groups[3]!))[0]!,
+  };
 }
 
 /**
@@ -129,18 +166,15 @@ function gatedOutput(cfg: ModelConfig): LinearOptions | undefined {
   return cfg.mlp === 'gated' && cfg.activation === 'silu' && !biased ? { gated: 'silu' } : undefined;
 }
 
-/**
- * GB of weights a model may take once loaded (float32 for layers held as float) before it is refused up front, with
- * the figure, rather than run out of memory minutes into loading (GPTQ_TS_MAX_LOADED_GB overrides)
- */
+/** GB of weights a model may take once loaded (float32 for layers held as float); GPTQ_TS_MAX_LOADED_GB overrides */
 const LOADED_LIMIT_GB = 16;
-function checkLoadedSize(what: string, bytes: number, held: string): void {
+
+/** The refusal of a model whose loaded weights (`bytes`, held as `held` says) would pass the limit, if they would. */
+function overLimit(what: string, bytes: number, held: string): string | undefined {
   const limit = Number(process.env['GPTQ_TS_MAX_LOADED_GB'] ?? LOADED_LIMIT_GB);
   const gb = bytes / 1e9;
-  if (gb > limit)
-    fail(
-      `${what}: gptq-ts would hold ${gb.toPrecision(3)} GB of its weights (${held}), more than the limit of ${limit} GB (GPTQ_TS_MAX_LOADED_GB raises it)`,
-    );
+  if (gb <= limit) return undefined;
+  return `${what}: gptq-ts would hold ${gb.toPrecision(3)} GB of its weights (${held}), more than the limit of ${limit} GB (GPTQ_TS_MAX_LOADED_GB raises it)`;
 }
 
 /**
@@ -148,25 +182,25 @@ function checkLoadedSize(what: string, bytes: number, held: string): void {
  * family's config and its tokenizer from its vocabulary (models/gguf-import.ts). Q4_0 and Q8_0 linear layers run on
  * the packed GPTQ kernels (the same grid: no float matrix is formed); other types are dequantized to float32
  * kernels exactly as llama.cpp dequantizes them. A file whose loaded weights would exceed the limit is refused up
- * front with the figure.
+ * front with the figure (or opened streamed).
  */
-async function loadGgufModel(
-  path: string,
-  activations: ActivationPrecision,
-): Promise<{ model: Decoder<PreparedBlock>; tokenizer: LlamaTokenizer }> {
+async function loadGgufModel(path: string, opts: LoadOptions): Promise<LoadedModel> {
   const g = openGgufModel(path);
+  let opened = false;
   try {
-    checkLoadedSize(path, g.tensors.loadedBytes(), 'Q4_0/Q8_0 layers and head packed, every other type dequantized to float32');
     const backend = await getBackend();
-    const format = ggufFormat(g.cfg, backend, activations);
+    const format = ggufFormat(g.cfg, backend, opts.activations ?? 'fp32');
+    format.held = { bytes: g.tensors.loadedBytes(), what: 'Q4_0/Q8_0 layers and head packed, every other type dequantized to float32' };
     // an untied Q4_0/Q8_0 output head (ours with --lm-head, llama-quantize --pure) runs packed as well
     const head = g.cfg.tensors.head;
     if (!g.cfg.tieWordEmbeddings && g.tensors.has(head) && g.tensors.isPacked(head)) format.quantizedHead = true;
-    const model = await assemble(g.tensors, g.cfg, backend, format);
-    const tokenizer = LlamaTokenizer.fromGguf(g.file);
-    return { model, tokenizer: checkedTokenizer(tokenizer, g.cfg, `${path}: the vocabulary`, "the embedding's row count") };
+    const tokenizer = (): LlamaTokenizer =>
+      checkedTokenizer(LlamaTokenizer.fromGguf(g.file), g.cfg, `${path}: the vocabulary`, "the embedding's row count");
+    opened = true;
+    return await assemble(path, () => g.tensors, g.cfg, backend, format, tokenizer, opts.stream ?? false);
   } finally {
-    g.tensors.close();
+    // assemble owns the file from its call on
+    if (!opened) g.tensors.close();
   }
 }
 
@@ -262,6 +296,8 @@ interface LinearFormat<R extends TensorReader = SafetensorsModel> {
   tail?: TailMaker<R>;
   /** the LM head is stored as one of these layers (GPTQ's `lm_head: true`) */
   quantizedHead?: boolean;
+  /** the bytes the loaded model would hold, where that may pass the limit, and in what form */
+  held?: { bytes: number; what: string };
 }
 
 /** A model's block linear layers as float32 (the float kernels' storage), in bytes. */
@@ -311,10 +347,10 @@ function kernelMaker(
     stackedFloats(backend, ws, shapes, opts);
   const bcq = config['quantization_config'] as { quant_method?: string; bits?: number } | undefined;
   if (bcq?.quant_method === 'gptqt') {
-    checkLoadedSize(dir, floatLinearBytes(cfg), 'its binary-coded linear layers dequantized to float32');
     const bits = bcq.bits;
     if (bits !== 2 && bits !== 3) fail(`${dir}/config.json: gptqt bits ${JSON.stringify(bits)} is not 2 or 3`);
     return {
+      held: { bytes: floatLinearBytes(cfg), what: 'its binary-coded linear layers dequantized to float32' },
       tensors: gptqtTensorNames,
       make: (st, names, shapes, opts) =>
         floats(
@@ -325,10 +361,11 @@ function kernelMaker(
     };
   }
   const qc = readQuantConfig(dir, config);
-  if (!qc) {
-    checkLoadedSize(dir, floatLinearBytes(cfg), 'its linear layers as float32; a quantized checkpoint of it loads packed');
-    return floatFormat(cfg, backend);
-  }
+  if (!qc)
+    return {
+      ...floatFormat(cfg, backend),
+      held: { bytes: floatLinearBytes(cfg), what: 'its linear layers as float32; a quantized checkpoint of it loads packed' },
+    };
   // a block layer left float by transformers' modules_in_block_to_quantize would be read as packed, and is missing
   const floatLayers =
     qc.modulesInBlock &&
