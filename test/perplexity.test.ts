@@ -33,7 +33,7 @@ for (const { data, dummyPrefix, ppl, tol, source } of CASES) {
   });
 }
 
-test('a float model over the loaded-size limit, opened streamed, evaluates block by block to the held model\'s perplexity, bit for bit', async () => {
+test("a float model over the loaded-size limit, opened streamed, evaluates block by block to the held model's perplexity, bit for bit", async () => {
   const dir = await pullStories15m();
   const { model: held, tokenizer } = await loadModel(dir);
   const tokens = tokenizer.encode(await loadText('sotu-test'), { dummyPrefix: false });

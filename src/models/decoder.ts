@@ -728,7 +728,9 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
   async hidden(tokens: ArrayLike<number>, batch: number, seq: number, cache?: KvCache): Promise<Float32Array> {
     // a streamed model holds none of its blocks (streamedHidden runs them): embeddings alone are not its output
     if (this.blocks.length !== this.cfg.numLayers)
-      throw new Error(`this model holds ${this.blocks.length} of its ${this.cfg.numLayers} blocks: its blocks are streamed (streamedHidden)`);
+      throw new Error(
+        `this model holds ${this.blocks.length} of its ${this.cfg.numLayers} blocks: its blocks are streamed (streamedHidden)`,
+      );
     if (cache && cache.length + seq > cache.capacity) {
       throw new RangeError(`context full: ${cache.length + seq} positions exceed ${cache.capacity}`);
     }

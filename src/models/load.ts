@@ -110,10 +110,10 @@ async function assemble<R extends TensorReader & { close(): void }>(
   stream: boolean,
 ): Promise<LoadedModel> {
   const tooLarge = linear.held && overLimit(what, linear.held.bytes, linear.held.what);
-  if (tooLarge && !stream) fail(tooLarge);
   const st = open();
   let streamed = false;
   try {
+    if (tooLarge && !stream) fail(tooLarge);
     checkTensorNames(st, cfg, linear.tensors, linear.quantizedHead);
     const outer = readOuter(st, cfg, !linear.quantizedHead);
     if (linear.quantizedHead) outer.headKernel = (await linear.make(st, [cfg.tensors.head], [[cfg.vocabSize, cfg.embedDim]]))[0]!;
