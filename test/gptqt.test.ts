@@ -65,6 +65,21 @@ test('gptq quantize --method gptqt writes its own format that eval and inspect r
   assert.equal(e.status, 0, e.stderr);
   const r = JSON.parse(e.stdout);
   assert.ok(r.kl > 0 && r.top1 > 0.2, `kl ${r.kl} top1 ${r.top1}`);
+  // its layers are held dequantized to float32: over the loaded-size limit, eval streams it (and the reference) to
+  // the same figures
+  const streamed = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', 'src/cli/entry.ts', 'eval', out, '--windows', '2', '--ref', model, '--json'],
+    {
+      encoding: 'utf8',
+      env: { ...process.env, GPTQ_TS_MAX_LOADED_GB: '0.01' },
+    },
+  );
+  assert.equal(streamed.status, 0, streamed.stderr);
+  const s = JSON.parse(streamed.stdout);
+  assert.equal(s.streamed, true);
+  assert.match(streamed.stderr, /gptq-ts would hold 0\.0239 GB of its weights \(its binary-coded linear layers dequantized to float32\)/);
+  assert.deepEqual([s.ppl, s.kl, s.top1], [r.ppl, r.kl, r.top1]);
   const i = JSON.parse(cli('inspect', out, '--json').stdout);
   assert.equal(i.quantization.method, 'gptqt');
   assert.ok(i.bitsPerWeight > 3 && i.bitsPerWeight < 3.5, `${i.bitsPerWeight}`);
