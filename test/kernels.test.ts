@@ -184,6 +184,41 @@ test('sliding windows, soft-capping and ALiBi: onnxruntime (window mask) and the
   assert.ok(full.some((x, i) => Math.abs(x - windowed[i]!) > 1e-3));
 });
 
+test("a KV cache's head-major layout (kvCapacity): every kernel reads it as the definition reads the same keys position-major", async () => {
+  const r = rng(7);
+  // decode steps (the onnxruntime graph over the cache's rows; the TS kernel where small or capped) and a prompt
+  // continued over a cache (several new positions); GQA, a window, a soft-cap; capacities beyond ctx (unused rows
+  // hold noise here: only ctx positions may be read)
+  const cases = [
+    { seq: 1, ctx: 40, capacity: 64, heads: 32, kvHeads: 32, headDim: 128 },
+    { seq: 1, ctx: 300, capacity: 512, heads: 32, kvHeads: 4, headDim: 64 },
+    { seq: 1, ctx: 300, capacity: 300, heads: 8, kvHeads: 2, headDim: 64, window: 17 },
+    { seq: 1, ctx: 9, capacity: 64, heads: 4, kvHeads: 2, headDim: 16 },
+    { seq: 1, ctx: 200, capacity: 256, heads: 8, kvHeads: 8, headDim: 64, softcap: 3 },
+    { seq: 37, ctx: 300, capacity: 320, heads: 8, kvHeads: 4, headDim: 32 },
+  ];
+  for (const { capacity, ...c } of cases) {
+    const s = { batch: 1, ...c };
+    const q = rand(s.seq * s.heads * s.headDim, r);
+    const k = rand(s.ctx * s.kvHeads * s.headDim, r);
+    const v = rand(s.ctx * s.kvHeads * s.headDim, r);
+    const want = ref.attention(q, k, v, s);
+    const [kc, vc] = [rand(s.kvHeads * capacity * s.headDim, r), rand(s.kvHeads * capacity * s.headDim, r)];
+    for (let j = 0; j < s.ctx; j++)
+      for (let h = 0; h < s.kvHeads; h++)
+        for (const [src, dst] of [
+          [k, kc],
+          [v, vc],
+        ] as const)
+          dst.set(src.subarray((j * s.kvHeads + h) * s.headDim, (j * s.kvHeads + h + 1) * s.headDim), (h * capacity + j) * s.headDim);
+    const hm = { ...s, kvCapacity: capacity };
+    const what = JSON.stringify(hm);
+    assertClose(ref.attention(q, kc, vc, hm), want, 1e-12, `definition ${what}`);
+    assertClose(await ortBackend.attention(q, kc, vc, hm), want, 1e-5, `onnxruntime ${what}`);
+    assertClose(attentionJs(q, kc, vc, hm), want, 1e-5, `TS ${what}`);
+  }
+});
+
 test('attention is causal: future keys do not change earlier outputs', () => {
   const r = rng(3);
   const s = { batch: 1, seq: 4, ctx: 4, heads: 2, kvHeads: 2, headDim: 4 };

@@ -90,7 +90,13 @@ test('the KV cache holds what the sequence uses, not the whole context, and deco
   assert.equal(cache.k[0]!.length, 64 * width);
   let last: Float32Array = new Float32Array(0);
   for (const t of ids.slice(3)) last = await model.hidden([t], 1, 1, cache);
-  assert.equal(cache.k[0]!.length, 128 * width, 'doubled once past 64 positions');
+  assert.equal(cache.k[0]!.length, 128 * width, 'grown once past 64 positions, by a whole step of 64 rows');
+  // a long one grows by a quarter: a decode step reads every row held
+  const long = new KvCache(model.cfg, 4096);
+  long.reserve(1000);
+  long.reserve(1001);
+  assert.equal(long.rows, 1280);
+  assert.equal(long.k[0]!.length, 1280 * width);
   const full = await model.hidden(ids, 1, ids.length);
   const tail = full.subarray(full.length - 64);
   for (let i = 0; i < 64; i++) assert.ok(Math.abs(tail[i]! - last[i]!) < 1e-4, `position 69, dim ${i}`);

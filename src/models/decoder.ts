@@ -410,36 +410,52 @@ export function checkTensorNames(
 }
 
 /**
- * Keys and values of past positions for incremental decoding, per layer [batch, ctx, kvHeads*headDim]. Storage
- * grows with the sequence (doubling, so each position is copied about once), up to `capacity` positions: a
- * short generation in a long-context model holds what it uses, not the whole context.
+ * Keys and values of past positions for incremental decoding, per layer and head-major (one sequence). Storage
+ * grows with the sequence, up to `capacity` positions: a short generation in a long-context model holds what it
+ * uses, not the whole context. It grows by a quarter (whole 64-row steps), not by doubling: a decode step reads every
+ * row held (those past the sequence masked), so spare rows cost every step and a copy costs once (each position is
+ * copied about four times).
  */
 export class KvCache {
   length = 0;
+  /** each layer's keys and values, head-major [kvHeads, rows, headDim] (AttentionShape.kvCapacity) */
   readonly k: Float32Array[];
   readonly v: Float32Array[];
-  private readonly width: number;
+  /** the positions each layer's arrays have room for */
+  rows = 0;
   constructor(
     readonly cfg: ModelConfig,
     readonly capacity: number,
   ) {
-    this.width = cfg.headDim * cfg.numKvHeads;
     this.k = Array.from({ length: cfg.numLayers }, () => new Float32Array(0));
     this.v = Array.from({ length: cfg.numLayers }, () => new Float32Array(0));
   }
 
   /** Room for `positions` positions in every layer. */
   reserve(positions: number): void {
-    const held = this.k[0]!.length / this.width;
-    if (positions <= held) return;
-    const rows = Math.min(this.capacity, Math.max(positions, 2 * held, 64));
+    if (positions <= this.rows) return;
+    const rows = Math.min(this.capacity, Math.max(positions, Math.ceil((1.25 * this.rows) / 64) * 64, 64));
+    const { numKvHeads: heads, headDim: d } = this.cfg;
     for (const kv of [this.k, this.v]) {
       for (let l = 0; l < kv.length; l++) {
-        const grown = new Float32Array(rows * this.width);
-        grown.set(kv[l]!.subarray(0, this.length * this.width));
+        const grown = new Float32Array(heads * rows * d);
+        for (let h = 0; h < heads; h++) grown.set(kv[l]!.subarray(h * this.rows * d, (h * this.rows + this.length) * d), h * rows * d);
         kv[l] = grown;
       }
     }
+    this.rows = rows;
+  }
+
+  /** Layer `layer`'s keys and values of `seq` new positions from `start` ([seq, kvHeads·headDim] each, as projected). */
+  write(layer: number, k: Float32Array, v: Float32Array, start: number, seq: number): void {
+    const { numKvHeads: heads, headDim: d } = this.cfg;
+    for (const [src, dst] of [
+      [k, this.k[layer]!],
+      [v, this.v[layer]!],
+    ] as const)
+      for (let t = 0; t < seq; t++)
+        for (let h = 0; h < heads; h++)
+          dst.set(src.subarray((t * heads + h) * d, (t * heads + h + 1) * d), (h * this.rows + start + t) * d);
   }
 }
 
@@ -611,13 +627,13 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
     let keys = k;
     let values = v;
     let ctx = seq;
+    let kvCapacity: number | undefined;
     if (cache) {
       if (batch !== 1) throw new Error('the KV cache holds one sequence');
-      cache.k[layer]!.set(k, start * kvWidth);
-      cache.v[layer]!.set(v, start * kvWidth);
+      cache.write(layer, k, v, start, seq);
       ctx = start + seq;
-      keys = cache.k[layer]!.subarray(0, ctx * kvWidth);
-      values = cache.v[layer]!.subarray(0, ctx * kvWidth);
+      // a prompt on an empty cache sees only its own keys, as projected; later steps read the cache's
+      if (start > 0) [keys, values, kvCapacity] = [cache.k[layer]!, cache.v[layer]!, cache.rows];
     }
     return this.attentionChunked(q, keys, values, {
       batch,
@@ -629,6 +645,7 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       ...(window ? { window } : {}),
       ...(cfg.attnSoftcap ? { softcap: cfg.attnSoftcap } : {}),
       ...(this.alibi ? { alibi: this.alibi } : {}),
+      ...(kvCapacity ? { kvCapacity } : {}),
     });
   }
 

@@ -1,4 +1,4 @@
-import type { AttentionShape } from './backend.js';
+import { kvOffset, type AttentionShape } from './backend.js';
 
 /**
  * Causal attention in TypeScript for the small cases (a decode step over a short cache), where a session run
@@ -13,18 +13,18 @@ export function attentionJs(q: Float32Array, k: Float32Array, v: Float32Array, s
   const cap = s.softcap;
   const alibi = s.alibi;
   const group = heads / kvHeads;
-  const kvStride = kvHeads * hd;
+  // from one key position to the next: a row of every kv head, or in a head-major cache one head's row
+  const kvStride = s.kvCapacity ? hd : kvHeads * hd;
   const scores = new Float64Array(ctx);
   const acc = new Float64Array(hd);
   const hd4 = hd - (hd % 4);
   for (let b = 0; b < batch; b++) {
-    const kvBase = b * ctx * kvStride;
     for (let t = 0; t < seq; t++) {
       const last = ctx - seq + t;
       const first = Math.max(0, last - (s.window ?? Infinity) + 1);
       for (let h = 0; h < heads; h++) {
         const qo = ((b * seq + t) * heads + h) * hd;
-        const head = kvBase + Math.floor(h / group) * hd;
+        const head = kvOffset(s, b, 0, Math.floor(h / group));
         let max = -Infinity;
         for (let j = first, ko = head + first * kvStride; j <= last; j++, ko += kvStride) {
           let s0 = 0;

@@ -21,6 +21,18 @@ export interface AttentionShape {
   softcap?: number;
   /** ALiBi (BLOOM): head h adds alibi[h]·j to its score for key position j */
   alibi?: Float32Array;
+  /**
+   * k and v are a KV cache's own arrays, head-major [kvHeads, kvCapacity, headDim] (batch 1), positions 0..ctx-1
+   * filled; without it they are position-major [batch, ctx, kvHeads, headDim]. Head-major lets a decode step's
+   * products read each head's keys as one matrix: position-major needed a transpose of the whole cache per layer
+   * per token (onnxruntime's, 10 ms each for K and V at Llama-2-7B's 32 heads of 128 over 1024 positions).
+   */
+  kvCapacity?: number;
+}
+
+/** Where key/value position j of kv head h (sequence b) starts in k and v, in either layout (AttentionShape). */
+export function kvOffset(s: AttentionShape, b: number, j: number, h: number): number {
+  return s.kvCapacity ? (h * s.kvCapacity + j) * s.headDim : ((b * s.ctx + j) * s.kvHeads + h) * s.headDim;
 }
 
 /** The gated MLP's activation: act(gate·x) ⊙ up·x. gelu is erf's; gelu_tanh its tanh approximation. */

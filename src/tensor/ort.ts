@@ -11,6 +11,7 @@ import type {
   ResidualMlpKernel,
   ResidualMlpWeights,
 } from './backend.js';
+import { kvOffset } from './backend.js';
 import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, packedLinearGraph } from './ort-linear.js';
@@ -209,6 +210,37 @@ const attentionGraph = (threads?: number) => (): Promise<ort.InferenceSession> =
   );
 
 /**
+ * A decode step over a head-major KV cache (AttentionShape.kvCapacity): k and v come as [b, kvHeads, 1, capacity, d],
+ * each head's keys one matrix, so the scores are K·q (as [capacity, 1] per query head, whose transpose to [1,
+ * capacity] moves only a size-1 axis) and the output p·V, with no transpose of the cache. Positions from ctx to the
+ * capacity are masked (their rows are zeros: p = 0 exactly). Llama-2-7B's 32 heads of 128, best of 5 x 16 calls:
+ * 1.3 ms over 1024 positions against 22 ms for the position-major graph, 3.0 against 41 ms over 2048, 72-92 µs
+ * against 202 over 40.
+ */
+const decodeAttentionGraph = (threads?: number) => (): Promise<ort.InferenceSession> =>
+  graph(
+    [
+      { opType: 'Mul', inputs: ['q', 'scale'], outputs: ['qs'] },
+      { opType: 'Transpose', inputs: ['qs'], outputs: ['qt'], intsAttrs: { perm: [0, 2, 3, 4, 1] } },
+      { opType: 'MatMul', inputs: ['k', 'qt'], outputs: ['st'] },
+      { opType: 'Transpose', inputs: ['st'], outputs: ['s'], intsAttrs: { perm: [0, 1, 2, 4, 3] } },
+      { opType: 'Add', inputs: ['s', 'mask'], outputs: ['sm'] },
+      { opType: 'Softmax', inputs: ['sm'], outputs: ['p'], intAttrs: { axis: -1 } },
+      { opType: 'MatMul', inputs: ['p', 'v'], outputs: ['o'] },
+      { opType: 'Transpose', inputs: ['o'], outputs: ['out'], intsAttrs: { perm: [0, 3, 1, 2, 4] } },
+    ],
+    [
+      { name: 'q', elemType: F, dims: ['b', 1, 'h', 'g', 'd'] },
+      { name: 'k', elemType: F, dims: ['b', 'h', 1, 'c', 'd'] },
+      { name: 'v', elemType: F, dims: ['b', 'h', 1, 'c', 'd'] },
+      { name: 'scale', elemType: F, dims: [] },
+      { name: 'mask', elemType: F, dims: [1, 'c'] },
+    ],
+    [{ name: 'out', elemType: F, dims: ['b', 1, 'h', 'g', 'd'] }],
+    threads,
+  );
+
+/**
  * One vocabulary slice of the head's statistics: per row, its logits' maximum and log-sum-exp and, against a
  * reference's slice, the reference's maximum and log-sum-exp, Σ e^{z_ref − max_ref}·(z_ref − z) and both argmaxes;
  * headStats joins the slices (see there). Sums run in float64 (ReduceLogSumExp's float32 one missed stories15M's
@@ -290,6 +322,8 @@ const sessions = {
   swiglu: lazy(swigluGraph),
   attention: lazy(attentionGraph()),
   attentionSerial: lazy(attentionGraph(1)),
+  decodeAttention: lazy(decodeAttentionGraph()),
+  decodeAttentionSerial: lazy(decodeAttentionGraph(1)),
   headSlice: lazy(headSliceGraph),
   compareSlice: lazy(compareSliceGraph),
 };
@@ -310,6 +344,29 @@ function causalMask(seq: number, ctx: number, window = Infinity): ort.Tensor {
     masks.set(key, t);
   }
   return t;
+}
+
+/** A decode step's mask over a head-major cache of `capacity` rows: keys 0..ctx-1 (the last `window` of them). */
+function decodeMask(ctx: number, capacity: number, window = Infinity): ort.Tensor {
+  const key = `decode ${ctx}x${capacity}x${window}`;
+  let t = masks.get(key);
+  if (!t) {
+    const m = new Float32Array(capacity).fill(-Infinity);
+    m.fill(0, Math.max(0, ctx - window), ctx);
+    t = new ort.Tensor('float32', m, [1, capacity]);
+    if (masks.size > 64) masks.clear();
+    masks.set(key, t);
+  }
+  return t;
+}
+
+/** A head-major cache's first ctx positions, position-major [1, ctx, kvHeads, d] (for the query-block graph). */
+function positionMajor(x: Float32Array, sh: AttentionShape): Float32Array {
+  const { ctx, kvHeads, headDim: d } = sh;
+  const out = new Float32Array(ctx * kvHeads * d);
+  for (let h = 0; h < kvHeads; h++)
+    for (let j = 0; j < ctx; j++) out.set(x.subarray(kvOffset(sh, 0, j, h), kvOffset(sh, 0, j, h) + d), (j * kvHeads + h) * d);
+  return out;
 }
 
 const f32 = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
@@ -571,11 +628,30 @@ export const ortBackend: Backend = {
 
   async attention(q, k, v, sh: AttentionShape) {
     const { batch, seq, ctx, heads, kvHeads, headDim } = sh;
-    if (seq > QUERY_BLOCK) return attentionInQueryBlocks(q, k, v, sh);
     // the graph has no soft-capping or per-head biases: Gemma 2's and BLOOM's scores take the TS kernel
     const size = batch * seq * ctx * heads * headDim;
-    if (sh.softcap || sh.alibi || size <= SMALL_ATTENTION) return attentionJs(q, k, v, sh);
+    const plain = !sh.softcap && !sh.alibi && size > SMALL_ATTENTION;
     const group = heads / kvHeads;
+    if (sh.kvCapacity && plain && seq === 1) {
+      const cap = sh.kvCapacity;
+      const s = await (size < SERIAL_ATTENTION ? sessions.decodeAttentionSerial : sessions.decodeAttention)();
+      const r = await s.run({
+        q: f32(q, [1, 1, kvHeads, group, headDim]),
+        k: f32(k, [1, kvHeads, 1, cap, headDim]),
+        v: f32(v, [1, kvHeads, 1, cap, headDim]),
+        scale: f32(new Float32Array([1 / Math.sqrt(headDim)]), []),
+        mask: decodeMask(ctx, cap, sh.window),
+      });
+      return r['out']!.data as Float32Array;
+    }
+    // several new positions over a cache (a prompt continued): the query-block graph, on a position-major copy
+    if (sh.kvCapacity && plain) {
+      const pm: AttentionShape = { ...sh };
+      delete pm.kvCapacity;
+      return ortBackend.attention(q, positionMajor(k, sh), positionMajor(v, sh), pm);
+    }
+    if (seq > QUERY_BLOCK) return attentionInQueryBlocks(q, k, v, sh);
+    if (!plain) return attentionJs(q, k, v, sh);
     const s = await (size < SERIAL_ATTENTION ? sessions.attentionSerial : sessions.attention)();
     const r = await s.run({
       q: f32(q, [batch, seq, kvHeads, group, headDim]),

@@ -13,6 +13,7 @@ import type {
   ResidualMlpWeights,
 } from './backend.js';
 import { rowsF32, type StoredRows } from './rows.js';
+import { kvOffset } from './backend.js';
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
 
@@ -155,7 +156,7 @@ export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: 
         const qo = ((b * seq + t) * heads + h) * headDim;
         let max = -Infinity;
         for (let j = first; j <= last; j++) {
-          const ko = ((b * ctx + j) * kvHeads + kh) * headDim;
+          const ko = kvOffset(s, b, j, kh);
           let dot = 0;
           for (let d = 0; d < headDim; d++) dot += q[qo + d]! * k[ko + d]!;
           scores[j] = (s.softcap ? s.softcap * Math.tanh((dot * scale) / s.softcap) : dot * scale) + (s.alibi ? s.alibi[h]! * j : 0);
@@ -168,7 +169,7 @@ export function attention(q: Float32Array, k: Float32Array, v: Float32Array, s: 
         }
         for (let j = first; j <= last; j++) {
           const p = scores[j]! / sum;
-          const vo = ((b * ctx + j) * kvHeads + kh) * headDim;
+          const vo = kvOffset(s, b, j, kh);
           for (let d = 0; d < headDim; d++) out[qo + d]! += p * v[vo + d]!;
         }
       }
