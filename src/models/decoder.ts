@@ -412,9 +412,11 @@ export function checkTensorNames(
 /**
  * Keys and values of past positions for incremental decoding, per layer and head-major (one sequence). Storage
  * grows with the sequence, up to `capacity` positions: a short generation in a long-context model holds what it
- * uses, not the whole context. It grows by a quarter (whole 64-row steps), not by doubling: a decode step reads every
- * row held (those past the sequence masked), so spare rows cost every step and a copy costs once (each position is
- * copied about four times).
+ * uses, not the whole context. It grows by a quarter (in whole steps of 16 rows), not by doubling: a decode step
+ * reads every row held (those past the sequence masked), so spare rows cost every step and a copy costs once (each
+ * position is copied about four times). Llama-2-7B w4, 32 tokens after a 5-token prompt, attention a token: 8.8-9.1 ms
+ * in steps of 64 rows against 7.5 for the position-major graph over the positions alone; in steps of 16, 6.2-6.6
+ * against 8.3-8.4.
  */
 export class KvCache {
   length = 0;
@@ -434,7 +436,7 @@ export class KvCache {
   /** Room for `positions` positions in every layer. */
   reserve(positions: number): void {
     if (positions <= this.rows) return;
-    const rows = Math.min(this.capacity, Math.max(positions, Math.ceil((1.25 * this.rows) / 64) * 64, 64));
+    const rows = Math.min(this.capacity, Math.max(positions, Math.ceil((1.25 * this.rows) / 16) * 16, 16));
     const { numKvHeads: heads, headDim: d } = this.cfg;
     for (const kv of [this.k, this.v]) {
       for (let l = 0; l < kv.length; l++) {
