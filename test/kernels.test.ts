@@ -196,6 +196,8 @@ test("a KV cache's head-major layout (kvCapacity): every kernel reads it as the 
     { seq: 1, ctx: 9, capacity: 64, heads: 4, kvHeads: 2, headDim: 16 },
     { seq: 1, ctx: 200, capacity: 256, heads: 8, kvHeads: 8, headDim: 64, softcap: 3 },
     { seq: 37, ctx: 300, capacity: 320, heads: 8, kvHeads: 4, headDim: 32 },
+    // past onnxruntime's query blocks of 256, soft-capped (the TS kernel, a block at a time)
+    { seq: 300, ctx: 400, capacity: 416, heads: 4, kvHeads: 2, headDim: 16, softcap: 2 },
   ];
   for (const { capacity, ...c } of cases) {
     const s = { batch: 1, ...c };

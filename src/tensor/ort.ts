@@ -632,7 +632,8 @@ export const ortBackend: Backend = {
     const size = batch * seq * ctx * heads * headDim;
     const plain = !sh.softcap && !sh.alibi && size > SMALL_ATTENTION;
     const group = heads / kvHeads;
-    if (sh.kvCapacity && plain && seq === 1) {
+    if (sh.kvCapacity && seq === 1) {
+      if (!plain) return attentionJs(q, k, v, sh);
       const cap = sh.kvCapacity;
       const s = await (size < SERIAL_ATTENTION ? sessions.decodeAttentionSerial : sessions.decodeAttention)();
       const r = await s.run({
@@ -644,8 +645,8 @@ export const ortBackend: Backend = {
       });
       return r['out']!.data as Float32Array;
     }
-    // several new positions over a cache (a prompt continued): the query-block graph, on a position-major copy
-    if (sh.kvCapacity && plain) {
+    // several new positions over a cache (a prompt continued): the position-major kernels, on a copy
+    if (sh.kvCapacity) {
       const pm: AttentionShape = { ...sh };
       delete pm.kvCapacity;
       return ortBackend.attention(q, positionMajor(k, sh), positionMajor(v, sh), pm);
