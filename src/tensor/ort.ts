@@ -1,17 +1,17 @@
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
-import type {
-  ActivationPrecision,
-  AttentionShape,
-  Backend,
-  HeadStats,
-  LinearKernel,
-  LinearOptions,
-  PackedLinearWeights,
-  ResidualMlpKernel,
-  ResidualMlpWeights,
+import {
+  kvOffset,
+  type ActivationPrecision,
+  type AttentionShape,
+  type Backend,
+  type HeadStats,
+  type LinearKernel,
+  type LinearOptions,
+  type PackedLinearWeights,
+  type ResidualMlpKernel,
+  type ResidualMlpWeights,
 } from './backend.js';
-import { kvOffset } from './backend.js';
 import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, packedLinearGraph } from './ort-linear.js';
@@ -329,35 +329,35 @@ const sessions = {
 };
 
 const masks = new Map<string, ort.Tensor>();
-/** Query i (at position ctx - seq + i) sees keys first(i)..its own position: all, or the last `window`. */
-function causalMask(seq: number, ctx: number, window = Infinity): ort.Tensor {
-  const key = `${seq}x${ctx}x${window}`;
+/** A mask tensor made once per shape and reused (at most 64 kept: a generation makes one per step) */
+function cachedMask(key: string, rows: number, cols: number, fill: (m: Float32Array) => void): ort.Tensor {
   let t = masks.get(key);
   if (!t) {
-    const m = new Float32Array(seq * ctx);
-    for (let i = 0; i < seq; i++) {
-      const last = ctx - seq + i;
-      for (let j = 0; j < ctx; j++) if (j > last || last - j >= window) m[i * ctx + j] = -Infinity;
-    }
-    t = new ort.Tensor('float32', m, [seq, ctx]);
+    const m = new Float32Array(rows * cols);
+    fill(m);
+    t = new ort.Tensor('float32', m, [rows, cols]);
     if (masks.size > 64) masks.clear();
     masks.set(key, t);
   }
   return t;
 }
 
+/** Query i (at position ctx - seq + i) sees keys first(i)..its own position: all, or the last `window`. */
+function causalMask(seq: number, ctx: number, window = Infinity): ort.Tensor {
+  return cachedMask(`${seq}x${ctx}x${window}`, seq, ctx, (m) => {
+    for (let i = 0; i < seq; i++) {
+      const last = ctx - seq + i;
+      for (let j = 0; j < ctx; j++) if (j > last || last - j >= window) m[i * ctx + j] = -Infinity;
+    }
+  });
+}
+
 /** A decode step's mask over a head-major cache of `capacity` rows: keys 0..ctx-1 (the last `window` of them). */
 function decodeMask(ctx: number, capacity: number, window = Infinity): ort.Tensor {
-  const key = `decode ${ctx}x${capacity}x${window}`;
-  let t = masks.get(key);
-  if (!t) {
-    const m = new Float32Array(capacity).fill(-Infinity);
+  return cachedMask(`decode ${ctx}x${capacity}x${window}`, 1, capacity, (m) => {
+    m.fill(-Infinity);
     m.fill(0, Math.max(0, ctx - window), ctx);
-    t = new ort.Tensor('float32', m, [1, capacity]);
-    if (masks.size > 64) masks.clear();
-    masks.set(key, t);
-  }
-  return t;
+  });
 }
 
 /** A head-major cache's first ctx positions, position-major [1, ctx, kvHeads, d] (for the query-block graph). */

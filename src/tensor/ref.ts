@@ -1,19 +1,19 @@
 import { streamValue } from './bit-stream.js';
-import type {
-  ActivationPrecision,
-  Activation,
-  AttentionShape,
-  Backend,
-  HeadStats,
-  HeadStatsOptions,
-  LinearKernel,
-  LinearOptions,
-  PackedLinearWeights,
-  ResidualMlpKernel,
-  ResidualMlpWeights,
+import {
+  kvOffset,
+  type ActivationPrecision,
+  type Activation,
+  type AttentionShape,
+  type Backend,
+  type HeadStats,
+  type HeadStatsOptions,
+  type LinearKernel,
+  type LinearOptions,
+  type PackedLinearWeights,
+  type ResidualMlpKernel,
+  type ResidualMlpWeights,
 } from './backend.js';
 import { rowsF32, type StoredRows } from './rows.js';
-import { kvOffset } from './backend.js';
 
 /** Plain TypeScript definitions of the kernels: the reference the fast backends are tested against. */
 
