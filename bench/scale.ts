@@ -30,13 +30,16 @@ import { printTable } from './table.js';
  * median.
  *
  *   npm run bench:scale -- [--nsamples 4] [--seqlen 2048] [--cases tinyllama,llama2-7b,llama3-8b] [--layers N]
- *                          [--eval-windows 4] [--gen-tokens 32] [--gen-rounds 3] [--no-llama-cpp] [--dir DIR]
+ *                          [--eval-windows 4] [--gen-tokens 32] [--gen-rounds 3] [--gen-prompt N] [--no-llama-cpp] [--dir DIR]
  *                          [--method rtn]
  *
  * The default 4 x 2048 tokens is the smallest run whose per-token costs are those of the paper's 128 x 2048: windows
  * of its length (attention grows with it) and one Hessian product of a full batch of 8192 rows per group (smaller
  * products cost more per row: at 4 x 512 the 7B shape's Hessians extrapolated to 280 s a layer, where the full
  * run measured 188).
+ *
+ * --gen-prompt N generates after the first N tokens of sotu-test instead of a four-word prompt: each decode step then
+ * reads an N-row KV cache (the decode column leaves the prefill out).
  *
  * --method rtn rounds instead of running GPTQ (no calibration pass, Hessians or sweeps): the same packed checkpoint
  * layout, so eval and generate measure the same; the quantize table then times RTN.
@@ -63,6 +66,15 @@ const SHAPES: Record<string, Shape> = {
 /** The paper's calibration set, what the extrapolation is for. */
 const FULL_TOKENS = { nsamples: 128, seqlen: 2048 };
 const PROMPT = 'Once upon a time';
+
+/**
+ * The generation prompt: PROMPT, or with `length` the first that many tokens of sotu-test (a decode step then
+ * reads a long KV cache, as after a pasted document), each program's tokenizer on the same text.
+ */
+async function promptTokens<T>(length: string | undefined, encode: (text: string) => T[]): Promise<T[]> {
+  if (!length) return encode(PROMPT);
+  return encode(await loadText('sotu-test')).slice(0, Number(length));
+}
 
 const KB = 1024;
 const GB = 2 ** 30;
@@ -206,31 +218,38 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       const t0 = performance.now();
       const { model, tokenizer } = await loadModel(args.model!, { activations: 'int8' });
       const loadSeconds = (performance.now() - t0) / 1000;
-      const prompt = tokenizer.encode(PROMPT);
-      await generate(model, prompt, { maxTokens: 4, stop: [] });
-      const r = await generate(model, prompt, { maxTokens: Number(args.tokens), stop: [] });
-      return { tokensPerSecond: r.tokensPerSecond, loadSeconds, rssGB: maxRssGB() };
+      const prompt = await promptTokens(args.prompt, (t) => tokenizer.encode(t));
+      await generate(model, prompt.slice(0, 8), { maxTokens: 4, stop: [] });
+      let first = 0;
+      const r = await generate(model, prompt, { maxTokens: Number(args.tokens), stop: [], onToken: () => (first ||= performance.now()) });
+      const decode = (r.tokens.length - 1) / ((performance.now() - first) / 1000);
+      return { tokensPerSecond: r.tokensPerSecond, decodeTokensPerSecond: decode, loadSeconds, rssGB: maxRssGB() };
     }
     case 'llama-cpp': {
       const { getLlama } = await import('node-llama-cpp');
       const llama = await getLlama({ gpu: false, build: 'never' });
       const tl = performance.now();
       const lm = await llama.loadModel({ modelPath: args.model! });
-      const prompt = lm.tokenize(PROMPT);
-      const ctx = await lm.createContext({ contextSize: 512, threads: availableParallelism() });
+      const prompt = await promptTokens(args.prompt, (t) => lm.tokenize(t));
+      const contextSize = Math.max(512, prompt.length + Number(args.tokens) + 16);
+      const ctx = await lm.createContext({ contextSize, threads: availableParallelism() });
       const loadSeconds = (performance.now() - tl) / 1000;
       const seq = ctx.getSequence();
       let n = 0;
+      let first = 0;
       // timed as generate() times itself: the prompt's prefill included
       const t0 = performance.now();
       for await (const t of seq.evaluate(prompt, { temperature: 0 })) {
         void t;
+        first ||= performance.now();
         if (++n === Number(args.tokens)) break;
       }
-      const tps = n / ((performance.now() - t0) / 1000);
+      const end = performance.now();
+      const tps = n / ((end - t0) / 1000);
+      const decode = (n - 1) / ((end - first) / 1000);
       await ctx.dispose();
       await lm.dispose();
-      return { tokensPerSecond: tps, loadSeconds, rssGB: maxRssGB() };
+      return { tokensPerSecond: tps, decodeTokensPerSecond: decode, loadSeconds, rssGB: maxRssGB() };
     }
   }
   throw new Error(`unknown step ${step}`);
@@ -273,6 +292,7 @@ const { values: flags } = parseArgs({
     'eval-windows': { type: 'string', default: '4' },
     'gen-tokens': { type: 'string', default: '32' },
     'gen-rounds': { type: 'string', default: '3' },
+    'gen-prompt': { type: 'string' },
     'no-llama-cpp': { type: 'boolean', default: false },
     dir: { type: 'string' },
     method: { type: 'string', default: 'gptq' },
@@ -353,8 +373,8 @@ try {
     const ev = runChild('eval', { model: out, windows: flags['eval-windows'], seqlen: evalSeq });
     const row = (what: string, r: Report | string): (string | number)[] =>
       typeof r === 'string'
-        ? [label, what, r, '', '', '']
-        : [label, what, f(r.tokensPerSecond as number), '', f(r.loadSeconds as number), f(r.rssGB as number, 2)];
+        ? [label, what, r, '', '', '', '']
+        : [label, what, f(r.tokensPerSecond as number), '', '', f(r.loadSeconds as number), f(r.rssGB as number, 2)];
     inferRows.push(row(`eval w4 g128, ${flags['eval-windows']} x ${evalSeq}`, ev));
 
     // Generation: every variant is made first and then they run in turns, round after round. This machine's speed
@@ -408,21 +428,27 @@ try {
     for (let round = 0; round < Number(flags['gen-rounds']); round++) {
       variants.forEach((v, i) => {
         if (failures[i]) return;
-        const r = runChild(v.step, { model: v.model, tokens: flags['gen-tokens'] });
+        const r = runChild(v.step, {
+          model: v.model,
+          tokens: flags['gen-tokens'],
+          ...(flags['gen-prompt'] ? { prompt: flags['gen-prompt'] } : {}),
+        });
         if (typeof r === 'string') failures[i] = r;
         else readings[i]!.push(r);
       });
     }
     variants.forEach((v, i) => {
       const tps = readings[i]!.map((r) => r.tokensPerSecond as number);
+      const decode = readings[i]!.map((r) => r.decodeTokensPerSecond as number);
       inferRows.push(
         failures[i]
-          ? [label, v.what, failures[i]!, '', '', '']
+          ? [label, v.what, failures[i]!, '', '', '', '']
           : [
               label,
               v.what,
               f(median(tps)),
               tps.map((x) => f(x)).join(' '),
+              `${f(median(decode))} (${decode.map((x) => f(x)).join(' ')})`,
               f(median(readings[i]!.map((r) => r.loadSeconds as number))),
               f(Math.max(...readings[i]!.map((r) => r.rssGB as number)), 2),
             ],
@@ -445,7 +471,7 @@ printTable(
   fullRows.map((row) => row()),
 );
 printTable(
-  `Eval and generation (tokens/s; generate: after the prompt, greedy, the median of ${flags['gen-rounds']} rounds in which the variants take turns), the model's load seconds (median) and peak RSS of the process`,
-  ['model', 'run', 'tokens/s', 'each round', 'load s', 'peak RSS GB'],
+  `Eval and generation (tokens/s; generate: ${flags['gen-tokens']} tokens greedy after ${flags['gen-prompt'] ? `a ${flags['gen-prompt']}-token prompt` : `"${PROMPT}"`}, the prompt's prefill included, the median of ${flags['gen-rounds']} rounds in which the variants take turns; decode: the tokens after the first, without the prefill), the model's load seconds (median) and peak RSS of the process`,
+  ['model', 'run', 'tokens/s', 'each round', 'decode tokens/s (each round)', 'load s', 'peak RSS GB'],
   inferRows,
 );
