@@ -5,6 +5,8 @@ import { dequantize, numGroups, type QuantizedLayer } from '../src/quant/quantiz
 import type { ActivationPrecision } from '../src/tensor/backend.js';
 import { ortBackend } from '../src/tensor/ort.js';
 import { nbitsLayout } from '../src/tensor/ort-linear.js';
+import { nativeKernel, nativeLinear } from '../src/tensor/native.js';
+import { readFile } from 'node:fs/promises';
 import { matmulNT, packedMatmul, refBackend, residualMlpSteps, siluMul } from '../src/tensor/ref.js';
 import { seededRandom } from '../src/calib/windows.js';
 import { floatToHalf, halfToFloat } from '../src/io/fp16.js';
@@ -120,6 +122,58 @@ for (const activations of ['fp32', 'int8'] as const) {
     }
   });
 }
+
+/*
+ * The native 4-bit kernel (src/tensor/native/nbits4.c): the same bound as onnxruntime's int8 path, on both of its
+ * instruction sets where the CPU has them, for batch sizes that take each of its 1-4-row inner loops and more than
+ * one pass of them, per-channel and grouped, act-order or not. On linux-x64 `npm run build` builds it, so there it
+ * must be present; elsewhere there is no kernel to test.
+ */
+const nativeBuilt = process.platform === 'linux' && process.arch === 'x64';
+test(
+  'native 4-bit kernel equals dequantize-then-matmul within the int8 bound, on AVX-512 VNNI and AVX2',
+  { skip: !nativeBuilt && 'the native kernel is built on linux-x64 only' },
+  async () => {
+    const k = nativeKernel();
+    assert.ok(k, 'build/nbits4.node is built (npm run build) and loads');
+    const cpu = await readFile('/proc/cpuinfo', 'utf8');
+    const sets = ['avx512vnni', 'avx2'].filter((s) => new RegExp(`\\b${s === 'avx512vnni' ? 'avx512_vnni' : s}\\b`).test(cpu));
+    assert.ok(sets.includes(k.isa()), `in use: ${k.isa()}`);
+    const initial = k.isa();
+    try {
+      for (const isa of sets) {
+        k.useIsa(isa);
+        for (const { groupSize, actOrder, rows, cols } of [
+          { groupSize: -1, actOrder: false, rows: 40, cols: 384 },
+          { groupSize: 128, actOrder: false, rows: 24, cols: 256 },
+          { groupSize: 256, actOrder: true, rows: 64, cols: 512 },
+          { groupSize: 128, actOrder: true, rows: 8, cols: 384 },
+        ]) {
+          const q = randomLayer(rows, cols, 4, groupSize, actOrder, rows + cols + groupSize);
+          const kernel = nativeLinear(packedWeights(packLayer(q, 'gptq'), q, 'gptq'));
+          assert.ok(kernel, `g${groupSize} ${actOrder ? 'act-order ' : ''}runs natively`);
+          for (const m of [1, 2, 3, 4, 5, 9]) {
+            const rnd = seededRandom(m + rows);
+            // one row all zeros: its blocks have no scale
+            const x = Float32Array.from({ length: m * cols }, (_, i) => (m === 3 && i < cols ? 0 : rnd() - 0.5));
+            check(q, m, 'int8', await kernel.apply(x, m), x, `${isa} g${groupSize}${actOrder ? ' act-order' : ''} ${rows}x${cols} m=${m}`);
+          }
+          await kernel.dispose();
+        }
+      }
+    } finally {
+      k.useIsa(initial);
+    }
+    // its own layout only: 3 bits, groups of 32
+    for (const [bits, groupSize] of [
+      [3, 128],
+      [4, 32],
+    ] as const) {
+      const q = randomLayer(32, 256, bits, groupSize, false, 1);
+      assert.equal(nativeLinear(packedWeights(packLayer(q, 'gptq'), q, 'gptq')), undefined, `w${bits} g${groupSize}`);
+    }
+  },
+);
 
 /*
  * The fused block tail (o_proj + residual, RMSNorm, gated gate/up, down_proj + residual in one graph) against its

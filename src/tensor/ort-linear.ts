@@ -97,25 +97,23 @@ function rowMajorWords(p: PackedLinearWeights): Int32Array {
   return qwT;
 }
 
-/** One MatMulNBits node reading `input`, with its blocks of codes, scales and zero points as initializers. */
-function nbitsOperand(
-  p: PackedLinearWeights,
-  qwT: Int32Array,
-  layout: NBitsLayout,
-  d: Digit,
-  io: { input: string; output: string },
-  accuracyLevel: number,
-): { inits: Initializer[]; node: NodeSpec } {
+/** A layer's blocks of codes [rows, blocks, block bytes], scales [rows·blocks] and zero points [rows, blocks] for one digit. */
+export interface NBitsData {
+  blocks: number;
+  B: Uint8Array;
+  scales: Float32Array;
+  zeros: Uint8Array;
+}
+
+function nbitsData(p: PackedLinearWeights, qwT: Int32Array, layout: NBitsLayout, d: Digit): NBitsData {
   const { rows, cols, bits } = p;
   const { blockSize, order, blockGroup } = layout;
   const blocks = blockGroup.length;
   const blob = (blockSize * d.bits) / 8;
-  const zpBytes = Math.ceil((blocks * d.bits) / 8);
   const scales = new Float32Array(rows * blocks);
-  const zp = new Uint8Array(rows * zpBytes);
+  const zeros = new Uint8Array(rows * blocks);
   const zeroWords = (rows * bits) / 32;
   const words = (cols * bits) / 32;
-  const zeros = new Uint8Array(blocks);
   // GPTQ's words for 2, 4 or 8 bits in column order are already MatMulNBits' bytes, row by row (both little-endian):
   // a 7B model's 6.5e9 codes are not touched one by one at load
   const sameBytes = d.bits === bits && d.value === sameCode && 32 % bits === 0 && !order && blocks * blockSize === cols;
@@ -125,19 +123,36 @@ function nbitsOperand(
   for (let r = 0; r < rows; r++) {
     for (let b = 0; b < blocks; b++) {
       const g = blockGroup[b]!;
-      zeros[b] = d.value(streamValue((w) => p.qzeros[g * zeroWords + w]!, r, bits));
+      zeros[r * blocks + b] = d.value(streamValue((w) => p.qzeros[g * zeroWords + w]!, r, bits));
       scales[r * blocks + b] = d.scale * p.scales[g * rows + r]!;
     }
-    packBits(zeros, d.bits, zp, r * zpBytes);
     if (sameBytes) continue;
     unpackRow(qwT, r, words, bits, row);
     if (order) for (let i = 0; i < cols; i++) codes[i] = row[order[i]!]!;
     else codes.set(row);
     if (d.value !== sameCode) for (let i = 0; i < cols; i++) codes[i] = d.value(codes[i]!);
     // padding past the last column holds the block's zero point, so it adds nothing
-    for (let i = cols; i < codes.length; i++) codes[i] = zeros[Math.floor(i / blockSize)]!;
+    for (let i = cols; i < codes.length; i++) codes[i] = zeros[r * blocks + Math.floor(i / blockSize)]!;
     packBits(codes, d.bits, B, r * blocks * blob);
   }
+  return { blocks, B, scales, zeros };
+}
+
+/** One MatMulNBits node reading `input`, with its blocks of codes, scales and zero points as initializers. */
+function nbitsOperand(
+  p: PackedLinearWeights,
+  qwT: Int32Array,
+  layout: NBitsLayout,
+  d: Digit,
+  io: { input: string; output: string },
+  accuracyLevel: number,
+): { inits: Initializer[]; node: NodeSpec } {
+  const { rows, cols } = p;
+  const { blocks, B, scales, zeros } = nbitsData(p, qwT, layout, d);
+  const blob = (layout.blockSize * d.bits) / 8;
+  const zpBytes = Math.ceil((blocks * d.bits) / 8);
+  const zp = new Uint8Array(rows * zpBytes);
+  for (let r = 0; r < rows; r++) packBits(zeros.subarray(r * blocks, (r + 1) * blocks), d.bits, zp, r * zpBytes);
   return {
     inits: [
       { name: `${io.output}_B`, elemType: ElemType.UINT8, dims: [rows, blocks, blob], data: B },
@@ -149,9 +164,27 @@ function nbitsOperand(
       domain: MS_DOMAIN,
       inputs: [io.input, `${io.output}_B`, `${io.output}_s`, `${io.output}_z`],
       outputs: [io.output],
-      intAttrs: { K: cols, N: rows, bits: d.bits, block_size: blockSize, accuracy_level: accuracyLevel },
+      intAttrs: { K: cols, N: rows, bits: d.bits, block_size: layout.blockSize, accuracy_level: accuracyLevel },
     },
   };
+}
+
+/** The block layout of a layer the native kernel takes (see nbits4Blocks), or undefined. */
+export function nbits4Layout(p: PackedLinearWeights): NBitsLayout | undefined {
+  const layout = p.bits === 4 && p.cols % MAX_BLOCK === 0 ? nbitsLayout(p.gIdx) : undefined;
+  return layout?.blockSize === MAX_BLOCK ? layout : undefined;
+}
+
+/**
+ * A 4-bit layer's codes, scales and zero points in blocks of 128 columns (the native kernel's layout, native.ts),
+ * with its column order under act-order; undefined for other bit widths, or where a group starts off a multiple
+ * of 128 columns.
+ */
+export function nbits4Blocks(p: PackedLinearWeights): (NBitsData & { order?: Int32Array }) | undefined {
+  const layout = nbits4Layout(p);
+  if (!layout) return undefined;
+  const data = nbitsData(p, rowMajorWords(p), layout, { bits: 4, value: sameCode, scale: 1 });
+  return layout.order ? { ...data, order: layout.order } : data;
 }
 
 /** The digits a layer is split into for one precision (see the file comment). */

@@ -14,8 +14,9 @@ import {
 } from './backend.js';
 import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
-import { initializerBytes, packedLinearGraph } from './ort-linear.js';
-import { refBackend } from './ref.js';
+import { initializerBytes, nbits4Layout, packedLinearGraph } from './ort-linear.js';
+import { nativeKernel, nativeLinear } from './native.js';
+import { refBackend, residualMlpSteps } from './ref.js';
 import { attentionJs } from './attention-js.js';
 
 /**
@@ -461,6 +462,9 @@ function renamed(
  * JavaScript between them (the experiment in the README's Scale section).
  */
 async function openResidualMlp(w: ResidualMlpWeights, activations: ActivationPrecision): Promise<ResidualMlpKernel | undefined> {
+  // on the native kernel the tail is its steps: a batch-1 norm and adds cost microseconds in TypeScript
+  if (activations === 'int8' && nativeKernel() && [w.o, w.gateUp, w.down].every((p) => nbits4Layout(p)))
+    return residualMlpSteps(ortBackend, w, activations);
   const [o, gateUp, down] = [w.o, w.gateUp, w.down].map((p) => packedLinearGraph(p, activations));
   if (!o || !gateUp || !down) return undefined;
   const D = w.norm.length;
@@ -555,6 +559,8 @@ export const ortBackend: Backend = {
   floatLinear: (w, rows, cols, opts) => openLinear(encodeFloatLinear(w, rows, cols, opts)),
 
   packedLinear(p, activations, opts) {
+    const native = activations === 'int8' ? nativeLinear(p, opts) : undefined;
+    if (native) return Promise.resolve(native);
     const e = encodePackedLinear(p, activations, opts);
     if (e) return openLinear(e);
     if (!warnedLayout) {

@@ -1,0 +1,34 @@
+// Compiles the native 4-bit kernel (src/tensor/native/nbits4.c) into build/nbits4.node, against the running
+// Node's own headers, with the system C compiler ($CC, else cc). Part of `npm run build`. Where there is nothing to
+// build it with (not x86-64, no compiler, no headers) it says so and leaves the kernel out: generation then runs
+// on onnxruntime's MatMulNBits. A compiler that fails on the source is an error.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, renameSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const source = join(root, 'src/tensor/native/nbits4.c');
+const out = join(root, 'build/nbits4.node');
+const headers = join(dirname(process.execPath), '..', 'include', 'node');
+const cc = process.env.CC || 'cc';
+
+function skip(why) {
+  console.warn(`build-native: ${why}; the native 4-bit kernel is left out (generation uses onnxruntime's MatMulNBits)`);
+  process.exit(0);
+}
+
+if (process.arch !== 'x64' || process.platform !== 'linux') skip(`${process.platform}-${process.arch} is not linux-x64`);
+if (!existsSync(join(headers, 'node_api.h'))) skip(`no node_api.h beside this Node (${headers})`);
+if (spawnSync(cc, ['--version'], { stdio: 'ignore' }).status !== 0) skip(`no C compiler (${cc})`);
+mkdirSync(dirname(out), { recursive: true });
+const tmp = `${out}.tmp-${process.pid}`;
+execFileSync(
+  cc,
+  ['-O3', '-std=gnu11', '-shared', '-fPIC', '-pthread', '-Wall', '-Wextra', '-Werror', '-I', headers, source, '-o', tmp, '-lm'],
+  {
+    stdio: 'inherit',
+  },
+);
+renameSync(tmp, out);
+console.log(`build-native: wrote ${out}`);

@@ -1,0 +1,514 @@
+/*
+ * A 4-bit GPTQ layer times int8 activations, y = x·Wᵀ, for generation (src/tensor/native.ts).
+ *
+ * Why native: a decode step reads every weight once, so its speed is the rate the weights stream from memory.
+ * On the 2-core AVX-512 VM, two threads of plain loads read 44-53 GB/s in a quiet hour; onnxruntime's MatMulNBits
+ * (MLAS, int8 activations) streams 4-bit layers at 26-30 GB/s; and WebAssembly's 128-bit SIMD has no
+ * unsigned-by-signed byte dot product, so a wasm kernel would spend more instructions per byte than that rate
+ * allows. Here one instruction multiplies 64 codes (AVX-512 VNNI vpdpbusd; AVX2's vpmaddubsw + vpmaddwd
+ * elsewhere), the weights sit on transparent huge pages, and two threads share the rows: `npm run bench:infer`.
+ *
+ * Input layout (MatMulNBits' own, so the loader's bytes serve both): per row, blocks of 128 input columns; a block
+ * is 64 bytes of codes, column 2k in byte k's low nibble and 2k+1 in its high one; one float32 scale and one zero
+ * point (0..15) per row and block: W[r, c] = scale·(code − zero). open() re-lays the codes into panels (below).
+ *
+ * Activations: each row of x is quantized per block of 128 columns, a = round(x/sa) with sa = max|x|/127 (in the
+ * layer's column order under act-order), the even columns' codes first, then the odd ones'. Per block the integer
+ * sum Σ(code − zero)·a is exact (|Σ| ≤ 128·15·127); the output is Σ_blocks scale·sa·that in float32. Against
+ * dequantize-then-matmul in exact arithmetic each x is off by at most sa/2: the bound test/packed.test.ts checks.
+ */
+#define NAPI_VERSION 8
+#include <immintrin.h>
+#include <math.h>
+#include <node_api.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#define BLOCK 128
+#define HALF (BLOCK / 2)
+/* huge-page alignment: the codes of a layer are one run of 2 MB pages, not 4 KB ones (the prototype: 33 → 45 GB/s) */
+#define HUGE (2u << 20)
+
+/*
+ * The weights in panels of 16 rows: per panel and block, 16 quads of 64 bytes, quad t holding each of the 16 rows'
+ * bytes 4t..4t+3 of that block (columns 8t..8t+7). One vpdpbusd of a quad's low nibbles with the 4 activations of
+ * its even columns broadcast to every lane gives each of the 16 rows (one per int32 lane) four of its products:
+ * no horizontal sums, and a panel's scales and zero points are vectors (llama.cpp's repacked Q4_0 8x8 gemm kernels
+ * interleave rows the same way). Row-major rows cost a horizontal sum and a scalar scale per row and block: 256
+ * prompt tokens of a 7B model took 15.5 s that way against onnxruntime's 10.0.
+ */
+#define PANEL 16
+#define QUAD (PANEL * 4)
+
+typedef struct {
+  int rows, blocks, panels;
+  uint8_t *codes; /* [panels, blocks, 16 quads, 16 rows, 4 bytes] */
+  float *scales;  /* [panels, blocks, 16] (rows past `rows`: 0) */
+  uint8_t *zeros; /* [panels, blocks, 16] */
+  int32_t *order; /* kernel column i reads x[order[i]]; NULL for 0..cols-1 */
+} Layer;
+
+/* One call's activations: [m, blocks, 128] codes (even columns, then odd), [m, blocks] scales and code sums. */
+typedef struct {
+  int8_t *q;
+  float *scale;
+  int32_t *sum;
+  size_t capacity;
+} Act;
+
+/* ---------------------------------------------------------------- kernels */
+
+/*
+ * Panels [p0, p1) of y for rows i0..i0+MC-1 of x, MC ≤ 4: each quad's nibbles are split once for all of them.
+ * Per block the int32 sums Σcode·a are exact; minus zero·Σa, times scale·sa, they join float32 accumulators.
+ */
+#define VNNI_PANELS(MC)                                                                                       \
+  __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void vnni##MC(const Layer *L, const Act *a, \
+                                                                               int i0, int p0, int p1,         \
+                                                                               float *y) {                     \
+    const int B = L->blocks;                                                                                  \
+    const __m512i mask = _mm512_set1_epi8(0x0F);                                                              \
+    for (int p = p0; p < p1; p++) {                                                                           \
+      __m512 f[MC];                                                                                           \
+      for (int j = 0; j < MC; j++) f[j] = _mm512_setzero_ps();                                                \
+      for (int b = 0; b < B; b++) {                                                                           \
+        const size_t pb = (size_t)p * B + b;                                                                  \
+        const uint8_t *q = L->codes + pb * PANEL * QUAD;                                                      \
+        __m512i d[MC];                                                                                        \
+        for (int j = 0; j < MC; j++) d[j] = _mm512_setzero_si512();                                           \
+        for (int t = 0; t < PANEL; t++) {                                                                     \
+          const __m512i v = _mm512_loadu_si512(q + t * QUAD);                                                 \
+          const __m512i lo = _mm512_and_si512(v, mask);                                                       \
+          const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);                                 \
+          for (int j = 0; j < MC; j++) {                                                                      \
+            const int32_t *ax = (const int32_t *)(a->q + ((size_t)(i0 + j) * B + b) * BLOCK);                 \
+            d[j] = _mm512_dpbusd_epi32(d[j], lo, _mm512_set1_epi32(ax[t]));                                   \
+            d[j] = _mm512_dpbusd_epi32(d[j], hi, _mm512_set1_epi32(ax[PANEL + t]));                           \
+          }                                                                                                   \
+        }                                                                                                     \
+        const __m512 s = _mm512_loadu_ps(L->scales + pb * PANEL);                                             \
+        const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(L->zeros + pb * PANEL)));    \
+        for (int j = 0; j < MC; j++) {                                                                        \
+          const size_t ab = (size_t)(i0 + j) * B + b;                                                         \
+          const __m512i e = _mm512_sub_epi32(d[j], _mm512_mullo_epi32(z, _mm512_set1_epi32(a->sum[ab])));     \
+          f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(e), _mm512_mul_ps(s, _mm512_set1_ps(a->scale[ab])), f[j]); \
+        }                                                                                                     \
+      }                                                                                                       \
+      const int valid = L->rows - p * PANEL < PANEL ? L->rows - p * PANEL : PANEL;                            \
+      for (int j = 0; j < MC; j++)                                                                            \
+        _mm512_mask_storeu_ps(y + (size_t)(i0 + j) * L->rows + p * PANEL, (__mmask16)((1u << valid) - 1), f[j]); \
+    }                                                                                                         \
+  }
+VNNI_PANELS(1)
+VNNI_PANELS(2)
+VNNI_PANELS(3)
+VNNI_PANELS(4)
+
+/*
+ * The same with AVX2, a panel as two halves of 8 rows: vpmaddubsw pairs code·a into int16 (|15·127·2| fits, and so
+ * does the sum of the low and high nibbles' pairs), vpmaddwd sums the pairs into int32.
+ */
+#define AVX2_PANELS(MC)                                                                                        \
+  __attribute__((target("avx2,fma"))) static void avx2##MC(const Layer *L, const Act *a, int i0, int p0,      \
+                                                           int p1, float *y) {                               \
+    const int B = L->blocks;                                                                                   \
+    const __m256i mask = _mm256_set1_epi8(0x0F);                                                               \
+    const __m256i ones = _mm256_set1_epi16(1);                                                                 \
+    for (int p = p0; p < p1; p++) {                                                                            \
+      __m256 f[MC][2];                                                                                         \
+      for (int j = 0; j < MC; j++) f[j][0] = f[j][1] = _mm256_setzero_ps();                                    \
+      for (int b = 0; b < B; b++) {                                                                            \
+        const size_t pb = (size_t)p * B + b;                                                                   \
+        const uint8_t *q = L->codes + pb * PANEL * QUAD;                                                       \
+        __m256i d[MC][2];                                                                                      \
+        for (int j = 0; j < MC; j++) d[j][0] = d[j][1] = _mm256_setzero_si256();                               \
+        for (int t = 0; t < PANEL; t++) {                                                                      \
+          for (int h = 0; h < 2; h++) {                                                                        \
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(q + t * QUAD + 32 * h));                    \
+            const __m256i lo = _mm256_and_si256(v, mask);                                                      \
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);                                \
+            for (int j = 0; j < MC; j++) {                                                                     \
+              const int32_t *ax = (const int32_t *)(a->q + ((size_t)(i0 + j) * B + b) * BLOCK);                \
+              const __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(ax[t])),          \
+                                                  _mm256_maddubs_epi16(hi, _mm256_set1_epi32(ax[PANEL + t]))); \
+              d[j][h] = _mm256_add_epi32(d[j][h], _mm256_madd_epi16(pr, ones));                                \
+            }                                                                                                  \
+          }                                                                                                    \
+        }                                                                                                      \
+        for (int h = 0; h < 2; h++) {                                                                          \
+          const __m256 s = _mm256_loadu_ps(L->scales + pb * PANEL + 8 * h);                                    \
+          const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(L->zeros + pb * PANEL + 8 * h))); \
+          for (int j = 0; j < MC; j++) {                                                                       \
+            const size_t ab = (size_t)(i0 + j) * B + b;                                                        \
+            const __m256i e = _mm256_sub_epi32(d[j][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(a->sum[ab]))); \
+            f[j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), _mm256_mul_ps(s, _mm256_set1_ps(a->scale[ab])), f[j][h]); \
+          }                                                                                                    \
+        }                                                                                                      \
+      }                                                                                                        \
+      const int valid = L->rows - p * PANEL < PANEL ? L->rows - p * PANEL : PANEL;                             \
+      for (int j = 0; j < MC; j++) {                                                                           \
+        float out[PANEL];                                                                                      \
+        _mm256_storeu_ps(out, f[j][0]);                                                                        \
+        _mm256_storeu_ps(out + 8, f[j][1]);                                                                    \
+        memcpy(y + (size_t)(i0 + j) * L->rows + p * PANEL, out, valid * sizeof(float));                        \
+      }                                                                                                        \
+    }                                                                                                          \
+  }
+AVX2_PANELS(1)
+AVX2_PANELS(2)
+AVX2_PANELS(3)
+AVX2_PANELS(4)
+
+typedef void GroupFn(const Layer *, const Act *, int i0, int p0, int p1, float *y);
+static GroupFn *const VNNI[4] = {vnni1, vnni2, vnni3, vnni4};
+static GroupFn *const AVX2[4] = {avx21, avx22, avx23, avx24};
+static GroupFn *const *kernels; /* the instruction set in use: VNNI, AVX2, or NULL (none: the caller falls back) */
+
+/*
+ * Panels [p0, p1) of y for every row of x, four rows of x at a time; a panel is read from memory once, the later
+ * rows of x finding its codes in cache (a panel of a 4096-column layer: 32 KB).
+ */
+static void panelRange(const Layer *L, const Act *a, int m, int p0, int p1, float *y) {
+  for (int p = p0; p < p1; p++)
+    for (int i0 = 0; i0 < m; i0 += 4) kernels[(m - i0 < 4 ? m - i0 : 4) - 1](L, a, i0, p, p + 1, y);
+}
+
+/* ---------------------------------------------------------------- activations */
+
+static Act act;
+
+static int reserve(Act *a, int m, int blocks) {
+  const size_t n = (size_t)m * blocks;
+  if (n <= a->capacity) return 1;
+  free(a->q), free(a->scale), free(a->sum);
+  a->q = aligned_alloc(64, n * BLOCK);
+  a->scale = malloc(n * sizeof(float));
+  a->sum = malloc(n * sizeof(int32_t));
+  a->capacity = a->q && a->scale && a->sum ? n : 0;
+  return a->capacity != 0;
+}
+
+/* (cvtss2si rounds to nearest, ties to even, under the default MXCSR: a baseline SSE instruction, not a libm call) */
+static void quantize(const Layer *L, const float *x, int m, Act *a) {
+  const int B = L->blocks, cols = B * BLOCK;
+  for (int i = 0; i < m; i++) {
+    const float *xi = x + (size_t)i * cols;
+    for (int b = 0; b < B; b++) {
+      float v[BLOCK], mx = 0;
+      for (int c = 0; c < BLOCK; c++) {
+        const int k = b * BLOCK + c;
+        v[c] = xi[L->order ? L->order[k] : k];
+        const float av = fabsf(v[c]);
+        if (av > mx) mx = av;
+      }
+      const size_t ab = (size_t)i * B + b;
+      const float inv = mx > 0 ? 127 / mx : 0;
+      int8_t *q = a->q + ab * BLOCK;
+      int32_t sum = 0;
+      for (int k = 0; k < HALF; k++) {
+        const int e = _mm_cvt_ss2si(_mm_set_ss(v[2 * k] * inv)), o = _mm_cvt_ss2si(_mm_set_ss(v[2 * k + 1] * inv));
+        q[k] = (int8_t)e, q[HALF + k] = (int8_t)o;
+        sum += e + o;
+      }
+      a->scale[ab] = mx / 127;
+      a->sum[ab] = sum;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- threads */
+
+/*
+ * Workers wait for a job spinning for SPIN_NS, then on a condition variable: a decode step calls the kernel every
+ * few hundred microseconds, and a sleeping thread takes tens of microseconds to wake, but a spinning one would take
+ * a core from onnxruntime's threads between steps. (7B decode, one run each: 0, 20 and 200 µs of spinning gave the
+ * same tokens/s within this VM's noise.)
+ */
+#ifndef SPIN_NS
+#define SPIN_NS 100000
+#endif
+#define MAX_THREADS 64
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  atomic_uint seq;
+  atomic_uint done;
+  int threads;
+  const Layer *layer;
+  int m;
+  float *y;
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+/* part i of n of the panels */
+static void part(const Layer *L, int i, int n, int *p0, int *p1) {
+  *p0 = (int)((long)L->panels * i / n);
+  *p1 = (int)((long)L->panels * (i + 1) / n);
+}
+
+static long long nanos(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void *worker(void *arg) {
+  const int id = (int)(intptr_t)arg;
+  unsigned seen = 0;
+  for (;;) {
+    const long long until = nanos() + SPIN_NS;
+    unsigned s = atomic_load_explicit(&pool.seq, memory_order_acquire);
+    for (int i = 1; s == seen; i++, s = atomic_load_explicit(&pool.seq, memory_order_acquire)) {
+      _mm_pause();
+      if (i % 64 == 0 && nanos() > until) {
+        pthread_mutex_lock(&pool.mu);
+        while ((s = atomic_load_explicit(&pool.seq, memory_order_acquire)) == seen) pthread_cond_wait(&pool.cv, &pool.mu);
+        pthread_mutex_unlock(&pool.mu);
+      }
+    }
+    seen = s;
+    int r0, r1;
+    part(pool.layer, id, pool.threads, &r0, &r1);
+    panelRange(pool.layer, &act, pool.m, r0, r1, pool.y);
+    atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+  }
+  return NULL;
+}
+
+static int started;
+
+static int start(int threads) {
+  if (started) return 1;
+  if (threads < 1) threads = 1;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  /* workers as many as start; the rows are split among those there are */
+  int t = 1;
+  for (pthread_t th; t < threads && pthread_create(&th, NULL, worker, (void *)(intptr_t)t) == 0; t++) pthread_detach(th);
+  pool.threads = t;
+  started = 1;
+  return 1;
+}
+
+static void run(const Layer *L, int m, float *y) {
+  pool.layer = L, pool.m = m, pool.y = y;
+  atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
+  pthread_mutex_lock(&pool.mu);
+  atomic_fetch_add_explicit(&pool.seq, 1, memory_order_release);
+  pthread_cond_broadcast(&pool.cv);
+  pthread_mutex_unlock(&pool.mu);
+  int r0, r1;
+  part(L, 0, pool.threads, &r0, &r1);
+  panelRange(L, &act, m, r0, r1, y);
+  while (atomic_load_explicit(&pool.done, memory_order_acquire) != (unsigned)(pool.threads - 1)) _mm_pause();
+}
+
+/* ---------------------------------------------------------------- Node-API */
+
+#define CHECK(call)                                              \
+  do {                                                           \
+    if ((call) != napi_ok) {                                     \
+      napi_throw_error(env, NULL, "nbits4: " #call " failed");   \
+      return NULL;                                               \
+    }                                                            \
+  } while (0)
+
+static void *typed(napi_env env, napi_value v, napi_typedarray_type want, size_t *length, const char *what) {
+  bool is;
+  napi_typedarray_type type;
+  void *data;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, v, &type, length, &data, NULL, NULL) != napi_ok || type != want) {
+    napi_throw_type_error(env, NULL, what);
+    return NULL;
+  }
+  return data;
+}
+
+static void *huge(size_t bytes) {
+  void *p = NULL;
+  const size_t size = (bytes + HUGE - 1) / HUGE * HUGE;
+  if (posix_memalign(&p, HUGE, size) != 0) return NULL;
+  madvise(p, size, MADV_HUGEPAGE);
+  return p;
+}
+
+static void release(Layer *L) {
+  free(L->codes), free(L->scales), free(L->zeros), free(L->order);
+  memset(L, 0, sizeof *L);
+}
+
+static void finalize(napi_env env, void *data, void *hint) {
+  (void)env, (void)hint;
+  release(data);
+  free(data);
+}
+
+static Layer *layerOf(napi_env env, napi_value v) {
+  void *p = NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok || !p || !((Layer *)p)->codes) {
+    napi_throw_error(env, NULL, "nbits4: not an open layer");
+    return NULL;
+  }
+  return p;
+}
+
+/* isa(): the instruction set the kernel uses here, 'avx512vnni', 'avx2' or '' (none: not usable). */
+static napi_value isa(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  const char *name = kernels == VNNI ? "avx512vnni" : kernels == AVX2 ? "avx2" : "";
+  CHECK(napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &out));
+  return out;
+}
+
+/* useIsa(name): choose a supported instruction set (tests run the AVX2 path on an AVX-512 machine). */
+static napi_value useIsa(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  char name[32] = "";
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_string_utf8(env, argv[0], name, sizeof name, NULL));
+  __builtin_cpu_init();
+  const int vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+  const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!strcmp(name, "avx512vnni") && vnni) kernels = VNNI;
+  else if (!strcmp(name, "avx2") && avx2) kernels = AVX2;
+  else {
+    napi_throw_error(env, NULL, "nbits4: this CPU lacks that instruction set");
+    return NULL;
+  }
+  return NULL;
+}
+
+/* Row-major blocks ([rows, blocks, 64] codes, [rows, blocks] scales and zeros) into panels; rows past the last are 0. */
+static void repack(Layer *L, const uint8_t *codes, const float *scales, const uint8_t *zeros) {
+  const int B = L->blocks;
+  memset(L->codes, 0, (size_t)L->panels * B * PANEL * HALF);
+  for (int r = 0; r < L->rows; r++) {
+    const int p = r / PANEL, k = r % PANEL;
+    for (int b = 0; b < B; b++) {
+      const size_t pb = (size_t)p * B + b, rb = (size_t)r * B + b;
+      uint8_t *q = L->codes + pb * PANEL * QUAD + 4 * k;
+      for (int t = 0; t < PANEL; t++) memcpy(q + t * QUAD, codes + rb * HALF + 4 * t, 4);
+      L->scales[pb * PANEL + k] = scales[rb];
+      L->zeros[pb * PANEL + k] = zeros[rb];
+    }
+  }
+}
+
+/* open(codes Uint8Array, scales Float32Array, zeros Uint8Array, rows, blocks, order Int32Array | null) → layer */
+static napi_value openLayer(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int rows, blocks;
+  CHECK(napi_get_value_int32(env, argv[3], &rows));
+  CHECK(napi_get_value_int32(env, argv[4], &blocks));
+  size_t nc, ns, nz, no = 0;
+  const uint8_t *codes = typed(env, argv[0], napi_uint8_array, &nc, "nbits4: codes must be a Uint8Array");
+  if (!codes) return NULL;
+  const float *scales = typed(env, argv[1], napi_float32_array, &ns, "nbits4: scales must be a Float32Array");
+  if (!scales) return NULL;
+  const uint8_t *zeros = typed(env, argv[2], napi_uint8_array, &nz, "nbits4: zeros must be a Uint8Array");
+  if (!zeros) return NULL;
+  napi_valuetype t;
+  CHECK(napi_typeof(env, argv[5], &t));
+  const int32_t *order = NULL;
+  if (t != napi_null && t != napi_undefined) {
+    order = typed(env, argv[5], napi_int32_array, &no, "nbits4: order must be an Int32Array");
+    if (!order) return NULL;
+  }
+  const size_t units = (size_t)rows * blocks, cols = (size_t)blocks * BLOCK;
+  if (rows <= 0 || blocks <= 0 || nc != units * HALF || ns != units || nz != units || (order && no != cols)) {
+    napi_throw_range_error(env, NULL, "nbits4: codes, scales, zeros or order do not match rows x blocks");
+    return NULL;
+  }
+  Layer *L = calloc(1, sizeof *L);
+  const int panels = (rows + PANEL - 1) / PANEL;
+  const size_t slots = (size_t)panels * blocks * PANEL;
+  if (L) {
+    L->rows = rows, L->blocks = blocks, L->panels = panels;
+    L->codes = huge(slots * HALF), L->scales = calloc(slots, sizeof(float)), L->zeros = calloc(slots, 1);
+    L->order = order ? malloc(cols * sizeof(int32_t)) : NULL;
+  }
+  if (!L || !L->codes || !L->scales || !L->zeros || (order && !L->order)) {
+    if (L) release(L), free(L);
+    napi_throw_error(env, NULL, "nbits4: out of memory");
+    return NULL;
+  }
+  repack(L, codes, scales, zeros);
+  if (order) memcpy(L->order, order, cols * sizeof(int32_t));
+  napi_value out;
+  if (napi_create_external(env, L, finalize, NULL, &out) != napi_ok) {
+    release(L), free(L);
+    napi_throw_error(env, NULL, "nbits4: napi_create_external failed");
+    return NULL;
+  }
+  return out;
+}
+
+/* matmul(layer, x Float32Array [m, cols], m, y Float32Array [m, rows], threads) */
+static napi_value matmulLayer(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  const Layer *L = layerOf(env, argv[0]);
+  if (!L) return NULL;
+  int m, threads;
+  CHECK(napi_get_value_int32(env, argv[2], &m));
+  CHECK(napi_get_value_int32(env, argv[4], &threads));
+  size_t nx, ny;
+  const float *x = typed(env, argv[1], napi_float32_array, &nx, "nbits4: x must be a Float32Array");
+  if (!x) return NULL;
+  float *y = typed(env, argv[3], napi_float32_array, &ny, "nbits4: y must be a Float32Array");
+  if (!y) return NULL;
+  if (m <= 0 || nx != (size_t)m * L->blocks * BLOCK || ny != (size_t)m * L->rows) {
+    napi_throw_range_error(env, NULL, "nbits4: x or y does not match m and the layer");
+    return NULL;
+  }
+  if (!kernels) {
+    napi_throw_error(env, NULL, "nbits4: no supported instruction set");
+    return NULL;
+  }
+  /* one call at a time: the activations buffer and the pool are shared (Node worker threads may share the addon) */
+  static pthread_mutex_t calls = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&calls);
+  const int ready = start(threads) && reserve(&act, m, L->blocks);
+  if (ready) quantize(L, x, m, &act), run(L, m, y);
+  pthread_mutex_unlock(&calls);
+  if (!ready) napi_throw_error(env, NULL, "nbits4: out of memory or threads");
+  return NULL;
+}
+
+/* close(layer): free the weights now rather than when the handle is collected */
+static napi_value closeLayer(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *p = NULL;
+  CHECK(napi_get_value_external(env, argv[0], &p));
+  if (p) release(p);
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) kernels = VNNI;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) kernels = AVX2;
+  const struct {
+    const char *name;
+    napi_callback fn;
+  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}};
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value f;
+    if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
+        napi_set_named_property(env, exports, fns[i].name, f) != napi_ok)
+      return NULL;
+  }
+  return exports;
+}
