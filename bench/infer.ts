@@ -18,6 +18,7 @@ import { getBackend, type ActivationPrecision, type LinearKernel, type PackedLin
 import { encodeModel, ElemType } from '../src/tensor/onnx-graph.js';
 import { encodeFloatLinear, encodePackedLinear, openLinear, type EncodedLinear } from '../src/tensor/ort.js';
 import { printTable } from './table.js';
+import { nativeIsa, nativeLinear } from '../src/tensor/native.js';
 
 /**
  * Packed inference: matvec speed against float32 and the machine's memory bandwidth, generation tokens/s
@@ -79,23 +80,27 @@ function randomPacked(rows: number, cols: number, bits: number, groupSize: numbe
 }
 
 /**
- * Median ms of y = W·x, cycling through copies of the layer (sessions of the same encoded graph, at least
- * 1 GB of weights: this VM reports a 512 MB L3) so that each call reads its weights from memory.
+ * Median ms of y = W·x for m rows of x, cycling through copies of the layer (at least 1 GB of weights: this VM
+ * reports a 512 MB L3) so that each call reads its weights from memory.
  */
-async function matvecMs(e: EncodedLinear): Promise<{ ms: number; bytes: number }> {
-  const copies: LinearKernel[] = [];
-  while (copies.length * e.weightBytes < 1024 * MB) copies.push(await openLinear(e));
-  const x = Float32Array.from({ length: e.cols }, (_, i) => Math.sin(i));
-  for (const k of copies) await k.apply(x, 1);
+async function matvecMs(open: () => Promise<LinearKernel>, m = 1): Promise<{ ms: number; bytes: number }> {
+  const copies: LinearKernel[] = [await open()];
+  while (copies.length * copies[0]!.weightBytes < 1024 * MB) copies.push(await open());
+  const x = Float32Array.from({ length: m * copies[0]!.cols }, (_, i) => Math.sin(i));
+  for (const k of copies) await k.apply(x, m);
   const times: number[] = [];
   for (let rep = 0; rep < 5; rep++) {
     const t = performance.now();
-    for (const k of copies) await k.apply(x, 1);
+    for (const k of copies) await k.apply(x, m);
     times.push((performance.now() - t) / copies.length);
   }
+  const bytes = copies[0]!.weightBytes;
   for (const k of copies) await k.dispose();
-  return { ms: times.sort((a, b) => a - b)[2]!, bytes: e.weightBytes };
+  return { ms: times.sort((a, b) => a - b)[2]!, bytes };
 }
+
+const onOrt = (e: EncodedLinear) => () => openLinear(e);
+const onNative = (p: PackedLinearWeights) => async () => nativeLinear(p)!;
 
 const reduceGBs = await bandwidthGBs();
 // the float32 matvec itself streams faster than ReduceSum here, so the reference is the best read rate seen
@@ -108,7 +113,7 @@ for (const [rows, cols] of [
 ] as const) {
   const rnd = seededRandom(rows);
   const w = Float32Array.from({ length: rows * cols }, () => rnd() - 0.5);
-  const fp = await matvecMs(encodeFloatLinear(w, rows, cols));
+  const fp = await matvecMs(onOrt(encodeFloatLinear(w, rows, cols)));
   const row = (kernel: string, r: { ms: number; bytes: number }): (string | number)[] => {
     const gbs = r.bytes / (r.ms / 1000) / 1e9;
     gbsOfRow.push(gbs);
@@ -119,16 +124,36 @@ for (const [rows, cols] of [
   for (const activations of ['fp32', 'int8'] as const) {
     for (const bits of [2, 3, 4, 8]) {
       const p = randomPacked(rows, cols, bits, 128, bits);
-      matvecRows.push(row(`w${bits} g128, ${activations} act`, await matvecMs(encodePackedLinear(p, activations)!)));
+      matvecRows.push(row(`w${bits} g128, ${activations} act`, await matvecMs(onOrt(encodePackedLinear(p, activations)!))));
+      if (bits === 4 && activations === 'int8' && nativeIsa())
+        matvecRows.push(row(`w4 g128, int8 act, native (${nativeIsa()})`, await matvecMs(onNative(p))));
     }
   }
 }
 matvecRows.forEach((r, i) => (r[5] = `${((100 * gbsOfRow[i]!) / bestRead).toFixed(0)}%`));
+// The same 4-bit layer for several rows of x at once (a prompt's prefill): per row, the two kernels alternated
+const batchRows: (string | number)[][] = [];
+if (nativeIsa()) {
+  const p = randomPacked(4096, 4096, 4, 128, 4);
+  const e = encodePackedLinear(p, 'int8')!;
+  for (const m of [1, 2, 4, 16, 64, 256]) {
+    const [ort1, nat] = [await matvecMs(onOrt(e), m), await matvecMs(onNative(p), m)];
+    const gmacs = (r: { ms: number }): string => ((m * 4096 * 4096) / (r.ms / 1000) / 1e9).toFixed(0);
+    batchRows.push([m, ort1.ms.toFixed(3), gmacs(ort1), nat.ms.toFixed(3), gmacs(nat), (ort1.ms / nat.ms).toFixed(2)]);
+  }
+}
+
 printTable(
   `Matvec y = W·x (batch 1) on onnxruntime, weights streamed from memory; "of bw" is against the best read rate measured: ${bestRead.toFixed(1)} GB/s (ReduceSum over 2 GB: ${reduceGBs.toFixed(1)})`,
   ['shape', 'kernel', 'ms', 'weight MB', 'GB/s', 'of bw', 'x fp32'],
   matvecRows,
 );
+if (batchRows.length)
+  printTable(
+    `4096x4096 w4 g128, int8 activations, m rows of x a call: onnxruntime's MatMulNBits against the native kernel (${nativeIsa()}), ms a call and GMAC/s`,
+    ['m', 'MatMulNBits ms', 'GMAC/s', 'native ms', 'GMAC/s', 'native speed-up'],
+    batchRows,
+  );
 
 /** A random-weight float Llama directory with the given shape (tokenizer borrowed from stories15M). */
 async function randomModel(
