@@ -2,11 +2,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { packedWeights, packLayer, stackPackedRows } from '../src/formats/gptq-pack.js';
 import { dequantize, numGroups, type QuantizedLayer } from '../src/quant/quantized-layer.js';
-import type { ActivationPrecision } from '../src/tensor/backend.js';
+import type { ActivationPrecision, ResidualMlpWeights } from '../src/tensor/backend.js';
 import { ortBackend } from '../src/tensor/ort.js';
 import { nbitsLayout } from '../src/tensor/ort-linear.js';
 import { nativeKernel, nativeLinear } from '../src/tensor/native.js';
 import { readFile } from 'node:fs/promises';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { matmulNT, packedMatmul, refBackend, residualMlpSteps, siluMul } from '../src/tensor/ref.js';
 import { seededRandom } from '../src/calib/windows.js';
 import { floatToHalf, halfToFloat } from '../src/io/fp16.js';
@@ -172,6 +174,38 @@ test(
       const q = randomLayer(32, 256, bits, groupSize, false, 1);
       assert.equal(nativeLinear(packedWeights(packLayer(q, 'gptq'), q, 'gptq')), undefined, `w${bits} g${groupSize}`);
     }
+  },
+);
+
+test(
+  'a block tail on the native kernel keeps its kernels, not the packed layers it was made from',
+  { skip: !nativeBuilt && 'linux-x64 only' },
+  async () => {
+    // (a closure over those layers held a 7B model's 2.7 GB of qweight words beside the kernels' own copies)
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const layer = (rows: number, cols: number, seed: number) => {
+      const q = randomLayer(rows, cols, 4, 128, false, seed);
+      return packedWeights(packLayer(q, 'gptq'), q, 'gptq');
+    };
+    let w: ResidualMlpWeights | undefined = {
+      o: layer(128, 128, 1),
+      gateUp: layer(512, 128, 2),
+      down: layer(128, 256, 3),
+      norm: new Float32Array(128).fill(1),
+      eps: 1e-5,
+    };
+    const words = new WeakRef(w.gateUp.qweight);
+    const tail = (await ortBackend.packedResidualMlp(w, 'int8'))!;
+    w = undefined;
+    for (let i = 0; i < 3 && words.deref(); i++) {
+      await new Promise((r) => setImmediate(r));
+      gc();
+    }
+    assert.equal(words.deref(), undefined, 'the qweight words are collected');
+    const y = await tail.apply(new Float32Array(128).fill(0.5), new Float32Array(128).fill(0.25), 1);
+    assert.ok(y.every(Number.isFinite));
+    await tail.dispose();
   },
 );
 

@@ -13,7 +13,8 @@ import { withGatedOutput } from './ref.js';
 interface Addon {
   isa(): string;
   useIsa(name: string): void;
-  open(codes: Uint8Array, scales: Float32Array, zeros: Uint8Array, rows: number, blocks: number, order: Int32Array | null): object;
+  /** codes: GPTQ's qweight words [cols/8, rows], or row-major blocks [rows, blocks, 64] bytes */
+  open(codes: Int32Array | Uint8Array, scales: Float32Array, zeros: Uint8Array, rows: number, blocks: number, order: Int32Array | null): object;
   matmul(layer: object, x: Float32Array, m: number, y: Float32Array, threads: number): void;
   close(layer: object): void;
 }
@@ -43,14 +44,14 @@ export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): Line
   const k = nativeKernel();
   const blocks = k && nbits4Blocks(p);
   if (!k || !blocks) return undefined;
-  const layer = k.open(blocks.B, blocks.scales, blocks.zeros, p.rows, blocks.blocks, blocks.order ?? null);
+  const layer = k.open(blocks.codes, blocks.scales, blocks.zeros, p.rows, blocks.blocks, blocks.order ?? null);
   const threads = availableParallelism();
   const { rows, cols } = p;
   return withGatedOutput(
     {
       rows,
       cols,
-      weightBytes: blocks.B.byteLength + blocks.scales.byteLength + blocks.zeros.byteLength + (blocks.order?.byteLength ?? 0),
+      weightBytes: blocks.codes.byteLength + blocks.scales.byteLength + blocks.zeros.byteLength + (blocks.order?.byteLength ?? 0),
       async apply(x, m) {
         const y = new Float32Array(m * rows);
         k.matmul(layer, x, m, y, threads);

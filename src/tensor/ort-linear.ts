@@ -97,36 +97,38 @@ function rowMajorWords(p: PackedLinearWeights): Int32Array {
   return qwT;
 }
 
-/** A layer's blocks of codes [rows, blocks, block bytes], scales [rows·blocks] and zero points [rows, blocks] for one digit. */
-export interface NBitsData {
-  blocks: number;
-  B: Uint8Array;
-  scales: Float32Array;
-  zeros: Uint8Array;
-}
-
-function nbitsData(p: PackedLinearWeights, qwT: Int32Array, layout: NBitsLayout, d: Digit): NBitsData {
-  const { rows, cols, bits } = p;
-  const { blockSize, order, blockGroup } = layout;
-  const blocks = blockGroup.length;
-  const blob = (blockSize * d.bits) / 8;
+/** A layer's scales [rows·blocks] and zero points [rows, blocks] for one digit, block by block. */
+function nbitsScales(p: PackedLinearWeights, layout: NBitsLayout, d: Digit): { blocks: number; scales: Float32Array; zeros: Uint8Array } {
+  const { rows, bits } = p;
+  const blocks = layout.blockGroup.length;
   const scales = new Float32Array(rows * blocks);
   const zeros = new Uint8Array(rows * blocks);
   const zeroWords = (rows * bits) / 32;
-  const words = (cols * bits) / 32;
-  // GPTQ's words for 2, 4 or 8 bits in column order are already MatMulNBits' bytes, row by row (both little-endian):
-  // a 7B model's 6.5e9 codes are not touched one by one at load
-  const sameBytes = d.bits === bits && d.value === sameCode && 32 % bits === 0 && !order && blocks * blockSize === cols;
-  const B = sameBytes ? new Uint8Array(qwT.buffer, qwT.byteOffset, rows * blocks * blob) : new Uint8Array(rows * blocks * blob);
-  const row = new Uint8Array(cols);
-  const codes = new Uint8Array(blocks * blockSize);
   for (let r = 0; r < rows; r++) {
     for (let b = 0; b < blocks; b++) {
-      const g = blockGroup[b]!;
+      const g = layout.blockGroup[b]!;
       zeros[r * blocks + b] = d.value(streamValue((w) => p.qzeros[g * zeroWords + w]!, r, bits));
       scales[r * blocks + b] = d.scale * p.scales[g * rows + r]!;
     }
-    if (sameBytes) continue;
+  }
+  return { blocks, scales, zeros };
+}
+
+/** A layer's blocks of codes [rows, blocks, block bytes] for one digit (`zeros`: its zero points, for the padding). */
+function nbitsCodes(p: PackedLinearWeights, qwT: Int32Array, layout: NBitsLayout, d: Digit, zeros: Uint8Array): Uint8Array {
+  const { rows, cols, bits } = p;
+  const { blockSize, order } = layout;
+  const blocks = layout.blockGroup.length;
+  const blob = (blockSize * d.bits) / 8;
+  // GPTQ's words for 2, 4 or 8 bits in column order are already MatMulNBits' bytes, row by row (both little-endian):
+  // a 7B model's 6.5e9 codes are not touched one by one at load
+  if (d.bits === bits && d.value === sameCode && 32 % bits === 0 && !order && blocks * blockSize === cols)
+    return new Uint8Array(qwT.buffer, qwT.byteOffset, rows * blocks * blob);
+  const B = new Uint8Array(rows * blocks * blob);
+  const words = (cols * bits) / 32;
+  const row = new Uint8Array(cols);
+  const codes = new Uint8Array(blocks * blockSize);
+  for (let r = 0; r < rows; r++) {
     unpackRow(qwT, r, words, bits, row);
     if (order) for (let i = 0; i < cols; i++) codes[i] = row[order[i]!]!;
     else codes.set(row);
@@ -135,7 +137,7 @@ function nbitsData(p: PackedLinearWeights, qwT: Int32Array, layout: NBitsLayout,
     for (let i = cols; i < codes.length; i++) codes[i] = zeros[r * blocks + Math.floor(i / blockSize)]!;
     packBits(codes, d.bits, B, r * blocks * blob);
   }
-  return { blocks, B, scales, zeros };
+  return B;
 }
 
 /** One MatMulNBits node reading `input`, with its blocks of codes, scales and zero points as initializers. */
@@ -148,7 +150,8 @@ function nbitsOperand(
   accuracyLevel: number,
 ): { inits: Initializer[]; node: NodeSpec } {
   const { rows, cols } = p;
-  const { blocks, B, scales, zeros } = nbitsData(p, qwT, layout, d);
+  const { blocks, scales, zeros } = nbitsScales(p, layout, d);
+  const B = nbitsCodes(p, qwT, layout, d, zeros);
   const blob = (layout.blockSize * d.bits) / 8;
   const zpBytes = Math.ceil((blocks * d.bits) / 8);
   const zp = new Uint8Array(rows * zpBytes);
@@ -176,15 +179,19 @@ export function nbits4Layout(p: PackedLinearWeights): NBitsLayout | undefined {
 }
 
 /**
- * A 4-bit layer's codes, scales and zero points in blocks of 128 columns (the native kernel's layout, native.ts),
- * with its column order under act-order; undefined for other bit widths, or where a group starts off a multiple
- * of 128 columns.
+ * A 4-bit layer's scales and zero points in blocks of 128 columns (the native kernel's input, native.ts), and its
+ * codes: GPTQ's qweight words as they are, or under act-order the codes in the layer's column order, [rows, blocks,
+ * 64] bytes, with that order. Undefined for other bit widths, or where a group starts off a multiple of 128 columns.
  */
-export function nbits4Blocks(p: PackedLinearWeights): (NBitsData & { order?: Int32Array }) | undefined {
+export function nbits4Blocks(
+  p: PackedLinearWeights,
+): { blocks: number; scales: Float32Array; zeros: Uint8Array; codes: Int32Array | Uint8Array; order?: Int32Array } | undefined {
   const layout = nbits4Layout(p);
   if (!layout) return undefined;
-  const data = nbitsData(p, rowMajorWords(p), layout, { bits: 4, value: sameCode, scale: 1 });
-  return layout.order ? { ...data, order: layout.order } : data;
+  const digit = { bits: 4, value: sameCode, scale: 1 };
+  const data = nbitsScales(p, layout, digit);
+  if (!layout.order) return { ...data, codes: p.qweight };
+  return { ...data, codes: nbitsCodes(p, rowMajorWords(p), layout, digit, data.zeros), order: layout.order };
 }
 
 /** The digits a layer is split into for one precision (see the file comment). */

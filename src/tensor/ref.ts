@@ -277,12 +277,14 @@ export async function residualMlpSteps(b: Backend, w: ResidualMlpWeights, activa
   const o = await b.packedLinear(w.o, activations);
   const gateUp = await b.packedLinear(w.gateUp, activations, { gated: 'silu' });
   const down = await b.packedLinear(w.down, activations);
+  // the closure keeps the norm, not `w`: its packed layers (the prepared kernels' source) would stay alive with it
+  const { norm, eps } = w;
   return {
     weightBytes: o.weightBytes + gateUp.weightBytes + down.weightBytes,
     async apply(x, att, m) {
       const x1 = await o.apply(att, m);
       for (let i = 0; i < x1.length; i++) x1[i] = x[i]! + x1[i]!;
-      const y = await down.apply(await gateUp.apply(await b.rmsNorm(x1, w.norm, m, w.eps), m), m);
+      const y = await down.apply(await gateUp.apply(await b.rmsNorm(x1, norm, m, eps), m), m);
       for (let i = 0; i < y.length; i++) y[i] = x1[i]! + y[i]!;
       return y;
     },

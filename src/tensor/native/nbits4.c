@@ -385,8 +385,12 @@ static napi_value useIsa(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* Row-major blocks ([rows, blocks, 64] codes, [rows, blocks] scales and zeros) into panels; rows past the last are 0. */
-static void repack(Layer *L, const uint8_t *codes, const float *scales, const uint8_t *zeros) {
+/*
+ * The codes into panels, from row-major blocks ([rows, blocks, 64] bytes) or from GPTQ's qweight ([cols/8, rows]
+ * int32 words: a quad's 4 bytes of a row are one word, word 16b + t of the row); rows past the last are 0. With
+ * scales and zeros ([rows, blocks]).
+ */
+static void repack(Layer *L, const uint8_t *rowMajor, const uint32_t *words, const float *scales, const uint8_t *zeros) {
   const int B = L->blocks;
   memset(L->codes, 0, (size_t)L->panels * B * PANEL * HALF);
   for (int r = 0; r < L->rows; r++) {
@@ -394,14 +398,17 @@ static void repack(Layer *L, const uint8_t *codes, const float *scales, const ui
     for (int b = 0; b < B; b++) {
       const size_t pb = (size_t)p * B + b, rb = (size_t)r * B + b;
       uint8_t *q = L->codes + pb * PANEL * QUAD + 4 * k;
-      for (int t = 0; t < PANEL; t++) memcpy(q + t * QUAD, codes + rb * HALF + 4 * t, 4);
+      for (int t = 0; t < PANEL; t++) {
+        if (words) memcpy(q + t * QUAD, &words[((size_t)PANEL * b + t) * L->rows + r], 4);
+        else memcpy(q + t * QUAD, rowMajor + rb * HALF + 4 * t, 4);
+      }
       L->scales[pb * PANEL + k] = scales[rb];
       L->zeros[pb * PANEL + k] = zeros[rb];
     }
   }
 }
 
-/* open(codes Uint8Array, scales Float32Array, zeros Uint8Array, rows, blocks, order Int32Array | null) → layer */
+/* open(codes Uint8Array | Int32Array, scales Float32Array, zeros Uint8Array, rows, blocks, order Int32Array | null) → layer */
 static napi_value openLayer(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
@@ -410,7 +417,13 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[3], &rows));
   CHECK(napi_get_value_int32(env, argv[4], &blocks));
   size_t nc, ns, nz, no = 0;
-  const uint8_t *codes = typed(env, argv[0], napi_uint8_array, &nc, "nbits4: codes must be a Uint8Array");
+  bool isTyped = false;
+  napi_typedarray_type codesType = napi_uint8_array;
+  CHECK(napi_is_typedarray(env, argv[0], &isTyped));
+  if (isTyped) CHECK(napi_get_typedarray_info(env, argv[0], &codesType, NULL, NULL, NULL, NULL));
+  const int gptqWords = codesType == napi_int32_array;
+  const void *codes = typed(env, argv[0], gptqWords ? napi_int32_array : napi_uint8_array, &nc,
+                            "nbits4: codes must be a Uint8Array (row-major blocks) or an Int32Array (qweight)");
   if (!codes) return NULL;
   const float *scales = typed(env, argv[1], napi_float32_array, &ns, "nbits4: scales must be a Float32Array");
   if (!scales) return NULL;
@@ -424,7 +437,8 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
     if (!order) return NULL;
   }
   const size_t units = (size_t)rows * blocks, cols = (size_t)blocks * BLOCK;
-  if (rows <= 0 || blocks <= 0 || nc != units * HALF || ns != units || nz != units || (order && no != cols)) {
+  const size_t codesLength = gptqWords ? units * HALF / 4 : units * HALF;
+  if (rows <= 0 || blocks <= 0 || nc != codesLength || ns != units || nz != units || (order && no != cols) || (order && gptqWords)) {
     napi_throw_range_error(env, NULL, "nbits4: codes, scales, zeros or order do not match rows x blocks");
     return NULL;
   }
@@ -441,7 +455,7 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "nbits4: out of memory");
     return NULL;
   }
-  repack(L, codes, scales, zeros);
+  repack(L, gptqWords ? NULL : codes, gptqWords ? codes : NULL, scales, zeros);
   if (order) memcpy(L->order, order, cols * sizeof(int32_t));
   napi_value out;
   if (napi_create_external(env, L, finalize, NULL, &out) != napi_ok) {
