@@ -1,20 +1,20 @@
-// Compiles the native 4-bit kernel (src/tensor/native/nbits4.c) into build/nbits4.node, against the running
-// Node's own headers, with the system C compiler ($CC, else cc). Part of `npm run build`. Where there is nothing to
-// build it with (not x86-64, no compiler, no headers) it says so and leaves the kernel out: generation then runs
-// on onnxruntime's MatMulNBits. A compiler that fails on the source is an error.
+// Compiles the native kernels (src/tensor/native/kernels.c: the 4-bit matmul and decode attention) into
+// build/kernels.node, against the running Node's own headers, with the system C compiler ($CC, else cc). Part of
+// `npm run build`. Where there is nothing to build them with (not x86-64, no compiler, no headers) it says so and
+// leaves them out: generation then runs on onnxruntime instead. A compiler that fails on the source is an error.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const source = join(root, 'src/tensor/native/nbits4.c');
-const out = join(root, 'build/nbits4.node');
+const source = join(root, 'src/tensor/native/kernels.c');
+const out = join(root, 'build/kernels.node');
 const headers = join(dirname(process.execPath), '..', 'include', 'node');
 const cc = process.env.CC || 'cc';
 
 function skip(why) {
-  console.warn(`build-native: ${why}; the native 4-bit kernel is left out (generation uses onnxruntime's MatMulNBits)`);
+  console.warn(`build-native: ${why}; the native kernels are left out (generation runs on onnxruntime)`);
   process.exit(0);
 }
 

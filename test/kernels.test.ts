@@ -5,6 +5,7 @@ import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
 import { refBackend } from '../src/tensor/ref.js';
 import { attentionJs } from '../src/tensor/attention-js.js';
+import { nativeDecodeAttention, useNativeKernel } from '../src/tensor/native.js';
 import { floatArrayToHalf } from '../src/io/fp16.js';
 import { floatRows, rowsF32, type StoredRows } from '../src/tensor/rows.js';
 
@@ -184,6 +185,8 @@ test('sliding windows, soft-capping and ALiBi: onnxruntime (window mask) and the
   assert.ok(full.some((x, i) => Math.abs(x - windowed[i]!) > 1e-3));
 });
 
+const nativeBuilt = process.platform === 'linux' && process.arch === 'x64';
+
 test("a KV cache's head-major layout (kvCapacity): every kernel reads it as the definition reads the same keys position-major", async () => {
   const r = rng(7);
   // decode steps (the onnxruntime graph over the cache's rows; the TS kernel where small or capped) and a prompt
@@ -194,6 +197,8 @@ test("a KV cache's head-major layout (kvCapacity): every kernel reads it as the 
     { seq: 1, ctx: 300, capacity: 512, heads: 32, kvHeads: 4, headDim: 64 },
     { seq: 1, ctx: 300, capacity: 300, heads: 8, kvHeads: 2, headDim: 64, window: 17 },
     { seq: 1, ctx: 9, capacity: 64, heads: 4, kvHeads: 2, headDim: 16 },
+    // a head size of 8s, not 16s: the native kernel's 8-float (AVX2) loop on an AVX-512 machine
+    { seq: 1, ctx: 33, capacity: 48, heads: 6, kvHeads: 3, headDim: 24 },
     { seq: 1, ctx: 200, capacity: 256, heads: 8, kvHeads: 8, headDim: 64, softcap: 3 },
     { seq: 37, ctx: 300, capacity: 320, heads: 8, kvHeads: 4, headDim: 32 },
     // past onnxruntime's query blocks of 256, soft-capped (the TS kernel, a block at a time)
@@ -216,8 +221,17 @@ test("a KV cache's head-major layout (kvCapacity): every kernel reads it as the 
     const hm = { ...s, kvCapacity: capacity };
     const what = JSON.stringify(hm);
     assertClose(ref.attention(q, kc, vc, hm), want, 1e-12, `definition ${what}`);
-    assertClose(await ortBackend.attention(q, kc, vc, hm), want, 1e-5, `onnxruntime ${what}`);
     assertClose(attentionJs(q, kc, vc, hm), want, 1e-5, `TS ${what}`);
+    // a decode step runs on the native kernel where it is built (not soft-capped), else onnxruntime's graph
+    const native = nativeDecodeAttention(q, kc, vc, hm);
+    if (nativeBuilt) assert.equal(native !== undefined, s.seq === 1 && !s.softcap, `native kernel takes ${what}`);
+    if (native) assertClose(native, want, 1e-5, `native ${what}`);
+    useNativeKernel(false);
+    try {
+      assertClose(await ortBackend.attention(q, kc, vc, hm), want, 1e-5, `onnxruntime ${what}`);
+    } finally {
+      useNativeKernel(true);
+    }
   }
 });
 

@@ -126,7 +126,7 @@ for (const activations of ['fp32', 'int8'] as const) {
 }
 
 /*
- * The native 4-bit kernel (src/tensor/native/nbits4.c): the same bound as onnxruntime's int8 path, on both of its
+ * The native 4-bit kernel (src/tensor/native/kernels.c): the same bound as onnxruntime's int8 path, on both of its
  * instruction sets where the CPU has them, for batch sizes that take each of its 1-4-row inner loops and more than
  * one pass of them, per-channel and grouped, act-order or not. On linux-x64 `npm run build` builds it, so there it
  * must be present; elsewhere there is no kernel to test.
@@ -137,7 +137,7 @@ test(
   { skip: !nativeBuilt && 'the native kernel is built on linux-x64 only' },
   async () => {
     const k = nativeKernel();
-    assert.ok(k, 'build/nbits4.node is built (npm run build) and loads');
+    assert.ok(k, 'build/kernels.node is built (npm run build) and loads');
     const cpu = await readFile('/proc/cpuinfo', 'utf8');
     const sets = ['avx512vnni', 'avx2'].filter((s) => new RegExp(`\\b${s === 'avx512vnni' ? 'avx512_vnni' : s}\\b`).test(cpu));
     assert.ok(sets.includes(k.isa()), `in use: ${k.isa()}`);

@@ -1,22 +1,44 @@
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import type { LinearKernel, LinearOptions, PackedLinearWeights } from './backend.js';
+import type { AttentionShape, LinearKernel, LinearOptions, PackedLinearWeights } from './backend.js';
 import { nbits4Blocks } from './ort-linear.js';
 import { withGatedOutput } from './ref.js';
 
 /**
- * The native 4-bit kernel (src/tensor/native/nbits4.c, compiled by `npm run build` into build/nbits4.node): 4-bit
+ * The native kernels (src/tensor/native/kernels.c, compiled by `npm run build` into build/kernels.node): 4-bit
  * GPTQ layers whose groups start on multiples of 128 columns, times int8 activations, the form generation runs in
- * (loadModel's `activations: 'int8'`). Elsewhere onnxruntime's MatMulNBits does the same product. Absent (not
- * built, or a CPU without AVX2) or turned off with GPTQ_TS_NATIVE=0, layers run on MatMulNBits instead.
+ * (loadModel's `activations: 'int8'`), where onnxruntime's MatMulNBits would do the same product; and a decode
+ * step's attention. Absent (not built, or a CPU without AVX2) or turned off with GPTQ_TS_NATIVE=0, those run on
+ * onnxruntime instead.
  */
 interface Addon {
   isa(): string;
   useIsa(name: string): void;
   /** codes: GPTQ's qweight words [cols/8, rows], or row-major blocks [rows, blocks, 64] bytes */
-  open(codes: Int32Array | Uint8Array, scales: Float32Array, zeros: Uint8Array, rows: number, blocks: number, order: Int32Array | null): object;
+  open(
+    codes: Int32Array | Uint8Array,
+    scales: Float32Array,
+    zeros: Uint8Array,
+    rows: number,
+    blocks: number,
+    order: Int32Array | null,
+  ): object;
   matmul(layer: object, x: Float32Array, m: number, y: Float32Array, threads: number): void;
   close(layer: object): void;
+  attend(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    heads: number,
+    kvHeads: number,
+    d: number,
+    lo: number,
+    ctx: number,
+    capacity: number,
+    scale: number,
+    threads: number,
+  ): void;
 }
 
 let addon: Addon | null | undefined;
@@ -27,13 +49,18 @@ export function nativeKernel(): Addon | null {
   addon = null;
   if (process.env['GPTQ_TS_NATIVE'] === '0') return addon;
   try {
-    const loaded = createRequire(import.meta.url)('../../build/nbits4.node') as Addon;
+    const loaded = createRequire(import.meta.url)('../../build/kernels.node') as Addon;
     if (loaded.isa()) addon = loaded;
   } catch (e) {
     // not built here (build-native.mjs said why); anything else is a broken build
     if ((e as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw e;
   }
   return addon;
+}
+
+/** Turn the native kernels off (or back on) for what is prepared or run from now on: tests run both paths. */
+export function useNativeKernel(on: boolean): void {
+  addon = on ? undefined : null;
 }
 
 /** The instruction set the native kernel runs on ('avx512vnni', 'avx2'), or undefined where it is not in use. */
@@ -61,4 +88,18 @@ export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): Line
     },
     opts,
   );
+}
+
+/**
+ * One new position's attention over a head-major KV cache (AttentionShape.kvCapacity, batch 1, no soft-cap or ALiBi,
+ * head size a multiple of 8) on the native kernel, or undefined where it is absent or the shape is not its own.
+ */
+export function nativeDecodeAttention(q: Float32Array, k: Float32Array, v: Float32Array, sh: AttentionShape): Float32Array | undefined {
+  const n = nativeKernel();
+  const { batch, seq, ctx, heads, kvHeads, headDim, kvCapacity, window } = sh;
+  if (!n || !kvCapacity || batch !== 1 || seq !== 1 || sh.softcap || sh.alibi || headDim % 8) return undefined;
+  const out = new Float32Array(heads * headDim);
+  const lo = window ? Math.max(0, ctx - window) : 0;
+  n.attend(q, k, v, out, heads, kvHeads, headDim, lo, ctx, kvCapacity, 1 / Math.sqrt(headDim), availableParallelism());
+  return out;
 }

@@ -15,7 +15,7 @@ import {
 import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, nbits4Layout, packedLinearGraph } from './ort-linear.js';
-import { nativeKernel, nativeLinear } from './native.js';
+import { nativeDecodeAttention, nativeKernel, nativeLinear } from './native.js';
 import { refBackend, residualMlpSteps } from './ref.js';
 import { attentionJs } from './attention-js.js';
 
@@ -639,6 +639,8 @@ export const ortBackend: Backend = {
     const plain = !sh.softcap && !sh.alibi && size > SMALL_ATTENTION;
     const group = heads / kvHeads;
     if (sh.kvCapacity && seq === 1) {
+      const native = nativeDecodeAttention(q, k, v, sh);
+      if (native) return native;
       if (!plain) return attentionJs(q, k, v, sh);
       const cap = sh.kvCapacity;
       const s = await (size < SERIAL_ATTENTION ? sessions.decodeAttentionSerial : sessions.decodeAttention)();

@@ -1,5 +1,6 @@
 /*
- * A 4-bit GPTQ layer times int8 activations, y = x·Wᵀ, for generation (src/tensor/native.ts).
+ * Native kernels for generation (src/tensor/native.ts): a 4-bit GPTQ layer times int8 activations, y = x·Wᵀ, and a
+ * decode step's attention over the KV cache (at the end).
  *
  * Why native: a decode step reads every weight once, so its speed is the rate the weights stream from memory.
  * On the 2-core AVX-512 VM, two threads of plain loads read 44-53 GB/s in a quiet hour; onnxruntime's MatMulNBits
@@ -234,22 +235,18 @@ static void quantize(const Layer *L, const float *x, int m, Act *a) {
 #endif
 #define MAX_THREADS 64
 
+/* A job: part `i` of `n` of the work (each thread one part, the caller part 0). */
+typedef void Job(const void *arg, int i, int n);
+
 static struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   atomic_uint seq;
   atomic_uint done;
   int threads;
-  const Layer *layer;
-  int m;
-  float *y;
+  Job *job;
+  const void *arg;
 } pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-
-/* part i of n of the panels */
-static void part(const Layer *L, int i, int n, int *p0, int *p1) {
-  *p0 = (int)((long)L->panels * i / n);
-  *p1 = (int)((long)L->panels * (i + 1) / n);
-}
 
 static long long nanos(void) {
   struct timespec t;
@@ -272,9 +269,7 @@ static void *worker(void *arg) {
       }
     }
     seen = s;
-    int r0, r1;
-    part(pool.layer, id, pool.threads, &r0, &r1);
-    panelRange(pool.layer, &act, pool.m, r0, r1, pool.y);
+    pool.job(pool.arg, id, pool.threads);
     atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
   }
   return NULL;
@@ -294,17 +289,96 @@ static int start(int threads) {
   return 1;
 }
 
-static void run(const Layer *L, int m, float *y) {
-  pool.layer = L, pool.m = m, pool.y = y;
+/* one call at a time: the activations buffer and the pool are shared (Node worker threads may share the addon) */
+static pthread_mutex_t calls = PTHREAD_MUTEX_INITIALIZER;
+
+/* Runs a job on every thread, this one included, and returns when all parts are done. */
+static void run(Job *job, const void *arg) {
+  pool.job = job, pool.arg = arg;
   atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
   pthread_mutex_lock(&pool.mu);
   atomic_fetch_add_explicit(&pool.seq, 1, memory_order_release);
   pthread_cond_broadcast(&pool.cv);
   pthread_mutex_unlock(&pool.mu);
-  int r0, r1;
-  part(L, 0, pool.threads, &r0, &r1);
-  panelRange(L, &act, m, r0, r1, y);
+  job(arg, 0, pool.threads);
   while (atomic_load_explicit(&pool.done, memory_order_acquire) != (unsigned)(pool.threads - 1)) _mm_pause();
+}
+
+/* The product's job: part i of n of the panels, for every row of x. */
+typedef struct {
+  const Layer *layer;
+  int m;
+  float *y;
+} Product;
+
+static void productPart(const void *arg, int i, int n) {
+  const Product *P = arg;
+  const int panels = P->layer->panels;
+  panelRange(P->layer, &act, P->m, (int)((long)panels * i / n), (int)((long)panels * (i + 1) / n), P->y);
+}
+
+/* ---------------------------------------------------------------- decode attention */
+
+/*
+ * One new position's attention over a head-major KV cache ([kvHeads, capacity, d] per layer, positions [lo, ctx)
+ * seen): per query head, scores q·k·scale, their softmax, and Σ p·v. onnxruntime's graph of it costs a 7B decode
+ * step 7.5-10.6 ms over 32 layers at a short context, its eight operators' fixed costs; this is a loop.
+ */
+typedef struct {
+  const float *q, *k, *v;
+  float *out;
+  int heads, kvHeads, d, lo, ctx, capacity;
+  float scale;
+} Attention;
+
+/* the heads of part i of n, each head's scores in `s` (ctx floats); W floats a vector */
+#define ATTEND(NAME, TARGET, W)                                                                               \
+  __attribute__((target(TARGET))) static void NAME(const Attention *A, int h0, int h1, float *s) {          \
+    typedef float V __attribute__((vector_size(W * 4)));                                                     \
+    const int d = A->d, group = A->heads / A->kvHeads;                                                       \
+    for (int h = h0; h < h1; h++) {                                                                          \
+      const float *q = A->q + (size_t)h * d;                                                                 \
+      const float *K = A->k + (size_t)(h / group) * A->capacity * d;                                         \
+      const float *Vs = A->v + (size_t)(h / group) * A->capacity * d;                                        \
+      float mx = -INFINITY;                                                                                  \
+      for (int t = A->lo; t < A->ctx; t++) {                                                                 \
+        V acc = {0};                                                                                         \
+        for (int c = 0; c < d; c += W) {                                                                     \
+          V a, b;                                                                                            \
+          memcpy(&a, q + c, sizeof a), memcpy(&b, K + (size_t)t * d + c, sizeof b);                          \
+          acc += a * b;                                                                                      \
+        }                                                                                                    \
+        float dot = 0;                                                                                       \
+        for (int l = 0; l < W; l++) dot += acc[l];                                                           \
+        s[t] = dot * A->scale;                                                                               \
+        if (s[t] > mx) mx = s[t];                                                                            \
+      }                                                                                                      \
+      float sum = 0;                                                                                         \
+      for (int t = A->lo; t < A->ctx; t++) sum += s[t] = expf(s[t] - mx);                                    \
+      float *o = A->out + (size_t)h * d;                                                                     \
+      memset(o, 0, d * sizeof(float));                                                                       \
+      for (int t = A->lo; t < A->ctx; t++) {                                                                 \
+        const V p = (V){0} + s[t] / sum;                                                                     \
+        for (int c = 0; c < d; c += W) {                                                                     \
+          V a, b;                                                                                            \
+          memcpy(&a, o + c, sizeof a), memcpy(&b, Vs + (size_t)t * d + c, sizeof b);                         \
+          a += p * b;                                                                                        \
+          memcpy(o + c, &a, sizeof a);                                                                       \
+        }                                                                                                    \
+      }                                                                                                      \
+    }                                                                                                        \
+  }
+ATTEND(attend512, "avx512f", 16)
+ATTEND(attend256, "avx2,fma", 8)
+
+static void attentionPart(const void *arg, int i, int n) {
+  const Attention *A = arg;
+  float *s = malloc((size_t)A->ctx * sizeof(float));
+  if (!s) abort(); /* a few KB to a MB, per call: out of memory here is out of memory everywhere */
+  const int h0 = (int)((long)A->heads * i / n), h1 = (int)((long)A->heads * (i + 1) / n);
+  if (kernels == VNNI && A->d % 16 == 0) attend512(A, h0, h1, s);
+  else attend256(A, h0, h1, s);
+  free(s);
 }
 
 /* ---------------------------------------------------------------- Node-API */
@@ -312,7 +386,7 @@ static void run(const Layer *L, int m, float *y) {
 #define CHECK(call)                                              \
   do {                                                           \
     if ((call) != napi_ok) {                                     \
-      napi_throw_error(env, NULL, "nbits4: " #call " failed");   \
+      napi_throw_error(env, NULL, "native: " #call " failed");   \
       return NULL;                                               \
     }                                                            \
   } while (0)
@@ -351,7 +425,7 @@ static void finalize(napi_env env, void *data, void *hint) {
 static Layer *layerOf(napi_env env, napi_value v) {
   void *p = NULL;
   if (napi_get_value_external(env, v, &p) != napi_ok || !p || !((Layer *)p)->codes) {
-    napi_throw_error(env, NULL, "nbits4: not an open layer");
+    napi_throw_error(env, NULL, "native: not an open layer");
     return NULL;
   }
   return p;
@@ -379,7 +453,7 @@ static napi_value useIsa(napi_env env, napi_callback_info info) {
   if (!strcmp(name, "avx512vnni") && vnni) kernels = VNNI;
   else if (!strcmp(name, "avx2") && avx2) kernels = AVX2;
   else {
-    napi_throw_error(env, NULL, "nbits4: this CPU lacks that instruction set");
+    napi_throw_error(env, NULL, "native: this CPU lacks that instruction set");
     return NULL;
   }
   return NULL;
@@ -423,23 +497,23 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
   if (isTyped) CHECK(napi_get_typedarray_info(env, argv[0], &codesType, NULL, NULL, NULL, NULL));
   const int gptqWords = codesType == napi_int32_array;
   const void *codes = typed(env, argv[0], gptqWords ? napi_int32_array : napi_uint8_array, &nc,
-                            "nbits4: codes must be a Uint8Array (row-major blocks) or an Int32Array (qweight)");
+                            "native: codes must be a Uint8Array (row-major blocks) or an Int32Array (qweight)");
   if (!codes) return NULL;
-  const float *scales = typed(env, argv[1], napi_float32_array, &ns, "nbits4: scales must be a Float32Array");
+  const float *scales = typed(env, argv[1], napi_float32_array, &ns, "native: scales must be a Float32Array");
   if (!scales) return NULL;
-  const uint8_t *zeros = typed(env, argv[2], napi_uint8_array, &nz, "nbits4: zeros must be a Uint8Array");
+  const uint8_t *zeros = typed(env, argv[2], napi_uint8_array, &nz, "native: zeros must be a Uint8Array");
   if (!zeros) return NULL;
   napi_valuetype t;
   CHECK(napi_typeof(env, argv[5], &t));
   const int32_t *order = NULL;
   if (t != napi_null && t != napi_undefined) {
-    order = typed(env, argv[5], napi_int32_array, &no, "nbits4: order must be an Int32Array");
+    order = typed(env, argv[5], napi_int32_array, &no, "native: order must be an Int32Array");
     if (!order) return NULL;
   }
   const size_t units = (size_t)rows * blocks, cols = (size_t)blocks * BLOCK;
   const size_t codesLength = gptqWords ? units * HALF / 4 : units * HALF;
   if (rows <= 0 || blocks <= 0 || nc != codesLength || ns != units || nz != units || (order && no != cols) || (order && gptqWords)) {
-    napi_throw_range_error(env, NULL, "nbits4: codes, scales, zeros or order do not match rows x blocks");
+    napi_throw_range_error(env, NULL, "native: codes, scales, zeros or order do not match rows x blocks");
     return NULL;
   }
   Layer *L = calloc(1, sizeof *L);
@@ -452,7 +526,7 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
   }
   if (!L || !L->codes || !L->scales || !L->zeros || (order && !L->order)) {
     if (L) release(L), free(L);
-    napi_throw_error(env, NULL, "nbits4: out of memory");
+    napi_throw_error(env, NULL, "native: out of memory");
     return NULL;
   }
   repack(L, gptqWords ? NULL : codes, gptqWords ? codes : NULL, scales, zeros);
@@ -460,7 +534,7 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
   napi_value out;
   if (napi_create_external(env, L, finalize, NULL, &out) != napi_ok) {
     release(L), free(L);
-    napi_throw_error(env, NULL, "nbits4: napi_create_external failed");
+    napi_throw_error(env, NULL, "native: napi_create_external failed");
     return NULL;
   }
   return out;
@@ -477,25 +551,69 @@ static napi_value matmulLayer(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[2], &m));
   CHECK(napi_get_value_int32(env, argv[4], &threads));
   size_t nx, ny;
-  const float *x = typed(env, argv[1], napi_float32_array, &nx, "nbits4: x must be a Float32Array");
+  const float *x = typed(env, argv[1], napi_float32_array, &nx, "native: x must be a Float32Array");
   if (!x) return NULL;
-  float *y = typed(env, argv[3], napi_float32_array, &ny, "nbits4: y must be a Float32Array");
+  float *y = typed(env, argv[3], napi_float32_array, &ny, "native: y must be a Float32Array");
   if (!y) return NULL;
   if (m <= 0 || nx != (size_t)m * L->blocks * BLOCK || ny != (size_t)m * L->rows) {
-    napi_throw_range_error(env, NULL, "nbits4: x or y does not match m and the layer");
+    napi_throw_range_error(env, NULL, "native: x or y does not match m and the layer");
     return NULL;
   }
   if (!kernels) {
-    napi_throw_error(env, NULL, "nbits4: no supported instruction set");
+    napi_throw_error(env, NULL, "native: no supported instruction set");
     return NULL;
   }
-  /* one call at a time: the activations buffer and the pool are shared (Node worker threads may share the addon) */
-  static pthread_mutex_t calls = PTHREAD_MUTEX_INITIALIZER;
   pthread_mutex_lock(&calls);
   const int ready = start(threads) && reserve(&act, m, L->blocks);
-  if (ready) quantize(L, x, m, &act), run(L, m, y);
+  if (ready) {
+    quantize(L, x, m, &act);
+    const Product P = {L, m, y};
+    run(productPart, &P);
+  }
   pthread_mutex_unlock(&calls);
-  if (!ready) napi_throw_error(env, NULL, "nbits4: out of memory or threads");
+  if (!ready) napi_throw_error(env, NULL, "native: out of memory or threads");
+  return NULL;
+}
+
+/*
+ * attend(q [heads·d], k, v [kvHeads·capacity·d], out [heads·d], heads, kvHeads, d, lo, ctx, capacity, scale, threads):
+ * d a multiple of 8; positions [lo, ctx) of the cache.
+ */
+static napi_value attend(napi_env env, napi_callback_info info) {
+  size_t argc = 12;
+  napi_value argv[12];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int shape[7], threads;
+  double scale;
+  for (int i = 0; i < 7; i++) CHECK(napi_get_value_int32(env, argv[4 + i], &shape[i]));
+  CHECK(napi_get_value_double(env, argv[10], &scale));
+  CHECK(napi_get_value_int32(env, argv[11], &threads));
+  const int heads = shape[0], kvHeads = shape[1], d = shape[2], lo = shape[3], ctx = shape[4], capacity = shape[5];
+  size_t nq, nk, nv, no;
+  const float *q = typed(env, argv[0], napi_float32_array, &nq, "attend: q must be a Float32Array");
+  if (!q) return NULL;
+  const float *k = typed(env, argv[1], napi_float32_array, &nk, "attend: k must be a Float32Array");
+  if (!k) return NULL;
+  const float *v = typed(env, argv[2], napi_float32_array, &nv, "attend: v must be a Float32Array");
+  if (!v) return NULL;
+  float *out = typed(env, argv[3], napi_float32_array, &no, "attend: out must be a Float32Array");
+  if (!out) return NULL;
+  const size_t cache = (size_t)kvHeads * capacity * d;
+  if (heads <= 0 || kvHeads <= 0 || heads % kvHeads || d <= 0 || d % 8 || lo < 0 || lo >= ctx || ctx > capacity ||
+      nq != (size_t)heads * d || no != nq || nk < cache || nv < cache) {
+    napi_throw_range_error(env, NULL, "attend: shapes do not match");
+    return NULL;
+  }
+  if (!kernels) {
+    napi_throw_error(env, NULL, "attend: no supported instruction set");
+    return NULL;
+  }
+  const Attention A = {q, k, v, out, heads, kvHeads, d, lo, ctx, capacity, (float)scale};
+  pthread_mutex_lock(&calls);
+  const int ready = start(threads);
+  if (ready) run(attentionPart, &A);
+  pthread_mutex_unlock(&calls);
+  if (!ready) napi_throw_error(env, NULL, "attend: no threads");
   return NULL;
 }
 
@@ -517,7 +635,7 @@ NAPI_MODULE_INIT() {
   const struct {
     const char *name;
     napi_callback fn;
-  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}};
+  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"attend", attend}};
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;
     if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
