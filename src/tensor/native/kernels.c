@@ -304,12 +304,29 @@ static void run(Job *job, const void *arg) {
   while (atomic_load_explicit(&pool.done, memory_order_acquire) != (unsigned)(pool.threads - 1)) _mm_pause();
 }
 
-/* The product's job: part i of n of the panels, for every row of x. */
+/* Runs a call's job on the pool, `prepare` (if any) first, one call at a time; 0 where memory or threads ran out. */
+static int pooled(int threads, int (*prepare)(const void *), Job *job, const void *arg) {
+  pthread_mutex_lock(&calls);
+  const int ok = start(threads) && (!prepare || prepare(arg));
+  if (ok) run(job, arg);
+  pthread_mutex_unlock(&calls);
+  return ok;
+}
+
+/* The product's job: part i of n of the panels, for every row of x (quantized first, by productInput). */
 typedef struct {
   const Layer *layer;
+  const float *x;
   int m;
   float *y;
 } Product;
+
+static int productInput(const void *arg) {
+  const Product *P = arg;
+  if (!reserve(&act, P->m, P->layer->blocks)) return 0;
+  quantize(P->layer, P->x, P->m, &act);
+  return 1;
+}
 
 static void productPart(const void *arg, int i, int n) {
   const Product *P = arg;
@@ -563,15 +580,8 @@ static napi_value matmulLayer(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "native: no supported instruction set");
     return NULL;
   }
-  pthread_mutex_lock(&calls);
-  const int ready = start(threads) && reserve(&act, m, L->blocks);
-  if (ready) {
-    quantize(L, x, m, &act);
-    const Product P = {L, m, y};
-    run(productPart, &P);
-  }
-  pthread_mutex_unlock(&calls);
-  if (!ready) napi_throw_error(env, NULL, "native: out of memory or threads");
+  const Product P = {L, x, m, y};
+  if (!pooled(threads, productInput, productPart, &P)) napi_throw_error(env, NULL, "native: out of memory or threads");
   return NULL;
 }
 
@@ -609,11 +619,7 @@ static napi_value attend(napi_env env, napi_callback_info info) {
     return NULL;
   }
   const Attention A = {q, k, v, out, heads, kvHeads, d, lo, ctx, capacity, (float)scale};
-  pthread_mutex_lock(&calls);
-  const int ready = start(threads);
-  if (ready) run(attentionPart, &A);
-  pthread_mutex_unlock(&calls);
-  if (!ready) napi_throw_error(env, NULL, "attend: no threads");
+  if (!pooled(threads, NULL, attentionPart, &A)) napi_throw_error(env, NULL, "attend: no threads");
   return NULL;
 }
 
