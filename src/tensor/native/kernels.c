@@ -230,13 +230,14 @@ static void quantize(const Layer *L, const float *x, int m, Act *a) {
  * a core from onnxruntime's threads between steps. (7B decode, one run each: 0, 20 and 200 µs of spinning gave the
  * same tokens/s within this VM's noise.)
  */
-#ifndef SPIN_NS
 #define SPIN_NS 100000
-#endif
 #define MAX_THREADS 64
 
 /* A job: part `i` of `n` of the work (each thread one part, the caller part 0). */
 typedef void Job(const void *arg, int i, int n);
+
+/* Where part i of n of `total` items starts (part i runs to where part i + 1 starts). */
+static int share(int total, int i, int n) { return (int)((long)total * i / n); }
 
 static struct {
   pthread_mutex_t mu;
@@ -331,7 +332,7 @@ static int productInput(const void *arg) {
 static void productPart(const void *arg, int i, int n) {
   const Product *P = arg;
   const int panels = P->layer->panels;
-  panelRange(P->layer, &act, P->m, (int)((long)panels * i / n), (int)((long)panels * (i + 1) / n), P->y);
+  panelRange(P->layer, &act, P->m, share(panels, i, n), share(panels, i + 1, n), P->y);
 }
 
 /* ---------------------------------------------------------------- decode attention */
@@ -392,7 +393,7 @@ static void attentionPart(const void *arg, int i, int n) {
   const Attention *A = arg;
   float *s = malloc((size_t)A->ctx * sizeof(float));
   if (!s) abort(); /* a few KB to a MB, per call: out of memory here is out of memory everywhere */
-  const int h0 = (int)((long)A->heads * i / n), h1 = (int)((long)A->heads * (i + 1) / n);
+  const int h0 = share(A->heads, i, n), h1 = share(A->heads, i + 1, n);
   if (kernels == VNNI && A->d % 16 == 0) attend512(A, h0, h1, s);
   else attend256(A, h0, h1, s);
   free(s);
