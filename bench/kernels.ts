@@ -3,7 +3,7 @@ import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
 import { upperCholeskyOfInverse, upperCholeskyOfInverseBlocked } from '../src/tensor/cholesky.js';
 import { printTable, timeMs } from './table.js';
-import { nativeDecodeAttention, nativeIsa, useNativeKernel } from '../src/tensor/native.js';
+import { nativeDecodeAttention, nativeHalfKv, nativeIsa, useNativeKernel } from '../src/tensor/native.js';
 
 /**
  * Kernel throughput (GFLOP/s) of the fast backend, against the best local reference: OpenBLAS through numpy
@@ -130,7 +130,8 @@ printTable(
 /*
  * A decode step's attention over a KV cache at Llama-2-7B's heads (32 of 128), one call: the cache position-major
  * ([ctx, heads, d], as it was kept before 47f594d: the graph transposes it) against head-major ([heads, ctx, d], as
- * KvCache keeps it: AttentionShape.kvCapacity), the same keys and values; and the native kernel on the head-major one.
+ * KvCache keeps it: AttentionShape.kvCapacity), the same keys and values; and the native kernel on the head-major one,
+ * float32 and float16 (Decoder.kvCache's default where the kernel is built).
  */
 {
   const [heads, d] = [32, 128];
@@ -147,15 +148,23 @@ printTable(
     const shape = { batch: 1, seq: 1, ctx, heads, kvHeads: heads, headDim: d };
     const headMajor = { ...shape, kvCapacity: ctx };
     const native = nativeIsa() ? (await timeMs(() => nativeDecodeAttention(q, kh, vh, headMajor), 9)).toFixed(3) : 'not built';
+    const half = nativeHalfKv(shape);
+    let nativeHalf = 'not built';
+    if (half) {
+      const [k16, v16] = [new Uint16Array(k.length), new Uint16Array(v.length)];
+      half.store(k, k16, ctx, 0, ctx);
+      half.store(v, v16, ctx, 0, ctx);
+      nativeHalf = (await timeMs(() => half.attend(q, k16, v16, headMajor), 9)).toFixed(3);
+    }
     useNativeKernel(false);
     const before = await timeMs(() => ortBackend.attention(q, k, v, shape), 9);
     const after = await timeMs(() => ortBackend.attention(q, kh, vh, headMajor), 9);
     useNativeKernel(true);
-    decodeRows.push([`${ctx} positions`, before.toFixed(3), after.toFixed(3), `${(before / after).toFixed(1)}x`, native]);
+    decodeRows.push([`${ctx} positions`, before.toFixed(3), after.toFixed(3), `${(before / after).toFixed(1)}x`, native, nativeHalf]);
   }
   printTable(
-    'Decode attention, one query over a KV cache, 32 heads of 128 (median of 9 calls): onnxruntime graphs, and the native kernel (what generation runs where it is built)',
-    ['cache', 'position-major ms', 'head-major ms', 'speed-up', 'native head-major ms'],
+    'Decode attention, one query over a KV cache, 32 heads of 128 (median of 9 calls): onnxruntime graphs, and the native kernel on a float32 and a float16 cache (generation runs the float16 one where it is built)',
+    ['cache', 'position-major ms', 'head-major ms', 'speed-up', 'native head-major ms', 'native float16 ms'],
     decodeRows,
   );
 }

@@ -9,7 +9,7 @@ import { evaluate } from '../src/eval/perplexity.js';
 import { generate } from '../src/infer/generate.js';
 import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { pullStories15m } from '../src/io/stories.js';
-import { linearGroups, linearShape, parseModelConfig, readModelConfig, type ModelConfig } from '../src/models/index.js';
+import { linearGroups, linearShape, parseModelConfig, readModelConfig, type KvCacheType, type ModelConfig } from '../src/models/index.js';
 import { loadModel, loadTokenizer } from '../src/models/load.js';
 import { writeGguf } from '../src/formats/gguf.js';
 import { quantize } from '../src/pipeline.js';
@@ -221,9 +221,14 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       const prompt = await promptTokens(args.prompt, (t) => tokenizer.encode(t));
       await generate(model, prompt.slice(0, 8), { maxTokens: 4, stop: [] });
       let first = 0;
-      const r = await generate(model, prompt, { maxTokens: Number(args.tokens), stop: [], onToken: () => (first ||= performance.now()) });
+      const r = await generate(model, prompt, {
+        maxTokens: Number(args.tokens),
+        stop: [],
+        onToken: () => (first ||= performance.now()),
+        ...(args.kv ? { kvCache: args.kv as KvCacheType } : {}),
+      });
       const decode = (r.tokens.length - 1) / ((performance.now() - first) / 1000);
-      return { tokensPerSecond: r.tokensPerSecond, decodeTokensPerSecond: decode, loadSeconds, rssGB: maxRssGB() };
+      return { tokensPerSecond: r.tokensPerSecond, decodeTokensPerSecond: decode, kvCache: r.kvCache, loadSeconds, rssGB: maxRssGB() };
     }
     case 'llama-cpp': {
       const { getLlama } = await import('node-llama-cpp');

@@ -1,6 +1,15 @@
 /** gptq-ts library API. */
 export { loadModel, loadTokenizer, type BlockStream, type LoadedModel, type LoadOptions } from './models/load.js';
-export { Decoder, disposeBlock, KvCache, linearGroups, type BlockWeights, type PreparedBlock, type LinearName } from './models/index.js';
+export {
+  Decoder,
+  disposeBlock,
+  KvCache,
+  linearGroups,
+  type KvCacheType,
+  type BlockWeights,
+  type PreparedBlock,
+  type LinearName,
+} from './models/index.js';
 export {
   LlamaTokenizer,
   HfTokenizer,

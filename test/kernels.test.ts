@@ -5,8 +5,8 @@ import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
 import { refBackend } from '../src/tensor/ref.js';
 import { attentionJs } from '../src/tensor/attention-js.js';
-import { nativeDecodeAttention, useNativeKernel } from '../src/tensor/native.js';
-import { floatArrayToHalf } from '../src/io/fp16.js';
+import { nativeDecodeAttention, nativeHalfKv, useNativeKernel } from '../src/tensor/native.js';
+import { floatArrayToHalf, halfArrayToFloat } from '../src/io/fp16.js';
 import { floatRows, rowsF32, type StoredRows } from '../src/tensor/rows.js';
 
 /*
@@ -226,6 +226,29 @@ test("a KV cache's head-major layout (kvCapacity): every kernel reads it as the 
     const native = nativeDecodeAttention(q, kc, vc, hm);
     if (nativeBuilt) assert.equal(native !== undefined, s.seq === 1 && !s.softcap, `native kernel takes ${what}`);
     if (native) assertClose(native, want, 1e-5, `native ${what}`);
+    const half = nativeHalfKv(s);
+    if (nativeBuilt) assert.equal(half !== undefined, !s.softcap, `float16 cache for ${what}`);
+    if (half && s.seq === 1) {
+      // stored as float16 (rounded to nearest even, as floatArrayToHalf), positions past ctx left as noise: the
+      // attention is the definition's over the rounded keys and values
+      const [kh, vh] = [new Uint16Array(kc.length), new Uint16Array(vc.length)].map((x) => x.map(() => r() * 65536)) as [
+        Uint16Array,
+        Uint16Array,
+      ];
+      half.store(k, kh, capacity, 0, s.ctx - 1);
+      half.store(k.subarray((s.ctx - 1) * s.kvHeads * s.headDim), kh, capacity, s.ctx - 1, 1);
+      half.store(v, vh, capacity, 0, s.ctx);
+      const [kr, vr] = [floatArrayToHalf(k), floatArrayToHalf(v)];
+      for (let j = 0; j < s.ctx; j++)
+        for (let h = 0; h < s.kvHeads; h++) {
+          const at = (h * capacity + j) * s.headDim;
+          const from = (j * s.kvHeads + h) * s.headDim;
+          assert.deepEqual(kh.subarray(at, at + s.headDim), kr.subarray(from, from + s.headDim), `float16 keys ${what}`);
+          assert.deepEqual(vh.subarray(at, at + s.headDim), vr.subarray(from, from + s.headDim), `float16 values ${what}`);
+        }
+      const wantHalf = ref.attention(q, halfArrayToFloat(kr), halfArrayToFloat(vr), s);
+      assertClose(half.attend(q, kh, vh, hm), wantHalf, 1e-5, `native float16 ${what}`);
+    }
     useNativeKernel(false);
     try {
       assertClose(await ortBackend.attention(q, kc, vc, hm), want, 1e-5, `onnxruntime ${what}`);

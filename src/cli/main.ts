@@ -10,6 +10,7 @@ import { KNOWN_MODELS, pullStories15m } from '../io/stories.js';
 import { checkPrompt, generate, type StopReason } from '../infer/generate.js';
 import { validateSampling, type SamplingOptions } from '../infer/sampling.js';
 import { loadModel, type BlockStream, type LoadedModel, type LoadOptions } from '../models/load.js';
+import type { KvCacheType } from '../models/index.js';
 import { PIPELINE_DEFAULTS, quantize, type PipelineOptions } from '../pipeline.js';
 import type { Method } from '../quant/quantize-model.js';
 import { formatGgufInspection, formatInspection, inspectGguf, inspectModel } from '../formats/inspect.js';
@@ -73,6 +74,11 @@ function activations(name: string): ActivationPrecision {
   if (name !== 'fp32' && name !== 'int8') throw new InvalidArgumentError('must be fp32 or int8');
   return name;
 }
+function kvCacheType(name: string): KvCacheType {
+  if (name !== 'auto' && name !== 'float16' && name !== 'float32') throw new InvalidArgumentError('must be auto, float16 or float32');
+  return name;
+}
+
 const ACTIVATIONS_HELP =
   'packed (GPTQ) layers: fp32 multiplies float activations (equal to the dequantized model), int8 quantizes them per block first (faster, llama.cpp-style)';
 
@@ -156,13 +162,21 @@ function formatEval(data: string, r: EvalResult & { loadSeconds: number; streame
 async function runGenerate(
   modelArg: string,
   prompt: string,
-  opts: { maxTokens: number; activations: ActivationPrecision; quiet?: boolean; chat?: boolean; system?: string } & SamplingOptions,
+  opts: {
+    maxTokens: number;
+    activations: ActivationPrecision;
+    kvCache?: KvCacheType;
+    quiet?: boolean;
+    chat?: boolean;
+    system?: string;
+  } & SamplingOptions,
 ): Promise<{
   text: string;
   tokensPerSecond: number;
   tokens: number;
   promptTokens: number;
   stopReason: StopReason;
+  kvCache: 'float16' | 'float32';
   loadSeconds: number;
 }> {
   validateSampling(opts);
@@ -204,6 +218,7 @@ async function runGenerate(
     tokens: r.tokens.length,
     promptTokens: ids.length,
     stopReason: r.stopReason,
+    kvCache: r.kvCache,
     loadSeconds,
   };
 }
@@ -288,6 +303,12 @@ export function buildCli(): Command {
     .option('--top-p <p>', 'nucleus sampling: smallest set with this probability, in (0, 1]', number, 1)
     .option('--seed <n>', 'sampling seed', integer, 0)
     .option('--activations <a>', ACTIVATIONS_HELP, activations, 'int8' as ActivationPrecision)
+    .option(
+      '--kv-cache <type>',
+      'the KV cache in float16 (half the memory and, after long prompts, faster steps; needs the native kernels) or float32; auto: float16 where the native kernels serve the model',
+      kvCacheType,
+      'auto' as KvCacheType,
+    )
     .option('--json', 'print only a JSON summary (text, token counts, tokens/s) instead of streaming')
     .option('--chat', "the prompt is a user message: format it with the model's chat template (tokenizer_config.json) and print the reply")
     .option('--system <text>', 'with --chat: a system message before the user message')
@@ -296,7 +317,14 @@ export function buildCli(): Command {
       async (
         modelArg: string,
         prompt: string,
-        opts: { maxTokens: number; activations: ActivationPrecision; json?: boolean; chat?: boolean; system?: string } & SamplingOptions,
+        opts: {
+          maxTokens: number;
+          activations: ActivationPrecision;
+          kvCache: KvCacheType;
+          json?: boolean;
+          chat?: boolean;
+          system?: string;
+        } & SamplingOptions,
       ) => {
         if (prompt.length === 0) throw new UserError('empty prompt');
         const r = await runGenerate(modelArg, prompt, { ...opts, quiet: Boolean(opts.json) });

@@ -1,4 +1,4 @@
-import { KvCache, type Decoder } from '../models/index.js';
+import type { Decoder, KvCacheType } from '../models/index.js';
 import { makeSampler, type SamplingOptions } from './sampling.js';
 
 export interface GenerateOptions extends SamplingOptions {
@@ -10,6 +10,8 @@ export interface GenerateOptions extends SamplingOptions {
    * trained on concatenated documents, as llama2.c's are, emit it where a text ends)
    */
   stop?: number[];
+  /** the KV cache's storage (Decoder.kvCache): float16 where the kernels are built (default), or float32 */
+  kvCache?: KvCacheType;
 }
 
 /** Why generation ended: an end-of-sequence token, --max-tokens, or the model's context being full. */
@@ -21,6 +23,8 @@ export interface GenerateResult {
   seconds: number;
   tokensPerSecond: number;
   stopReason: StopReason;
+  /** what the KV cache was stored in */
+  kvCache: 'float16' | 'float32';
 }
 
 /** A prompt must leave room in the context for at least one new token. */
@@ -38,7 +42,7 @@ export async function generate(model: Decoder, prompt: number[], opts: GenerateO
   const maxTokens = Math.min(requested, ctx - prompt.length);
   const choose = makeSampler(opts);
   const stop = new Set(opts.stop ?? [...model.cfg.eosTokenIds, ...(model.cfg.bosTokenId !== undefined ? [model.cfg.bosTokenId] : [])]);
-  const cache = new KvCache(model.cfg, ctx);
+  const cache = model.kvCache(ctx, opts.kvCache);
   // a load step, not part of the tokens/s
   model.prepareHead();
   const t0 = performance.now();
@@ -59,5 +63,5 @@ export async function generate(model: Decoder, prompt: number[], opts: GenerateO
     h = await model.hidden([next], 1, 1, cache);
   }
   const seconds = (performance.now() - t0) / 1000;
-  return { tokens: out, promptTokens: prompt.length, seconds, tokensPerSecond: out.length / seconds, stopReason };
+  return { tokens: out, promptTokens: prompt.length, seconds, tokensPerSecond: out.length / seconds, stopReason, kvCache: cache.dtype };
 }

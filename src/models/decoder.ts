@@ -1,5 +1,5 @@
 import { fail } from '../io/errors.js';
-import { firstNonFinite16 } from '../io/fp16.js';
+import { firstNonFinite16, halfArrayToFloat } from '../io/fp16.js';
 import { SafetensorsModel, type TensorReader } from '../io/safetensors.js';
 import {
   floatRows,
@@ -8,6 +8,8 @@ import {
   widenRowsInto,
   type AttentionShape,
   type Backend,
+  type HalfKvCache,
+  type KvShape,
   type LinearKernel,
   type ResidualMlpKernel,
   type StoredRows,
@@ -420,17 +422,30 @@ export function checkTensorNames(
  */
 export class KvCache {
   length = 0;
-  /** each layer's keys and values, head-major [kvHeads, rows, headDim] (AttentionShape.kvCapacity) */
-  readonly k: Float32Array[];
-  readonly v: Float32Array[];
+  /**
+   * each layer's keys and values, head-major [kvHeads, rows, headDim] (AttentionShape.kvCapacity): float32, or
+   * float16 bits where the cache is `half`
+   */
+  readonly k: (Float32Array | Uint16Array)[];
+  readonly v: (Float32Array | Uint16Array)[];
   /** the positions each layer's arrays have room for */
   rows = 0;
+  /** `half`: a float16 cache's kernels (Decoder.kvCache); without them the cache is float32 */
   constructor(
     readonly cfg: ModelConfig,
     readonly capacity: number,
+    readonly half?: HalfKvCache,
   ) {
-    this.k = Array.from({ length: cfg.numLayers }, () => new Float32Array(0));
-    this.v = Array.from({ length: cfg.numLayers }, () => new Float32Array(0));
+    this.k = Array.from({ length: cfg.numLayers }, () => this.alloc(0));
+    this.v = Array.from({ length: cfg.numLayers }, () => this.alloc(0));
+  }
+
+  get dtype(): 'float16' | 'float32' {
+    return this.half ? 'float16' : 'float32';
+  }
+
+  private alloc(n: number): Float32Array | Uint16Array {
+    return this.half ? new Uint16Array(n) : new Float32Array(n);
   }
 
   /** Room for `positions` positions in every layer. */
@@ -440,8 +455,9 @@ export class KvCache {
     const { numKvHeads: heads, headDim: d } = this.cfg;
     for (const kv of [this.k, this.v]) {
       for (let l = 0; l < kv.length; l++) {
-        const grown = new Float32Array(heads * rows * d);
-        for (let h = 0; h < heads; h++) grown.set(kv[l]!.subarray(h * this.rows * d, (h * this.rows + this.length) * d), h * rows * d);
+        const old = kv[l]!;
+        const grown = this.alloc(heads * rows * d);
+        for (let h = 0; h < heads; h++) grown.set(old.subarray(h * this.rows * d, (h * this.rows + this.length) * d), h * rows * d);
         kv[l] = grown;
       }
     }
@@ -454,12 +470,26 @@ export class KvCache {
     for (const [src, dst] of [
       [k, this.k[layer]!],
       [v, this.v[layer]!],
-    ] as const)
+    ] as const) {
+      if (this.half) {
+        this.half.store(src, dst as Uint16Array, this.rows, start, seq);
+        continue;
+      }
       for (let t = 0; t < seq; t++)
         for (let h = 0; h < heads; h++)
           dst.set(src.subarray((t * heads + h) * d, (t * heads + h + 1) * d), (h * this.rows + start + t) * d);
+    }
+  }
+
+  /** Layer `layer`'s keys and values as float32: a float16 cache's widened (a prompt continued over it). */
+  float(layer: number): [Float32Array, Float32Array] {
+    const widen = (x: Float32Array | Uint16Array): Float32Array => (x instanceof Float32Array ? x : halfArrayToFloat(x));
+    return [widen(this.k[layer]!), widen(this.v[layer]!)];
   }
 }
+
+/** A KV cache's storage: 'auto' is float16 where the backend has its kernels (Decoder.kvCache), else float32. */
+export type KvCacheType = 'auto' | 'float16' | 'float32';
 
 /**
  * A decoder stack on a backend. Blocks are either float weights run through the backend's matmuls (the
@@ -635,20 +665,46 @@ export class Decoder<B extends BlockWeights | PreparedBlock = BlockWeights | Pre
       cache.write(layer, k, v, start, seq);
       ctx = start + seq;
       // a prompt on an empty cache sees only its own keys, as projected; later steps read the cache's
-      if (start > 0) [keys, values, kvCapacity] = [cache.k[layer]!, cache.v[layer]!, cache.rows];
+      if (start > 0) kvCapacity = cache.rows;
     }
-    return this.attentionChunked(q, keys, values, {
+    const shape: AttentionShape = {
       batch,
       seq,
       ctx,
-      heads: H,
-      kvHeads: KVH,
-      headDim: hd,
+      ...this.kvShape(),
       ...(window ? { window } : {}),
+      ...(kvCapacity ? { kvCapacity } : {}),
+    };
+    if (cache && kvCapacity) {
+      if (cache.half && seq === 1) return cache.half.attend(q, cache.k[layer] as Uint16Array, cache.v[layer] as Uint16Array, shape);
+      [keys, values] = cache.float(layer);
+    }
+    return this.attentionChunked(q, keys, values, shape);
+  }
+
+  private kvShape(): KvShape {
+    const { cfg } = this;
+    return {
+      heads: cfg.numHeads,
+      kvHeads: cfg.numKvHeads,
+      headDim: this.headDim,
       ...(cfg.attnSoftcap ? { softcap: cfg.attnSoftcap } : {}),
       ...(this.alibi ? { alibi: this.alibi } : {}),
-      ...(kvCapacity ? { kvCapacity } : {}),
-    });
+    };
+  }
+
+  /**
+   * A KV cache for one sequence of up to `capacity` positions (generation). 'auto' stores it in float16 where the
+   * backend has the kernels for this model's attention (ortBackend with the native kernels built), as llama.cpp
+   * does by default; float32 otherwise, or when asked.
+   */
+  kvCache(capacity: number, type: KvCacheType = 'auto'): KvCache {
+    const half = type === 'float32' ? undefined : this.backend.halfKvCache?.(this.kvShape());
+    if (type === 'float16' && !half)
+      fail(
+        `a float16 KV cache needs the native kernels (npm run build) and attention they serve (no soft-capping or ALiBi, a head size a multiple of 8); the ${this.backend.name} backend has none for this model`,
+      );
+    return new KvCache(this.cfg, capacity, half);
   }
 
   /** down_proj's input: act(gate·h2) ⊙ up·h2. */

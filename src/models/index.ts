@@ -3,6 +3,7 @@ export {
   checkTensorNames,
   Decoder,
   KvCache,
+  type KvCacheType,
   LLAMA_LINEAR,
   linearGroups,
   linearShape,

@@ -30,6 +30,20 @@ export interface AttentionShape {
   kvCapacity?: number;
 }
 
+/** What a KV cache's storage depends on: the model's attention, apart from the positions of one call. */
+export type KvShape = Pick<AttentionShape, 'heads' | 'kvHeads' | 'headDim' | 'softcap' | 'alibi'>;
+
+/**
+ * A float16 KV cache's kernels (head-major [kvHeads, capacity, headDim] per layer, float16 bits): a decode step
+ * reads every cached key and value, so at long contexts their bytes are its time, and float16 halves them.
+ */
+export interface HalfKvCache {
+  /** new keys or values [seq, kvHeads·headDim], as projected, into `dst` at positions start..start+seq-1 */
+  store(src: Float32Array, dst: Uint16Array, capacity: number, start: number, seq: number): void;
+  /** one new position's attention (seq 1, batch 1, sh.kvCapacity the cache's rows) */
+  attend(q: Float32Array, k: Uint16Array, v: Uint16Array, sh: AttentionShape): Float32Array;
+}
+
 /** Where key/value position j of kv head h (sequence b) starts in k and v, in either layout (AttentionShape). */
 export function kvOffset(s: AttentionShape, b: number, j: number, h: number): number {
   return s.kvCapacity ? (h * s.kvCapacity + j) * s.headDim : ((b * s.ctx + j) * s.kvHeads + h) * s.headDim;
@@ -165,6 +179,8 @@ export interface Backend {
    * returns [batch, seq, heads, headDim]. Scores are scaled by 1/sqrt(headDim).
    */
   attention(q: Float32Array, k: Float32Array, v: Float32Array, s: AttentionShape): Promise<Float32Array>;
+  /** A float16 KV cache's kernels for attention of this shape, where the backend has them. */
+  halfKvCache?(sh: KvShape): HalfKvCache | undefined;
   /**
    * The LM head and its statistics without materialising the logits: logits = h[m,d] · W[V,d]ᵀ, then
    * log-softmax per row. With `ref` (the reference model's final hidden states and head) also returns

@@ -5,6 +5,8 @@ export type {
   Activation,
   Backend,
   AttentionShape,
+  HalfKvCache,
+  KvShape,
   HeadStats,
   HeadStatsOptions,
   LinearKernel,

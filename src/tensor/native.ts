@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import type { AttentionShape, LinearKernel, LinearOptions, PackedLinearWeights } from './backend.js';
+import type { AttentionShape, HalfKvCache, KvShape, LinearKernel, LinearOptions, PackedLinearWeights } from './backend.js';
 import { nbits4Blocks } from './ort-linear.js';
 import { withGatedOutput } from './ref.js';
 
@@ -27,8 +27,8 @@ interface Addon {
   close(layer: object): void;
   attend(
     q: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
+    k: Float32Array | Uint16Array,
+    v: Float32Array | Uint16Array,
     out: Float32Array,
     heads: number,
     kvHeads: number,
@@ -39,6 +39,7 @@ interface Addon {
     scale: number,
     threads: number,
   ): void;
+  storeHalf(src: Float32Array, dst: Uint16Array, kvHeads: number, d: number, capacity: number, start: number, seq: number): void;
 }
 
 let addon: Addon | null | undefined;
@@ -92,14 +93,37 @@ export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): Line
 
 /**
  * One new position's attention over a head-major KV cache (AttentionShape.kvCapacity, batch 1, no soft-cap or ALiBi,
- * head size a multiple of 8) on the native kernel, or undefined where it is absent or the shape is not its own.
+ * head size a multiple of 8), float32 or float16, on the native kernel; undefined where it is absent or the shape
+ * is not its own.
  */
-export function nativeDecodeAttention(q: Float32Array, k: Float32Array, v: Float32Array, sh: AttentionShape): Float32Array | undefined {
+export function nativeDecodeAttention(
+  q: Float32Array,
+  k: Float32Array | Uint16Array,
+  v: Float32Array | Uint16Array,
+  sh: AttentionShape,
+): Float32Array | undefined {
   const n = nativeKernel();
   const { batch, seq, ctx, heads, kvHeads, headDim, kvCapacity, window } = sh;
-  if (!n || !kvCapacity || batch !== 1 || seq !== 1 || sh.softcap || sh.alibi || headDim % 8) return undefined;
+  if (!n || !kvCapacity || batch !== 1 || seq !== 1 || !decodeShape(sh)) return undefined;
   const out = new Float32Array(heads * headDim);
   const lo = window ? Math.max(0, ctx - window) : 0;
   n.attend(q, k, v, out, heads, kvHeads, headDim, lo, ctx, kvCapacity, 1 / Math.sqrt(headDim), availableParallelism());
   return out;
+}
+
+const decodeShape = (sh: KvShape): boolean => !sh.softcap && !sh.alibi && sh.headDim % 8 === 0;
+
+/** A float16 KV cache on the native kernels, where they are built and serve this shape. */
+export function nativeHalfKv(sh: KvShape): HalfKvCache | undefined {
+  const n = nativeKernel();
+  if (!n || !decodeShape(sh)) return undefined;
+  const { kvHeads, headDim } = sh;
+  return {
+    store: (src, dst, capacity, start, seq) => n.storeHalf(src, dst, kvHeads, headDim, capacity, start, seq),
+    attend(q, k, v, step) {
+      const out = nativeDecodeAttention(q, k, v, step);
+      if (!out) throw new Error('a float16 KV cache is read one new position at a time');
+      return out;
+    },
+  };
 }

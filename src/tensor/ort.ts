@@ -15,7 +15,7 @@ import {
 import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, nbits4Layout, packedLinearGraph } from './ort-linear.js';
-import { nativeDecodeAttention, nativeKernel, nativeLinear } from './native.js';
+import { nativeDecodeAttention, nativeHalfKv, nativeKernel, nativeLinear } from './native.js';
 import { refBackend, residualMlpSteps } from './ref.js';
 import { attentionJs } from './attention-js.js';
 
@@ -631,6 +631,8 @@ export const ortBackend: Backend = {
       }
     }
   },
+
+  halfKvCache: nativeHalfKv,
 
   async attention(q, k, v, sh: AttentionShape) {
     const { batch, seq, ctx, heads, kvHeads, headDim } = sh;

@@ -340,63 +340,99 @@ static void productPart(const void *arg, int i, int n) {
 /*
  * One new position's attention over a head-major KV cache ([kvHeads, capacity, d] per layer, positions [lo, ctx)
  * seen): per query head, scores q·k·scale, their softmax, and Σ p·v. onnxruntime's graph of it costs a 7B decode
- * step 7.5-10.6 ms over 32 layers at a short context, its eight operators' fixed costs; this is a loop.
+ * step 7.5-10.6 ms over 32 layers at a short context, its eight operators' fixed costs; this is a loop. The cache
+ * is float32 or float16 (widened as loaded: after a long prompt a step reads every cached key and value, so their
+ * bytes are its time). Four positions at a time: four independent dot products, and one pass over the output row
+ * for four value rows.
  */
 typedef struct {
-  const float *q, *k, *v;
+  const float *q;
+  const void *k, *v; /* float32, or float16 where half */
   float *out;
-  int heads, kvHeads, d, lo, ctx, capacity;
+  int heads, kvHeads, d, lo, ctx, capacity, half;
   float scale;
 } Attention;
 
-/* the heads of part i of n, each head's scores in `s` (ctx floats); W floats a vector */
-#define ATTEND(NAME, TARGET, W)                                                                               \
-  __attribute__((target(TARGET))) static void NAME(const Attention *A, int h0, int h1, float *s) {          \
-    typedef float V __attribute__((vector_size(W * 4)));                                                     \
-    const int d = A->d, group = A->heads / A->kvHeads;                                                       \
-    for (int h = h0; h < h1; h++) {                                                                          \
-      const float *q = A->q + (size_t)h * d;                                                                 \
-      const float *K = A->k + (size_t)(h / group) * A->capacity * d;                                         \
-      const float *Vs = A->v + (size_t)(h / group) * A->capacity * d;                                        \
-      float mx = -INFINITY;                                                                                  \
-      for (int t = A->lo; t < A->ctx; t++) {                                                                 \
-        V acc = {0};                                                                                         \
-        for (int c = 0; c < d; c += W) {                                                                     \
-          V a, b;                                                                                            \
-          memcpy(&a, q + c, sizeof a), memcpy(&b, K + (size_t)t * d + c, sizeof b);                          \
-          acc += a * b;                                                                                      \
-        }                                                                                                    \
-        float dot = 0;                                                                                       \
-        for (int l = 0; l < W; l++) dot += acc[l];                                                           \
-        s[t] = dot * A->scale;                                                                               \
-        if (s[t] > mx) mx = s[t];                                                                            \
-      }                                                                                                      \
-      float sum = 0;                                                                                         \
-      for (int t = A->lo; t < A->ctx; t++) sum += s[t] = expf(s[t] - mx);                                    \
-      float *o = A->out + (size_t)h * d;                                                                     \
-      memset(o, 0, d * sizeof(float));                                                                       \
-      for (int t = A->lo; t < A->ctx; t++) {                                                                 \
-        const V p = (V){0} + s[t] / sum;                                                                     \
-        for (int c = 0; c < d; c += W) {                                                                     \
-          V a, b;                                                                                            \
-          memcpy(&a, o + c, sizeof a), memcpy(&b, Vs + (size_t)t * d + c, sizeof b);                         \
-          a += p * b;                                                                                        \
-          memcpy(o + c, &a, sizeof a);                                                                       \
-        }                                                                                                    \
-      }                                                                                                      \
-    }                                                                                                        \
+__attribute__((target("avx512f"))) static inline __m512 f32x16(const float *p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) static inline __m512 f16x16(const uint16_t *p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 f32x8(const float *p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 f16x8(const uint16_t *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* the heads [h0, h1), each head's scores in `s` (ctx floats); V a vector of W floats loaded by FLOAT, LOAD(p) W cache values */
+#define ATTEND(NAME, TARGET, V, W, FLOAT, T, LOAD)                                                              \
+  __attribute__((target(TARGET))) static void NAME(const Attention *A, int h0, int h1, float *s) {              \
+    const int d = A->d, group = A->heads / A->kvHeads, lo = A->lo, ctx = A->ctx;                                \
+    for (int h = h0; h < h1; h++) {                                                                             \
+      const float *q = A->q + (size_t)h * d;                                                                    \
+      const T *K = (const T *)A->k + (size_t)(h / group) * A->capacity * d;                                     \
+      const T *Vs = (const T *)A->v + (size_t)(h / group) * A->capacity * d;                                    \
+      float mx = -INFINITY;                                                                                     \
+      int t = lo;                                                                                               \
+      for (; t < ctx; t += 4) {                                                                                 \
+        const int n = ctx - t < 4 ? ctx - t : 4;                                                                \
+        const T *k0 = K + (size_t)t * d, *k1 = n > 1 ? k0 + d : k0, *k2 = n > 2 ? k1 + d : k0;                  \
+        const T *k3 = n > 3 ? k2 + d : k0;                                                                      \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                                               \
+        for (int c = 0; c < d; c += W) {                                                                        \
+          const V x = FLOAT(q + c);                                                                             \
+          a0 += x * LOAD(k0 + c), a1 += x * LOAD(k1 + c), a2 += x * LOAD(k2 + c), a3 += x * LOAD(k3 + c);       \
+        }                                                                                                       \
+        const V *acc[4] = {&a0, &a1, &a2, &a3};                                                                 \
+        for (int j = 0; j < n; j++) {                                                                           \
+          float dot = 0;                                                                                        \
+          for (int l = 0; l < W; l++) dot += (*acc[j])[l];                                                      \
+          s[t + j] = dot * A->scale;                                                                            \
+          if (s[t + j] > mx) mx = s[t + j];                                                                     \
+        }                                                                                                       \
+      }                                                                                                         \
+      float sum = 0;                                                                                            \
+      for (t = lo; t < ctx; t++) sum += s[t] = expf(s[t] - mx);                                                 \
+      for (t = lo; t < ctx; t++) s[t] /= sum;                                                                   \
+      float *o = A->out + (size_t)h * d;                                                                        \
+      memset(o, 0, d * sizeof(float));                                                                          \
+      for (t = lo; t < ctx; t += 4) {                                                                           \
+        /* past the last position: a weight of 0 on a row already read */                                       \
+        const int n = ctx - t < 4 ? ctx - t : 4;                                                                \
+        const T *v0 = Vs + (size_t)t * d, *v1 = n > 1 ? v0 + d : v0, *v2 = n > 2 ? v1 + d : v0;                 \
+        const T *v3 = n > 3 ? v2 + d : v0;                                                                      \
+        const float p0 = s[t], p1 = n > 1 ? s[t + 1] : 0, p2 = n > 2 ? s[t + 2] : 0, p3 = n > 3 ? s[t + 3] : 0; \
+        for (int c = 0; c < d; c += W) {                                                                        \
+          V a = FLOAT(o + c);                                                                                   \
+          a += p0 * LOAD(v0 + c) + p1 * LOAD(v1 + c) + p2 * LOAD(v2 + c) + p3 * LOAD(v3 + c);                   \
+          memcpy(o + c, &a, sizeof a);                                                                          \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
   }
-ATTEND(attend512, "avx512f", 16)
-ATTEND(attend256, "avx2,fma", 8)
+ATTEND(attend512, "avx512f", __m512, 16, f32x16, float, f32x16)
+ATTEND(attend512h, "avx512f", __m512, 16, f32x16, uint16_t, f16x16)
+ATTEND(attend256, "avx2,fma,f16c", __m256, 8, f32x8, float, f32x8)
+ATTEND(attend256h, "avx2,fma,f16c", __m256, 8, f32x8, uint16_t, f16x8)
 
 static void attentionPart(const void *arg, int i, int n) {
   const Attention *A = arg;
   float *s = malloc((size_t)A->ctx * sizeof(float));
   if (!s) abort(); /* a few KB to a MB, per call: out of memory here is out of memory everywhere */
   const int h0 = share(A->heads, i, n), h1 = share(A->heads, i + 1, n);
-  if (kernels == VNNI && A->d % 16 == 0) attend512(A, h0, h1, s);
-  else attend256(A, h0, h1, s);
+  if (kernels == VNNI && A->d % 16 == 0) (A->half ? attend512h : attend512)(A, h0, h1, s);
+  else (A->half ? attend256h : attend256)(A, h0, h1, s);
   free(s);
+}
+
+/* float32 rows [seq, kvHeads, d] into a float16 head-major cache [kvHeads, capacity, d] at positions start.. */
+__attribute__((target("avx2,f16c"))) static void storeRows(const float *src, uint16_t *dst, int kvHeads, int d, int capacity,
+                                                           int start, int seq) {
+  for (int t = 0; t < seq; t++)
+    for (int h = 0; h < kvHeads; h++) {
+      const float *x = src + ((size_t)t * kvHeads + h) * d;
+      uint16_t *y = dst + ((size_t)h * capacity + start + t) * d;
+      for (int c = 0; c < d; c += 8)
+        _mm_storeu_si128((__m128i *)(y + c), _mm256_cvtps_ph(_mm256_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));
+    }
 }
 
 /* ---------------------------------------------------------------- Node-API */
@@ -467,7 +503,7 @@ static napi_value useIsa(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[0], name, sizeof name, NULL));
   __builtin_cpu_init();
   const int vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
-  const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (!strcmp(name, "avx512vnni") && vnni) kernels = VNNI;
   else if (!strcmp(name, "avx2") && avx2) kernels = AVX2;
   else {
@@ -587,8 +623,26 @@ static napi_value matmulLayer(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * A KV cache's keys or values: a Float32Array, or a Uint16Array of float16 bits; *half says which, and *length is
+ * in elements.
+ */
+static const void *cacheArray(napi_env env, napi_value v, size_t *length, int *half) {
+  bool is;
+  napi_typedarray_type type;
+  void *data;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, v, &type, length, &data, NULL, NULL) != napi_ok ||
+      (type != napi_float32_array && type != napi_uint16_array)) {
+    napi_throw_type_error(env, NULL, "attend: k and v must be Float32Arrays or Uint16Arrays (float16)");
+    return NULL;
+  }
+  *half = type == napi_uint16_array;
+  return data;
+}
+
+/*
  * attend(q [heads·d], k, v [kvHeads·capacity·d], out [heads·d], heads, kvHeads, d, lo, ctx, capacity, scale, threads):
- * d a multiple of 8; positions [lo, ctx) of the cache.
+ * d a multiple of 8; positions [lo, ctx) of the cache; k and v both float32 or both float16.
  */
 static napi_value attend(napi_env env, napi_callback_info info) {
   size_t argc = 12;
@@ -601,17 +655,18 @@ static napi_value attend(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[11], &threads));
   const int heads = shape[0], kvHeads = shape[1], d = shape[2], lo = shape[3], ctx = shape[4], capacity = shape[5];
   size_t nq, nk, nv, no;
+  int kHalf, vHalf;
   const float *q = typed(env, argv[0], napi_float32_array, &nq, "attend: q must be a Float32Array");
   if (!q) return NULL;
-  const float *k = typed(env, argv[1], napi_float32_array, &nk, "attend: k must be a Float32Array");
+  const void *k = cacheArray(env, argv[1], &nk, &kHalf);
   if (!k) return NULL;
-  const float *v = typed(env, argv[2], napi_float32_array, &nv, "attend: v must be a Float32Array");
+  const void *v = cacheArray(env, argv[2], &nv, &vHalf);
   if (!v) return NULL;
   float *out = typed(env, argv[3], napi_float32_array, &no, "attend: out must be a Float32Array");
   if (!out) return NULL;
   const size_t cache = (size_t)kvHeads * capacity * d;
   if (heads <= 0 || kvHeads <= 0 || heads % kvHeads || d <= 0 || d % 8 || lo < 0 || lo >= ctx || ctx > capacity ||
-      nq != (size_t)heads * d || no != nq || nk < cache || nv < cache) {
+      nq != (size_t)heads * d || no != nq || nk < cache || nv < cache || kHalf != vHalf) {
     napi_throw_range_error(env, NULL, "attend: shapes do not match");
     return NULL;
   }
@@ -619,8 +674,37 @@ static napi_value attend(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "attend: no supported instruction set");
     return NULL;
   }
-  const Attention A = {q, k, v, out, heads, kvHeads, d, lo, ctx, capacity, (float)scale};
+  const Attention A = {q, k, v, out, heads, kvHeads, d, lo, ctx, capacity, kHalf, (float)scale};
   if (!pooled(threads, NULL, attentionPart, &A)) napi_throw_error(env, NULL, "attend: no threads");
+  return NULL;
+}
+
+/*
+ * storeHalf(src [seq·kvHeads·d], dst [kvHeads·capacity·d] Uint16Array, kvHeads, d, capacity, start, seq): new keys
+ * or values, as projected, into a float16 head-major cache, rounded to nearest even; d a multiple of 8.
+ */
+static napi_value storeHalf(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int shape[5];
+  for (int i = 0; i < 5; i++) CHECK(napi_get_value_int32(env, argv[2 + i], &shape[i]));
+  const int kvHeads = shape[0], d = shape[1], capacity = shape[2], start = shape[3], seq = shape[4];
+  size_t ns, nd;
+  const float *src = typed(env, argv[0], napi_float32_array, &ns, "storeHalf: src must be a Float32Array");
+  if (!src) return NULL;
+  uint16_t *dst = typed(env, argv[1], napi_uint16_array, &nd, "storeHalf: dst must be a Uint16Array");
+  if (!dst) return NULL;
+  if (kvHeads <= 0 || d <= 0 || d % 8 || start < 0 || seq < 0 || start + seq > capacity ||
+      ns < (size_t)seq * kvHeads * d || nd < (size_t)kvHeads * capacity * d) {
+    napi_throw_range_error(env, NULL, "storeHalf: shapes do not match");
+    return NULL;
+  }
+  if (!kernels) {
+    napi_throw_error(env, NULL, "storeHalf: no supported instruction set");
+    return NULL;
+  }
+  storeRows(src, dst, kvHeads, d, capacity, start, seq);
   return NULL;
 }
 
@@ -638,11 +722,11 @@ static napi_value closeLayer(napi_env env, napi_callback_info info) {
 NAPI_MODULE_INIT() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) kernels = VNNI;
-  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) kernels = AVX2;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) kernels = AVX2;
   const struct {
     const char *name;
     napi_callback fn;
-  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"attend", attend}};
+  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"attend", attend}, {"storeHalf", storeHalf}};
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;
     if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
