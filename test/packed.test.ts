@@ -151,16 +151,30 @@ test(
           { groupSize: 256, actOrder: true, rows: 64, cols: 512 },
           { groupSize: 128, actOrder: true, rows: 8, cols: 384 },
         ]) {
-          const q = randomLayer(rows, cols, 4, groupSize, actOrder, rows + cols + groupSize);
-          const kernel = nativeLinear(packedWeights(packLayer(q, 'gptq'), q, 'gptq'));
-          assert.ok(kernel, `g${groupSize} ${actOrder ? 'act-order ' : ''}runs natively`);
-          for (const m of [1, 2, 3, 4, 5, 9]) {
-            const rnd = seededRandom(m + rows);
-            // one row all zeros: its blocks have no scale
-            const x = Float32Array.from({ length: m * cols }, (_, i) => (m === 3 && i < cols ? 0 : rnd() - 0.5));
-            check(q, m, 'int8', await kernel.apply(x, m), x, `${isa} g${groupSize}${actOrder ? ' act-order' : ''} ${rows}x${cols} m=${m}`);
+          // scales as a checkpoint's (float16 values: the kernel keeps them in 16 bits) or scaled off float16's grid
+          // (kept float32); zero points per block, or all 8 (symmetric: one for the layer)
+          for (const [half, sym] of [
+            [true, false],
+            [false, false],
+            [true, true],
+          ]) {
+            const q = randomLayer(rows, cols, 4, groupSize, actOrder, rows + cols + groupSize);
+            if (sym) q.zeros.fill(8);
+            const p = packedWeights(packLayer(q, 'gptq'), q, 'gptq');
+            if (!half) for (const scales of [q.scales, p.scales]) scales.forEach((v, i) => (scales[i] = v * (1 + 2 ** -20)));
+            const kernel = nativeLinear(p);
+            const what = `${isa} g${groupSize}${actOrder ? ' act-order' : ''} ${rows}x${cols} ${half ? 'float16' : 'float32'} scales${sym ? ', zero points 8' : ''}`;
+            assert.ok(kernel, `${what} runs natively`);
+            const slots = Math.ceil(rows / 16) * 16 * (cols / 128);
+            assert.equal(kernel.weightBytes, slots * (64 + (half ? 2 : 4) + (sym ? 0 : 1)) + (actOrder ? cols * 4 : 0), `${what}: bytes`);
+            for (const m of [1, 2, 3, 4, 5, 9]) {
+              const rnd = seededRandom(m + rows);
+              // one row all zeros: its blocks have no scale
+              const x = Float32Array.from({ length: m * cols }, (_, i) => (m === 3 && i < cols ? 0 : rnd() - 0.5));
+              check(q, m, 'int8', await kernel.apply(x, m), x, `${what} m=${m}`);
+            }
+            await kernel.dispose();
           }
-          await kernel.dispose();
         }
       }
     } finally {

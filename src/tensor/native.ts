@@ -25,6 +25,8 @@ interface Addon {
   ): object;
   matmul(layer: object, x: Float32Array, m: number, y: Float32Array, threads: number): void;
   close(layer: object): void;
+  /** the bytes a product streams: codes, scales (float16 where every scale is one, else float32), zero points, order */
+  bytes(layer: object): number;
   attend(
     q: Float32Array,
     k: Float32Array | Uint16Array,
@@ -79,7 +81,7 @@ export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): Line
     {
       rows,
       cols,
-      weightBytes: blocks.codes.byteLength + blocks.scales.byteLength + blocks.zeros.byteLength + (blocks.order?.byteLength ?? 0),
+      weightBytes: k.bytes(layer),
       async apply(x, m) {
         const y = new Float32Array(m * rows);
         k.matmul(layer, x, m, y, threads);

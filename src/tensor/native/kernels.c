@@ -49,8 +49,14 @@
 typedef struct {
   int rows, blocks, panels;
   uint8_t *codes; /* [panels, blocks, 16 quads, 16 rows, 4 bytes] */
-  float *scales;  /* [panels, blocks, 16] (rows past `rows`: 0) */
-  uint8_t *zeros; /* [panels, blocks, 16] */
+  /*
+   * [panels, blocks, 16] (rows past `rows`: 0): float16 where every scale is one (a checkpoint's are: 3% fewer
+   * bytes a product streams than float32's), else float32; one of the two is set
+   */
+  uint16_t *halfScales;
+  float *scales;
+  uint8_t *zeros; /* [panels, blocks, 16], or NULL where every zero point is `zero` (symmetric: 8) */
+  int zero;
   int32_t *order; /* kernel column i reads x[order[i]]; NULL for 0..cols-1 */
 } Layer;
 
@@ -92,8 +98,10 @@ typedef struct {
             d[j] = _mm512_dpbusd_epi32(d[j], hi, _mm512_set1_epi32(ax[PANEL + t]));                           \
           }                                                                                                   \
         }                                                                                                     \
-        const __m512 s = _mm512_loadu_ps(L->scales + pb * PANEL);                                             \
-        const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(L->zeros + pb * PANEL)));    \
+        const __m512 s = L->halfScales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(L->halfScales + pb * PANEL))) \
+                                       : _mm512_loadu_ps(L->scales + pb * PANEL);                             \
+        const __m512i z = L->zeros ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(L->zeros + pb * PANEL))) \
+                                   : _mm512_set1_epi32(L->zero);                                              \
         for (int j = 0; j < MC; j++) {                                                                        \
           const size_t ab = (size_t)(i0 + j) * B + b;                                                         \
           const __m512i e = _mm512_sub_epi32(d[j], _mm512_mullo_epi32(z, _mm512_set1_epi32(a->sum[ab])));     \
@@ -115,7 +123,7 @@ VNNI_PANELS(4)
  * does the sum of the low and high nibbles' pairs), vpmaddwd sums the pairs into int32.
  */
 #define AVX2_PANELS(MC)                                                                                        \
-  __attribute__((target("avx2,fma"))) static void avx2##MC(const Layer *L, const Act *a, int i0, int p0,      \
+  __attribute__((target("avx2,fma,f16c"))) static void avx2##MC(const Layer *L, const Act *a, int i0, int p0,      \
                                                            int p1, float *y) {                               \
     const int B = L->blocks;                                                                                   \
     const __m256i mask = _mm256_set1_epi8(0x0F);                                                               \
@@ -142,8 +150,10 @@ VNNI_PANELS(4)
           }                                                                                                    \
         }                                                                                                      \
         for (int h = 0; h < 2; h++) {                                                                          \
-          const __m256 s = _mm256_loadu_ps(L->scales + pb * PANEL + 8 * h);                                    \
-          const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(L->zeros + pb * PANEL + 8 * h))); \
+          const __m256 s = L->halfScales ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(L->halfScales + pb * PANEL + 8 * h))) \
+                                         : _mm256_loadu_ps(L->scales + pb * PANEL + 8 * h);                    \
+          const __m256i z = L->zeros ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(L->zeros + pb * PANEL + 8 * h))) \
+                                     : _mm256_set1_epi32(L->zero);                                              \
           for (int j = 0; j < MC; j++) {                                                                       \
             const size_t ab = (size_t)(i0 + j) * B + b;                                                        \
             const __m256i e = _mm256_sub_epi32(d[j][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(a->sum[ab]))); \
@@ -466,7 +476,7 @@ static void *huge(size_t bytes) {
 }
 
 static void release(Layer *L) {
-  free(L->codes), free(L->scales), free(L->zeros), free(L->order);
+  free(L->codes), free(L->halfScales), free(L->scales), free(L->zeros), free(L->order);
   memset(L, 0, sizeof *L);
 }
 
@@ -518,7 +528,7 @@ static napi_value useIsa(napi_env env, napi_callback_info info) {
  * int32 words: a quad's 4 bytes of a row are one word, word 16b + t of the row); rows past the last are 0. With
  * scales and zeros ([rows, blocks]).
  */
-static void repack(Layer *L, const uint8_t *rowMajor, const uint32_t *words, const float *scales, const uint8_t *zeros) {
+__attribute__((target("f16c"))) static void repack(Layer *L, const uint8_t *rowMajor, const uint32_t *words, const float *scales, const uint8_t *zeros) {
   const int B = L->blocks;
   memset(L->codes, 0, (size_t)L->panels * B * PANEL * HALF);
   for (int r = 0; r < L->rows; r++) {
@@ -530,10 +540,19 @@ static void repack(Layer *L, const uint8_t *rowMajor, const uint32_t *words, con
         if (words) memcpy(q + t * QUAD, &words[((size_t)PANEL * b + t) * L->rows + r], 4);
         else memcpy(q + t * QUAD, rowMajor + rb * HALF + 4 * t, 4);
       }
-      L->scales[pb * PANEL + k] = scales[rb];
-      L->zeros[pb * PANEL + k] = zeros[rb];
+      if (L->halfScales) L->halfScales[pb * PANEL + k] = _cvtss_sh(scales[rb], _MM_FROUND_TO_NEAREST_INT);
+      else L->scales[pb * PANEL + k] = scales[rb];
+      if (L->zeros) L->zeros[pb * PANEL + k] = zeros[rb];
     }
   }
+}
+
+/* whether every x is a float16 value (kept exactly in 16 bits); a machine without F16C has no AVX2 kernels either */
+__attribute__((target("f16c"))) static int halves(const float *x, size_t n) {
+  if (!__builtin_cpu_supports("f16c")) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (_cvtsh_ss(_cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT)) != x[i]) return 0;
+  return 1;
 }
 
 /* open(codes Uint8Array | Int32Array, scales Float32Array, zeros Uint8Array, rows, blocks, order Int32Array | null) → layer */
@@ -570,15 +589,21 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "native: codes, scales, zeros or order do not match rows x blocks");
     return NULL;
   }
+  int sameZero = 1;
+  for (size_t i = 1; i < units && sameZero; i++) sameZero = zeros[i] == zeros[0];
   Layer *L = calloc(1, sizeof *L);
   const int panels = (rows + PANEL - 1) / PANEL;
   const size_t slots = (size_t)panels * blocks * PANEL;
   if (L) {
     L->rows = rows, L->blocks = blocks, L->panels = panels;
-    L->codes = huge(slots * HALF), L->scales = calloc(slots, sizeof(float)), L->zeros = calloc(slots, 1);
+    L->codes = huge(slots * HALF);
+    L->zero = zeros[0];
+    if (!sameZero) L->zeros = calloc(slots, 1);
+    if (halves(scales, units)) L->halfScales = calloc(slots, sizeof(uint16_t));
+    else L->scales = calloc(slots, sizeof(float));
     L->order = order ? malloc(cols * sizeof(int32_t)) : NULL;
   }
-  if (!L || !L->codes || !L->scales || !L->zeros || (order && !L->order)) {
+  if (!L || !L->codes || !(L->scales || L->halfScales) || (!sameZero && !L->zeros) || (order && !L->order)) {
     if (L) release(L), free(L);
     napi_throw_error(env, NULL, "native: out of memory");
     return NULL;
@@ -708,6 +733,19 @@ static napi_value storeHalf(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* bytes(layer): what a product streams (codes, scales, zero points; the order, if any) */
+static napi_value layerBytes(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  const Layer *L = layerOf(env, argv[0]);
+  if (!L) return NULL;
+  const size_t slots = (size_t)L->panels * L->blocks * PANEL;
+  const size_t bytes = slots * (HALF + (L->halfScales ? 2 : 4) + (L->zeros ? 1 : 0)) + (L->order ? (size_t)L->blocks * BLOCK * 4 : 0);
+  CHECK(napi_create_double(env, (double)bytes, &out));
+  return out;
+}
+
 /* close(layer): free the weights now rather than when the handle is collected */
 static napi_value closeLayer(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -726,7 +764,7 @@ NAPI_MODULE_INIT() {
   const struct {
     const char *name;
     napi_callback fn;
-  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"attend", attend}, {"storeHalf", storeHalf}};
+  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"bytes", layerBytes}, {"attend", attend}, {"storeHalf", storeHalf}};
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;
     if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
