@@ -5,7 +5,7 @@ import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
 import { refBackend } from '../src/tensor/ref.js';
 import { attentionJs } from '../src/tensor/attention-js.js';
-import { nativeDecodeAttention, nativeHalfKv, useNativeKernel } from '../src/tensor/native.js';
+import { nativeDecodeAttention, nativeHalfKv, nativeKernel, useNativeKernel } from '../src/tensor/native.js';
 import { floatArrayToHalf, halfArrayToFloat } from '../src/io/fp16.js';
 import { floatRows, rowsF32, type StoredRows } from '../src/tensor/rows.js';
 
@@ -257,6 +257,35 @@ test("a KV cache's head-major layout (kvCapacity): every kernel reads it as the 
     }
   }
 });
+
+test(
+  "the native SwiGLU gating equals the definition's silu(g)·u within float32 rounding",
+  { skip: !nativeBuilt && 'linux-x64 only' },
+  () => {
+    const n = nativeKernel();
+    assert.ok(n, 'build/kernels.node is built and loads');
+    const r = rng(11);
+    // rows of 37 gate values (four vectors of 8 and a tail) then 37 up values; gates from -100 to 100 (exp's clamps),
+    // zero, and small ones
+    const [m, half] = [5, 37];
+    const y = Float32Array.from({ length: m * 2 * half }, (_, i) => {
+      const c = i % (2 * half);
+      if (c >= half) return r() * 4;
+      return [0, -100, 100, 1e-20, -90, 90][c] ?? r() * (c % 3 === 0 ? 40 : 8);
+    });
+    const out = new Float32Array(m * half);
+    n.siluMul(y, m, half, out);
+    for (let i = 0; i < m; i++) {
+      const g = y.slice(i * 2 * half, i * 2 * half + half);
+      const u = y.slice(i * 2 * half + half, (i + 1) * 2 * half);
+      const want = ref.siluMul(g.slice(), u);
+      for (let c = 0; c < half; c++) {
+        const [got, w] = [out[i * half + c]!, want[c]!];
+        if (!(Math.abs(got - w) <= 1e-6 * Math.abs(w) + 1e-30)) assert.fail(`row ${i} col ${c}: ${got} vs ${w} (g ${g[c]}, u ${u[c]})`);
+      }
+    }
+  },
+);
 
 test('attention is causal: future keys do not change earlier outputs', () => {
   const r = rng(3);

@@ -41,6 +41,8 @@ interface Addon {
     scale: number,
     threads: number,
   ): void;
+  /** out [m, half] = silu(gate)·up of y [m, 2·half], each row gate then up */
+  siluMul(y: Float32Array, m: number, half: number, out: Float32Array): void;
   storeHalf(src: Float32Array, dst: Uint16Array, kvHeads: number, d: number, capacity: number, start: number, seq: number): void;
 }
 
@@ -77,20 +79,30 @@ export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): Line
   const layer = k.open(blocks.codes, blocks.scales, blocks.zeros, p.rows, blocks.blocks, blocks.order ?? null);
   const threads = availableParallelism();
   const { rows, cols } = p;
-  return withGatedOutput(
-    {
-      rows,
-      cols,
-      weightBytes: k.bytes(layer),
-      async apply(x, m) {
-        const y = new Float32Array(m * rows);
-        k.matmul(layer, x, m, y, threads);
-        return y;
-      },
-      dispose: async () => k.close(layer),
+  const plain: LinearKernel = {
+    rows,
+    cols,
+    weightBytes: k.bytes(layer),
+    async apply(x, m) {
+      const y = new Float32Array(m * rows);
+      k.matmul(layer, x, m, y, threads);
+      return y;
     },
-    opts,
-  );
+    dispose: async () => k.close(layer),
+  };
+  if (opts?.gated !== 'silu') return withGatedOutput(plain, opts);
+  // SwiGLU's gating on the stacked product, natively (withGatedOutput's Math.exp per value cost a 7B token ~5 ms)
+  const half = rows / 2;
+  return {
+    ...plain,
+    gated: 'silu',
+    async apply(x, m) {
+      const y = await plain.apply(x, m);
+      const out = new Float32Array(m * half);
+      k.siluMul(y, m, half, out);
+      return out;
+    },
+  };
 }
 
 /**

@@ -445,6 +445,43 @@ __attribute__((target("avx2,f16c"))) static void storeRows(const float *src, uin
     }
 }
 
+/*
+ * A gated MLP's activation, silu(g)·u = g·u / (1 + e^-g), on a stacked gate/up product: each row of y is the gate's
+ * outputs then the up's. In JavaScript (Math.exp per element) it cost a 7B decode step 4.4-5.9 ms, its 32 layers'
+ * 352,256 values; here e^x is Cephes' expf (its range reduction and polynomial: within 2 ulp of float32 e^x), eight
+ * at a time.
+ */
+__attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  /* r = x - n·ln2, ln2 split in two so n·ln2's high part is exact */
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma"))) static void siluRows(const float *y, int m, int half, float *out) {
+  for (int i = 0; i < m; i++) {
+    const float *g = y + (size_t)i * 2 * half, *u = g + half;
+    float *o = out + (size_t)i * half;
+    int c = 0;
+    for (; c + 8 <= half; c += 8) {
+      const __m256 x = _mm256_loadu_ps(g + c);
+      const __m256 d = _mm256_add_ps(_mm256_set1_ps(1), exp8(_mm256_sub_ps(_mm256_setzero_ps(), x)));
+      _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_div_ps(x, d), _mm256_loadu_ps(u + c)));
+    }
+    for (; c < half; c++) o[c] = g[c] / (1 + expf(-g[c])) * u[c];
+  }
+}
+
 /* ---------------------------------------------------------------- Node-API */
 
 #define CHECK(call)                                              \
@@ -746,6 +783,31 @@ static napi_value layerBytes(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* siluMul(y Float32Array [m, 2·half], m, half, out Float32Array [m, half]): out = silu(gate)·up per row */
+static napi_value siluMul(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int m, half;
+  CHECK(napi_get_value_int32(env, argv[1], &m));
+  CHECK(napi_get_value_int32(env, argv[2], &half));
+  size_t ny, no;
+  const float *y = typed(env, argv[0], napi_float32_array, &ny, "siluMul: y must be a Float32Array");
+  if (!y) return NULL;
+  float *out = typed(env, argv[3], napi_float32_array, &no, "siluMul: out must be a Float32Array");
+  if (!out) return NULL;
+  if (m < 0 || half < 0 || ny != (size_t)m * 2 * half || no != (size_t)m * half) {
+    napi_throw_range_error(env, NULL, "siluMul: shapes do not match");
+    return NULL;
+  }
+  if (!kernels) {
+    napi_throw_error(env, NULL, "siluMul: no supported instruction set");
+    return NULL;
+  }
+  siluRows(y, m, half, out);
+  return NULL;
+}
+
 /* close(layer): free the weights now rather than when the handle is collected */
 static napi_value closeLayer(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -764,7 +826,7 @@ NAPI_MODULE_INIT() {
   const struct {
     const char *name;
     napi_callback fn;
-  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"bytes", layerBytes}, {"attend", attend}, {"storeHalf", storeHalf}};
+  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"bytes", layerBytes}, {"siluMul", siluMul}, {"attend", attend}, {"storeHalf", storeHalf}};
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;
     if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
