@@ -5,7 +5,7 @@ import { ortBackend } from '../src/tensor/ort.js';
 import * as ref from '../src/tensor/ref.js';
 import { refBackend } from '../src/tensor/ref.js';
 import { attentionJs } from '../src/tensor/attention-js.js';
-import { nativeDecodeAttention, nativeHalfKv, nativeKernel, useNativeKernel } from '../src/tensor/native.js';
+import { nativeDecodeAttention, nativeHalfKv, nativeKernel, nativeRmsNorm, useNativeKernel } from '../src/tensor/native.js';
 import { floatArrayToHalf, halfArrayToFloat } from '../src/io/fp16.js';
 import { floatRows, rowsF32, type StoredRows } from '../src/tensor/rows.js';
 
@@ -68,11 +68,15 @@ test('rmsNorm and swiglu equal their definitions', async () => {
     [1, 1, 1],
     [7, 13, 5],
     [64, 768, 288],
-    [512, 64, 768], // above the size where the ORT backend stops handing work to the plain-TS kernels
+    [3, 1, 4100], // the native norm's vectors of 16 and 8, and a tail
+    [512, 64, 768], // above the size where the ORT backend stops handing work to the small-work kernels
   ] as [number, number, number][]) {
     const x = rand(m * k, r);
     const w = rand(k, r);
     assertClose(await ortBackend.rmsNorm(x, w, m, 1e-5), ref.rmsNorm(x, w, m, 1e-5), 1e-5, `rmsNorm ${m}x${k}`);
+    const native = nativeRmsNorm(x, w, m, 1e-5);
+    if (nativeBuilt) assert.ok(native, 'the native norm is built');
+    if (native) assertClose(native, ref.rmsNorm(x, w, m, 1e-5), 1e-5, `native rmsNorm ${m}x${k}`);
     const wg = rand(n * k, r);
     const wu = rand(n * k, r);
     assertClose(await ortBackend.swiglu(x, wg, wu, m, n, k), ref.swiglu(x, wg, wu, m, n, k), 1e-5 * Math.sqrt(k), `swiglu ${m}x${n}x${k}`);

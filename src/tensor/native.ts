@@ -41,6 +41,7 @@ interface Addon {
     scale: number,
     threads: number,
   ): void;
+  rmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number, out: Float32Array): void;
   /** out [m, half] = silu(gate)·up of y [m, 2·half], each row gate then up */
   siluMul(y: Float32Array, m: number, half: number, out: Float32Array): void;
   storeHalf(src: Float32Array, dst: Uint16Array, kvHeads: number, d: number, capacity: number, start: number, seq: number): void;
@@ -103,6 +104,15 @@ export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): Line
       return out;
     },
   };
+}
+
+/** RMSNorm of rows of x (the small ones of a decode step) on the native kernel, or undefined where it is absent. */
+export function nativeRmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number): Float32Array | undefined {
+  const n = nativeKernel();
+  if (!n) return undefined;
+  const out = new Float32Array(x.length);
+  n.rmsNorm(x, w, rows, eps, out);
+  return out;
 }
 
 /**

@@ -15,7 +15,7 @@ import {
 import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
 import { initializerBytes, nbits4Layout, packedLinearGraph } from './ort-linear.js';
-import { nativeDecodeAttention, nativeHalfKv, nativeKernel, nativeLinear } from './native.js';
+import { nativeDecodeAttention, nativeHalfKv, nativeKernel, nativeLinear, nativeRmsNorm } from './native.js';
 import { refBackend, residualMlpSteps } from './ref.js';
 import { attentionJs } from './attention-js.js';
 
@@ -598,7 +598,7 @@ export const ortBackend: Backend = {
   },
 
   async rmsNorm(x, w, rows, eps) {
-    if (x.length <= SMALL_NORM) return refBackend.rmsNorm(x, w, rows, eps);
+    if (x.length <= SMALL_NORM) return nativeRmsNorm(x, w, rows, eps) ?? refBackend.rmsNorm(x, w, rows, eps);
     const r = await (
       await sessions.rmsNorm()
     ).run({ x: f32(x, [rows, w.length]), w: f32(w, [w.length]), eps: f32(new Float32Array([eps]), []) });

@@ -482,6 +482,31 @@ __attribute__((target("avx2,fma"))) static void siluRows(const float *y, int m, 
   }
 }
 
+/*
+ * RMSNorm of rows of x: x / sqrt(mean(x²) + eps) · w. A decode step norms two rows of the hidden size a layer: in
+ * JavaScript 17 µs each at 4096 (its sum of squares one dependent chain), a millisecond of a 7B token.
+ */
+__attribute__((target("avx2,fma"))) static void normRows(const float *x, const float *w, int rows, int d, float eps, float *out) {
+  for (int r = 0; r < rows; r++) {
+    const float *xr = x + (size_t)r * d;
+    float *o = out + (size_t)r * d;
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 16 <= d; c += 16) {
+      const __m256 u = _mm256_loadu_ps(xr + c), v = _mm256_loadu_ps(xr + c + 8);
+      a = _mm256_fmadd_ps(u, u, a), b = _mm256_fmadd_ps(v, v, b);
+    }
+    float lanes[8], ss = 0;
+    _mm256_storeu_ps(lanes, _mm256_add_ps(a, b));
+    for (int l = 0; l < 8; l++) ss += lanes[l];
+    for (; c < d; c++) ss += xr[c] * xr[c];
+    const float inv = 1 / sqrtf(ss / d + eps);
+    const __m256 s = _mm256_set1_ps(inv);
+    for (c = 0; c + 8 <= d; c += 8) _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + c), s), _mm256_loadu_ps(w + c)));
+    for (; c < d; c++) o[c] = xr[c] * inv * w[c];
+  }
+}
+
 /* ---------------------------------------------------------------- Node-API */
 
 #define CHECK(call)                                              \
@@ -808,6 +833,34 @@ static napi_value siluMul(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* rmsNorm(x Float32Array [rows·d], w Float32Array [d], rows, eps, out Float32Array [rows·d]) */
+static napi_value rmsNorm(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int rows;
+  double eps;
+  CHECK(napi_get_value_int32(env, argv[2], &rows));
+  CHECK(napi_get_value_double(env, argv[3], &eps));
+  size_t nx, nw, no;
+  const float *x = typed(env, argv[0], napi_float32_array, &nx, "rmsNorm: x must be a Float32Array");
+  if (!x) return NULL;
+  const float *w = typed(env, argv[1], napi_float32_array, &nw, "rmsNorm: w must be a Float32Array");
+  if (!w) return NULL;
+  float *out = typed(env, argv[4], napi_float32_array, &no, "rmsNorm: out must be a Float32Array");
+  if (!out) return NULL;
+  if (rows < 0 || nw == 0 || nx != (size_t)rows * nw || no != nx) {
+    napi_throw_range_error(env, NULL, "rmsNorm: shapes do not match");
+    return NULL;
+  }
+  if (!kernels) {
+    napi_throw_error(env, NULL, "rmsNorm: no supported instruction set");
+    return NULL;
+  }
+  normRows(x, w, rows, (int)nw, (float)eps, out);
+  return NULL;
+}
+
 /* close(layer): free the weights now rather than when the handle is collected */
 static napi_value closeLayer(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -826,7 +879,7 @@ NAPI_MODULE_INIT() {
   const struct {
     const char *name;
     napi_callback fn;
-  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"bytes", layerBytes}, {"siluMul", siluMul}, {"attend", attend}, {"storeHalf", storeHalf}};
+  } fns[] = {{"isa", isa}, {"useIsa", useIsa}, {"open", openLayer}, {"matmul", matmulLayer}, {"close", closeLayer}, {"bytes", layerBytes}, {"siluMul", siluMul}, {"rmsNorm", rmsNorm}, {"attend", attend}, {"storeHalf", storeHalf}};
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;
     if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
