@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -529,6 +530,15 @@ static void *typed(napi_env env, napi_value v, napi_typedarray_type want, size_t
   return data;
 }
 
+/* whether the kernels run on this CPU; if not, throws naming the function */
+static int usable(napi_env env, const char *fn) {
+  if (kernels) return 1;
+  char message[96];
+  snprintf(message, sizeof message, "%s: no supported instruction set", fn);
+  napi_throw_error(env, NULL, message);
+  return 0;
+}
+
 static void *huge(size_t bytes) {
   void *p = NULL;
   const size_t size = (bytes + HUGE - 1) / HUGE * HUGE;
@@ -700,10 +710,7 @@ static napi_value matmulLayer(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "native: x or y does not match m and the layer");
     return NULL;
   }
-  if (!kernels) {
-    napi_throw_error(env, NULL, "native: no supported instruction set");
-    return NULL;
-  }
+  if (!usable(env, "native")) return NULL;
   const Product P = {L, x, m, y};
   if (!pooled(threads, productInput, productPart, &P)) napi_throw_error(env, NULL, "native: out of memory or threads");
   return NULL;
@@ -757,10 +764,7 @@ static napi_value attend(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "attend: shapes do not match");
     return NULL;
   }
-  if (!kernels) {
-    napi_throw_error(env, NULL, "attend: no supported instruction set");
-    return NULL;
-  }
+  if (!usable(env, "attend")) return NULL;
   const Attention A = {q, k, v, out, heads, kvHeads, d, lo, ctx, capacity, kHalf, (float)scale};
   if (!pooled(threads, NULL, attentionPart, &A)) napi_throw_error(env, NULL, "attend: no threads");
   return NULL;
@@ -787,10 +791,7 @@ static napi_value storeHalf(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "storeHalf: shapes do not match");
     return NULL;
   }
-  if (!kernels) {
-    napi_throw_error(env, NULL, "storeHalf: no supported instruction set");
-    return NULL;
-  }
+  if (!usable(env, "storeHalf")) return NULL;
   storeRows(src, dst, kvHeads, d, capacity, start, seq);
   return NULL;
 }
@@ -825,10 +826,7 @@ static napi_value siluMul(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "siluMul: shapes do not match");
     return NULL;
   }
-  if (!kernels) {
-    napi_throw_error(env, NULL, "siluMul: no supported instruction set");
-    return NULL;
-  }
+  if (!usable(env, "siluMul")) return NULL;
   siluRows(y, m, half, out);
   return NULL;
 }
@@ -853,10 +851,7 @@ static napi_value rmsNorm(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "rmsNorm: shapes do not match");
     return NULL;
   }
-  if (!kernels) {
-    napi_throw_error(env, NULL, "rmsNorm: no supported instruction set");
-    return NULL;
-  }
+  if (!usable(env, "rmsNorm")) return NULL;
   normRows(x, w, rows, (int)nw, (float)eps, out);
   return NULL;
 }
