@@ -126,14 +126,14 @@ for (const activations of ['fp32', 'int8'] as const) {
 }
 
 /*
- * The native 4-bit kernel (src/tensor/native/kernels.c): the same bound as onnxruntime's int8 path, on both of its
- * instruction sets where the CPU has them, for batch sizes that take each of its 1-4-row inner loops and more than
- * one pass of them, per-channel and grouped, act-order or not. On linux-x64 `npm run build` builds it, so there it
+ * The native 4- and 8-bit kernels (src/tensor/native/kernels.c): the same bound as onnxruntime's int8 path, on both
+ * of their instruction sets where the CPU has them, for batch sizes that take each of the 1-4-row inner loops and
+ * more than one pass of them, per-channel and grouped, act-order or not. On linux-x64 `npm run build` builds it, so there it
  * must be present; elsewhere there is no kernel to test.
  */
 const nativeBuilt = process.platform === 'linux' && process.arch === 'x64';
 test(
-  'native 4-bit kernel equals dequantize-then-matmul within the int8 bound, on AVX-512 VNNI and AVX2',
+  'native 4- and 8-bit kernels equal dequantize-then-matmul within the int8 bound, on AVX-512 VNNI and AVX2',
   { skip: !nativeBuilt && 'the native kernel is built on linux-x64 only' },
   async () => {
     const k = nativeKernel();
@@ -158,22 +158,28 @@ test(
             [false, false],
             [true, true],
           ]) {
-            const q = randomLayer(rows, cols, 4, groupSize, actOrder, rows + cols + groupSize);
-            if (sym) q.zeros.fill(8);
-            const p = packedWeights(packLayer(q, 'gptq'), q, 'gptq');
-            if (!half) for (const scales of [q.scales, p.scales]) scales.forEach((v, i) => (scales[i] = v * (1 + 2 ** -20)));
-            const kernel = nativeLinear(p);
-            const what = `${isa} g${groupSize}${actOrder ? ' act-order' : ''} ${rows}x${cols} ${half ? 'float16' : 'float32'} scales${sym ? ', zero points 8' : ''}`;
-            assert.ok(kernel, `${what} runs natively`);
-            const slots = Math.ceil(rows / 16) * 16 * (cols / 128);
-            assert.equal(kernel.weightBytes, slots * (64 + (half ? 2 : 4) + (sym ? 0 : 1)) + (actOrder ? cols * 4 : 0), `${what}: bytes`);
-            for (const m of [1, 2, 3, 4, 5, 9]) {
-              const rnd = seededRandom(m + rows);
-              // one row all zeros: its blocks have no scale
-              const x = Float32Array.from({ length: m * cols }, (_, i) => (m === 3 && i < cols ? 0 : rnd() - 0.5));
-              check(q, m, 'int8', await kernel.apply(x, m), x, `${what} m=${m}`);
+            for (const bits of [4, 8]) {
+              const q = randomLayer(rows, cols, bits, groupSize, actOrder, rows + cols + groupSize + bits);
+              if (sym) q.zeros.fill(1 << (bits - 1));
+              const p = packedWeights(packLayer(q, 'gptq'), q, 'gptq');
+              if (!half) for (const scales of [q.scales, p.scales]) scales.forEach((v, i) => (scales[i] = v * (1 + 2 ** -20)));
+              const kernel = nativeLinear(p);
+              const what = `${isa} w${bits} g${groupSize}${actOrder ? ' act-order' : ''} ${rows}x${cols} ${half ? 'float16' : 'float32'} scales${sym ? ', one zero point' : ''}`;
+              assert.ok(kernel, `${what} runs natively`);
+              const slots = Math.ceil(rows / 16) * 16 * (cols / 128);
+              assert.equal(
+                kernel.weightBytes,
+                slots * (16 * bits + (half ? 2 : 4) + (sym ? 0 : 1)) + (actOrder ? cols * 4 : 0),
+                `${what}: bytes`,
+              );
+              for (const m of [1, 2, 3, 4, 5, 9]) {
+                const rnd = seededRandom(m + rows);
+                // one row all zeros: its blocks have no scale
+                const x = Float32Array.from({ length: m * cols }, (_, i) => (m === 3 && i < cols ? 0 : rnd() - 0.5));
+                check(q, m, 'int8', await kernel.apply(x, m), x, `${what} m=${m}`);
+              }
+              await kernel.dispose();
             }
-            await kernel.dispose();
           }
         }
       }

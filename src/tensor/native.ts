@@ -1,20 +1,20 @@
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import type { AttentionShape, HalfKvCache, KvShape, LinearKernel, LinearOptions, PackedLinearWeights } from './backend.js';
-import { nbits4Blocks } from './ort-linear.js';
+import { nativeBlocks } from './ort-linear.js';
 import { withGatedOutput } from './ref.js';
 
 /**
- * The native kernels (src/tensor/native/kernels.c, compiled by `npm run build` into build/kernels.node): 4-bit
- * GPTQ layers whose groups start on multiples of 128 columns, times int8 activations, the form generation runs in
- * (loadModel's `activations: 'int8'`), where onnxruntime's MatMulNBits would do the same product; and a decode
- * step's attention. Absent (not built, or a CPU without AVX2) or turned off with GPTQ_TS_NATIVE=0, those run on
- * onnxruntime instead.
+ * The native kernels (src/tensor/native/kernels.c, compiled by `npm run build` into build/kernels.node): 4- and
+ * 8-bit GPTQ layers whose groups start on multiples of 128 columns, times int8 activations, the form generation runs
+ * in (loadModel's `activations: 'int8'`), where onnxruntime's MatMulNBits would do the same product; a decode step's
+ * attention over a float32 or float16 KV cache; SwiGLU's gating and the small norms. Absent (not built, or a CPU
+ * without AVX2) or turned off with GPTQ_TS_NATIVE=0, those run on onnxruntime (or in TypeScript) instead.
  */
 interface Addon {
   isa(): string;
   useIsa(name: string): void;
-  /** codes: GPTQ's qweight words [cols/8, rows], or row-major blocks [rows, blocks, 64] bytes */
+  /** codes: GPTQ's qweight words [cols·bits/32, rows], or row-major blocks [rows, blocks, 128·bits/8] bytes; bits 4 or 8 */
   open(
     codes: Int32Array | Uint8Array,
     scales: Float32Array,
@@ -22,6 +22,7 @@ interface Addon {
     rows: number,
     blocks: number,
     order: Int32Array | null,
+    bits: number,
   ): object;
   matmul(layer: object, x: Float32Array, m: number, y: Float32Array, threads: number): void;
   close(layer: object): void;
@@ -75,9 +76,9 @@ export const nativeIsa = (): string | undefined => nativeKernel()?.isa() || unde
 /** A packed layer on the native kernel, or undefined where it is absent or the layer's layout is not its own. */
 export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): LinearKernel | undefined {
   const k = nativeKernel();
-  const blocks = k && nbits4Blocks(p);
+  const blocks = k && nativeBlocks(p);
   if (!k || !blocks) return undefined;
-  const layer = k.open(blocks.codes, blocks.scales, blocks.zeros, p.rows, blocks.blocks, blocks.order ?? null);
+  const layer = k.open(blocks.codes, blocks.scales, blocks.zeros, p.rows, blocks.blocks, blocks.order ?? null, p.bits);
   const threads = availableParallelism();
   const { rows, cols } = p;
   const plain: LinearKernel = {
@@ -98,13 +99,23 @@ export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): Line
     ...plain,
     gated: 'silu',
     async apply(x, m) {
-      const y = await plain.apply(x, m);
+      const y =
+        m * rows <= SCRATCH_FLOATS ? (scratch ??= new Float32Array(SCRATCH_FLOATS)).subarray(0, m * rows) : new Float32Array(m * rows);
+      k.matmul(layer, x, m, y, threads);
       const out = new Float32Array(m * half);
       k.siluMul(y, m, half, out);
       return out;
     },
   };
 }
+
+/**
+ * A decode step's stacked gate/up product, used up by the gating at once: one buffer for every layer rather than a
+ * fresh one each call (a quarter of a 7B token's 11 MB of new arrays, whose external memory sets V8's collections
+ * off: 2-4 ms a token). Prompts' larger products get their own.
+ */
+const SCRATCH_FLOATS = 1 << 18;
+let scratch: Float32Array | undefined;
 
 /** RMSNorm of rows of x (the small ones of a decode step) on the native kernel, or undefined where it is absent. */
 export function nativeRmsNorm(x: Float32Array, w: Float32Array, rows: number, eps: number): Float32Array | undefined {

@@ -172,23 +172,24 @@ function nbitsOperand(
   };
 }
 
-/** The block layout of a layer the native kernel takes (see nbits4Blocks), or undefined. */
-export function nbits4Layout(p: PackedLinearWeights): NBitsLayout | undefined {
-  const layout = p.bits === 4 && p.cols % MAX_BLOCK === 0 ? nbitsLayout(p.gIdx) : undefined;
+/** The block layout of a layer the native kernel takes (see nativeBlocks), or undefined. */
+export function nativeLayout(p: PackedLinearWeights): NBitsLayout | undefined {
+  const layout = (p.bits === 4 || p.bits === 8) && p.cols % MAX_BLOCK === 0 ? nbitsLayout(p.gIdx) : undefined;
   return layout?.blockSize === MAX_BLOCK ? layout : undefined;
 }
 
 /**
- * A 4-bit layer's scales and zero points in blocks of 128 columns (the native kernel's input, native.ts), and its
- * codes: GPTQ's qweight words as they are, or under act-order the codes in the layer's column order, [rows, blocks,
- * 64] bytes, with that order. Undefined for other bit widths, or where a group starts off a multiple of 128 columns.
+ * A 4- or 8-bit layer's scales and zero points in blocks of 128 columns (the native kernel's input, native.ts), and
+ * its codes: GPTQ's qweight words as they are, or under act-order the codes in the layer's column order, [rows,
+ * blocks, 128·bits/8] bytes, with that order. Undefined for other bit widths, or where a group starts off a multiple
+ * of 128 columns.
  */
-export function nbits4Blocks(
+export function nativeBlocks(
   p: PackedLinearWeights,
 ): { blocks: number; scales: Float32Array; zeros: Uint8Array; codes: Int32Array | Uint8Array; order?: Int32Array } | undefined {
-  const layout = nbits4Layout(p);
+  const layout = nativeLayout(p);
   if (!layout) return undefined;
-  const digit = { bits: 4, value: sameCode, scale: 1 };
+  const digit = { bits: p.bits, value: sameCode, scale: 1 };
   const data = nbitsScales(p, layout, digit);
   if (!layout.order) return { ...data, codes: p.qweight };
   return { ...data, codes: nbitsCodes(p, rowMajorWords(p), layout, digit, data.zeros), order: layout.order };

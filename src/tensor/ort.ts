@@ -14,7 +14,7 @@ import {
 } from './backend.js';
 import { ElemType, encodeModel, float32Bytes, type ElemTypeId, type Initializer, type NodeSpec, type ValueInfo } from './onnx-graph.js';
 import { forVocabSlices, logAddExp } from './rows.js';
-import { initializerBytes, nbits4Layout, packedLinearGraph } from './ort-linear.js';
+import { initializerBytes, nativeLayout, packedLinearGraph } from './ort-linear.js';
 import { nativeDecodeAttention, nativeHalfKv, nativeKernel, nativeLinear, nativeRmsNorm } from './native.js';
 import { refBackend, residualMlpSteps } from './ref.js';
 import { attentionJs } from './attention-js.js';
@@ -463,7 +463,7 @@ function renamed(
  */
 async function openResidualMlp(w: ResidualMlpWeights, activations: ActivationPrecision): Promise<ResidualMlpKernel | undefined> {
   // on the native kernel the tail is its steps: a batch-1 norm and adds cost microseconds in TypeScript
-  if (activations === 'int8' && nativeKernel() && [w.o, w.gateUp, w.down].every((p) => nbits4Layout(p)))
+  if (activations === 'int8' && nativeKernel() && [w.o, w.gateUp, w.down].every((p) => nativeLayout(p)))
     return residualMlpSteps(ortBackend, w, activations);
   const [o, gateUp, down] = [w.o, w.gateUp, w.down].map((p) => packedLinearGraph(p, activations));
   if (!o || !gateUp || !down) return undefined;

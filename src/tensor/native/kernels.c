@@ -1,6 +1,6 @@
 /*
- * Native kernels for generation (src/tensor/native.ts): a 4-bit GPTQ layer times int8 activations, y = x·Wᵀ, and a
- * decode step's attention over the KV cache (at the end).
+ * Native kernels for generation (src/tensor/native.ts): a 4- or 8-bit GPTQ layer times int8 activations, y = x·Wᵀ;
+ * a decode step's attention over the KV cache, SwiGLU's gating and the small norms (at the end).
  *
  * Why native: a decode step reads every weight once, so its speed is the rate the weights stream from memory.
  * On the 2-core AVX-512 VM, two threads of plain loads read 44-53 GB/s in a quiet hour; onnxruntime's MatMulNBits
@@ -9,14 +9,16 @@
  * allows. Here one instruction multiplies 64 codes (AVX-512 VNNI vpdpbusd; AVX2's vpmaddubsw + vpmaddwd
  * elsewhere), the weights sit on transparent huge pages, and two threads share the rows: `npm run bench:infer`.
  *
- * Input layout (MatMulNBits' own, so the loader's bytes serve both): per row, blocks of 128 input columns; a block
- * is 64 bytes of codes, column 2k in byte k's low nibble and 2k+1 in its high one; one float32 scale and one zero
- * point (0..15) per row and block: W[r, c] = scale·(code − zero). open() re-lays the codes into panels (below).
+ * Input layout (MatMulNBits' own, so the loader's bytes serve both): per row, blocks of 128 input columns; a 4-bit
+ * block is 64 bytes of codes, column 2k in byte k's low nibble and 2k+1 in its high one (an 8-bit block 128 bytes,
+ * one a column); one float32 scale and one zero point per row and block: W[r, c] = scale·(code − zero). open()
+ * re-lays the codes into panels (below).
  *
  * Activations: each row of x is quantized per block of 128 columns, a = round(x/sa) with sa = max|x|/127 (in the
- * layer's column order under act-order), the even columns' codes first, then the odd ones'. Per block the integer
- * sum Σ(code − zero)·a is exact (|Σ| ≤ 128·15·127); the output is Σ_blocks scale·sa·that in float32. Against
- * dequantize-then-matmul in exact arithmetic each x is off by at most sa/2: the bound test/packed.test.ts checks.
+ * layer's column order under act-order); for 4-bit layers the even columns' codes first, then the odd ones'. Per
+ * block the integer sum Σ(code − zero)·a is exact (|Σ| ≤ 128·255·127); the output is Σ_blocks scale·sa·that in
+ * float32. Against dequantize-then-matmul in exact arithmetic each x is off by at most sa/2: the bound
+ * test/packed.test.ts checks.
  */
 #define NAPI_VERSION 8
 #include <immintrin.h>
@@ -46,9 +48,11 @@
  */
 #define PANEL 16
 #define QUAD (PANEL * 4)
+/* quads a panel's block: 128 columns of 4 bits are 64 bytes a row, of 8 bits 128 */
+#define QUADS(BITS) (BLOCK * (BITS) / 8 / 4)
 
 typedef struct {
-  int rows, blocks, panels;
+  int rows, blocks, panels, bits; /* bits: 4, or 8 (a panel's block: 32 quads, one byte a code) */
   uint8_t *codes; /* [panels, blocks, 16 quads, 16 rows, 4 bytes] */
   /*
    * [panels, blocks, 16] (rows past `rows`: 0): float16 where every scale is one (a checkpoint's are: 3% fewer
@@ -75,10 +79,11 @@ typedef struct {
  * Panels [p0, p1) of y for rows i0..i0+MC-1 of x, MC ≤ 4: each quad's nibbles are split once for all of them.
  * Per block the int32 sums Σcode·a are exact; minus zero·Σa, times scale·sa, they join float32 accumulators.
  */
-#define VNNI_PANELS(MC)                                                                                       \
-  __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void vnni##MC(const Layer *L, const Act *a, \
-                                                                               int i0, int p0, int p1,         \
-                                                                               float *y) {                     \
+#define VNNI_PANELS(BITS, MC)                                                                                 \
+  __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void vnni##BITS##_##MC(const Layer *L,       \
+                                                                                        const Act *a, int i0, \
+                                                                                        int p0, int p1,       \
+                                                                                        float *y) {           \
     const int B = L->blocks;                                                                                  \
     const __m512i mask = _mm512_set1_epi8(0x0F);                                                              \
     for (int p = p0; p < p1; p++) {                                                                           \
@@ -86,17 +91,21 @@ typedef struct {
       for (int j = 0; j < MC; j++) f[j] = _mm512_setzero_ps();                                                \
       for (int b = 0; b < B; b++) {                                                                           \
         const size_t pb = (size_t)p * B + b;                                                                  \
-        const uint8_t *q = L->codes + pb * PANEL * QUAD;                                                      \
+        const uint8_t *q = L->codes + pb * QUADS(BITS) * QUAD;                                                \
         __m512i d[MC];                                                                                        \
         for (int j = 0; j < MC; j++) d[j] = _mm512_setzero_si512();                                           \
-        for (int t = 0; t < PANEL; t++) {                                                                     \
+        for (int t = 0; t < QUADS(BITS); t++) {                                                               \
           const __m512i v = _mm512_loadu_si512(q + t * QUAD);                                                 \
           const __m512i lo = _mm512_and_si512(v, mask);                                                       \
           const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);                                 \
           for (int j = 0; j < MC; j++) {                                                                      \
             const int32_t *ax = (const int32_t *)(a->q + ((size_t)(i0 + j) * B + b) * BLOCK);                 \
-            d[j] = _mm512_dpbusd_epi32(d[j], lo, _mm512_set1_epi32(ax[t]));                                   \
-            d[j] = _mm512_dpbusd_epi32(d[j], hi, _mm512_set1_epi32(ax[PANEL + t]));                           \
+            if (BITS == 8) {                                                                                  \
+              d[j] = _mm512_dpbusd_epi32(d[j], v, _mm512_set1_epi32(ax[t]));                                  \
+            } else {                                                                                          \
+              d[j] = _mm512_dpbusd_epi32(d[j], lo, _mm512_set1_epi32(ax[t]));                                 \
+              d[j] = _mm512_dpbusd_epi32(d[j], hi, _mm512_set1_epi32(ax[PANEL + t]));                         \
+            }                                                                                                 \
           }                                                                                                   \
         }                                                                                                     \
         const __m512 s = L->halfScales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(L->halfScales + pb * PANEL))) \
@@ -114,39 +123,50 @@ typedef struct {
         _mm512_mask_storeu_ps(y + (size_t)(i0 + j) * L->rows + p * PANEL, (__mmask16)((1u << valid) - 1), f[j]); \
     }                                                                                                         \
   }
-VNNI_PANELS(1)
-VNNI_PANELS(2)
-VNNI_PANELS(3)
-VNNI_PANELS(4)
+VNNI_PANELS(4, 1)
+VNNI_PANELS(4, 2)
+VNNI_PANELS(4, 3)
+VNNI_PANELS(4, 4)
+VNNI_PANELS(8, 1)
+VNNI_PANELS(8, 2)
+VNNI_PANELS(8, 3)
+VNNI_PANELS(8, 4)
 
 /*
  * The same with AVX2, a panel as two halves of 8 rows: vpmaddubsw pairs code·a into int16 (|15·127·2| fits, and so
  * does the sum of the low and high nibbles' pairs), vpmaddwd sums the pairs into int32.
  */
-#define AVX2_PANELS(MC)                                                                                        \
-  __attribute__((target("avx2,fma,f16c"))) static void avx2##MC(const Layer *L, const Act *a, int i0, int p0,      \
-                                                           int p1, float *y) {                               \
+#define AVX2_PANELS(BITS, MC)                                                                                  \
+  __attribute__((target("avx2,fma,f16c"))) static void avx2##BITS##_##MC(const Layer *L, const Act *a, int i0,  \
+                                                                         int p0, int p1, float *y) {           \
     const int B = L->blocks;                                                                                   \
     const __m256i mask = _mm256_set1_epi8(0x0F);                                                               \
-    const __m256i ones = _mm256_set1_epi16(1);                                                                 \
+    const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);                                \
     for (int p = p0; p < p1; p++) {                                                                            \
       __m256 f[MC][2];                                                                                         \
       for (int j = 0; j < MC; j++) f[j][0] = f[j][1] = _mm256_setzero_ps();                                    \
       for (int b = 0; b < B; b++) {                                                                            \
         const size_t pb = (size_t)p * B + b;                                                                   \
-        const uint8_t *q = L->codes + pb * PANEL * QUAD;                                                       \
+        const uint8_t *q = L->codes + pb * QUADS(BITS) * QUAD;                                                 \
         __m256i d[MC][2];                                                                                      \
         for (int j = 0; j < MC; j++) d[j][0] = d[j][1] = _mm256_setzero_si256();                               \
-        for (int t = 0; t < PANEL; t++) {                                                                      \
+        for (int t = 0; t < QUADS(BITS); t++) {                                                                \
           for (int h = 0; h < 2; h++) {                                                                        \
             const __m256i v = _mm256_loadu_si256((const __m256i *)(q + t * QUAD + 32 * h));                    \
             const __m256i lo = _mm256_and_si256(v, mask);                                                      \
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);                                \
             for (int j = 0; j < MC; j++) {                                                                     \
               const int32_t *ax = (const int32_t *)(a->q + ((size_t)(i0 + j) * B + b) * BLOCK);                \
-              const __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(ax[t])),          \
-                                                  _mm256_maddubs_epi16(hi, _mm256_set1_epi32(ax[PANEL + t]))); \
-              d[j][h] = _mm256_add_epi32(d[j][h], _mm256_madd_epi16(pr, ones));                                \
+              if (BITS == 8) {                                                                                 \
+                /* a byte's two nibbles times the same activation, the high one's sum times 16 */              \
+                const __m256i x = _mm256_set1_epi32(ax[t]);                                                    \
+                d[j][h] = _mm256_add_epi32(d[j][h], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x), ones));     \
+                d[j][h] = _mm256_add_epi32(d[j][h], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x), sixteen));  \
+              } else {                                                                                         \
+                const __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(ax[t])),        \
+                                                    _mm256_maddubs_epi16(hi, _mm256_set1_epi32(ax[PANEL + t]))); \
+                d[j][h] = _mm256_add_epi32(d[j][h], _mm256_madd_epi16(pr, ones));                              \
+              }                                                                                                \
             }                                                                                                  \
           }                                                                                                    \
         }                                                                                                      \
@@ -171,14 +191,19 @@ VNNI_PANELS(4)
       }                                                                                                        \
     }                                                                                                          \
   }
-AVX2_PANELS(1)
-AVX2_PANELS(2)
-AVX2_PANELS(3)
-AVX2_PANELS(4)
+AVX2_PANELS(4, 1)
+AVX2_PANELS(4, 2)
+AVX2_PANELS(4, 3)
+AVX2_PANELS(4, 4)
+AVX2_PANELS(8, 1)
+AVX2_PANELS(8, 2)
+AVX2_PANELS(8, 3)
+AVX2_PANELS(8, 4)
 
 typedef void GroupFn(const Layer *, const Act *, int i0, int p0, int p1, float *y);
-static GroupFn *const VNNI[4] = {vnni1, vnni2, vnni3, vnni4};
-static GroupFn *const AVX2[4] = {avx21, avx22, avx23, avx24};
+/* per instruction set: 4-bit layers' kernels for 1-4 rows of x, then 8-bit ones' */
+static GroupFn *const VNNI[8] = {vnni4_1, vnni4_2, vnni4_3, vnni4_4, vnni8_1, vnni8_2, vnni8_3, vnni8_4};
+static GroupFn *const AVX2[8] = {avx24_1, avx24_2, avx24_3, avx24_4, avx28_1, avx28_2, avx28_3, avx28_4};
 static GroupFn *const *kernels; /* the instruction set in use: VNNI, AVX2, or NULL (none: the caller falls back) */
 
 /*
@@ -187,7 +212,7 @@ static GroupFn *const *kernels; /* the instruction set in use: VNNI, AVX2, or NU
  */
 static void panelRange(const Layer *L, const Act *a, int m, int p0, int p1, float *y) {
   for (int p = p0; p < p1; p++)
-    for (int i0 = 0; i0 < m; i0 += 4) kernels[(m - i0 < 4 ? m - i0 : 4) - 1](L, a, i0, p, p + 1, y);
+    for (int i0 = 0; i0 < m; i0 += 4) kernels[(L->bits == 8 ? 4 : 0) + (m - i0 < 4 ? m - i0 : 4) - 1](L, a, i0, p, p + 1, y);
 }
 
 /* ---------------------------------------------------------------- activations */
@@ -222,10 +247,15 @@ static void quantize(const Layer *L, const float *x, int m, Act *a) {
       const float inv = mx > 0 ? 127 / mx : 0;
       int8_t *q = a->q + ab * BLOCK;
       int32_t sum = 0;
-      for (int k = 0; k < HALF; k++) {
-        const int e = _mm_cvt_ss2si(_mm_set_ss(v[2 * k] * inv)), o = _mm_cvt_ss2si(_mm_set_ss(v[2 * k + 1] * inv));
-        q[k] = (int8_t)e, q[HALF + k] = (int8_t)o;
-        sum += e + o;
+      if (L->bits == 8) {
+        /* a quad's 4 bytes of a row are 4 consecutive columns: the activations in column order */
+        for (int k = 0; k < BLOCK; k++) sum += q[k] = (int8_t)_mm_cvt_ss2si(_mm_set_ss(v[k] * inv));
+      } else {
+        for (int k = 0; k < HALF; k++) {
+          const int e = _mm_cvt_ss2si(_mm_set_ss(v[2 * k] * inv)), o = _mm_cvt_ss2si(_mm_set_ss(v[2 * k + 1] * inv));
+          q[k] = (int8_t)e, q[HALF + k] = (int8_t)o;
+          sum += e + o;
+        }
       }
       a->scale[ab] = mx / 127;
       a->sum[ab] = sum;
@@ -601,16 +631,16 @@ static napi_value useIsa(napi_env env, napi_callback_info info) {
  * scales and zeros ([rows, blocks]).
  */
 __attribute__((target("f16c"))) static void repack(Layer *L, const uint8_t *rowMajor, const uint32_t *words, const float *scales, const uint8_t *zeros) {
-  const int B = L->blocks;
-  memset(L->codes, 0, (size_t)L->panels * B * PANEL * HALF);
+  const int B = L->blocks, Q = QUADS(L->bits);
+  memset(L->codes, 0, (size_t)L->panels * B * Q * QUAD);
   for (int r = 0; r < L->rows; r++) {
     const int p = r / PANEL, k = r % PANEL;
     for (int b = 0; b < B; b++) {
       const size_t pb = (size_t)p * B + b, rb = (size_t)r * B + b;
-      uint8_t *q = L->codes + pb * PANEL * QUAD + 4 * k;
-      for (int t = 0; t < PANEL; t++) {
-        if (words) memcpy(q + t * QUAD, &words[((size_t)PANEL * b + t) * L->rows + r], 4);
-        else memcpy(q + t * QUAD, rowMajor + rb * HALF + 4 * t, 4);
+      uint8_t *q = L->codes + pb * Q * QUAD + 4 * k;
+      for (int t = 0; t < Q; t++) {
+        if (words) memcpy(q + t * QUAD, &words[((size_t)Q * b + t) * L->rows + r], 4);
+        else memcpy(q + t * QUAD, rowMajor + rb * Q * 4 + 4 * t, 4);
       }
       if (L->halfScales) L->halfScales[pb * PANEL + k] = _cvtss_sh(scales[rb], _MM_FROUND_TO_NEAREST_INT);
       else L->scales[pb * PANEL + k] = scales[rb];
@@ -627,14 +657,18 @@ __attribute__((target("f16c"))) static int halves(const float *x, size_t n) {
   return 1;
 }
 
-/* open(codes Uint8Array | Int32Array, scales Float32Array, zeros Uint8Array, rows, blocks, order Int32Array | null) → layer */
+/*
+ * open(codes Uint8Array | Int32Array, scales Float32Array, zeros Uint8Array, rows, blocks, order Int32Array | null,
+ * bits 4 | 8) → layer
+ */
 static napi_value openLayer(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
+  size_t argc = 7;
+  napi_value argv[7];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int rows, blocks;
+  int rows, blocks, bits;
   CHECK(napi_get_value_int32(env, argv[3], &rows));
   CHECK(napi_get_value_int32(env, argv[4], &blocks));
+  CHECK(napi_get_value_int32(env, argv[6], &bits));
   size_t nc, ns, nz, no = 0;
   bool isTyped = false;
   napi_typedarray_type codesType = napi_uint8_array;
@@ -656,8 +690,8 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
     if (!order) return NULL;
   }
   const size_t units = (size_t)rows * blocks, cols = (size_t)blocks * BLOCK;
-  const size_t codesLength = gptqWords ? units * HALF / 4 : units * HALF;
-  if (rows <= 0 || blocks <= 0 || nc != codesLength || ns != units || nz != units || (order && no != cols) || (order && gptqWords)) {
+  const size_t rowBytes = (size_t)BLOCK * bits / 8, codesLength = gptqWords ? units * rowBytes / 4 : units * rowBytes;
+  if ((bits != 4 && bits != 8) || rows <= 0 || blocks <= 0 || nc != codesLength || ns != units || nz != units || (order && no != cols) || (order && gptqWords)) {
     napi_throw_range_error(env, NULL, "native: codes, scales, zeros or order do not match rows x blocks");
     return NULL;
   }
@@ -667,8 +701,8 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
   const int panels = (rows + PANEL - 1) / PANEL;
   const size_t slots = (size_t)panels * blocks * PANEL;
   if (L) {
-    L->rows = rows, L->blocks = blocks, L->panels = panels;
-    L->codes = huge(slots * HALF);
+    L->rows = rows, L->blocks = blocks, L->panels = panels, L->bits = bits;
+    L->codes = huge(slots * rowBytes);
     L->zero = zeros[0];
     if (!sameZero) L->zeros = calloc(slots, 1);
     if (halves(scales, units)) L->halfScales = calloc(slots, sizeof(uint16_t));
@@ -804,7 +838,7 @@ static napi_value layerBytes(napi_env env, napi_callback_info info) {
   const Layer *L = layerOf(env, argv[0]);
   if (!L) return NULL;
   const size_t slots = (size_t)L->panels * L->blocks * PANEL;
-  const size_t bytes = slots * (HALF + (L->halfScales ? 2 : 4) + (L->zeros ? 1 : 0)) + (L->order ? (size_t)L->blocks * BLOCK * 4 : 0);
+  const size_t bytes = slots * (BLOCK * L->bits / 8 + (L->halfScales ? 2 : 4) + (L->zeros ? 1 : 0)) + (L->order ? (size_t)L->blocks * BLOCK * 4 : 0);
   CHECK(napi_create_double(env, (double)bytes, &out));
   return out;
 }
