@@ -11,6 +11,7 @@ import { generate } from '../src/infer/generate.js';
 import { parseModelConfig, readModelConfig } from '../src/models/index.js';
 import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { pullStories15m } from '../src/io/stories.js';
+import { roundToHalf } from '../src/io/fp16.js';
 import { linearGroups, linearShape, preparedBytes } from '../src/models/index.js';
 import { loadModel, loadTokenizer, type LoadOptions } from '../src/models/load.js';
 import { quantizeModel, QUANTIZE_REFERENCE } from '../src/quant/quantize-model.js';
@@ -74,7 +75,8 @@ function randomPacked(rows: number, cols: number, bits: number, groupSize: numbe
     bits,
     qweight: Int32Array.from({ length: ((cols * bits) / 32) * rows }, word),
     qzeros: Int32Array.from({ length: (G * rows * bits) / 32 }, word),
-    scales: Float32Array.from({ length: G * rows }, () => 0.001 + 0.01 * rnd()),
+    // float16 values, as a checkpoint stores them (the native kernel keeps such scales in 16 bits)
+    scales: Float32Array.from({ length: G * rows }, () => roundToHalf(0.001 + 0.01 * rnd())),
     gIdx: Int32Array.from({ length: cols }, (_, c) => Math.floor(c / groupSize)),
   };
 }
@@ -125,8 +127,8 @@ for (const [rows, cols] of [
     for (const bits of [2, 3, 4, 8]) {
       const p = randomPacked(rows, cols, bits, 128, bits);
       matvecRows.push(row(`w${bits} g128, ${activations} act`, await matvecMs(onOrt(encodePackedLinear(p, activations)!))));
-      if (bits === 4 && activations === 'int8' && nativeIsa())
-        matvecRows.push(row(`w4 g128, int8 act, native (${nativeIsa()})`, await matvecMs(onNative(p))));
+      if ((bits === 4 || bits === 8) && activations === 'int8' && nativeIsa())
+        matvecRows.push(row(`w${bits} g128, int8 act, native (${nativeIsa()})`, await matvecMs(onNative(p))));
     }
   }
 }
