@@ -150,6 +150,10 @@ test(
           { groupSize: 128, actOrder: false, rows: 24, cols: 256 },
           { groupSize: 256, actOrder: true, rows: 64, cols: 512 },
           { groupSize: 128, actOrder: true, rows: 8, cols: 384 },
+          // blocks of 32, 64 and 16 columns (the largest power of two every group start is a multiple of)
+          { groupSize: 32, actOrder: false, rows: 24, cols: 256 },
+          { groupSize: 64, actOrder: true, rows: 16, cols: 192 },
+          { groupSize: 48, actOrder: false, rows: 16, cols: 96 },
         ]) {
           // scales as a checkpoint's (float16 values: the kernel keeps them in 16 bits) or scaled off float16's grid
           // (kept float32); zero points per block, or all 8 (symmetric: one for the layer)
@@ -166,10 +170,11 @@ test(
               const kernel = nativeLinear(p);
               const what = `${isa} w${bits} g${groupSize}${actOrder ? ' act-order' : ''} ${rows}x${cols} ${half ? 'float16' : 'float32'} scales${sym ? ', one zero point' : ''}`;
               assert.ok(kernel, `${what} runs natively`);
-              const slots = Math.ceil(rows / 16) * 16 * (cols / 128);
+              const block = groupSize > 0 ? Math.min(128, groupSize & -groupSize) : 128;
+              const slots = Math.ceil(rows / 16) * 16 * (cols / block);
               assert.equal(
                 kernel.weightBytes,
-                slots * (16 * bits + (half ? 2 : 4) + (sym ? 0 : 1)) + (actOrder ? cols * 4 : 0),
+                slots * ((block * bits) / 8 + (half ? 2 : 4) + (sym ? 0 : 1)) + (actOrder ? cols * 4 : 0),
                 `${what}: bytes`,
               );
               for (const m of [1, 2, 3, 4, 5, 9]) {
@@ -186,10 +191,11 @@ test(
     } finally {
       k.useIsa(initial);
     }
-    // its own layout only: 3 bits, groups of 32
+    // its own layout only: 3 and 2 bits, groups that start off multiples of 16 columns
     for (const [bits, groupSize] of [
       [3, 128],
-      [4, 32],
+      [2, 128],
+      [4, 8],
     ] as const) {
       const q = randomLayer(32, 256, bits, groupSize, false, 1);
       assert.equal(nativeLinear(packedWeights(packLayer(q, 'gptq'), q, 'gptq')), undefined, `w${bits} g${groupSize}`);

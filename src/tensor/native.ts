@@ -6,7 +6,7 @@ import { withGatedOutput } from './ref.js';
 
 /**
  * The native kernels (src/tensor/native/kernels.c, compiled by `npm run build` into build/kernels.node): 4- and
- * 8-bit GPTQ layers whose groups start on multiples of 128 columns, times int8 activations, the form generation runs
+ * 8-bit GPTQ layers whose groups start on multiples of 16 columns, times int8 activations, the form generation runs
  * in (loadModel's `activations: 'int8'`), where onnxruntime's MatMulNBits would do the same product; a decode step's
  * attention over a float32 or float16 KV cache; SwiGLU's gating and the small norms. Absent (not built, or a CPU
  * without AVX2) or turned off with GPTQ_TS_NATIVE=0, those run on onnxruntime (or in TypeScript) instead.
@@ -14,7 +14,7 @@ import { withGatedOutput } from './ref.js';
 interface Addon {
   isa(): string;
   useIsa(name: string): void;
-  /** codes: GPTQ's qweight words [cols·bits/32, rows], or row-major blocks [rows, blocks, 128·bits/8] bytes; bits 4 or 8 */
+  /** codes: GPTQ's qweight words [cols·bits/32, rows], or row-major blocks [rows, blocks, block·bits/8] bytes; bits 4 or 8, block 16-128 */
   open(
     codes: Int32Array | Uint8Array,
     scales: Float32Array,
@@ -23,6 +23,7 @@ interface Addon {
     blocks: number,
     order: Int32Array | null,
     bits: number,
+    block: number,
   ): object;
   matmul(layer: object, x: Float32Array, m: number, y: Float32Array, threads: number): void;
   close(layer: object): void;
@@ -78,7 +79,7 @@ export function nativeLinear(p: PackedLinearWeights, opts?: LinearOptions): Line
   const k = nativeKernel();
   const blocks = k && nativeBlocks(p);
   if (!k || !blocks) return undefined;
-  const layer = k.open(blocks.codes, blocks.scales, blocks.zeros, p.rows, blocks.blocks, blocks.order ?? null, p.bits);
+  const layer = k.open(blocks.codes, blocks.scales, blocks.zeros, p.rows, blocks.blocks, blocks.order ?? null, p.bits, blocks.blockSize);
   const threads = availableParallelism();
   const { rows, cols } = p;
   const plain: LinearKernel = {

@@ -174,23 +174,26 @@ function nbitsOperand(
 
 /** The block layout of a layer the native kernel takes (see nativeBlocks), or undefined. */
 export function nativeLayout(p: PackedLinearWeights): NBitsLayout | undefined {
-  const layout = (p.bits === 4 || p.bits === 8) && p.cols % MAX_BLOCK === 0 ? nbitsLayout(p.gIdx) : undefined;
-  return layout?.blockSize === MAX_BLOCK ? layout : undefined;
+  const layout = p.bits === 4 || p.bits === 8 ? nbitsLayout(p.gIdx) : undefined;
+  return layout && p.cols % layout.blockSize === 0 ? layout : undefined;
 }
 
 /**
- * A 4- or 8-bit layer's scales and zero points in blocks of 128 columns (the native kernel's input, native.ts), and
- * its codes: GPTQ's qweight words as they are, or under act-order the codes in the layer's column order, [rows,
- * blocks, 128·bits/8] bytes, with that order. Undefined for other bit widths, or where a group starts off a multiple
- * of 128 columns.
+ * A 4- or 8-bit layer's scales and zero points in blocks of `blockSize` columns (MatMulNBits' layout: the largest
+ * power of two up to 128 that every group start is a multiple of; the native kernel's input, native.ts), and its
+ * codes: GPTQ's qweight words as they are, or under act-order the codes in the layer's column order, [rows, blocks,
+ * blockSize·bits/8] bytes, with that order. Undefined for other bit widths, where a group starts off a multiple of
+ * 16 columns, or where the columns are not whole blocks.
  */
 export function nativeBlocks(
   p: PackedLinearWeights,
-): { blocks: number; scales: Float32Array; zeros: Uint8Array; codes: Int32Array | Uint8Array; order?: Int32Array } | undefined {
+):
+  | { blocks: number; blockSize: number; scales: Float32Array; zeros: Uint8Array; codes: Int32Array | Uint8Array; order?: Int32Array }
+  | undefined {
   const layout = nativeLayout(p);
   if (!layout) return undefined;
   const digit = { bits: p.bits, value: sameCode, scale: 1 };
-  const data = nbitsScales(p, layout, digit);
+  const data = { ...nbitsScales(p, layout, digit), blockSize: layout.blockSize };
   if (!layout.order) return { ...data, codes: p.qweight };
   return { ...data, codes: nbitsCodes(p, rowMajorWords(p), layout, digit, data.zeros), order: layout.order };
 }

@@ -33,8 +33,8 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#define BLOCK 128
-#define HALF (BLOCK / 2)
+/* the largest block of input columns (one scale per row and block; the activations' int8 scale per block too) */
+#define MAX_BLOCK 128
 /* huge-page alignment: the codes of a layer are one run of 2 MB pages, not 4 KB ones (the prototype: 33 → 45 GB/s) */
 #define HUGE (2u << 20)
 
@@ -48,11 +48,12 @@
  */
 #define PANEL 16
 #define QUAD (PANEL * 4)
-/* quads a panel's block: 128 columns of 4 bits are 64 bytes a row, of 8 bits 128 */
-#define QUADS(BITS) (BLOCK * (BITS) / 8 / 4)
+/* quads a panel's block: 128 columns of 4 bits are 64 bytes a row (16 quads), of 8 bits 128 (32) */
+#define QUADS(L) ((L)->block * (L)->bits / 32)
 
 typedef struct {
-  int rows, blocks, panels, bits; /* bits: 4, or 8 (a panel's block: 32 quads, one byte a code) */
+  int rows, blocks, panels, bits; /* bits: 4, or 8 (one byte a code) */
+  int block;                      /* columns a block: 16, 32, 64 or 128 (a layer's groups start on its multiples) */
   uint8_t *codes; /* [panels, blocks, 16 quads, 16 rows, 4 bytes] */
   /*
    * [panels, blocks, 16] (rows past `rows`: 0): float16 where every scale is one (a checkpoint's are: 3% fewer
@@ -65,12 +66,12 @@ typedef struct {
   int32_t *order; /* kernel column i reads x[order[i]]; NULL for 0..cols-1 */
 } Layer;
 
-/* One call's activations: [m, blocks, 128] codes (even columns, then odd), [m, blocks] scales and code sums. */
+/* One call's activations: [m, blocks, block] codes (4-bit: even columns, then odd), [m, blocks] scales and code sums. */
 typedef struct {
   int8_t *q;
   float *scale;
   int32_t *sum;
-  size_t capacity;
+  size_t capacity, units; /* bytes of q; blocks of scale and sum */
 } Act;
 
 /* ---------------------------------------------------------------- kernels */
@@ -84,27 +85,27 @@ typedef struct {
                                                                                         const Act *a, int i0, \
                                                                                         int p0, int p1,       \
                                                                                         float *y) {           \
-    const int B = L->blocks;                                                                                  \
+    const int B = L->blocks, Q = QUADS(L);                                                                    \
     const __m512i mask = _mm512_set1_epi8(0x0F);                                                              \
     for (int p = p0; p < p1; p++) {                                                                           \
       __m512 f[MC];                                                                                           \
       for (int j = 0; j < MC; j++) f[j] = _mm512_setzero_ps();                                                \
       for (int b = 0; b < B; b++) {                                                                           \
         const size_t pb = (size_t)p * B + b;                                                                  \
-        const uint8_t *q = L->codes + pb * QUADS(BITS) * QUAD;                                                \
+        const uint8_t *q = L->codes + pb * Q * QUAD;                                                          \
         __m512i d[MC];                                                                                        \
         for (int j = 0; j < MC; j++) d[j] = _mm512_setzero_si512();                                           \
-        for (int t = 0; t < QUADS(BITS); t++) {                                                               \
+        for (int t = 0; t < Q; t++) {                                                                         \
           const __m512i v = _mm512_loadu_si512(q + t * QUAD);                                                 \
           const __m512i lo = _mm512_and_si512(v, mask);                                                       \
           const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);                                 \
           for (int j = 0; j < MC; j++) {                                                                      \
-            const int32_t *ax = (const int32_t *)(a->q + ((size_t)(i0 + j) * B + b) * BLOCK);                 \
+            const int32_t *ax = (const int32_t *)(a->q + ((size_t)(i0 + j) * B + b) * L->block);              \
             if (BITS == 8) {                                                                                  \
               d[j] = _mm512_dpbusd_epi32(d[j], v, _mm512_set1_epi32(ax[t]));                                  \
             } else {                                                                                          \
               d[j] = _mm512_dpbusd_epi32(d[j], lo, _mm512_set1_epi32(ax[t]));                                 \
-              d[j] = _mm512_dpbusd_epi32(d[j], hi, _mm512_set1_epi32(ax[PANEL + t]));                         \
+              d[j] = _mm512_dpbusd_epi32(d[j], hi, _mm512_set1_epi32(ax[Q + t]));                             \
             }                                                                                                 \
           }                                                                                                   \
         }                                                                                                     \
@@ -139,7 +140,7 @@ VNNI_PANELS(8, 4)
 #define AVX2_PANELS(BITS, MC)                                                                                  \
   __attribute__((target("avx2,fma,f16c"))) static void avx2##BITS##_##MC(const Layer *L, const Act *a, int i0,  \
                                                                          int p0, int p1, float *y) {           \
-    const int B = L->blocks;                                                                                   \
+    const int B = L->blocks, Q = QUADS(L);                                                                     \
     const __m256i mask = _mm256_set1_epi8(0x0F);                                                               \
     const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);                                \
     for (int p = p0; p < p1; p++) {                                                                            \
@@ -147,16 +148,16 @@ VNNI_PANELS(8, 4)
       for (int j = 0; j < MC; j++) f[j][0] = f[j][1] = _mm256_setzero_ps();                                    \
       for (int b = 0; b < B; b++) {                                                                            \
         const size_t pb = (size_t)p * B + b;                                                                   \
-        const uint8_t *q = L->codes + pb * QUADS(BITS) * QUAD;                                                 \
+        const uint8_t *q = L->codes + pb * Q * QUAD;                                                           \
         __m256i d[MC][2];                                                                                      \
         for (int j = 0; j < MC; j++) d[j][0] = d[j][1] = _mm256_setzero_si256();                               \
-        for (int t = 0; t < QUADS(BITS); t++) {                                                                \
+        for (int t = 0; t < Q; t++) {                                                                          \
           for (int h = 0; h < 2; h++) {                                                                        \
             const __m256i v = _mm256_loadu_si256((const __m256i *)(q + t * QUAD + 32 * h));                    \
             const __m256i lo = _mm256_and_si256(v, mask);                                                      \
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);                                \
             for (int j = 0; j < MC; j++) {                                                                     \
-              const int32_t *ax = (const int32_t *)(a->q + ((size_t)(i0 + j) * B + b) * BLOCK);                \
+              const int32_t *ax = (const int32_t *)(a->q + ((size_t)(i0 + j) * B + b) * L->block);             \
               if (BITS == 8) {                                                                                 \
                 /* a byte's two nibbles times the same activation, the high one's sum times 16 */              \
                 const __m256i x = _mm256_set1_epi32(ax[t]);                                                    \
@@ -164,7 +165,7 @@ VNNI_PANELS(8, 4)
                 d[j][h] = _mm256_add_epi32(d[j][h], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x), sixteen));  \
               } else {                                                                                         \
                 const __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(ax[t])),        \
-                                                    _mm256_maddubs_epi16(hi, _mm256_set1_epi32(ax[PANEL + t]))); \
+                                                    _mm256_maddubs_epi16(hi, _mm256_set1_epi32(ax[Q + t])));   \
                 d[j][h] = _mm256_add_epi32(d[j][h], _mm256_madd_epi16(pr, ones));                              \
               }                                                                                                \
             }                                                                                                  \
@@ -219,41 +220,42 @@ static void panelRange(const Layer *L, const Act *a, int m, int p0, int p1, floa
 
 static Act act;
 
-static int reserve(Act *a, int m, int blocks) {
-  const size_t n = (size_t)m * blocks;
-  if (n <= a->capacity) return 1;
+static int reserve(Act *a, int m, const Layer *L) {
+  const size_t units = (size_t)m * L->blocks, bytes = units * L->block;
+  if (units <= a->units && bytes <= a->capacity) return 1;
   free(a->q), free(a->scale), free(a->sum);
-  a->q = aligned_alloc(64, n * BLOCK);
-  a->scale = malloc(n * sizeof(float));
-  a->sum = malloc(n * sizeof(int32_t));
-  a->capacity = a->q && a->scale && a->sum ? n : 0;
-  return a->capacity != 0;
+  a->q = aligned_alloc(64, (bytes + 63) / 64 * 64);
+  a->scale = malloc(units * sizeof(float));
+  a->sum = malloc(units * sizeof(int32_t));
+  const int ok = a->q && a->scale && a->sum;
+  a->capacity = ok ? bytes : 0, a->units = ok ? units : 0;
+  return ok;
 }
 
 /* (cvtss2si rounds to nearest, ties to even, under the default MXCSR: a baseline SSE instruction, not a libm call) */
 static void quantize(const Layer *L, const float *x, int m, Act *a) {
-  const int B = L->blocks, cols = B * BLOCK;
+  const int B = L->blocks, bs = L->block, half = bs / 2, cols = B * bs;
   for (int i = 0; i < m; i++) {
     const float *xi = x + (size_t)i * cols;
     for (int b = 0; b < B; b++) {
-      float v[BLOCK], mx = 0;
-      for (int c = 0; c < BLOCK; c++) {
-        const int k = b * BLOCK + c;
+      float v[MAX_BLOCK], mx = 0;
+      for (int c = 0; c < bs; c++) {
+        const int k = b * bs + c;
         v[c] = xi[L->order ? L->order[k] : k];
         const float av = fabsf(v[c]);
         if (av > mx) mx = av;
       }
       const size_t ab = (size_t)i * B + b;
       const float inv = mx > 0 ? 127 / mx : 0;
-      int8_t *q = a->q + ab * BLOCK;
+      int8_t *q = a->q + ab * bs;
       int32_t sum = 0;
       if (L->bits == 8) {
         /* a quad's 4 bytes of a row are 4 consecutive columns: the activations in column order */
-        for (int k = 0; k < BLOCK; k++) sum += q[k] = (int8_t)_mm_cvt_ss2si(_mm_set_ss(v[k] * inv));
+        for (int k = 0; k < bs; k++) sum += q[k] = (int8_t)_mm_cvt_ss2si(_mm_set_ss(v[k] * inv));
       } else {
-        for (int k = 0; k < HALF; k++) {
+        for (int k = 0; k < half; k++) {
           const int e = _mm_cvt_ss2si(_mm_set_ss(v[2 * k] * inv)), o = _mm_cvt_ss2si(_mm_set_ss(v[2 * k + 1] * inv));
-          q[k] = (int8_t)e, q[HALF + k] = (int8_t)o;
+          q[k] = (int8_t)e, q[half + k] = (int8_t)o;
           sum += e + o;
         }
       }
@@ -365,7 +367,7 @@ typedef struct {
 
 static int productInput(const void *arg) {
   const Product *P = arg;
-  if (!reserve(&act, P->m, P->layer->blocks)) return 0;
+  if (!reserve(&act, P->m, P->layer)) return 0;
   quantize(P->layer, P->x, P->m, &act);
   return 1;
 }
@@ -631,7 +633,7 @@ static napi_value useIsa(napi_env env, napi_callback_info info) {
  * scales and zeros ([rows, blocks]).
  */
 __attribute__((target("f16c"))) static void repack(Layer *L, const uint8_t *rowMajor, const uint32_t *words, const float *scales, const uint8_t *zeros) {
-  const int B = L->blocks, Q = QUADS(L->bits);
+  const int B = L->blocks, Q = QUADS(L);
   memset(L->codes, 0, (size_t)L->panels * B * Q * QUAD);
   for (int r = 0; r < L->rows; r++) {
     const int p = r / PANEL, k = r % PANEL;
@@ -659,16 +661,17 @@ __attribute__((target("f16c"))) static int halves(const float *x, size_t n) {
 
 /*
  * open(codes Uint8Array | Int32Array, scales Float32Array, zeros Uint8Array, rows, blocks, order Int32Array | null,
- * bits 4 | 8) → layer
+ * bits 4 | 8, block 16 | 32 | 64 | 128) → layer
  */
 static napi_value openLayer(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
+  size_t argc = 8;
+  napi_value argv[8];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int rows, blocks, bits;
+  int rows, blocks, bits, block;
   CHECK(napi_get_value_int32(env, argv[3], &rows));
   CHECK(napi_get_value_int32(env, argv[4], &blocks));
   CHECK(napi_get_value_int32(env, argv[6], &bits));
+  CHECK(napi_get_value_int32(env, argv[7], &block));
   size_t nc, ns, nz, no = 0;
   bool isTyped = false;
   napi_typedarray_type codesType = napi_uint8_array;
@@ -689,9 +692,9 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
     order = typed(env, argv[5], napi_int32_array, &no, "native: order must be an Int32Array");
     if (!order) return NULL;
   }
-  const size_t units = (size_t)rows * blocks, cols = (size_t)blocks * BLOCK;
-  const size_t rowBytes = (size_t)BLOCK * bits / 8, codesLength = gptqWords ? units * rowBytes / 4 : units * rowBytes;
-  if ((bits != 4 && bits != 8) || rows <= 0 || blocks <= 0 || nc != codesLength || ns != units || nz != units || (order && no != cols) || (order && gptqWords)) {
+  const size_t units = (size_t)rows * blocks, cols = (size_t)blocks * block;
+  const size_t rowBytes = (size_t)block * bits / 8, codesLength = gptqWords ? units * rowBytes / 4 : units * rowBytes;
+  if ((bits != 4 && bits != 8) || (block != 16 && block != 32 && block != 64 && block != MAX_BLOCK) || rows <= 0 || blocks <= 0 || nc != codesLength || ns != units || nz != units || (order && no != cols) || (order && gptqWords)) {
     napi_throw_range_error(env, NULL, "native: codes, scales, zeros or order do not match rows x blocks");
     return NULL;
   }
@@ -701,7 +704,7 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
   const int panels = (rows + PANEL - 1) / PANEL;
   const size_t slots = (size_t)panels * blocks * PANEL;
   if (L) {
-    L->rows = rows, L->blocks = blocks, L->panels = panels, L->bits = bits;
+    L->rows = rows, L->blocks = blocks, L->panels = panels, L->bits = bits, L->block = block;
     L->codes = huge(slots * rowBytes);
     L->zero = zeros[0];
     if (!sameZero) L->zeros = calloc(slots, 1);
@@ -740,7 +743,7 @@ static napi_value matmulLayer(napi_env env, napi_callback_info info) {
   if (!x) return NULL;
   float *y = typed(env, argv[3], napi_float32_array, &ny, "native: y must be a Float32Array");
   if (!y) return NULL;
-  if (m <= 0 || nx != (size_t)m * L->blocks * BLOCK || ny != (size_t)m * L->rows) {
+  if (m <= 0 || nx != (size_t)m * L->blocks * L->block || ny != (size_t)m * L->rows) {
     napi_throw_range_error(env, NULL, "native: x or y does not match m and the layer");
     return NULL;
   }
@@ -838,7 +841,8 @@ static napi_value layerBytes(napi_env env, napi_callback_info info) {
   const Layer *L = layerOf(env, argv[0]);
   if (!L) return NULL;
   const size_t slots = (size_t)L->panels * L->blocks * PANEL;
-  const size_t bytes = slots * (BLOCK * L->bits / 8 + (L->halfScales ? 2 : 4) + (L->zeros ? 1 : 0)) + (L->order ? (size_t)L->blocks * BLOCK * 4 : 0);
+  const size_t bytes = slots * ((size_t)L->block * L->bits / 8 + (L->halfScales ? 2 : 4) + (L->zeros ? 1 : 0)) +
+                       (L->order ? (size_t)L->blocks * L->block * 4 : 0);
   CHECK(napi_create_double(env, (double)bytes, &out));
   return out;
 }
