@@ -39,8 +39,8 @@
 #define HUGE (2u << 20)
 
 /*
- * The weights in panels of 16 rows: per panel and block, 16 quads of 64 bytes, quad t holding each of the 16 rows'
- * bytes 4t..4t+3 of that block (columns 8t..8t+7). One vpdpbusd of a quad's low nibbles with the 4 activations of
+ * The weights in panels of 16 rows: per panel and block, quads of 64 bytes (16 for a 4-bit block of 128), quad t
+ * holding each of the 16 rows' bytes 4t..4t+3 of that block (4-bit: columns 8t..8t+7). One vpdpbusd of a quad's low nibbles with the 4 activations of
  * its even columns broadcast to every lane gives each of the 16 rows (one per int32 lane) four of its products:
  * no horizontal sums, and a panel's scales and zero points are vectors (llama.cpp's repacked Q4_0 8x8 gemm kernels
  * interleave rows the same way). Row-major rows cost a horizontal sum and a scalar scale per row and block: 256
@@ -54,7 +54,7 @@
 typedef struct {
   int rows, blocks, panels, bits; /* bits: 4, or 8 (one byte a code) */
   int block;                      /* columns a block: 16, 32, 64 or 128 (a layer's groups start on its multiples) */
-  uint8_t *codes; /* [panels, blocks, 16 quads, 16 rows, 4 bytes] */
+  uint8_t *codes; /* [panels, blocks, QUADS quads, 16 rows, 4 bytes] */
   /*
    * [panels, blocks, 16] (rows past `rows`: 0): float16 where every scale is one (a checkpoint's are: 3% fewer
    * bytes a product streams than float32's), else float32; one of the two is set
@@ -550,16 +550,23 @@ __attribute__((target("avx2,fma"))) static void normRows(const float *x, const f
     }                                                            \
   } while (0)
 
-static void *typed(napi_env env, napi_value v, napi_typedarray_type want, size_t *length, const char *what) {
+/* A typed array of type a or b: its data, its length in elements and (if `got`) which it was; else throws `what`. */
+static void *typedEither(napi_env env, napi_value v, napi_typedarray_type a, napi_typedarray_type b, size_t *length,
+                         napi_typedarray_type *got, const char *what) {
   bool is;
   napi_typedarray_type type;
   void *data;
   if (napi_is_typedarray(env, v, &is) != napi_ok || !is ||
-      napi_get_typedarray_info(env, v, &type, length, &data, NULL, NULL) != napi_ok || type != want) {
+      napi_get_typedarray_info(env, v, &type, length, &data, NULL, NULL) != napi_ok || (type != a && type != b)) {
     napi_throw_type_error(env, NULL, what);
     return NULL;
   }
+  if (got) *got = type;
   return data;
+}
+
+static void *typed(napi_env env, napi_value v, napi_typedarray_type want, size_t *length, const char *what) {
+  return typedEither(env, v, want, want, length, NULL, what);
 }
 
 /* whether the kernels run on this CPU; if not, throws naming the function */
@@ -628,9 +635,9 @@ static napi_value useIsa(napi_env env, napi_callback_info info) {
 }
 
 /*
- * The codes into panels, from row-major blocks ([rows, blocks, 64] bytes) or from GPTQ's qweight ([cols/8, rows]
- * int32 words: a quad's 4 bytes of a row are one word, word 16b + t of the row); rows past the last are 0. With
- * scales and zeros ([rows, blocks]).
+ * The codes into panels, from row-major blocks ([rows, blocks, block·bits/8] bytes) or from GPTQ's qweight
+ * ([cols·bits/32, rows] int32 words: a quad's 4 bytes of a row are one word, word Q·b + t of the row, Q quads a
+ * block); rows past the last are 0. With scales and zeros ([rows, blocks]).
  */
 __attribute__((target("f16c"))) static void repack(Layer *L, const uint8_t *rowMajor, const uint32_t *words, const float *scales, const uint8_t *zeros) {
   const int B = L->blocks, Q = QUADS(L);
@@ -673,14 +680,11 @@ static napi_value openLayer(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[6], &bits));
   CHECK(napi_get_value_int32(env, argv[7], &block));
   size_t nc, ns, nz, no = 0;
-  bool isTyped = false;
-  napi_typedarray_type codesType = napi_uint8_array;
-  CHECK(napi_is_typedarray(env, argv[0], &isTyped));
-  if (isTyped) CHECK(napi_get_typedarray_info(env, argv[0], &codesType, NULL, NULL, NULL, NULL));
-  const int gptqWords = codesType == napi_int32_array;
-  const void *codes = typed(env, argv[0], gptqWords ? napi_int32_array : napi_uint8_array, &nc,
-                            "native: codes must be a Uint8Array (row-major blocks) or an Int32Array (qweight)");
+  napi_typedarray_type codesType;
+  const void *codes = typedEither(env, argv[0], napi_uint8_array, napi_int32_array, &nc, &codesType,
+                                  "native: codes must be a Uint8Array (row-major blocks) or an Int32Array (qweight)");
   if (!codes) return NULL;
+  const int gptqWords = codesType == napi_int32_array;
   const float *scales = typed(env, argv[1], napi_float32_array, &ns, "native: scales must be a Float32Array");
   if (!scales) return NULL;
   const uint8_t *zeros = typed(env, argv[2], napi_uint8_array, &nz, "native: zeros must be a Uint8Array");
@@ -754,24 +758,6 @@ static napi_value matmulLayer(napi_env env, napi_callback_info info) {
 }
 
 /*
- * A KV cache's keys or values: a Float32Array, or a Uint16Array of float16 bits; *half says which, and *length is
- * in elements.
- */
-static const void *cacheArray(napi_env env, napi_value v, size_t *length, int *half) {
-  bool is;
-  napi_typedarray_type type;
-  void *data;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is ||
-      napi_get_typedarray_info(env, v, &type, length, &data, NULL, NULL) != napi_ok ||
-      (type != napi_float32_array && type != napi_uint16_array)) {
-    napi_throw_type_error(env, NULL, "attend: k and v must be Float32Arrays or Uint16Arrays (float16)");
-    return NULL;
-  }
-  *half = type == napi_uint16_array;
-  return data;
-}
-
-/*
  * attend(q [heads·d], k, v [kvHeads·capacity·d], out [heads·d], heads, kvHeads, d, lo, ctx, capacity, scale, threads):
  * d a multiple of 8; positions [lo, ctx) of the cache; k and v both float32 or both float16.
  */
@@ -786,23 +772,26 @@ static napi_value attend(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[11], &threads));
   const int heads = shape[0], kvHeads = shape[1], d = shape[2], lo = shape[3], ctx = shape[4], capacity = shape[5];
   size_t nq, nk, nv, no;
-  int kHalf, vHalf;
+  napi_typedarray_type kType, vType;
   const float *q = typed(env, argv[0], napi_float32_array, &nq, "attend: q must be a Float32Array");
   if (!q) return NULL;
-  const void *k = cacheArray(env, argv[1], &nk, &kHalf);
+  /* the cache: float32, or float16 bits */
+  const char *cacheTypes = "attend: k and v must be Float32Arrays or Uint16Arrays (float16)";
+  const void *k = typedEither(env, argv[1], napi_float32_array, napi_uint16_array, &nk, &kType, cacheTypes);
   if (!k) return NULL;
-  const void *v = cacheArray(env, argv[2], &nv, &vHalf);
+  const void *v = typedEither(env, argv[2], napi_float32_array, napi_uint16_array, &nv, &vType, cacheTypes);
   if (!v) return NULL;
+  const int half = kType == napi_uint16_array;
   float *out = typed(env, argv[3], napi_float32_array, &no, "attend: out must be a Float32Array");
   if (!out) return NULL;
   const size_t cache = (size_t)kvHeads * capacity * d;
   if (heads <= 0 || kvHeads <= 0 || heads % kvHeads || d <= 0 || d % 8 || lo < 0 || lo >= ctx || ctx > capacity ||
-      nq != (size_t)heads * d || no != nq || nk < cache || nv < cache || kHalf != vHalf) {
+      nq != (size_t)heads * d || no != nq || nk < cache || nv < cache || kType != vType) {
     napi_throw_range_error(env, NULL, "attend: shapes do not match");
     return NULL;
   }
   if (!usable(env, "attend")) return NULL;
-  const Attention A = {q, k, v, out, heads, kvHeads, d, lo, ctx, capacity, kHalf, (float)scale};
+  const Attention A = {q, k, v, out, heads, kvHeads, d, lo, ctx, capacity, half, (float)scale};
   if (!pooled(threads, NULL, attentionPart, &A)) napi_throw_error(env, NULL, "attend: no threads");
   return NULL;
 }
