@@ -1,8 +1,6 @@
-import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
-import { loadText } from '../src/calib/datasets.js';
-import { generate } from '../src/infer/generate.js';
 import { loadModel } from '../src/models/load.js';
+import { llamaContext, median, PROMPT, promptTokens, timeLlamaCpp, timeOurs } from './decode-timing.js';
 import { printTable } from './table.js';
 
 /**
@@ -30,34 +28,19 @@ const { values: flags } = parseArgs({
 if (!flags.model || !flags.gguf)
   throw new Error('usage: npm run bench:duel -- --model DIR --gguf FILE [--rounds 6] [--tokens 32] [--prompt N]');
 const N = Number(flags.tokens);
-const text = flags.prompt ? await loadText('sotu-test') : 'Once upon a time';
-const cut = <T>(tokens: T[]): T[] => (flags.prompt ? tokens.slice(0, Number(flags.prompt)) : tokens);
-
 const { model, tokenizer } = await loadModel(flags.model, { activations: 'int8' });
 const { getLlama } = await import('node-llama-cpp');
 const llama = await getLlama({ gpu: false, build: 'never' });
 const lm = await llama.loadModel({ modelPath: flags.gguf });
-const ours = cut(tokenizer.encode(text));
-const theirs = cut(lm.tokenize(text));
+const ours = await promptTokens(flags.prompt, (t) => tokenizer.encode(t));
+const theirs = await promptTokens(flags.prompt, (t) => lm.tokenize(t));
 
-/** tokens a second from the first new token on */
-async function oursDecode(): Promise<number> {
-  let first = 0;
-  const r = await generate(model, ours, { maxTokens: N, stop: [], onToken: () => (first ||= performance.now()) });
-  return (r.tokens.length - 1) / ((performance.now() - first) / 1000);
-}
+const oursDecode = async (): Promise<number> => (await timeOurs(model, ours, N)).decodeTokensPerSecond;
 async function theirsDecode(): Promise<number> {
-  const ctx = await lm.createContext({ contextSize: Math.max(512, theirs.length + N + 16), threads: availableParallelism() });
-  let n = 0;
-  let first = 0;
-  for await (const t of ctx.getSequence().evaluate(theirs, { temperature: 0 })) {
-    void t;
-    first ||= performance.now();
-    if (++n === N) break;
-  }
-  const rate = (n - 1) / ((performance.now() - first) / 1000);
+  const ctx = await llamaContext(lm, theirs, N);
+  const { decodeTokensPerSecond } = await timeLlamaCpp(ctx, theirs, N);
   await ctx.dispose();
-  return rate;
+  return decodeTokensPerSecond;
 }
 
 // a first turn each, untimed: pages faulted in, sessions and contexts made
@@ -70,11 +53,9 @@ for (let i = 0; i < Number(flags.rounds); i++) {
   ratios.push(a / b);
   rows.push([i + 1, a.toFixed(2), b.toFixed(2), (a / b).toFixed(3)]);
 }
-ratios.sort((x, y) => x - y);
-const median = ratios.length % 2 ? ratios[ratios.length >> 1]! : (ratios[ratios.length / 2 - 1]! + ratios[ratios.length / 2]!) / 2;
-rows.push(['median', '', '', median.toFixed(3)]);
+rows.push(['median', '', '', median(ratios).toFixed(3)]);
 printTable(
-  `Decode tokens/s, ${N} greedy tokens after ${flags.prompt ? `${ours.length} tokens of sotu-test` : '"Once upon a time"'}, in turns in one process (kv cache: ${model.kvCache(1).dtype})`,
+  `Decode tokens/s, ${N} greedy tokens after ${flags.prompt ? `${ours.length} tokens of sotu-test` : `"${PROMPT}"`}, in turns in one process (kv cache: ${model.kvCache(1).dtype})`,
   ['round', `ours (${flags.model})`, `llama.cpp (${flags.gguf})`, 'ours / llama.cpp'],
   rows,
 );

@@ -16,6 +16,7 @@ import { quantize } from '../src/pipeline.js';
 import type { QuantizeTimings, StageSeconds } from '../src/quant/quantize-model.js';
 import { getBackend } from '../src/tensor/index.js';
 import { llamaTools, runLlamaTool } from './llama-tools.js';
+import { llamaContext, median, PROMPT, promptTokens, timeLlamaCpp, timeOurs } from './decode-timing.js';
 import { printTable } from './table.js';
 
 /**
@@ -65,16 +66,6 @@ const SHAPES: Record<string, Shape> = {
 
 /** The paper's calibration set, what the extrapolation is for. */
 const FULL_TOKENS = { nsamples: 128, seqlen: 2048 };
-const PROMPT = 'Once upon a time';
-
-/**
- * The generation prompt: PROMPT, or with `length` the first that many tokens of sotu-test (a decode step then
- * reads a long KV cache, as after a pasted document), each program's tokenizer on the same text.
- */
-async function promptTokens<T>(length: string | undefined, encode: (text: string) => T[]): Promise<T[]> {
-  if (!length) return encode(PROMPT);
-  return encode(await loadText('sotu-test')).slice(0, Number(length));
-}
 
 const KB = 1024;
 const GB = 2 ** 30;
@@ -220,15 +211,8 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       const loadSeconds = (performance.now() - t0) / 1000;
       const prompt = await promptTokens(args.prompt, (t) => tokenizer.encode(t));
       await generate(model, prompt.slice(0, 8), { maxTokens: 4, stop: [] });
-      let first = 0;
-      const r = await generate(model, prompt, {
-        maxTokens: Number(args.tokens),
-        stop: [],
-        onToken: () => (first ||= performance.now()),
-        ...(args.kv ? { kvCache: args.kv as KvCacheType } : {}),
-      });
-      const decode = (r.tokens.length - 1) / ((performance.now() - first) / 1000);
-      return { tokensPerSecond: r.tokensPerSecond, decodeTokensPerSecond: decode, kvCache: r.kvCache, loadSeconds, rssGB: maxRssGB() };
+      const rates = await timeOurs(model, prompt, Number(args.tokens), args.kv as KvCacheType | undefined);
+      return { ...rates, loadSeconds, rssGB: maxRssGB() };
     }
     case 'llama-cpp': {
       const { getLlama } = await import('node-llama-cpp');
@@ -236,25 +220,12 @@ async function child(step: string, args: Record<string, string>): Promise<Report
       const tl = performance.now();
       const lm = await llama.loadModel({ modelPath: args.model! });
       const prompt = await promptTokens(args.prompt, (t) => lm.tokenize(t));
-      const contextSize = Math.max(512, prompt.length + Number(args.tokens) + 16);
-      const ctx = await lm.createContext({ contextSize, threads: availableParallelism() });
+      const ctx = await llamaContext(lm, prompt, Number(args.tokens));
       const loadSeconds = (performance.now() - tl) / 1000;
-      const seq = ctx.getSequence();
-      let n = 0;
-      let first = 0;
-      // timed as generate() times itself: the prompt's prefill included
-      const t0 = performance.now();
-      for await (const t of seq.evaluate(prompt, { temperature: 0 })) {
-        void t;
-        first ||= performance.now();
-        if (++n === Number(args.tokens)) break;
-      }
-      const end = performance.now();
-      const tps = n / ((end - t0) / 1000);
-      const decode = (n - 1) / ((end - first) / 1000);
+      const rates = await timeLlamaCpp(ctx, prompt, Number(args.tokens));
       await ctx.dispose();
       await lm.dispose();
-      return { tokensPerSecond: tps, decodeTokensPerSecond: decode, loadSeconds, rssGB: maxRssGB() };
+      return { ...rates, loadSeconds, rssGB: maxRssGB() };
     }
   }
   throw new Error(`unknown step ${step}`);
@@ -264,11 +235,6 @@ if (process.argv[2] === '--child') {
   const report = await child(process.argv[3]!, JSON.parse(process.argv[4]!) as Record<string, string>);
   console.log(JSON.stringify(report));
   process.exit(0);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 }
 
 function runChild(step: string, args: Record<string, string | number>): Report | string {
